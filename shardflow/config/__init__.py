@@ -1,0 +1,34 @@
+"""Cluster configuration: YAML in, frozen validated :class:`ClusterConfig` out."""
+
+from __future__ import annotations
+
+from shardflow.config.loader import load, parse
+from shardflow.config.model import (
+    DEFAULT_QUEUE,
+    ClusterConfig,
+    HashConfig,
+    LimitsConfig,
+    PoolConfig,
+    QueueConfig,
+    RateLimit,
+    ShardConfig,
+    ShardState,
+    WorkerConfig,
+    redact_dsn,
+)
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "ClusterConfig",
+    "HashConfig",
+    "LimitsConfig",
+    "PoolConfig",
+    "QueueConfig",
+    "RateLimit",
+    "ShardConfig",
+    "ShardState",
+    "WorkerConfig",
+    "load",
+    "parse",
+    "redact_dsn",
+]

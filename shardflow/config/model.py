@@ -1,0 +1,155 @@
+"""The validated, frozen cluster configuration.
+
+These are plain values: building them does no I/O. ``shardflow.config.load`` reads a YAML
+file and returns a :class:`ClusterConfig`; every check lives in the loader so that errors
+can name the YAML path and line.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_SLOTS = 4096
+DEFAULT_SEED = 0
+DEFAULT_QUEUE = "default"
+
+
+class ShardState(str, enum.Enum):
+    """Desired state of a shard in the YAML: ``active`` takes slots, ``draining`` gives
+    all of its slots away at the next rebalance."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True, slots=True)
+class HashConfig:
+    """How workflow IDs map to slots. Fixed when the cluster is created."""
+
+    slots: int = DEFAULT_SLOTS
+    seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """Connection pool size per shard, per process."""
+
+    min: int = 1
+    max: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    """One PostgreSQL server holding a share of the slots."""
+
+    name: str
+    dsn: str = field(repr=False)
+    weight: int = 1
+    state: ShardState = ShardState.ACTIVE
+    pool: PoolConfig = PoolConfig()
+
+    @property
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.dsn)
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardConfig(name={self.name!r}, dsn={self.redacted_dsn!r}, weight={self.weight},"
+            f" state={self.state.value!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` workflow starts per ``period_seconds``, per shard share."""
+
+    limit: int
+    period_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """A named queue.
+
+    ``concurrency`` is the queue's global limit of RUNNING workflows, split across shards
+    by weight; ``worker_concurrency`` is exact, per worker process.
+    """
+
+    name: str
+    concurrency: int | None = None
+    worker_concurrency: int | None = None
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Defaults for worker processes; CLI flags override some of them."""
+
+    concurrency: int = 32
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 10.0
+    poll_interval_seconds: float = 0.5
+    claim_batch: int = 32
+    max_recoveries: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_payload_bytes: int = 1_048_576
+
+
+def _default_queues() -> Mapping[str, QueueConfig]:
+    return MappingProxyType({DEFAULT_QUEUE: QueueConfig(DEFAULT_QUEUE)})
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The whole desired topology: shards, weights, queues, limits."""
+
+    name: str
+    shards: tuple[ShardConfig, ...]
+    hash: HashConfig = HashConfig()
+    queues: Mapping[str, QueueConfig] = field(default_factory=_default_queues)
+    worker: WorkerConfig = WorkerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    source: str | None = None
+
+    def shard(self, name: str) -> ShardConfig:
+        for shard in self.shards:
+            if shard.name == name:
+                return shard
+        raise KeyError(name)
+
+    @property
+    def shard_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.shards)
+
+
+_URL_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return ``dsn`` with any password replaced by ``***``.
+
+    Handles URLs (``postgresql://user:secret@host/db?password=...``) and key=value
+    strings (``host=h password=secret``).
+    """
+    if "://" in dsn:
+        try:
+            parts = urlsplit(dsn)
+        except ValueError:
+            return "<unparseable dsn>"
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            if ":" in userinfo:
+                user = userinfo.split(":", 1)[0]
+                netloc = f"{user}:***@{hostport}"
+        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _URL_PASSWORD.sub(r"\1***", dsn)

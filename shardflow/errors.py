@@ -1,0 +1,164 @@
+"""Every exception shardflow raises on purpose.
+
+The tree::
+
+    ShardflowError
+    ├── ConfigError            bad YAML or values; carries the YAML path and line
+    ├── IdentityMismatch       a shard's recorded cluster identity differs from the config
+    ├── RoutingError           an ID cannot be routed (no owner, too many redirects)
+    ├── ShardUnavailable       a shard cannot be reached now (retryable)
+    ├── MigrationError         a schema migration failed
+    ├── EmbeddedServerError    a local PostgreSQL server (dev, demo, tests) failed
+    ├── WorkflowError
+    │   ├── WorkflowNotFound       no workflow with that ID on any shard
+    │   ├── WorkflowConflict       same ID submitted with another workflow name
+    │   ├── WorkflowFailed         the workflow ended in ERROR; carries the remote error
+    │   ├── WorkflowCancelled      the workflow ended CANCELLED (by a user or a timeout)
+    │   ├── WorkflowTimeout        waiting for a result timed out (the workflow goes on)
+    │   ├── NonDeterminismError    replay reached another step than the one recorded
+    │   └── UnknownWorkflow        no registered code for a workflow name
+    ├── SerializationError     a value cannot be serialized or deserialized
+    │   └── PayloadTooLarge        a serialized value exceeds limits.max_payload_bytes
+    └── LeaseLost              a worker lost its claim on a workflow (fenced write refused)
+
+Driver errors are wrapped at the storage boundary (``raise ... from exc``), so callers
+catch these classes, never psycopg's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShardflowError(Exception):
+    """Base class of every error shardflow raises on purpose."""
+
+
+class ConfigError(ShardflowError):
+    """The cluster configuration is invalid.
+
+    ``path`` is the YAML path of the offending value (``shards[1].weight``) and ``line``
+    its 1-based line in the file, when known.
+    """
+
+    def __init__(self, message: str, *, path: str = "", line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.detail = message
+        text = f"{path}: {message}" if path else message
+        if line is not None:
+            text = f"{text} (line {line})"
+        super().__init__(text)
+
+
+class IdentityMismatch(ShardflowError):
+    """A shard belongs to another cluster, or its slot count or seed differs."""
+
+
+class RoutingError(ShardflowError):
+    """A workflow ID could not be routed to a shard."""
+
+
+class ShardUnavailable(ShardflowError):
+    """A shard could not be reached. Retryable: other shards keep working."""
+
+    def __init__(self, shard: str, reason: str) -> None:
+        self.shard = shard
+        self.reason = reason
+        super().__init__(f"shard {shard!r} is unavailable: {reason}")
+
+
+class MigrationError(ShardflowError):
+    """A schema migration failed on a shard."""
+
+
+class EmbeddedServerError(ShardflowError):
+    """A local PostgreSQL server (``shardflow dev``, demo, tests) could not be run."""
+
+
+class WorkflowError(ShardflowError):
+    """Base class of errors about one workflow."""
+
+
+class WorkflowNotFound(WorkflowError):
+    """No workflow with that ID exists on any shard."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow {workflow_id!r} not found")
+
+
+class WorkflowConflict(WorkflowError):
+    """A workflow ID already exists with another workflow name."""
+
+
+class WorkflowFailed(WorkflowError):
+    """The workflow ended in ERROR. ``error`` holds the recorded remote error."""
+
+    def __init__(self, workflow_id: str, error: dict[str, Any] | None) -> None:
+        self.workflow_id = workflow_id
+        self.error = error or {}
+        kind = self.error.get("type", "Error")
+        message = self.error.get("message", "")
+        super().__init__(f"workflow {workflow_id!r} failed: {kind}: {message}")
+
+
+class WorkflowCancelled(WorkflowError):
+    """The workflow ended CANCELLED."""
+
+    def __init__(self, workflow_id: str, reason: str | None = None) -> None:
+        self.workflow_id = workflow_id
+        self.reason = reason
+        suffix = f" ({reason})" if reason else ""
+        super().__init__(f"workflow {workflow_id!r} was cancelled{suffix}")
+
+
+class WorkflowTimeout(WorkflowError):
+    """Waiting for a workflow's result timed out; the workflow itself goes on."""
+
+
+class NonDeterminismError(WorkflowError):
+    """Replay reached a different step than the one recorded at that position."""
+
+
+class UnknownWorkflow(WorkflowError):
+    """No code is registered for a workflow name in this App."""
+
+
+class SerializationError(ShardflowError):
+    """A value cannot be serialized (or a stored one deserialized)."""
+
+
+class PayloadTooLarge(SerializationError):
+    """A serialized value is larger than ``limits.max_payload_bytes``."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} is {size} bytes, over limits.max_payload_bytes ({limit})")
+
+
+class LeaseLost(ShardflowError):
+    """A fenced write was refused: another worker owns the workflow now."""
+
+
+__all__ = [
+    "ConfigError",
+    "EmbeddedServerError",
+    "IdentityMismatch",
+    "LeaseLost",
+    "MigrationError",
+    "NonDeterminismError",
+    "PayloadTooLarge",
+    "RoutingError",
+    "SerializationError",
+    "ShardUnavailable",
+    "ShardflowError",
+    "UnknownWorkflow",
+    "WorkflowCancelled",
+    "WorkflowConflict",
+    "WorkflowError",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowTimeout",
+]
