@@ -1,0 +1,284 @@
+"""A local sharded cluster: N :class:`LocalServer` s under one directory.
+
+Layout of ``DIR``::
+
+    DIR/cluster.yaml      shardflow configuration (one shard per server)
+    DIR/servers.json      ports, data directories, binaries (see shardflow.local.state)
+    DIR/shard0/data/      PostgreSQL data directory of shard0 (log: server.log inside)
+    DIR/shard1/data/ ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+from psycopg import sql
+
+from shardflow.errors import EmbeddedServerError
+from shardflow.local.binaries import find_pg_bindir
+from shardflow.local.ports import pick_free_ports
+from shardflow.local.server import LocalServer
+from shardflow.local.state import (
+    CONFIG_FILE,
+    STATE_FILE,
+    ClusterState,
+    ServerRecord,
+    read_state,
+    write_cluster_yaml,
+    write_state,
+)
+
+logger = logging.getLogger(__name__)
+
+DATABASE = "shardflow"
+"""The database created on every server; ``cluster.yaml`` points at it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """One server of a local cluster, as :meth:`LocalCluster.status` sees it."""
+
+    name: str
+    port: int
+    running: bool
+    data_dir: Path
+    dsn: str
+
+
+class LocalCluster:
+    """Local PostgreSQL servers, one per shard, under ``directory``.
+
+    ``up`` creates or restarts them; ``down`` stops them. The directory keeps everything,
+    so another process (or a later ``shardflow dev up``) finds the same cluster::
+
+        cluster = LocalCluster("/tmp/dev")
+        config_path = cluster.up(shards=3)
+        ...
+        cluster.down()
+
+    Also a context manager that calls :meth:`down` on exit.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, start_timeout: float = 60.0) -> None:
+        self.directory = Path(directory).absolute()
+        self.start_timeout = start_timeout
+
+    def __repr__(self) -> str:
+        return f"LocalCluster({str(self.directory)!r})"
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    @property
+    def config_path(self) -> Path:
+        """``DIR/cluster.yaml``."""
+        return self.directory / CONFIG_FILE
+
+    @property
+    def state_path(self) -> Path:
+        """``DIR/servers.json``."""
+        return self.directory / STATE_FILE
+
+    @property
+    def servers(self) -> tuple[LocalServer, ...]:
+        """The servers recorded in ``servers.json``, in shard order (empty before ``up``).
+
+        Fresh objects each time: the file is the truth, another process may have moved a
+        server to another port.
+        """
+        state = read_state(self.state_path)
+        return () if state is None else self._servers_of(state)
+
+    def up(
+        self,
+        shards: int = 3,
+        *,
+        name: str = "local",
+        slots: int = 4096,
+        settings: Mapping[str, str] | None = None,
+        migrate: bool = True,
+    ) -> Path:
+        """Start the cluster (creating it on first use) and return ``cluster.yaml``'s path.
+
+        On a directory that already holds a cluster, starts the servers that are stopped,
+        on their old ports when free (otherwise on new ones, and both files are rewritten),
+        and leaves running ones alone. ``shards``, ``name`` and ``slots`` must then match the
+        existing cluster. ``settings`` (``postgresql.conf`` parameters) are remembered and
+        apply to servers started by this call. ``migrate`` applies the shardflow schema.
+        """
+        if shards < 1:
+            raise ValueError("a cluster needs at least one shard")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = read_state(self.state_path)
+        if existing is None:
+            state = self._new_state(shards, name, slots, settings)
+        else:
+            state = self._reuse_state(existing, shards, name, slots, settings)
+        # Recorded before anything starts, so `down` finds servers even if `up` dies midway.
+        write_state(self.state_path, state)
+
+        servers = self._servers_of(state)
+        self._bring_up(servers)
+        moved = tuple(
+            dataclasses.replace(record, port=server.port)
+            for record, server in zip(state.servers, servers, strict=True)
+        )
+        ports_moved = moved != state.servers
+        if ports_moved:
+            state = dataclasses.replace(state, servers=moved)
+            write_state(self.state_path, state)
+        # Rewriting an unchanged file would only drop the user's comments in it.
+        if existing is None or ports_moved or not self.config_path.exists():
+            dsns = [
+                (r.shard, server.dsn(DATABASE)) for r, server in zip(moved, servers, strict=True)
+            ]
+            write_cluster_yaml(self.config_path, state.name, state.slots, dsns)
+        if migrate:
+            self._migrate()
+        return self.config_path
+
+    def down(self) -> None:
+        """Stop every server (fast shutdown). No-op if none runs or there is no cluster."""
+        servers = self.servers
+        if servers:
+            _run_parallel(servers, lambda server: server.stop("fast"))
+
+    def status(self) -> list[ServerStatus]:
+        """Name, port, and whether it runs, for every server."""
+        state = read_state(self.state_path)
+        if state is None:
+            return []
+        return [
+            ServerStatus(
+                name=record.shard,
+                port=server.port,
+                running=server.is_running(),
+                data_dir=server.data_dir,
+                dsn=server.dsn(DATABASE),
+            )
+            for record, server in zip(state.servers, self._servers_of(state), strict=True)
+        ]
+
+    def admin_dsns(self) -> list[str]:
+        """DSNs of the ``postgres`` database on every server, in shard order."""
+        return [server.dsn("postgres") for server in self.servers]
+
+    def _new_state(
+        self, shards: int, name: str, slots: int, settings: Mapping[str, str] | None
+    ) -> ClusterState:
+        records = tuple(
+            ServerRecord(f"shard{k}", port, f"shard{k}/data")
+            for k, port in enumerate(pick_free_ports(shards))
+        )
+        return ClusterState(name, slots, find_pg_bindir(), records, dict(settings or {}))
+
+    def _reuse_state(
+        self,
+        state: ClusterState,
+        shards: int,
+        name: str,
+        slots: int,
+        settings: Mapping[str, str] | None,
+    ) -> ClusterState:
+        asked = {"shards": shards, "name": name, "slots": slots}
+        has = {"shards": len(state.servers), "name": state.name, "slots": state.slots}
+        different = [key for key in asked if asked[key] != has[key]]
+        if different:
+            wanted = ", ".join(f"{key}={asked[key]!r}" for key in different)
+            held = ", ".join(f"{key}={has[key]!r}" for key in different)
+            raise EmbeddedServerError(
+                f"{self.directory} already holds a local cluster with {held}; asked for "
+                f"{wanted}. Call up() with the existing values, or run down() and remove "
+                "the directory to create a new cluster."
+            )
+        bindir = state.bindir
+        if not bindir.is_dir():
+            # Data directories only open with the major version that created them;
+            # if that one is gone, pg_ctl's error says so.
+            bindir = find_pg_bindir()
+            logger.warning("%s is gone; using PostgreSQL binaries in %s", state.bindir, bindir)
+        new_settings = state.settings if settings is None else dict(settings)
+        return dataclasses.replace(state, bindir=bindir, settings=new_settings)
+
+    def _servers_of(self, state: ClusterState) -> tuple[LocalServer, ...]:
+        return tuple(
+            LocalServer(
+                self.directory / record.data_dir,
+                record.port,
+                bindir=state.bindir,
+                settings=state.settings,
+                start_timeout=self.start_timeout,
+            )
+            for record in state.servers
+        )
+
+    def _bring_up(self, servers: Sequence[LocalServer]) -> None:
+        running_before = [server.is_running() for server in servers]
+        try:
+            _run_parallel(servers, _start_with_database)
+        except BaseException:
+            # Do not leave half a cluster running behind an exception nobody will `down`.
+            started_here = [s for s, was in zip(servers, running_before, strict=True) if not was]
+            _run_parallel(started_here, lambda server: server.stop("fast"))
+            raise
+
+    def _migrate(self) -> None:
+        # Imported here: creating and starting servers needs none of the config loader,
+        # router and migrator stack, so `migrate=False` works without it.
+        from shardflow.config import load
+        from shardflow.sql.migrator import migrate_cluster
+
+        migrate_cluster(load(self.config_path))
+
+
+def _start_with_database(server: LocalServer) -> None:
+    server.init()
+    server.start()
+    _create_database(server)
+
+
+def _create_database(server: LocalServer) -> None:
+    try:
+        with psycopg.connect(server.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            ).fetchone()
+            if found is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+                logger.info("created database %s on port %d", DATABASE, server.port)
+    except psycopg.errors.DuplicateDatabase:
+        pass  # another process's `up` created it at the same moment
+    except psycopg.Error as exc:
+        raise EmbeddedServerError(
+            f"could not create database {DATABASE!r} on port {server.port}: {exc}"
+        ) from exc
+
+
+def _run_parallel(servers: Sequence[LocalServer], action: Callable[[LocalServer], None]) -> None:
+    """Run ``action`` on every server at once (initdb and startup are mostly waiting)."""
+    if not servers:
+        return
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        futures = [pool.submit(action, server) for server in servers]
+    errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        details = "\n\n".join(str(exc) for exc in errors)
+        raise EmbeddedServerError(f"{len(errors)} servers failed:\n\n{details}") from errors[0]
