@@ -12,6 +12,7 @@ The tree::
     ├── WorkflowError
     │   ├── WorkflowNotFound       no workflow with that ID on any shard
     │   ├── WorkflowConflict       same ID submitted with another workflow name
+    │   ├── WorkflowDeduplicated   an active workflow of the queue holds the dedup key
     │   ├── WorkflowFailed         the workflow ended in ERROR; carries the remote error
     │   ├── WorkflowCancelled      the workflow ended CANCELLED (by a user or a timeout)
     │   ├── WorkflowTimeout        waiting for a result timed out (the workflow goes on)
@@ -92,6 +93,17 @@ class WorkflowConflict(WorkflowError):
     """A workflow ID already exists with another workflow name."""
 
 
+class WorkflowDeduplicated(WorkflowError):
+    """An active workflow of the queue already holds this dedup key."""
+
+    def __init__(self, queue: str, dedup_key: str) -> None:
+        self.queue = queue
+        self.dedup_key = dedup_key
+        super().__init__(
+            f"queue {queue!r} already has an active workflow with dedup key {dedup_key!r}"
+        )
+
+
 class WorkflowFailed(WorkflowError):
     """The workflow ended in ERROR. ``error`` holds the recorded remote error."""
 
@@ -157,6 +169,7 @@ __all__ = [
     "UnknownWorkflow",
     "WorkflowCancelled",
     "WorkflowConflict",
+    "WorkflowDeduplicated",
     "WorkflowError",
     "WorkflowFailed",
     "WorkflowNotFound",

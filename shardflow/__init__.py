@@ -1,0 +1,93 @@
+"""shardflow: durable workflows on sharded PostgreSQL.
+
+Public API::
+
+    import shardflow
+    app = shardflow.App("orders")
+
+    @app.step(max_attempts=3)
+    def charge(order_id: str) -> dict: ...
+
+    @app.workflow()
+    def process_order(order_id: str) -> str:
+        return charge(order_id)["id"]
+
+    cluster = shardflow.connect("cluster.yaml")
+    handle = cluster.submit(process_order, "o-1", workflow_id="order-o-1")
+    shardflow.Worker(cluster, app).run()
+"""
+
+from __future__ import annotations
+
+from shardflow.config import ClusterConfig, load
+from shardflow.engine import (
+    App,
+    Cluster,
+    JsonSerializer,
+    Page,
+    RetryPolicy,
+    Serializer,
+    StepFailed,
+    StepRecord,
+    Submission,
+    Worker,
+    WorkflowHandle,
+    WorkflowState,
+    WorkflowStatus,
+    connect,
+)
+from shardflow.errors import (
+    ConfigError,
+    IdentityMismatch,
+    NonDeterminismError,
+    PayloadTooLarge,
+    RoutingError,
+    SerializationError,
+    ShardflowError,
+    ShardUnavailable,
+    UnknownWorkflow,
+    WorkflowCancelled,
+    WorkflowConflict,
+    WorkflowDeduplicated,
+    WorkflowError,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowTimeout,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Cluster",
+    "ClusterConfig",
+    "ConfigError",
+    "IdentityMismatch",
+    "JsonSerializer",
+    "NonDeterminismError",
+    "Page",
+    "PayloadTooLarge",
+    "RetryPolicy",
+    "RoutingError",
+    "SerializationError",
+    "Serializer",
+    "ShardUnavailable",
+    "ShardflowError",
+    "StepFailed",
+    "StepRecord",
+    "Submission",
+    "UnknownWorkflow",
+    "Worker",
+    "WorkflowCancelled",
+    "WorkflowConflict",
+    "WorkflowDeduplicated",
+    "WorkflowError",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowState",
+    "WorkflowStatus",
+    "WorkflowTimeout",
+    "connect",
+    "load",
+]

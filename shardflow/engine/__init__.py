@@ -1,0 +1,29 @@
+"""The workflow engine: app registry, runs and checkpoints, workers, the client."""
+
+from __future__ import annotations
+
+from shardflow.engine.app import App, RetryPolicy, Step, Workflow
+from shardflow.engine.cluster import Cluster, Page, Submission, WorkflowHandle, connect
+from shardflow.engine.records import StepRecord, WorkflowStatus
+from shardflow.engine.serialization import JsonSerializer, Serializer, StepFailed
+from shardflow.engine.states import WorkflowState
+from shardflow.engine.worker import Worker
+
+__all__ = [
+    "App",
+    "Cluster",
+    "JsonSerializer",
+    "Page",
+    "RetryPolicy",
+    "Serializer",
+    "Step",
+    "StepFailed",
+    "StepRecord",
+    "Submission",
+    "Worker",
+    "Workflow",
+    "WorkflowHandle",
+    "WorkflowState",
+    "WorkflowStatus",
+    "connect",
+]

@@ -1,0 +1,144 @@
+"""The registry of workflow and step functions: ``App``, ``@app.workflow``, ``@app.step``.
+
+Decorating changes nothing about how a function runs outside a workflow; inside one (on a
+worker), every step call is checkpointed and replayed from its record after a restart.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from shardflow.config.model import DEFAULT_QUEUE
+from shardflow.engine import context
+from shardflow.errors import UnknownWorkflow
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits ``backoff * rate**(n-1)``, at most
+    ``max_backoff``, times a random factor in [0.5, 1.0]."""
+
+    max_attempts: int = 1
+    backoff_seconds: float = 1.0
+    backoff_rate: float = 2.0
+    max_backoff_seconds: float = 60.0
+
+    def delay(self, failed_attempts: int, jitter: float) -> float:
+        raw = self.backoff_seconds * self.backoff_rate ** (failed_attempts - 1)
+        return min(raw, self.max_backoff_seconds) * (0.5 + 0.5 * jitter)
+
+
+class Step(Generic[P, R]):
+    """A checkpointed step. Call it like the function it wraps."""
+
+    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        run = context.current_run()
+        if run is None:
+            return self.fn(*args, **kwargs)
+        return run.run_step(self.name, self.retry, lambda: self.fn(*args, **kwargs))
+
+
+class Workflow(Generic[P, R]):
+    """A registered workflow. Submit it with ``cluster.submit(wf, *args)``; calling it
+    directly just runs the function in the calling thread, without durability."""
+
+    def __init__(self, fn: Callable[P, R], name: str, queue: str, app: App) -> None:
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.app = app
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+
+class App:
+    """A set of workflows and steps that workers can run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.workflows: dict[str, Workflow[Any, Any]] = {}
+
+    @overload
+    def workflow(self, fn: Callable[P, R]) -> Workflow[P, R]: ...
+
+    @overload
+    def workflow(
+        self, fn: None = None, *, name: str | None = None, queue: str = DEFAULT_QUEUE
+    ) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
+
+    def workflow(
+        self,
+        fn: Callable[P, R] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+    ) -> Workflow[P, R] | Callable[[Callable[P, R]], Workflow[P, R]]:
+        """Register a workflow. Its name defaults to ``module.qualname``: renaming or
+        moving the function changes it, so set ``name=`` for long-lived workflows."""
+
+        def register(f: Callable[P, R]) -> Workflow[P, R]:
+            wf_name = name or f"{f.__module__}.{f.__qualname__}"
+            if wf_name in self.workflows and self.workflows[wf_name].fn is not f:
+                raise ValueError(f"workflow name {wf_name!r} is registered twice in {self.name}")
+            wf = Workflow(f, wf_name, queue, self)
+            self.workflows[wf_name] = wf
+            return wf
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def step(self, fn: Callable[P, R]) -> Step[P, R]: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        max_attempts: int = 1,
+        backoff_seconds: float = 1.0,
+        backoff_rate: float = 2.0,
+        max_backoff_seconds: float = 60.0,
+    ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+
+    def step(
+        self,
+        fn: Callable[P, R] | None = None,
+        *,
+        name: str | None = None,
+        max_attempts: int = 1,
+        backoff_seconds: float = 1.0,
+        backoff_rate: float = 2.0,
+        max_backoff_seconds: float = 60.0,
+    ) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
+        """Make a function a checkpointed step, retried up to ``max_attempts`` times."""
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if backoff_seconds < 0 or backoff_rate < 1:
+            raise ValueError("backoff_seconds must be >= 0 and backoff_rate >= 1")
+        policy = RetryPolicy(max_attempts, backoff_seconds, backoff_rate, max_backoff_seconds)
+
+        def wrap(f: Callable[P, R]) -> Step[P, R]:
+            return Step(f, name or f.__qualname__, policy)
+
+        return wrap(fn) if fn is not None else wrap
+
+    def lookup(self, name: str) -> Workflow[Any, Any]:
+        try:
+            return self.workflows[name]
+        except KeyError:
+            raise UnknownWorkflow(f"no workflow named {name!r} in app {self.name!r}") from None

@@ -1,0 +1,474 @@
+"""The client: submit, look up, list, cancel and resume workflows across all shards."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shardflow.config.loader import load
+from shardflow.config.model import ClusterConfig
+from shardflow.engine.app import Workflow
+from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
+from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
+from shardflow.engine.states import RESUMABLE, WorkflowState
+from shardflow.engine.store import DedupConflict, Store
+from shardflow.errors import (
+    IdentityMismatch,
+    RoutingError,
+    ShardflowError,
+    ShardUnavailable,
+    WorkflowCancelled,
+    WorkflowConflict,
+    WorkflowDeduplicated,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowTimeout,
+)
+from shardflow.router.hashing import Hasher
+from shardflow.router.pools import ShardPools
+from shardflow.router.router import Router
+from shardflow.router.slotmap import SlotMap, initial_map
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS = 4
+_ID_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One workflow to submit with :meth:`Cluster.submit_many`."""
+
+    workflow: Workflow[Any, Any] | str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    workflow_id: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    dedup_key: str | None = None
+    delay_seconds: float | None = None
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :meth:`Cluster.list_workflows`; pass ``next_cursor`` for the next."""
+
+    items: list[WorkflowStatus]
+    next_cursor: str | None
+
+
+class WorkflowHandle:
+    """A reference to one submitted workflow."""
+
+    def __init__(self, cluster: Cluster, workflow_id: str, shard: str) -> None:
+        self.cluster = cluster
+        self.workflow_id = workflow_id
+        self.shard = shard
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r}, shard={self.shard!r})"
+
+    def status(self) -> WorkflowStatus:
+        status = self.cluster.get(self.workflow_id)
+        self.shard = status.shard
+        return status
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the workflow to end and return its result.
+
+        Raises WorkflowFailed (ERROR or dead-lettered), WorkflowCancelled, or
+        WorkflowTimeout if ``timeout`` seconds pass first (the workflow goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            status = self.status()
+            if status.state is WorkflowState.SUCCESS:
+                return status.output
+            if status.state is WorkflowState.ERROR:
+                raise WorkflowFailed(self.workflow_id, status.error)
+            if status.state is WorkflowState.DEAD:
+                raise WorkflowFailed(
+                    self.workflow_id, {"type": "DeadLettered", "message": status.reason or ""}
+                )
+            if status.state is WorkflowState.CANCELLED:
+                raise WorkflowCancelled(self.workflow_id, status.reason)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WorkflowTimeout(
+                    f"workflow {self.workflow_id!r} still {status.state.value} after {timeout}s"
+                )
+            pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
+            time.sleep(pause)
+            delay = min(delay * 1.5, 0.5)
+
+
+class Cluster:
+    """A connection to every shard of a cluster. Thread-safe; share one per process."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        serializer: Serializer | None = None,
+        pool_max_size: int | None = None,
+    ) -> None:
+        self.config = config
+        self.codec = Codec(serializer or JsonSerializer(), config.limits.max_payload_bytes)
+        self.pools = ShardPools(config, max_size=pool_max_size)
+        self.store = Store(self.pools, self.codec)
+        self.hasher = Hasher(config.hash.slots, config.hash.seed)
+        self._checked: set[str] = set()
+        self.router = Router(self.hasher, self._desired_map())
+        self.refresh_topology()
+
+    # -- topology ---------------------------------------------------------------------
+
+    def _desired_map(self) -> SlotMap:
+        weights = [
+            (s.name, s.weight if s.state.value == "active" else 0) for s in self.config.shards
+        ]
+        return initial_map(weights, self.config.hash.slots, epoch=0)
+
+    def check_identity(self, shard: str) -> None:
+        """Refuse a shard whose recorded identity disagrees with the config."""
+        if shard in self._checked:
+            return
+        identity = self.store.identity(shard)
+        if identity is None:
+            raise IdentityMismatch(
+                f"shard {shard!r} has no shardflow schema; run `shardflow migrate` first"
+            )
+        cluster_name, shard_name, slots, seed = identity
+        for what, recorded, configured in (
+            ("cluster name", cluster_name, self.config.name),
+            ("shard name", shard_name, shard),
+            ("hash.slots", slots, self.config.hash.slots),
+            ("hash.seed", seed, self.config.hash.seed),
+        ):
+            if recorded != configured:
+                raise IdentityMismatch(
+                    f"shard {shard!r}: {what} is {configured!r} in the config but"
+                    f" {recorded!r} on the server"
+                )
+        self._checked.add(shard)
+
+    def refresh_topology(self) -> SlotMap:
+        """Load the newest slot map from the reachable shards and adopt it."""
+        maps: list[SlotMap] = []
+        errors: list[ShardUnavailable] = []
+
+        def read(shard: str) -> SlotMap | None:
+            self.check_identity(shard)
+            return self.store.slot_map(shard, self.config.hash.slots)
+
+        with ThreadPoolExecutor(max(len(self.config.shards), 1)) as pool:
+            futures = [pool.submit(read, name) for name in self.config.shard_names]
+            for future in futures:
+                try:
+                    found = future.result()
+                except ShardUnavailable as exc:
+                    errors.append(exc)
+                    continue
+                if found is not None:
+                    maps.append(found)
+        if not maps:
+            if errors:
+                raise errors[0]
+            raise IdentityMismatch("no shard has a slot map; run `shardflow migrate` first")
+        newest = max(maps, key=lambda m: m.epoch)
+        unknown = set(newest.owners) - set(self.config.shard_names)
+        if unknown:
+            raise RoutingError(
+                f"the live slot map (epoch {newest.epoch}) names shard(s) {sorted(unknown)}"
+                " that are not in this config"
+            )
+        self.router.update(newest)
+        return self.router.slot_map
+
+    def route(self, workflow_id: str) -> str:
+        return self.router.route(workflow_id)
+
+    # -- submit -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        delay_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle:
+        """Start a workflow; idempotent on ``workflow_id``.
+
+        ``workflow`` is a registered function or its name (to submit without the code).
+        Remaining positional and keyword arguments go to the workflow.
+        """
+        sub = Submission(
+            workflow,
+            args,
+            kwargs,
+            workflow_id,
+            queue,
+            priority,
+            dedup_key,
+            delay_seconds,
+            timeout_seconds,
+        )
+        return self.submit_many([sub])[0]
+
+    def submit_many(
+        self, submissions: Iterable[Submission | tuple[Any, ...]]
+    ) -> list[WorkflowHandle]:
+        """Submit many workflows: one insert statement per shard."""
+        rows = [
+            self._new_row(s if isinstance(s, Submission) else Submission(s[0], s[1:]))
+            for s in submissions
+        ]
+        ids = [r.workflow_id for r in rows]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise WorkflowConflict(f"workflow id {dup!r} appears twice in one submit_many")
+        placed = self._insert(rows)
+        return [WorkflowHandle(self, r.workflow_id, placed[r.workflow_id]) for r in rows]
+
+    def _new_row(self, sub: Submission) -> NewWorkflow:
+        if isinstance(sub.workflow, Workflow):
+            name, default_queue = sub.workflow.name, sub.workflow.queue
+        elif isinstance(sub.workflow, str) and sub.workflow:
+            name, default_queue = sub.workflow, "default"
+        else:
+            raise TypeError("submit() takes a registered workflow or a workflow name")
+        queue = sub.queue or default_queue
+        if queue not in self.config.queues:
+            known = ", ".join(sorted(self.config.queues))
+            raise ShardflowError(f"queue {queue!r} is not declared in the config (known: {known})")
+        workflow_id = sub.workflow_id
+        if workflow_id is None:
+            if sub.dedup_key is not None:
+                # Same dedup key -> same hash tag -> same shard, so uniqueness is exact.
+                tag = hashlib.sha1(f"{queue}\0{sub.dedup_key}".encode()).hexdigest()[:16]
+                workflow_id = f"{{dedup-{tag}}}{uuid.uuid4()}"
+            else:
+                workflow_id = str(uuid.uuid4())
+        _check_id(workflow_id)
+        for what, value in (
+            ("delay_seconds", sub.delay_seconds),
+            ("timeout_seconds", sub.timeout_seconds),
+        ):
+            if value is not None and value < 0:
+                raise ValueError(f"{what} must be >= 0")
+        inputs = self.codec.dumps(
+            {"args": list(sub.args), "kwargs": dict(sub.kwargs)}, f"inputs of {workflow_id!r}"
+        )
+        route_hash, slot, _ = self.router.locate(workflow_id)
+        return NewWorkflow(
+            workflow_id=workflow_id,
+            slot=slot,
+            route_hash=route_hash,
+            name=name,
+            queue=queue,
+            priority=int(sub.priority),
+            inputs=inputs,
+            delay_seconds=sub.delay_seconds,
+            timeout_seconds=sub.timeout_seconds,
+            dedup_key=sub.dedup_key,
+            parent_id=None,
+        )
+
+    def _insert(self, rows: list[NewWorkflow]) -> dict[str, str]:
+        """Insert rows on their shards, following redirects; returns id -> shard."""
+        placed: dict[str, str] = {}
+        pending = rows
+        for hop in range(MAX_HOPS):
+            by_shard: dict[str, list[NewWorkflow]] = {}
+            for row in pending:
+                by_shard.setdefault(self.router.slot_map.owner(row.slot), []).append(row)
+            retry: list[NewWorkflow] = []
+            for shard, shard_rows in by_shard.items():
+                self.check_identity(shard)
+                created = self._insert_on(shard, shard_rows)
+                rest = [r for r in shard_rows if r.workflow_id not in created]
+                for r in shard_rows:
+                    if r.workflow_id in created:
+                        placed[r.workflow_id] = shard
+                if not rest:
+                    continue
+                existing = self.store.existing(shard, [r.workflow_id for r in rest])
+                for r in rest:
+                    found = existing.get(r.workflow_id)
+                    if found is None:
+                        retry.append(r)  # not this shard's slot (any more)
+                        continue
+                    name, _state, _moved_to = found
+                    if name != r.name:
+                        raise WorkflowConflict(
+                            f"workflow id {r.workflow_id!r} exists with workflow {name!r},"
+                            f" not {r.name!r}"
+                        )
+                    placed[r.workflow_id] = shard
+            if not retry:
+                return placed
+            log.info(
+                "%d submit(s) redirected (hop %d); refreshing the slot map", len(retry), hop + 1
+            )
+            self.refresh_topology()
+            pending = retry
+        raise RoutingError(f"could not place {len(pending)} workflow(s) after {MAX_HOPS} redirects")
+
+    def _insert_on(self, shard: str, rows: list[NewWorkflow]) -> set[str]:
+        try:
+            return self.store.insert_workflows(shard, rows)
+        except DedupConflict:
+            if len(rows) == 1:
+                r = rows[0]
+                raise WorkflowDeduplicated(r.queue, r.dedup_key or "") from None
+            # One duplicate fails the whole statement: find it row by row.
+            created: set[str] = set()
+            for r in rows:
+                created |= self._insert_on(shard, [r])
+            return created
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, workflow_id: str) -> WorkflowStatus:
+        """The workflow's current status, wherever it lives. Raises WorkflowNotFound."""
+        shard = self.router.route(workflow_id)
+        for _ in range(MAX_HOPS):
+            found = self.store.get(shard, workflow_id)
+            if found is None:
+                newer = self.refresh_topology().owner(self.hasher.slot(workflow_id))
+                if newer == shard:
+                    raise WorkflowNotFound(workflow_id)
+                shard = newer
+                continue
+            status, moved_to = found
+            if status.state is WorkflowState.MOVED and moved_to:
+                shard = moved_to
+                continue
+            return status
+        raise WorkflowNotFound(workflow_id)
+
+    def handle(self, workflow_id: str) -> WorkflowHandle:
+        """A handle to an existing workflow (checked)."""
+        status = self.get(workflow_id)
+        return WorkflowHandle(self, workflow_id, status.shard)
+
+    def steps(self, workflow_id: str) -> list[StepRecord]:
+        """The recorded steps of a workflow, in order."""
+        status = self.get(workflow_id)
+        return self.store.steps(status.shard, workflow_id)
+
+    def list_workflows(
+        self,
+        state: str | WorkflowState | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Workflows of all shards, newest first, ``limit`` at a time.
+
+        Each shard returns its next ``limit`` rows after the cursor (keyset on
+        ``(created_at, workflow_id)``, never OFFSET); the pages are merged.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        state_value = WorkflowState(state).value if state is not None else None
+        after = _decode_cursor(cursor) if cursor else None
+
+        def page(shard: str) -> list[WorkflowStatus]:
+            return self.store.list_page(
+                shard, state=state_value, name=name, queue=queue, after=after, limit=limit
+            )
+
+        with ThreadPoolExecutor(max(len(self.config.shards), 1)) as pool:
+            pages = list(pool.map(page, self.config.shard_names))
+
+        def key(s: WorkflowStatus) -> tuple[datetime, str]:
+            return (s.created_at, s.workflow_id)
+
+        merged = list(heapq.merge(*pages, key=key, reverse=True))[:limit]
+        # More may follow if the shards returned more than a page in all, or if one shard
+        # filled its page (it may hold more behind it).
+        more = sum(len(p) for p in pages) > limit or any(len(p) == limit for p in pages)
+        next_cursor = _encode_cursor(merged[-1]) if merged and more else None
+        return Page(merged, next_cursor)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
+        """Cancel a workflow. Terminal: a running one stops at its next step boundary."""
+        status = self.get(workflow_id)
+        if status.state.is_active:
+            self.store.cancel(status.shard, workflow_id, reason)
+        return self.get(workflow_id)
+
+    def resume(self, workflow_id: str) -> WorkflowStatus:
+        """Re-queue a cancelled, failed or dead-lettered workflow from its last checkpoint."""
+        status = self.get(workflow_id)
+        if status.state in RESUMABLE:
+            self.store.resume(status.shard, workflow_id)
+        elif not status.state.is_active:
+            raise ShardflowError(f"workflow {workflow_id!r} is {status.state.value}; cannot resume")
+        return self.get(workflow_id)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.pools.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    config: ClusterConfig | str | os.PathLike[str],
+    *,
+    serializer: Serializer | None = None,
+    pool_max_size: int | None = None,
+) -> Cluster:
+    """Connect to a cluster described by a YAML file or a :class:`ClusterConfig`."""
+    cfg = config if isinstance(config, ClusterConfig) else load(config)
+    return Cluster(cfg, serializer=serializer, pool_max_size=pool_max_size)
+
+
+def _check_id(workflow_id: str) -> None:
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValueError("workflow_id must be a non-empty string")
+    if len(workflow_id) > _ID_MAX:
+        raise ValueError(f"workflow_id is longer than {_ID_MAX} characters")
+    if "\x00" in workflow_id:
+        raise ValueError("workflow_id must not contain NUL characters")
+
+
+def _encode_cursor(status: WorkflowStatus) -> str:
+    raw = json.dumps([status.created_at.isoformat(), status.workflow_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, wid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(wid)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("invalid cursor") from exc

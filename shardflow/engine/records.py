@@ -1,0 +1,100 @@
+"""Values the engine passes around: status snapshots, claimed runs, recorded steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NewType
+
+from shardflow.engine.states import WorkflowState
+
+WorkflowId = NewType("WorkflowId", str)
+ShardName = NewType("ShardName", str)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStatus:
+    """A snapshot of one workflow's row."""
+
+    workflow_id: str
+    shard: str
+    name: str
+    queue: str
+    state: WorkflowState
+    priority: int
+    attempt: int
+    recoveries: int
+    output: Any
+    error: dict[str, Any] | None
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    parent_id: str | None
+    dedup_key: str | None
+    deadline: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "shard": self.shard,
+            "name": self.name,
+            "queue": self.queue,
+            "state": self.state.value,
+            "priority": self.priority,
+            "attempt": self.attempt,
+            "recoveries": self.recoveries,
+            "output": self.output,
+            "error": self.error,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "parent_id": self.parent_id,
+            "dedup_key": self.dedup_key,
+            "deadline": self.deadline.isoformat() if self.deadline else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One recorded step: its output, or the error it ended with."""
+
+    step_no: int
+    name: str
+    output: Any
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A workflow claimed by a worker: what it needs to run it, fenced by ``attempt``."""
+
+    workflow_id: str
+    shard: str
+    name: str
+    queue: str
+    inputs: str
+    attempt: int
+    recoveries: int
+    parent_id: str | None
+    state: WorkflowState
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkflow:
+    """A row to insert at submit time; values already routed and serialized."""
+
+    workflow_id: str
+    slot: int
+    route_hash: int
+    name: str
+    queue: str
+    priority: int
+    inputs: str
+    delay_seconds: float | None
+    timeout_seconds: float | None
+    dedup_key: str | None
+    parent_id: str | None

@@ -1,0 +1,192 @@
+"""Running one claimed workflow: replay recorded steps, checkpoint new ones, finish once.
+
+The recorded steps are loaded once when the run starts (none on a first attempt); each step
+call then either returns its recorded output or runs, is retried per its policy, and is
+recorded in one committed row fenced on the claimed attempt. The final state is written
+by the same fenced rule, so it is recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from shardflow.engine import context
+from shardflow.engine.records import Claim, StepRecord
+from shardflow.engine.serialization import error_record, rebuild_error
+from shardflow.engine.states import WorkflowState
+from shardflow.engine.store import Fenced, Store
+from shardflow.errors import NonDeterminismError, SerializationError, ShardUnavailable
+
+if TYPE_CHECKING:
+    from shardflow.engine.app import App, RetryPolicy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RunInterrupted(BaseException):
+    """Stops a run at its next step boundary: cancelled, lease lost, or worker stopping.
+
+    A BaseException so that ``except Exception`` in workflow code cannot swallow it.
+    """
+
+
+class WorkflowRun:
+    """One attempt at running one workflow, on the thread that executes it."""
+
+    def __init__(self, claim: Claim, store: Store, lease_seconds: float) -> None:
+        self.claim = claim
+        self.store = store
+        self.workflow_id = claim.workflow_id
+        self.shard = claim.shard
+        self.attempt = claim.attempt
+        self.recorded: dict[int, StepRecord] = {}
+        self.next_step = 0
+        self.interrupted = threading.Event()
+        self.interrupt_reason = ""
+        self.lease_seconds = lease_seconds
+        # Local view of the lease: if heartbeats fail for a whole lease, another worker
+        # may own the workflow, so this run must stop writing.
+        self.lease_valid_until = time.monotonic() + lease_seconds
+
+    def interrupt(self, reason: str) -> None:
+        self.interrupt_reason = reason
+        self.interrupted.set()
+
+    def lease_renewed(self, at: float) -> None:
+        self.lease_valid_until = at + self.lease_seconds
+
+    def check_live(self) -> None:
+        if self.interrupted.is_set():
+            raise RunInterrupted(self.interrupt_reason)
+        if time.monotonic() > self.lease_valid_until:
+            raise RunInterrupted("lease expired before it could be renewed")
+
+    def run_step(self, name: str, retry: RetryPolicy, fn: Callable[[], T]) -> T:
+        step_no = self.next_step
+        self.next_step += 1
+        record = self.recorded.get(step_no)
+        if record is not None:
+            replayed: T = self._replay(record, name)
+            return replayed
+        self.check_live()
+        failures = 0
+        while True:
+            try:
+                value = fn()
+                break
+            except Exception as exc:
+                failures += 1
+                if failures >= retry.max_attempts:
+                    self._record(step_no, name, None, error_record(exc))
+                    raise
+                delay = retry.delay(failures, random.random())
+                log.info(
+                    "step %s of %s failed (attempt %d/%d), retrying in %.2fs: %s",
+                    name,
+                    self.workflow_id,
+                    failures,
+                    retry.max_attempts,
+                    delay,
+                    exc,
+                )
+                if self.interrupted.wait(delay):
+                    raise RunInterrupted(self.interrupt_reason) from exc
+        output = self.store.codec.dumps(value, f"output of step {name!r}")
+        winner = self._record(step_no, name, output, None)
+        if winner is not None:
+            won: T = self._replay(winner, name)
+            return won
+        result: T = self.store.codec.loads(output)
+        return result
+
+    def _replay(self, record: StepRecord, name: str) -> Any:
+        if record.name != name:
+            raise NonDeterminismError(
+                f"workflow {self.workflow_id!r} step {record.step_no}: replay called"
+                f" {name!r} but the recorded step is {record.name!r}"
+            )
+        if record.error is not None:
+            raise rebuild_error(record.error)
+        return record.output
+
+    def _record(
+        self, step_no: int, name: str, output: str | None, error: dict[str, Any] | None
+    ) -> StepRecord | None:
+        try:
+            return self.store.record_step(
+                self.shard,
+                workflow_id=self.workflow_id,
+                attempt=self.attempt,
+                step_no=step_no,
+                name=name,
+                output=output,
+                error=error,
+            )
+        except Fenced as exc:
+            raise RunInterrupted(f"fenced off (state {exc.state})") from None
+        except ShardUnavailable as exc:
+            raise RunInterrupted(str(exc)) from None
+
+
+def execute(run: WorkflowRun, app: App) -> WorkflowState | None:
+    """Run ``run`` to its end. Returns the final state written, or None if this run was
+    interrupted or fenced off (someone else owns the outcome)."""
+    claim = run.claim
+    store = run.store
+    codec = store.codec
+    wf = app.lookup(claim.name)
+    token = context.enter(run)
+    try:
+        # A first attempt has nothing recorded: skip the read.
+        if claim.attempt > 1:
+            run.recorded = {s.step_no: s for s in store.load_steps(run.shard, run.workflow_id)}
+        inputs = codec.loads(claim.inputs)
+        result = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
+        output = codec.dumps(result, f"result of workflow {claim.name!r}")
+    except RunInterrupted as exc:
+        log.info("run of %s (attempt %d) stopped: %s", run.workflow_id, run.attempt, exc)
+        return None
+    except ShardUnavailable as exc:
+        log.warning("run of %s abandoned: %s", run.workflow_id, exc)
+        return None
+    except NonDeterminismError as exc:
+        return _finish(run, WorkflowState.ERROR, None, error_record(exc), "non-determinism")
+    except SerializationError as exc:
+        return _finish(run, WorkflowState.ERROR, None, error_record(exc), "serialization")
+    except Exception as exc:
+        return _finish(run, WorkflowState.ERROR, None, error_record(exc), None)
+    finally:
+        context.leave(token)
+    return _finish(run, WorkflowState.SUCCESS, output, None, None)
+
+
+def _finish(
+    run: WorkflowRun,
+    state: WorkflowState,
+    output: str | None,
+    error: dict[str, Any] | None,
+    reason: str | None,
+) -> WorkflowState | None:
+    try:
+        written = run.store.finish(
+            run.shard,
+            workflow_id=run.workflow_id,
+            attempt=run.attempt,
+            state=state,
+            output=output,
+            error=error,
+            reason=reason,
+        )
+    except ShardUnavailable as exc:
+        log.warning("could not record the end of %s: %s", run.workflow_id, exc)
+        return None
+    if not written:
+        log.info("end of %s not recorded: fenced off (attempt %d)", run.workflow_id, run.attempt)
+        return None
+    return state

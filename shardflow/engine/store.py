@@ -1,0 +1,374 @@
+"""The storage boundary of the engine: every SQL statement it runs goes through here.
+
+One method per query (named queries in ``shardflow/sql/queries``). Each method talks to
+one shard; callers route first. Driver errors leave as :class:`ShardUnavailable` (from
+the pools) or are wrapped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shardflow.engine.records import Claim, NewWorkflow, StepRecord, WorkflowStatus
+from shardflow.engine.serialization import Codec
+from shardflow.engine.states import WorkflowState
+from shardflow.errors import ShardflowError, ShardUnavailable
+from shardflow.router.pools import Conn, ShardPools
+from shardflow.router.slotmap import SlotMap
+from shardflow.sql import query
+
+
+class StoreError(ShardflowError):
+    """An unexpected database error on a shard (not a connectivity problem)."""
+
+
+class Store:
+    """Named queries against the shards of one cluster."""
+
+    def __init__(self, pools: ShardPools, codec: Codec) -> None:
+        self.pools = pools
+        self.codec = codec
+
+    @contextmanager
+    def _conn(self, shard: str) -> Iterator[Conn]:
+        with self.pools.connection(shard) as conn:
+            try:
+                yield conn
+            except (ShardUnavailable, psycopg.OperationalError):
+                raise
+            except psycopg.Error as exc:
+                raise StoreError(f"shard {shard!r}: {exc}".splitlines()[0]) from exc
+
+    # -- topology ---------------------------------------------------------------------
+
+    def identity(self, shard: str) -> tuple[str, str, int, int] | None:
+        with self._conn(shard) as conn:
+            try:
+                row = conn.execute(query("get_identity")).fetchone()
+            except psycopg.errors.UndefinedTable:
+                return None
+        if row is None:
+            return None
+        return str(row[0]), str(row[1]), int(row[2]), int(row[3])
+
+    def slot_map(self, shard: str, slots: int) -> SlotMap | None:
+        with self._conn(shard) as conn:
+            row = conn.execute(query("get_slot_map")).fetchone()
+        if row is None:
+            return None
+        return SlotMap.from_ranges(int(row[0]), row[1], slots)
+
+    def owned_slots(self, shard: str) -> list[tuple[int, str, str | None, int]]:
+        with self._conn(shard) as conn:
+            return [
+                (int(r[0]), str(r[1]), r[2], int(r[3]))
+                for r in conn.execute(query("slot_ownership")).fetchall()
+            ]
+
+    def owns_slots(self, shard: str, slots: Sequence[int]) -> set[int]:
+        with self._conn(shard) as conn:
+            rows = conn.execute(query("owned_slots_among"), {"slots": list(slots)}).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def count_by_state(self, shard: str) -> dict[str, int]:
+        with self._conn(shard) as conn:
+            return {str(r[0]): int(r[1]) for r in conn.execute(query("count_by_state"))}
+
+    # -- submit and read ----------------------------------------------------------------
+
+    def insert_workflows(self, shard: str, rows: Sequence[NewWorkflow]) -> set[str]:
+        """Insert ``rows`` where this shard owns the slot; returns the IDs created."""
+        params = {
+            "workflow_ids": [r.workflow_id for r in rows],
+            "slots": [r.slot for r in rows],
+            "route_hashes": [r.route_hash for r in rows],
+            "names": [r.name for r in rows],
+            "queues": [r.queue for r in rows],
+            "priorities": [r.priority for r in rows],
+            "inputs": [r.inputs for r in rows],
+            "delays": [r.delay_seconds for r in rows],
+            "timeouts": [r.timeout_seconds for r in rows],
+            "dedup_keys": [r.dedup_key for r in rows],
+            "parent_ids": [r.parent_id for r in rows],
+        }
+        with self._conn(shard) as conn:
+            try:
+                cur = conn.execute(query("insert_workflows"), params)
+            except psycopg.errors.UniqueViolation as exc:
+                raise DedupConflict(str(exc).splitlines()[0]) from exc
+            return {str(r[0]) for r in cur.fetchall()}
+
+    def existing(
+        self, shard: str, workflow_ids: Sequence[str]
+    ) -> dict[str, tuple[str, str, str | None]]:
+        """``{id: (name, state, moved_to)}`` of the given IDs present on ``shard``."""
+        with self._conn(shard) as conn:
+            rows = conn.execute(
+                query("existing_workflows"), {"workflow_ids": list(workflow_ids)}
+            ).fetchall()
+        return {str(r[0]): (str(r[1]), str(r[2]), r[3]) for r in rows}
+
+    def get(self, shard: str, workflow_id: str) -> tuple[WorkflowStatus, str | None] | None:
+        """The workflow's status and, for a tombstone, the shard it moved to."""
+        with self._conn(shard) as conn:
+            row = conn.execute(query("get_workflow"), {"workflow_id": workflow_id}).fetchone()
+        if row is None:
+            return None
+        return self._status(shard, row), row[16]
+
+    def _status(self, shard: str, row: Sequence[Any]) -> WorkflowStatus:
+        return WorkflowStatus(
+            workflow_id=row[0],
+            shard=shard,
+            name=row[1],
+            queue=row[2],
+            state=WorkflowState(row[3]),
+            priority=row[4],
+            attempt=row[5],
+            recoveries=row[6],
+            output=self.codec.loads(row[7]),
+            error=row[8],
+            reason=row[9],
+            created_at=row[10],
+            updated_at=row[11],
+            started_at=row[12],
+            finished_at=row[13],
+            parent_id=row[14],
+            dedup_key=row[15],
+            deadline=row[17],
+        )
+
+    def list_page(
+        self,
+        shard: str,
+        *,
+        state: str | None,
+        name: str | None,
+        queue: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[WorkflowStatus]:
+        params = {
+            "state": state,
+            "name": name,
+            "queue": queue,
+            "after_created": after[0] if after else None,
+            "after_id": after[1] if after else None,
+            "limit": limit,
+        }
+        with self._conn(shard) as conn:
+            rows = conn.execute(query("list_workflows"), params).fetchall()
+        return [self._status(shard, row) for row in rows]
+
+    def steps(self, shard: str, workflow_id: str) -> list[StepRecord]:
+        with self._conn(shard) as conn:
+            rows = conn.execute(query("load_steps"), {"workflow_id": workflow_id}).fetchall()
+        return [StepRecord(int(r[0]), str(r[1]), self.codec.loads(r[2]), r[3]) for r in rows]
+
+    # -- claims and leases ----------------------------------------------------------------
+
+    def claim_enqueued(
+        self,
+        shard: str,
+        *,
+        queue: str,
+        names: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        global_limit: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> list[Claim]:
+        """Claim up to ``limit`` ENQUEUED workflows of ``queue``.
+
+        With a global concurrency share or a rate limit, the claim is serialized per queue
+        on this shard (advisory lock) so the limits hold exactly on it.
+        """
+        params: dict[str, Any] = {
+            "queue": queue,
+            "names": list(names),
+            "owner": owner,
+            "lease_seconds": lease_seconds,
+            "limit": limit,
+        }
+        with self._conn(shard) as conn:
+            if global_limit is None and rate_limit is None:
+                rows = conn.execute(query("claim_enqueued"), params).fetchall()
+                return [self._claim(shard, r) for r in rows]
+            with conn.transaction():
+                conn.execute(query("lock_queue"), {"queue": queue})
+                period = rate_limit[1] if rate_limit else 1.0
+                usage = conn.execute(
+                    query("queue_usage"), {"queue": queue, "period": period}
+                ).fetchone()
+                running, started = (int(usage[0]), int(usage[1])) if usage else (0, 0)
+                budget = limit
+                if global_limit is not None:
+                    budget = min(budget, global_limit - running)
+                if rate_limit is not None:
+                    budget = min(budget, rate_limit[0] - started)
+                if budget <= 0:
+                    return []
+                params["limit"] = budget
+                rows = conn.execute(query("claim_enqueued"), params).fetchall()
+                return [self._claim(shard, r) for r in rows]
+
+    def claim_expired(
+        self,
+        shard: str,
+        *,
+        names: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        max_recoveries: int,
+    ) -> list[Claim]:
+        """Claim RUNNING workflows whose lease expired (dead-lettering repeat offenders)."""
+        params = {
+            "names": list(names),
+            "owner": owner,
+            "lease_seconds": lease_seconds,
+            "limit": limit,
+            "max_recoveries": max_recoveries,
+        }
+        with self._conn(shard) as conn:
+            rows = conn.execute(query("claim_expired"), params).fetchall()
+        return [self._claim(shard, r) for r in rows]
+
+    @staticmethod
+    def _claim(shard: str, row: Sequence[Any]) -> Claim:
+        return Claim(
+            workflow_id=row[0],
+            shard=shard,
+            name=row[1],
+            queue=row[2],
+            inputs=row[3],
+            attempt=row[4],
+            recoveries=row[5],
+            parent_id=row[6],
+            state=WorkflowState(row[7]),
+        )
+
+    def renew_leases(
+        self, shard: str, *, owner: str, workflow_ids: Sequence[str], lease_seconds: float
+    ) -> set[str]:
+        with self._conn(shard) as conn:
+            rows = conn.execute(
+                query("renew_leases"),
+                {
+                    "workflow_ids": list(workflow_ids),
+                    "owner": owner,
+                    "lease_seconds": lease_seconds,
+                },
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def release(self, shard: str, runs: Sequence[tuple[str, int]]) -> set[str]:
+        with self._conn(shard) as conn:
+            rows = conn.execute(
+                query("release_workflows"),
+                {"workflow_ids": [r[0] for r in runs], "attempts": [r[1] for r in runs]},
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    # -- a run's writes, fenced by attempt ---------------------------------------------------
+
+    def load_steps(self, shard: str, workflow_id: str) -> list[StepRecord]:
+        return self.steps(shard, workflow_id)
+
+    def record_step(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+    ) -> StepRecord | None:
+        """Record a step. Returns None if written; the winning record if another run wrote
+        this step first. Raises :class:`Fenced` if this run no longer owns the workflow."""
+        params = {
+            "workflow_id": workflow_id,
+            "attempt": attempt,
+            "step_no": step_no,
+            "name": name,
+            "output": output,
+            "error": Jsonb(error) if error is not None else None,
+        }
+        with self._conn(shard) as conn:
+            if conn.execute(query("record_step"), params).fetchone() is not None:
+                return None
+            row = conn.execute(
+                query("get_step"), {"workflow_id": workflow_id, "step_no": step_no}
+            ).fetchone()
+            state = conn.execute(query("run_state"), {"workflow_id": workflow_id}).fetchone()
+        if state is None or state[0] != "RUNNING" or state[1] != attempt:
+            raise Fenced(workflow_id, None if state is None else str(state[0]))
+        if row is None:  # pragma: no cover - fenced check above covers it
+            raise Fenced(workflow_id, None)
+        return StepRecord(int(row[0]), str(row[1]), self.codec.loads(row[2]), row[3])
+
+    def finish(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool:
+        """Record the final state once. False if this run was fenced off."""
+        params = {
+            "workflow_id": workflow_id,
+            "attempt": attempt,
+            "state": state.value,
+            "output": output,
+            "error": Jsonb(error) if error is not None else None,
+            "reason": reason,
+        }
+        with self._conn(shard) as conn:
+            return conn.execute(query("finish_workflow"), params).fetchone() is not None
+
+    def run_state(self, shard: str, workflow_id: str) -> tuple[WorkflowState, int] | None:
+        with self._conn(shard) as conn:
+            row = conn.execute(query("run_state"), {"workflow_id": workflow_id}).fetchone()
+        return None if row is None else (WorkflowState(row[0]), int(row[1]))
+
+    # -- control --------------------------------------------------------------------------
+
+    def cancel(self, shard: str, workflow_id: str, reason: str) -> bool:
+        with self._conn(shard) as conn:
+            row = conn.execute(
+                query("cancel_workflow"), {"workflow_id": workflow_id, "reason": reason}
+            ).fetchone()
+        return row is not None
+
+    def resume(self, shard: str, workflow_id: str) -> bool:
+        with self._conn(shard) as conn, conn.transaction():
+            row = conn.execute(query("resume_workflow"), {"workflow_id": workflow_id}).fetchone()
+            if row is not None:
+                conn.execute(query("drop_failed_last_step"), {"workflow_id": workflow_id})
+        return row is not None
+
+
+class Fenced(ShardflowError):
+    """This run no longer owns the workflow: cancelled, finished, or claimed by another."""
+
+    def __init__(self, workflow_id: str, state: str | None) -> None:
+        self.workflow_id = workflow_id
+        self.state = state
+        super().__init__(f"workflow {workflow_id!r} is no longer ours (state {state})")
+
+
+class DedupConflict(ShardflowError):
+    """A dedup key is already held by an active workflow of the queue."""

@@ -1,0 +1,385 @@
+"""Worker processes: per-shard claim loops, a thread per running workflow, one heartbeat.
+
+A worker claims from each of its shards in batches (``FOR UPDATE SKIP LOCKED``), runs the
+claimed workflows on a thread pool of ``concurrency`` threads, and renews the leases of
+everything it runs with one statement per shard per heartbeat. Any worker recovers
+workflows whose lease expired, so a crashed worker needs no restart and no coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from shardflow.config.model import QueueConfig
+from shardflow.engine.records import Claim
+from shardflow.engine.runner import WorkflowRun, execute
+from shardflow.engine.states import WorkflowState
+from shardflow.errors import ShardflowError, ShardUnavailable
+from shardflow.router.slotmap import quotas
+
+if TYPE_CHECKING:
+    from shardflow.engine.app import App
+    from shardflow.engine.cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters a worker keeps; tests and metrics read them."""
+
+    claimed: int = 0
+    recovered: int = 0
+    dead_lettered: int = 0
+    finished: Counter[str] = field(default_factory=Counter)
+    interrupted: int = 0
+    lease_renewals: int = 0
+    leases_lost: int = 0
+
+
+class Worker:
+    """Runs the workflows of ``app`` from the shards of ``cluster``."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        app: App,
+        *,
+        shards: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+        heartbeat_seconds: float | None = None,
+        poll_interval_seconds: float | None = None,
+        claim_batch: int | None = None,
+        max_recoveries: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        cfg = cluster.config.worker
+        self.cluster = cluster
+        self.app = app
+        self.shards = list(shards) if shards else list(cluster.config.shard_names)
+        unknown = [s for s in self.shards if s not in cluster.config.shard_names]
+        if unknown:
+            raise ShardflowError(f"unknown shard(s) {unknown}; known: {cluster.config.shard_names}")
+        self.concurrency = concurrency or cfg.concurrency
+        self.lease_seconds = lease_seconds or cfg.lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds or min(
+            cfg.heartbeat_seconds, self.lease_seconds / 3
+        )
+        self.poll_interval = poll_interval_seconds or cfg.poll_interval_seconds
+        self.claim_batch = claim_batch or cfg.claim_batch
+        self.max_recoveries = max_recoveries or cfg.max_recoveries
+        self.worker_id = worker_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
+        self.queues = self._queues(queues)
+        self.stats = WorkerStats()
+
+        self._names = sorted(app.workflows)
+        self._lock = threading.Condition()
+        self._running: dict[str, WorkflowRun] = {}
+        self._per_queue: Counter[str] = Counter()
+        self._reserved = 0
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._shares = self._queue_shares()
+
+    # -- configuration --------------------------------------------------------------
+
+    def _queues(self, names: Sequence[str] | None) -> list[QueueConfig]:
+        declared = self.cluster.config.queues
+        if names is None:
+            wanted = set(declared) | {wf.queue for wf in self.app.workflows.values()}
+        else:
+            wanted = set(names)
+        return [declared.get(n) or QueueConfig(n) for n in sorted(wanted)]
+
+    def _queue_shares(self) -> dict[str, dict[str, tuple[int | None, tuple[int, float] | None]]]:
+        """Each queue's global concurrency and rate limit, split over shards by weight.
+
+        A shard's share is its quota of the limit (largest remainder), at least 1 so that
+        no shard's workflows starve; see docs/queues.md.
+        """
+        shards = self.cluster.config.shards
+        weights = [(s.name, s.weight) for s in shards]
+        out: dict[str, dict[str, tuple[int | None, tuple[int, float] | None]]] = {}
+        for q in self.queues:
+            per: dict[str, tuple[int | None, tuple[int, float] | None]] = {}
+            conc = quotas(weights, q.concurrency) if q.concurrency else None
+            rate = quotas(weights, q.rate_limit.limit) if q.rate_limit else None
+            for s in shards:
+                g = max(conc.get(s.name, 0), 1) if conc is not None else None
+                r = (
+                    (max(rate.get(s.name, 0), 1), q.rate_limit.period_seconds)
+                    if rate is not None and q.rate_limit is not None
+                    else None
+                )
+                per[s.name] = (g, r)
+            out[q.name] = per
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._executor is not None:
+            raise ShardflowError("worker already started")
+        if not self._names:
+            raise ShardflowError(f"app {self.app.name!r} has no workflows to run")
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="shardflow-run")
+        for shard in self.shards:
+            t = threading.Thread(
+                target=self._claim_loop, args=(shard,), name=f"shardflow-claim-{shard}", daemon=True
+            )
+            self._threads.append(t)
+        self._threads.append(
+            threading.Thread(target=self._heartbeat_loop, name="shardflow-heartbeat", daemon=True)
+        )
+        for t in self._threads:
+            t.start()
+        log.info(
+            "worker %s started: shards=%s concurrency=%d queues=%s",
+            self.worker_id,
+            ",".join(self.shards),
+            self.concurrency,
+            ",".join(q.name for q in self.queues),
+        )
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop claiming, let running workflows finish for ``grace_seconds`` (default: one
+        lease), then hand back the rest so any worker can claim them at once."""
+        grace = self.lease_seconds if grace_seconds is None else grace_seconds
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + grace
+        with self._lock:
+            while self._running and time.monotonic() < deadline:
+                self._lock.wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
+            leftover = list(self._running.values())
+        for run in leftover:
+            run.interrupt("worker stopping")
+        by_shard: dict[str, list[tuple[str, int]]] = {}
+        for run in leftover:
+            by_shard.setdefault(run.shard, []).append((run.workflow_id, run.attempt))
+        for shard, runs in by_shard.items():
+            try:
+                released = self.cluster.store.release(shard, runs)
+                log.info("released %d workflow(s) on %s", len(released), shard)
+            except ShardUnavailable as exc:
+                log.warning("could not release workflows on %s: %s", shard, exc)
+        for t in self._threads:
+            t.join(timeout=5)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run(self) -> None:
+        """Start, then block until SIGTERM or SIGINT, then stop gracefully."""
+        done = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received signal %d, stopping", signum)
+            done.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            done.wait()
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def _reserve(self, queue: QueueConfig | None, want: int) -> int:
+        with self._lock:
+            free = self.concurrency - len(self._running) - self._reserved
+            n = min(free, want)
+            if queue is not None and queue.worker_concurrency is not None:
+                n = min(n, queue.worker_concurrency - self._per_queue[queue.name])
+            n = max(n, 0)
+            self._reserved += n
+            if queue is not None:
+                self._per_queue[queue.name] += n
+            return n
+
+    def _unreserve(self, queue: QueueConfig | None, n: int) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            self._reserved -= n
+            if queue is not None:
+                self._per_queue[queue.name] -= n
+            self._lock.notify_all()
+
+    def _claim_loop(self, shard: str) -> None:
+        next_recovery = 0.0
+        backoff = self.poll_interval
+        while not self._stopping.is_set():
+            claimed = 0
+            try:
+                if time.monotonic() >= next_recovery:
+                    claimed += self._claim_expired(shard)
+                    next_recovery = time.monotonic() + self.heartbeat_seconds
+                for queue in self.queues:
+                    if self._stopping.is_set():
+                        break
+                    claimed += self._claim_queue(shard, queue)
+                backoff = self.poll_interval
+            except ShardUnavailable as exc:
+                log.warning("claim on %s failed: %s", shard, exc)
+                backoff = min(backoff * 2, 5.0)
+                self._stopping.wait(backoff)
+                continue
+            except Exception:
+                log.exception("claim loop on %s failed", shard)
+                self._stopping.wait(backoff)
+                continue
+            if claimed == 0:
+                # Nothing to do, or no capacity: sleep until a run ends or the poll tick.
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    def _claim_queue(self, shard: str, queue: QueueConfig) -> int:
+        n = self._reserve(queue, self.claim_batch)
+        if n == 0:
+            return 0
+        global_limit, rate_limit = self._shares[queue.name][shard]
+        claims: list[Claim] = []
+        try:
+            claims = self.cluster.store.claim_enqueued(
+                shard,
+                queue=queue.name,
+                names=self._names,
+                owner=self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=n,
+                global_limit=global_limit,
+                rate_limit=rate_limit,
+            )
+        finally:
+            self._unreserve(queue, n - len(claims))
+        self.stats.claimed += len(claims)
+        for claim in claims:
+            self._launch(claim, queue, reserved=True)
+        return len(claims)
+
+    def _claim_expired(self, shard: str) -> int:
+        n = self._reserve(None, self.claim_batch)
+        if n == 0:
+            return 0
+        claims: list[Claim] = []
+        try:
+            claims = self.cluster.store.claim_expired(
+                shard,
+                names=self._names,
+                owner=self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=n,
+                max_recoveries=self.max_recoveries,
+            )
+        finally:
+            self._unreserve(None, n - len(claims))
+        for claim in claims:
+            if claim.state is WorkflowState.DEAD:
+                self.stats.dead_lettered += 1
+                self._unreserve(None, 1)
+                log.warning(
+                    "workflow %s dead-lettered after %d recoveries",
+                    claim.workflow_id,
+                    claim.recoveries - 1,
+                )
+                continue
+            self.stats.recovered += 1
+            log.info("recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard)
+            queue = next((q for q in self.queues if q.name == claim.queue), None)
+            if queue is not None:
+                with self._lock:
+                    self._per_queue[queue.name] += 1
+            self._launch(claim, queue, reserved=True)
+        return len(claims)
+
+    def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool) -> None:
+        run = WorkflowRun(claim, self.cluster.store, self.lease_seconds)
+        with self._lock:
+            self._running[claim.workflow_id] = run
+            if reserved:
+                self._reserved -= 1
+        assert self._executor is not None
+        self._executor.submit(self._execute, run, queue)
+
+    def _execute(self, run: WorkflowRun, queue: QueueConfig | None) -> None:
+        state: WorkflowState | None = None
+        try:
+            state = execute(run, self.app)
+        except Exception:
+            log.exception("unexpected failure running %s", run.workflow_id)
+        finally:
+            with self._lock:
+                self._running.pop(run.workflow_id, None)
+                if queue is not None:
+                    self._per_queue[queue.name] -= 1
+                if state is None:
+                    self.stats.interrupted += 1
+                else:
+                    self.stats.finished[state.value] += 1
+                self._lock.notify_all()
+            self._wake.set()
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.heartbeat_seconds):
+            self.renew_leases()
+
+    def renew_leases(self) -> None:
+        """Renew every lease this worker holds: one statement per shard."""
+        with self._lock:
+            runs = list(self._running.values())
+        by_shard: dict[str, list[WorkflowRun]] = {}
+        for run in runs:
+            by_shard.setdefault(run.shard, []).append(run)
+        for shard, shard_runs in by_shard.items():
+            started = time.monotonic()
+            try:
+                renewed = self.cluster.store.renew_leases(
+                    shard,
+                    owner=self.worker_id,
+                    workflow_ids=[r.workflow_id for r in shard_runs],
+                    lease_seconds=self.lease_seconds,
+                )
+            except ShardUnavailable as exc:
+                log.warning("lease renewal on %s failed: %s", shard, exc)
+                continue
+            self.stats.lease_renewals += 1
+            for run in shard_runs:
+                if run.workflow_id in renewed:
+                    run.lease_renewed(started)
+                elif not run.interrupted.is_set():
+                    # Cancelled, or finished between snapshot and renewal, or stolen.
+                    self.stats.leases_lost += 1
+                    run.interrupt("lease lost (cancelled or claimed elsewhere)")

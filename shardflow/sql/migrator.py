@@ -1,0 +1,191 @@
+"""Apply the schema to every shard and record the cluster identity.
+
+Each migration runs in its own transaction under a transaction-level advisory lock, so
+two ``shardflow migrate`` processes started together serialize per shard: the second
+finds the versions recorded and does nothing. The identity and the initial slot
+ownership are written the same way. Safe to run again at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shardflow.config.model import ClusterConfig, ShardConfig
+from shardflow.errors import IdentityMismatch, MigrationError, ShardUnavailable
+from shardflow.router.slotmap import SlotMap, initial_map
+from shardflow.sql import migrations, query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ShardMigration:
+    """What ``migrate`` did on one shard."""
+
+    shard: str
+    applied: list[int] = field(default_factory=list)
+    identity_created: bool = False
+    version: int = 0
+
+
+def connect(
+    shard: ShardConfig, *, connect_timeout: int = 10
+) -> psycopg.Connection[tuple[object, ...]]:
+    """A plain connection to one shard, with driver errors turned into ShardUnavailable."""
+    try:
+        return psycopg.connect(shard.dsn, connect_timeout=connect_timeout)
+    except psycopg.OperationalError as exc:
+        raise ShardUnavailable(shard.name, _first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
+    """Apply every migration not yet recorded on this connection's database."""
+    applied: list[int] = []
+    for migration in migrations():
+        with conn.transaction():
+            conn.execute(query("lock_schema"))
+            conn.execute(query("create_schema"))
+            conn.execute(query("create_migrations_table"))
+            done = {row[0] for row in conn.execute(query("applied_migrations"))}
+            if migration.version in done:
+                continue
+            log.info("applying migration %04d_%s", migration.version, migration.name)
+            conn.execute(migration.sql.encode("utf-8"))
+            conn.execute(
+                query("record_migration"),
+                {"version": migration.version, "name": migration.name},
+            )
+            applied.append(migration.version)
+    return applied
+
+
+def read_identity(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[str, str, int, int] | None:
+    try:
+        with conn.transaction():
+            row = conn.execute(query("get_identity")).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    if row is None:
+        return None
+    return str(row[0]), str(row[1]), int(str(row[2])), int(str(row[3]))
+
+
+def check_identity(
+    config: ClusterConfig, shard: ShardConfig, identity: tuple[str, str, int, int]
+) -> None:
+    """Refuse a shard whose recorded identity disagrees with the config."""
+    cluster_name, shard_name, slots, seed = identity
+    expected = (
+        ("cluster name", cluster_name, config.name),
+        ("shard name", shard_name, shard.name),
+        ("hash.slots", slots, config.hash.slots),
+        ("hash.seed", seed, config.hash.seed),
+    )
+    for what, recorded, configured in expected:
+        if recorded != configured:
+            raise IdentityMismatch(
+                f"shard {shard.name!r}: {what} is {configured!r} in the config but"
+                f" {recorded!r} on the server; this database belongs to another cluster"
+                " or shard"
+            )
+
+
+def _existing_map(
+    config: ClusterConfig, conns: dict[str, psycopg.Connection[tuple[object, ...]]]
+) -> SlotMap | None:
+    best: SlotMap | None = None
+    for conn in conns.values():
+        with conn.transaction():
+            row = conn.execute(query("get_slot_map")).fetchone()
+        if row is None:
+            continue
+        epoch, ranges = int(str(row[0])), row[1]
+        if best is None or epoch > best.epoch:
+            assert isinstance(ranges, list)
+            best = SlotMap.from_ranges(epoch, ranges, config.hash.slots)
+    return best
+
+
+def migrate_cluster(config: ClusterConfig) -> list[ShardMigration]:
+    """Migrate every shard of ``config`` and record identity and slot ownership.
+
+    A brand-new cluster gets the initial slot map computed from the weights; a shard added
+    to an existing cluster gets its identity, a copy of the live map and no slots (the
+    rebalancer gives it its share).
+    """
+    conns: dict[str, psycopg.Connection[tuple[object, ...]]] = {}
+    reports: list[ShardMigration] = []
+    try:
+        for shard in config.shards:
+            conns[shard.name] = connect(shard)
+        for shard in config.shards:
+            conn = conns[shard.name]
+            report = ShardMigration(shard.name)
+            try:
+                report.applied = apply_migrations(conn)
+            except psycopg.Error as exc:
+                raise MigrationError(f"shard {shard.name!r}: {_first_line(exc)}") from exc
+            identity = read_identity(conn)
+            if identity is not None:
+                check_identity(config, shard, identity)
+            reports.append(report)
+
+        live = _existing_map(config, conns)
+        slot_map = live or initial_map(
+            [(s.name, s.weight if s.state.value == "active" else 0) for s in config.shards],
+            config.hash.slots,
+        )
+        for shard, report in zip(config.shards, reports, strict=True):
+            report.identity_created = _record_identity(conns[shard.name], config, shard, slot_map)
+            with conns[shard.name].transaction():
+                row = conns[shard.name].execute(query("schema_version")).fetchone()
+            report.version = int(str(row[0])) if row else 0
+        return reports
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _record_identity(
+    conn: psycopg.Connection[tuple[object, ...]],
+    config: ClusterConfig,
+    shard: ShardConfig,
+    slot_map: SlotMap,
+) -> bool:
+    with conn.transaction():
+        conn.execute(query("lock_schema"))
+        row = conn.execute(query("get_identity")).fetchone()
+        if row is not None:
+            check_identity(
+                config, shard, (str(row[0]), str(row[1]), int(str(row[2])), int(str(row[3])))
+            )
+            return False
+        conn.execute(
+            query("insert_identity"),
+            {
+                "cluster_name": config.name,
+                "shard_name": shard.name,
+                "slots": config.hash.slots,
+                "hash_seed": config.hash.seed,
+            },
+        )
+        # A shard in the map owns its slots of it; a shard added to a live cluster is in
+        # no map yet and starts empty. Deterministic, so racing migrators agree.
+        conn.execute(
+            query("insert_owned_slots"),
+            {"slots": slot_map.slots_of(shard.name), "epoch": slot_map.epoch},
+        )
+        conn.execute(
+            query("put_slot_map"), {"epoch": slot_map.epoch, "ranges": Jsonb(slot_map.to_json())}
+        )
+        log.info("recorded identity of shard %s (cluster %s)", shard.name, config.name)
+        return True

@@ -1,0 +1,181 @@
+-- Workflow lifecycle on one shard: submit, claim, lease, checkpoint, finish, control.
+
+-- name: insert_workflows
+-- Batched submit. A row is created only if this shard owns (or imports) its slot; an ID
+-- that exists already is left alone (submit is idempotent on workflow_id).
+INSERT INTO shardflow.workflow_status (
+    workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
+    deadline, dedup_key, parent_id)
+SELECT t.workflow_id, t.slot, t.route_hash, t.name, t.queue, 'ENQUEUED', t.priority,
+       t.inputs,
+       CASE WHEN t.delay_seconds IS NULL THEN NULL
+            ELSE now() + make_interval(secs => t.delay_seconds) END,
+       CASE WHEN t.timeout_seconds IS NULL THEN NULL
+            ELSE now() + make_interval(secs => t.timeout_seconds) END,
+       t.dedup_key, t.parent_id
+FROM unnest(
+        %(workflow_ids)s::text[], %(slots)s::integer[], %(route_hashes)s::bigint[],
+        %(names)s::text[], %(queues)s::text[], %(priorities)s::integer[], %(inputs)s::text[],
+        %(delays)s::float8[], %(timeouts)s::float8[], %(dedup_keys)s::text[],
+        %(parent_ids)s::text[])
+     AS t(workflow_id, slot, route_hash, name, queue, priority, inputs, delay_seconds,
+          timeout_seconds, dedup_key, parent_id)
+WHERE EXISTS (
+    SELECT 1 FROM shardflow.slot_ownership o
+    WHERE o.slot = t.slot AND o.state IN ('OWNED', 'IMPORTING'))
+ON CONFLICT (workflow_id) DO NOTHING
+RETURNING workflow_id
+
+-- name: existing_workflows
+SELECT workflow_id, name, state, moved_to FROM shardflow.workflow_status
+WHERE workflow_id = ANY(%(workflow_ids)s)
+
+-- name: owned_slots_among
+SELECT slot FROM shardflow.slot_ownership
+WHERE slot = ANY(%(slots)s) AND state IN ('OWNED', 'IMPORTING')
+
+-- name: get_workflow
+SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
+       reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
+       moved_to, deadline
+FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
+
+-- name: claim_enqueued
+-- The next runnable workflows of one queue, highest priority first, then oldest.
+WITH picked AS (
+    SELECT workflow_id FROM shardflow.workflow_status
+    WHERE state = 'ENQUEUED' AND queue = %(queue)s AND name = ANY(%(names)s)
+      AND (wake_at IS NULL OR wake_at <= now())
+    ORDER BY priority DESC, created_at, workflow_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE shardflow.workflow_status AS w
+SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = coalesce(w.started_at, now()), updated_at = now()
+FROM picked WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
+          w.parent_id, w.state
+
+-- name: claim_expired
+-- Crash recovery: RUNNING workflows whose lease ran out. Past max_recoveries a workflow
+-- is dead-lettered instead of run again.
+WITH picked AS (
+    SELECT workflow_id FROM shardflow.workflow_status
+    WHERE state = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE shardflow.workflow_status AS w
+SET state = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN 'DEAD' ELSE 'RUNNING' END,
+    reason = CASE WHEN w.recoveries + 1 > %(max_recoveries)s
+                  THEN 'crashed more than ' || %(max_recoveries)s || ' times' END,
+    attempt = w.attempt + 1, recoveries = w.recoveries + 1,
+    lease_owner = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
+                       ELSE %(owner)s END,
+    lease_expires_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
+                       ELSE now() + make_interval(secs => %(lease_seconds)s) END,
+    finished_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN now() END,
+    updated_at = now()
+FROM picked WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
+          w.parent_id, w.state
+
+-- name: lock_queue
+-- Serializes claims of one queue on this shard while its limits are checked.
+SELECT pg_advisory_xact_lock(hashtext('shardflow.queue'), hashtext(%(queue)s))
+
+-- name: queue_usage
+SELECT
+    (SELECT count(*) FROM shardflow.workflow_status
+     WHERE queue = %(queue)s AND state = 'RUNNING') AS running,
+    (SELECT count(*) FROM shardflow.workflow_status
+     WHERE queue = %(queue)s AND started_at > now() - make_interval(secs => %(period)s))
+        AS started
+
+-- name: renew_leases
+-- One statement per shard per heartbeat. IDs missing from the result lost their lease
+-- (cancelled, or claimed by another worker after expiry).
+UPDATE shardflow.workflow_status
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE workflow_id = ANY(%(workflow_ids)s) AND lease_owner = %(owner)s AND state = 'RUNNING'
+RETURNING workflow_id
+
+-- name: load_steps
+SELECT step_no, name, output, error FROM shardflow.step_outputs
+WHERE workflow_id = %(workflow_id)s ORDER BY step_no
+
+-- name: record_step
+-- Fenced on the claimed attempt; a recorded step is never overwritten.
+INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
+SELECT %(workflow_id)s, %(step_no)s, %(name)s, %(output)s, %(error)s
+WHERE EXISTS (
+    SELECT 1 FROM shardflow.workflow_status
+    WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING')
+ON CONFLICT (workflow_id, step_no) DO NOTHING
+RETURNING step_no
+
+-- name: get_step
+SELECT step_no, name, output, error FROM shardflow.step_outputs
+WHERE workflow_id = %(workflow_id)s AND step_no = %(step_no)s
+
+-- name: run_state
+SELECT state, attempt FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
+
+-- name: finish_workflow
+-- The final result, recorded once: only the run holding the current attempt may write it.
+UPDATE shardflow.workflow_status
+SET state = %(state)s, output = %(output)s, error = %(error)s, reason = %(reason)s,
+    lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING'
+RETURNING workflow_id
+
+-- name: release_workflows
+-- A stopping worker hands back what it has not finished.
+UPDATE shardflow.workflow_status AS w
+SET state = 'ENQUEUED', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+FROM unnest(%(workflow_ids)s::text[], %(attempts)s::integer[]) AS r(workflow_id, attempt)
+WHERE w.workflow_id = r.workflow_id AND w.attempt = r.attempt AND w.state = 'RUNNING'
+RETURNING w.workflow_id
+
+-- name: cancel_workflow
+UPDATE shardflow.workflow_status
+SET state = 'CANCELLED', reason = %(reason)s, lease_owner = NULL, lease_expires_at = NULL,
+    finished_at = now(), updated_at = now()
+WHERE workflow_id = %(workflow_id)s AND state IN ('ENQUEUED', 'RUNNING', 'SUSPENDED')
+RETURNING workflow_id
+
+-- name: resume_workflow
+UPDATE shardflow.workflow_status
+SET state = 'ENQUEUED', reason = NULL, error = NULL, output = NULL, recoveries = 0,
+    lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, finished_at = NULL,
+    updated_at = now()
+WHERE workflow_id = %(workflow_id)s AND state IN ('CANCELLED', 'ERROR', 'DEAD')
+RETURNING workflow_id
+
+-- name: drop_failed_last_step
+-- Resuming retries the step whose error ended the workflow.
+DELETE FROM shardflow.step_outputs
+WHERE workflow_id = %(workflow_id)s AND error IS NOT NULL
+  AND step_no = (SELECT max(step_no) FROM shardflow.step_outputs
+                 WHERE workflow_id = %(workflow_id)s)
+
+-- name: list_workflows
+-- One page of one shard, newest first; the client merges the shards' pages.
+SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
+       reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
+       moved_to, deadline
+FROM shardflow.workflow_status
+WHERE state NOT IN ('MOVED', 'IMPORTING')
+  AND (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, workflow_id) < (%(after_created)s, %(after_id)s::text))
+ORDER BY created_at DESC, workflow_id DESC
+LIMIT %(limit)s
+
+-- name: count_by_state
+SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
