@@ -1,0 +1,545 @@
+"""Read the cluster YAML into a validated :class:`ClusterConfig`.
+
+The text is *composed* into YAML nodes, never constructed into Python objects wholesale: a
+small walker converts each node it expects, so every error names the YAML path and line of
+the offending value (``shards[1].weight: must be > 0 (line 9)``), and no tag can run code.
+Only plain scalars are built (strings, integers, numbers); other tags are refused.
+
+String values may use the environment: ``${VAR}``, or ``${VAR:-default}`` when ``VAR`` is
+unset or empty; ``$${`` is a literal ``${``. Substitution happens after parsing, so a
+variable cannot change the YAML structure. In number fields the substituted text is read
+as a YAML number, so ``weight: ${SHARD0_WEIGHT:-1}`` works.
+
+DSNs are secrets: no error message quotes one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
+
+from shardflow.config.model import (
+    DEFAULT_QUEUE,
+    ClusterConfig,
+    HashConfig,
+    LimitsConfig,
+    PoolConfig,
+    QueueConfig,
+    RateLimit,
+    ShardConfig,
+    ShardState,
+    WorkerConfig,
+)
+from shardflow.errors import ConfigError
+
+__all__ = ["load", "parse"]
+
+_D = TypeVar("_D")
+_N = TypeVar("_N", bound=Node)
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_NULL = "tag:yaml.org,2002:null"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+_KINDS = {
+    _STR: "string",
+    _INT: "integer",
+    _FLOAT: "number",
+    _NULL: "null",
+    "tag:yaml.org,2002:bool": "boolean",
+    "tag:yaml.org,2002:timestamp": "date",
+}
+
+_TOP_KEYS = ("name", "hash", "shards", "queues", "worker", "limits")
+_HASH_KEYS = ("slots", "seed")
+_SHARD_KEYS = ("name", "dsn", "dsn_env", "weight", "state", "pool")
+_POOL_KEYS = ("min", "max")
+_QUEUE_KEYS = ("concurrency", "worker_concurrency", "rate_limit")
+_RATE_LIMIT_KEYS = ("limit", "period_seconds")
+_WORKER_KEYS = (
+    "concurrency",
+    "lease_seconds",
+    "heartbeat_seconds",
+    "poll_interval_seconds",
+    "claim_batch",
+    "max_recoveries",
+)
+_LIMITS_KEYS = ("max_payload_bytes",)
+
+# Slotted dataclasses keep no class-level defaults, so read them from instances.
+_POOL_DEFAULTS = PoolConfig()
+_HASH_DEFAULTS = HashConfig()
+_WORKER_DEFAULTS = WorkerConfig()
+_LIMITS_DEFAULTS = LimitsConfig()
+
+
+class _NameRule(NamedTuple):
+    what: str
+    pattern: re.Pattern[str]
+    spelled: str
+
+    def problem(self, name: str) -> str | None:
+        if self.pattern.fullmatch(name):
+            return None
+        return f"invalid {self.what} {_shorten(name)!r}: use {self.spelled}"
+
+
+_CLUSTER_NAME = _NameRule(
+    "cluster name", re.compile(r"[A-Za-z0-9_.-]{1,63}"), "1-63 characters from A-Z a-z 0-9 _ . -"
+)
+_SHARD_NAME = _NameRule(
+    "shard name", re.compile(r"[A-Za-z0-9_-]{1,63}"), "1-63 characters from A-Z a-z 0-9 _ -"
+)
+_QUEUE_NAME = _NameRule(
+    "queue name", re.compile(r"[A-Za-z0-9_.:-]{1,100}"), "1-100 characters from A-Z a-z 0-9 _ . : -"
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# `$${` (a literal), `${NAME}`, `${NAME:-default}`; a bare `${` is a malformed reference.
+_REFERENCE = re.compile(
+    r"\$\$\{|\$\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?"
+)
+_CONNINFO_PAIR = r"[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s']*)"
+_CONNINFO = re.compile(rf"\s*{_CONNINFO_PAIR}(?:\s+{_CONNINFO_PAIR})*\s*")
+
+_RESOLVER = Resolver()
+_CONSTRUCTOR = SafeConstructor()
+
+
+def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> ClusterConfig:
+    """Read and validate the cluster YAML file at ``path``.
+
+    ``env`` (default: ``os.environ``) supplies ``${VAR}`` references and ``dsn_env``
+    variables. Raises :class:`ConfigError` if the file cannot be read or is invalid.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {source!r}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {source!r} is not UTF-8 text") from exc
+    return parse(text, source=source, env=env)
+
+
+def parse(
+    text: str, *, source: str | None = None, env: Mapping[str, str] | None = None
+) -> ClusterConfig:
+    """Validate cluster YAML ``text``; ``source`` names its file in the result.
+
+    Raises :class:`ConfigError` carrying the YAML path and line of the first problem.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        # Not `from exc`: the YAML error's text quotes the offending line, maybe a DSN.
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(f"invalid YAML: {what}", line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}") from None
+    return _Walker(os.environ if env is None else env).cluster(root, source)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """The entries of one YAML mapping, and where it is, for error messages."""
+
+    path: str
+    line: int | None
+    entries: dict[str, Node]
+
+    def path_of(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def get(self, key: str) -> Node | None:
+        """The value under ``key``, or None if absent or null (both mean: the default)."""
+        node = self.entries.get(key)
+        return None if node is None or node.tag == _NULL else node
+
+    def require(self, key: str) -> Node:
+        if key not in self.entries:
+            raise ConfigError("missing required key", path=self.path_of(key), line=self.line)
+        return self.entries[key]
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return _error(self.entries[key], self.path_of(key), message)
+
+
+class _Walker:
+    """Converts the composed YAML tree into the model, checking every node on the way."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def cluster(self, root: Node | None, source: str | None) -> ClusterConfig:
+        if root is None or root.tag == _NULL:
+            raise ConfigError("the file is empty; expected a mapping with 'name' and 'shards'")
+        if not isinstance(root, MappingNode) or root.tag != _MAP:
+            raise _error(root, "", f"expected a mapping at the top level, got {_describe(root)}")
+        top = self._mapping(root, "", _TOP_KEYS)
+        return ClusterConfig(
+            name=self._name(top.require("name"), "name", _CLUSTER_NAME),
+            hash=self._hash(top.get("hash")),
+            shards=self._shards(top.require("shards")),
+            queues=self._queues(top.get("queues")),
+            worker=self._worker(top.get("worker")),
+            limits=self._limits(top.get("limits")),
+            source=source,
+        )
+
+    # -- sections -------------------------------------------------------------------------
+
+    def _hash(self, node: Node | None) -> HashConfig:
+        fields = self._section(node, "hash", _HASH_KEYS)
+        slots = self._int_field(fields, "slots", _HASH_DEFAULTS.slots, minimum=64, maximum=65536)
+        if slots & (slots - 1):
+            raise fields.error("slots", f"must be a power of two, got {slots}")
+        seed = self._int_field(fields, "seed", _HASH_DEFAULTS.seed, minimum=0, maximum=2**32 - 1)
+        return HashConfig(slots=slots, seed=seed)
+
+    def _shards(self, node: Node) -> tuple[ShardConfig, ...]:
+        shards = _expect(node, "shards", SequenceNode, (_SEQ,), "a list of shards")
+        if not shards.value:
+            raise _error(node, "shards", "must list at least one shard")
+        names: dict[str, str] = {}  # shard name -> path of the shard that has it
+        dsns: dict[str, str] = {}  # DSN -> name of the shard that uses it
+        return tuple(
+            self._shard(item, f"shards[{index}]", names, dsns)
+            for index, item in enumerate(shards.value)
+        )
+
+    def _shard(
+        self, node: Node, path: str, names: dict[str, str], dsns: dict[str, str]
+    ) -> ShardConfig:
+        fields = self._mapping(node, path, _SHARD_KEYS)
+        name = self._name(fields.require("name"), fields.path_of("name"), _SHARD_NAME)
+        if name in names:
+            raise fields.error("name", f"duplicate shard name {name!r} (also {names[name]})")
+        names[name] = path
+        dsn_key, dsn = self._dsn(fields)
+        if dsn in dsns:
+            raise fields.error(dsn_key, f"same DSN as shard {dsns[dsn]!r}")
+        dsns[dsn] = name
+        return ShardConfig(
+            name=name,
+            dsn=dsn,
+            weight=self._int_field(fields, "weight", 1),
+            state=self._state(fields),
+            pool=self._pool(fields.get("pool"), fields.path_of("pool")),
+        )
+
+    def _dsn(self, fields: _Fields) -> tuple[str, str]:
+        """The shard's DSN and the key it came from (``dsn`` or ``dsn_env``)."""
+        has_dsn, has_env = "dsn" in fields.entries, "dsn_env" in fields.entries
+        if has_dsn and has_env:
+            raise fields.error("dsn_env", "set either dsn or dsn_env, not both")
+        if has_dsn:
+            dsn = self._str(fields.entries["dsn"], fields.path_of("dsn"), secret=True)
+            if problem := _dsn_problem(dsn):
+                raise fields.error("dsn", f"DSN {problem}")
+            return "dsn", dsn
+        if has_env:
+            variable = self._str(fields.entries["dsn_env"], fields.path_of("dsn_env"))
+            if not _ENV_NAME.fullmatch(variable):
+                message = f"must be an environment variable name, got {_shorten(variable)!r}"
+                raise fields.error("dsn_env", message)
+            value = self._env.get(variable)
+            if value is None:
+                raise fields.error("dsn_env", f"environment variable {variable} is not set")
+            if problem := _dsn_problem(value):
+                raise fields.error("dsn_env", f"the DSN in {variable} {problem}")
+            return "dsn_env", value
+        raise ConfigError("needs a dsn or a dsn_env key", path=fields.path, line=fields.line)
+
+    def _state(self, fields: _Fields) -> ShardState:
+        node = fields.get("state")
+        if node is None:
+            return ShardState.ACTIVE
+        text = self._str(node, fields.path_of("state"))
+        try:
+            return ShardState(text)
+        except ValueError:
+            allowed = ", ".join(state.value for state in ShardState)
+            message = f"must be one of {allowed}, got {_shorten(text)!r}"
+            raise fields.error("state", message) from None
+
+    def _pool(self, node: Node | None, path: str) -> PoolConfig:
+        fields = self._section(node, path, _POOL_KEYS)
+        low = self._int_field(fields, "min", _POOL_DEFAULTS.min, minimum=0)
+        high = self._int_field(fields, "max", _POOL_DEFAULTS.max)
+        if low > high:  # max >= 1 = the default min, so min was given
+            raise fields.error("min", f"must be <= max ({high}), got {low}")
+        return PoolConfig(min=low, max=high)
+
+    def _queues(self, node: Node | None) -> Mapping[str, QueueConfig]:
+        fields = self._section(node, "queues", _QUEUE_NAME)
+        queues = {
+            name: self._queue(name, fields.get(name), fields.path_of(name))
+            for name in fields.entries
+        }
+        queues.setdefault(DEFAULT_QUEUE, QueueConfig(DEFAULT_QUEUE))
+        return MappingProxyType(queues)
+
+    def _queue(self, name: str, node: Node | None, path: str) -> QueueConfig:
+        fields = self._section(node, path, _QUEUE_KEYS)
+        return QueueConfig(
+            name=name,
+            concurrency=self._int_field(fields, "concurrency", None),
+            worker_concurrency=self._int_field(fields, "worker_concurrency", None),
+            rate_limit=self._rate_limit(fields.get("rate_limit"), fields.path_of("rate_limit")),
+        )
+
+    def _rate_limit(self, node: Node | None, path: str) -> RateLimit | None:
+        if node is None:
+            return None
+        fields = self._mapping(node, path, _RATE_LIMIT_KEYS)
+        return RateLimit(
+            limit=self._int(fields.require("limit"), fields.path_of("limit")),
+            period_seconds=self._number(
+                fields.require("period_seconds"), fields.path_of("period_seconds")
+            ),
+        )
+
+    def _worker(self, node: Node | None) -> WorkerConfig:
+        fields = self._section(node, "worker", _WORKER_KEYS)
+        defaults = _WORKER_DEFAULTS
+        worker = WorkerConfig(
+            concurrency=self._int_field(fields, "concurrency", defaults.concurrency),
+            lease_seconds=self._number_field(fields, "lease_seconds", defaults.lease_seconds),
+            heartbeat_seconds=self._number_field(
+                fields, "heartbeat_seconds", defaults.heartbeat_seconds
+            ),
+            poll_interval_seconds=self._number_field(
+                fields, "poll_interval_seconds", defaults.poll_interval_seconds
+            ),
+            claim_batch=self._int_field(fields, "claim_batch", defaults.claim_batch),
+            max_recoveries=self._int_field(fields, "max_recoveries", defaults.max_recoveries),
+        )
+        # A lease must outlive a heartbeat, or leases lapse between renewals.
+        if worker.heartbeat_seconds >= worker.lease_seconds:
+            if fields.get("heartbeat_seconds") is not None:
+                message = f"must be less than lease_seconds ({worker.lease_seconds:g})"
+                raise fields.error("heartbeat_seconds", message)
+            message = f"must be greater than heartbeat_seconds ({worker.heartbeat_seconds:g})"
+            raise fields.error("lease_seconds", message)
+        return worker
+
+    def _limits(self, node: Node | None) -> LimitsConfig:
+        fields = self._section(node, "limits", _LIMITS_KEYS)
+        default = _LIMITS_DEFAULTS.max_payload_bytes
+        return LimitsConfig(max_payload_bytes=self._int_field(fields, "max_payload_bytes", default))
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def _section(self, node: Node | None, path: str, keys: tuple[str, ...] | _NameRule) -> _Fields:
+        """An optional mapping: absent or null reads as empty (all defaults)."""
+        if node is None:
+            return _Fields(path, None, {})
+        return self._mapping(node, path, keys)
+
+    def _mapping(self, node: Node, path: str, keys: tuple[str, ...] | _NameRule) -> _Fields:
+        """The entries of a mapping node, refusing duplicate and unexpected keys.
+
+        ``keys`` is the fixed set of keys allowed, or the rule the keys follow when they
+        are names (queues). ``<<`` merge keys are honoured; explicit keys win.
+        """
+        mapping = _expect(node, path, MappingNode, (_MAP,), "a mapping")
+        entries: dict[str, Node] = {}
+        merged: dict[str, Node] = {}
+        lines: dict[str, int] = {}
+        for key_node, value_node in mapping.value:
+            if key_node.tag == _MERGE:
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                for source in sources:
+                    for key, value in self._mapping(source, path, keys).entries.items():
+                        merged.setdefault(key, value)
+                continue
+            if not isinstance(key_node, ScalarNode):
+                raise _error(key_node, path, "keys must be plain strings")
+            key = key_node.value
+            if key in lines:
+                message = f"duplicate key; first set on line {lines[key]}"
+                raise _error(key_node, _join(path, key), message)
+            _check_key(key_node, path, keys)
+            lines[key] = _line(key_node)
+            entries[key] = value_node
+        return _Fields(path, _line(node), merged | entries)
+
+    def _name(self, node: Node, path: str, rule: _NameRule) -> str:
+        name = self._str(node, path)
+        if problem := rule.problem(name):
+            raise _error(node, path, problem)
+        return name
+
+    def _str(self, node: Node, path: str, *, secret: bool = False) -> str:
+        scalar = _expect(node, path, ScalarNode, (_STR,), "a string", secret=secret)
+        return self._interpolate(scalar, path)
+
+    def _int(self, node: Node, path: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+        scalar = _expect(
+            self._substituted(node, path), path, ScalarNode, (_INT,), "an integer", shown=node
+        )
+        value = _CONSTRUCTOR.construct_yaml_int(scalar)
+        if value < minimum or (maximum is not None and value > maximum):
+            if maximum is not None:
+                bounds = f"between {minimum} and {maximum}"
+            else:
+                bounds = "> 0" if minimum == 1 else f">= {minimum}"
+            raise _error(node, path, f"must be {bounds}, got {value}")
+        return value
+
+    def _number(self, node: Node, path: str) -> float:
+        """A positive, finite number of seconds."""
+        scalar = _expect(
+            self._substituted(node, path), path, ScalarNode, (_INT, _FLOAT), "a number", shown=node
+        )
+        if scalar.tag == _INT:
+            value = float(_CONSTRUCTOR.construct_yaml_int(scalar))
+        else:
+            value = _CONSTRUCTOR.construct_yaml_float(scalar)
+        if not math.isfinite(value):
+            raise _error(node, path, "must be a finite number")
+        if value <= 0:
+            raise _error(node, path, f"must be > 0, got {value:g}")
+        return value
+
+    def _int_field(
+        self,
+        fields: _Fields,
+        key: str,
+        default: _D,
+        *,
+        minimum: int = 1,
+        maximum: int | None = None,
+    ) -> int | _D:
+        node = fields.get(key)
+        if node is None:
+            return default
+        return self._int(node, fields.path_of(key), minimum=minimum, maximum=maximum)
+
+    def _number_field(self, fields: _Fields, key: str, default: float) -> float:
+        node = fields.get(key)
+        return default if node is None else self._number(node, fields.path_of(key))
+
+    def _substituted(self, node: Node, path: str) -> Node:
+        """For a number field: ``${VAR}`` substituted, and the result read as a YAML scalar."""
+        if not isinstance(node, ScalarNode) or node.tag != _STR or "${" not in node.value:
+            return node
+        text = self._interpolate(node, path)
+        # (True, False): resolve as a plain scalar would be, e.g. "8" -> int.
+        tag: str = _RESOLVER.resolve(ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        return ScalarNode(tag, text, node.start_mark, node.end_mark)
+
+    def _interpolate(self, node: ScalarNode, path: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group("name", "default")
+            if name is None:
+                hint = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
+                raise _error(node, path, f"malformed ${{...}} reference; {hint}")
+            value = self._env.get(name)
+            if default is not None and not value:
+                return default
+            if value is None:
+                raise _error(node, path, f"environment variable {name} is not set")
+            return value
+
+        text: str = node.value
+        return _REFERENCE.sub(substitute, text) if "${" in text else text
+
+
+def _check_key(key_node: ScalarNode, path: str, keys: tuple[str, ...] | _NameRule) -> None:
+    key = key_node.value
+    if isinstance(keys, _NameRule):
+        if problem := keys.problem(key):
+            raise _error(key_node, path, problem)
+    elif key not in keys:
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(keys)}"
+        raise _error(key_node, _join(path, key), f"unknown key; {hint}")
+
+
+def _expect(
+    node: Node,
+    path: str,
+    kind: type[_N],
+    tags: tuple[str, ...],
+    expected: str,
+    *,
+    shown: Node | None = None,
+    secret: bool = False,
+) -> _N:
+    """``node`` if it is a ``kind`` tagged with one of ``tags``; else a ConfigError.
+
+    The message describes ``shown`` (the node as written, before substitution) so that it
+    quotes the file, never the environment; with ``secret`` it quotes nothing.
+    """
+    if isinstance(node, kind) and node.tag in tags:
+        return node
+    got = _describe(shown or node, secret=secret)
+    raise _error(node, path, f"must be {expected}, got {got}")
+
+
+def _describe(node: Node, *, secret: bool = False) -> str:
+    if isinstance(node, MappingNode) and node.tag == _MAP:
+        return "a mapping"
+    if isinstance(node, SequenceNode) and node.tag == _SEQ:
+        return "a list"
+    kind = _KINDS.get(node.tag) if isinstance(node, ScalarNode) else None
+    if kind is None:
+        return f"a value tagged {node.tag!r}"
+    if secret or node.tag == _NULL:
+        return kind
+    text = _shorten(node.value)
+    return f"{kind} {text!r}" if node.tag == _STR else f"{kind} {text}"
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """What is wrong with ``dsn``, worded without quoting it; None if it looks usable."""
+    if not dsn.strip():
+        return "is empty"
+    if "://" in dsn:
+        if dsn.split("://", 1)[0] not in ("postgresql", "postgres"):
+            return "must start with postgresql:// or postgres://"
+        try:
+            urlsplit(dsn)
+        except ValueError:
+            return "is not a valid URL"
+        return None
+    if _CONNINFO.fullmatch(dsn):
+        return None
+    return "must be a postgresql:// URL or a key=value connection string"
+
+
+def _error(node: Node, path: str, message: str) -> ConfigError:
+    return ConfigError(message, path=path, line=_line(node))
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
