@@ -7,6 +7,7 @@ the pools) or are wrapped here.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -343,6 +344,36 @@ class Store:
         with self._conn(shard) as conn:
             row = conn.execute(query("run_state"), {"workflow_id": workflow_id}).fetchone()
         return None if row is None else (WorkflowState(row[0]), int(row[1]))
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def listen(
+        self, shard: str, timeout: float, stop: threading.Event
+    ) -> Iterator[tuple[str, str]]:
+        """Yield ``(channel, payload)`` notifications of one shard until ``stop`` is set.
+
+        Uses a dedicated connection (LISTEN needs one). Yields ``("", "")`` every
+        ``timeout`` seconds of silence so the caller can check ``stop``.
+        """
+        dsn = self.pools.shard(shard).dsn
+        try:
+            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise ShardUnavailable(shard, str(exc).strip().splitlines()[0]) from exc
+        with conn:
+            try:
+                conn.execute(query("listen"))
+                while not stop.is_set():
+                    got = False
+                    for note in conn.notifies(timeout=timeout):
+                        got = True
+                        yield note.channel, note.payload
+                        if stop.is_set():
+                            return
+                    if not got:
+                        yield "", ""
+            except psycopg.OperationalError as exc:
+                raise ShardUnavailable(shard, str(exc).strip().splitlines()[0]) from exc
 
     # -- control --------------------------------------------------------------------------
 

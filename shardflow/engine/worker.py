@@ -46,6 +46,7 @@ class WorkerStats:
     interrupted: int = 0
     lease_renewals: int = 0
     leases_lost: int = 0
+    cancels_observed: int = 0
 
 
 class Worker:
@@ -143,6 +144,14 @@ class Worker:
                 target=self._claim_loop, args=(shard,), name=f"shardflow-claim-{shard}", daemon=True
             )
             self._threads.append(t)
+            self._threads.append(
+                threading.Thread(
+                    target=self._listen_loop,
+                    args=(shard,),
+                    name=f"shardflow-listen-{shard}",
+                    daemon=True,
+                )
+            )
         self._threads.append(
             threading.Thread(target=self._heartbeat_loop, name="shardflow-heartbeat", daemon=True)
         )
@@ -349,6 +358,37 @@ class Worker:
                     self.stats.finished[state.value] += 1
                 self._lock.notify_all()
             self._wake.set()
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def _listen_loop(self, shard: str) -> None:
+        """Wake the claim loop when work arrives; interrupt runs that were cancelled.
+
+        Notifications only make things prompt: without them, polling and heartbeats
+        still find new work and cancellations.
+        """
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                for channel, payload in self.cluster.store.listen(shard, 1.0, self._stopping):
+                    backoff = 0.5
+                    if channel == "shardflow_work":
+                        self._wake.set()
+                    elif channel == "shardflow_cancel":
+                        self._on_cancel(payload)
+            except ShardUnavailable as exc:
+                log.debug("listener on %s: %s", shard, exc)
+            except Exception:
+                log.exception("listener on %s failed", shard)
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _on_cancel(self, workflow_id: str) -> None:
+        with self._lock:
+            run = self._running.get(workflow_id)
+        if run is not None and not run.interrupted.is_set():
+            self.stats.cancels_observed += 1
+            run.interrupt("cancelled")
 
     # -- leases ---------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 -- name: insert_workflows
 -- Batched submit. A row is created only if this shard owns (or imports) its slot; an ID
--- that exists already is left alone (submit is idempotent on workflow_id).
+-- that exists already is left alone (submit is idempotent on workflow_id). Workers
+-- listening on the shard are woken (PostgreSQL folds identical notifications into one).
+WITH created AS (
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
     deadline, dedup_key, parent_id)
@@ -24,7 +26,9 @@ WHERE EXISTS (
     SELECT 1 FROM shardflow.slot_ownership o
     WHERE o.slot = t.slot AND o.state IN ('OWNED', 'IMPORTING'))
 ON CONFLICT (workflow_id) DO NOTHING
-RETURNING workflow_id
+RETURNING workflow_id, queue
+)
+SELECT workflow_id, pg_notify('shardflow_work', queue) FROM created
 
 -- name: existing_workflows
 SELECT workflow_id, name, state, moved_to FROM shardflow.workflow_status
@@ -138,22 +142,29 @@ UPDATE shardflow.workflow_status AS w
 SET state = 'ENQUEUED', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(workflow_ids)s::text[], %(attempts)s::integer[]) AS r(workflow_id, attempt)
 WHERE w.workflow_id = r.workflow_id AND w.attempt = r.attempt AND w.state = 'RUNNING'
-RETURNING w.workflow_id
+RETURNING w.workflow_id, pg_notify('shardflow_work', w.queue)
 
 -- name: cancel_workflow
-UPDATE shardflow.workflow_status
-SET state = 'CANCELLED', reason = %(reason)s, lease_owner = NULL, lease_expires_at = NULL,
-    finished_at = now(), updated_at = now()
-WHERE workflow_id = %(workflow_id)s AND state IN ('ENQUEUED', 'RUNNING', 'SUSPENDED')
-RETURNING workflow_id
+-- The worker running it hears the notification and stops at the next step boundary.
+WITH cancelled AS (
+    UPDATE shardflow.workflow_status
+    SET state = 'CANCELLED', reason = %(reason)s, lease_owner = NULL, lease_expires_at = NULL,
+        finished_at = now(), updated_at = now()
+    WHERE workflow_id = %(workflow_id)s AND state IN ('ENQUEUED', 'RUNNING', 'SUSPENDED')
+    RETURNING workflow_id
+)
+SELECT workflow_id, pg_notify('shardflow_cancel', workflow_id) FROM cancelled
 
 -- name: resume_workflow
-UPDATE shardflow.workflow_status
-SET state = 'ENQUEUED', reason = NULL, error = NULL, output = NULL, recoveries = 0,
-    lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, finished_at = NULL,
-    updated_at = now()
-WHERE workflow_id = %(workflow_id)s AND state IN ('CANCELLED', 'ERROR', 'DEAD')
-RETURNING workflow_id
+WITH resumed AS (
+    UPDATE shardflow.workflow_status
+    SET state = 'ENQUEUED', reason = NULL, error = NULL, output = NULL, recoveries = 0,
+        lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, finished_at = NULL,
+        updated_at = now()
+    WHERE workflow_id = %(workflow_id)s AND state IN ('CANCELLED', 'ERROR', 'DEAD')
+    RETURNING workflow_id, queue
+)
+SELECT workflow_id, pg_notify('shardflow_work', queue) FROM resumed
 
 -- name: drop_failed_last_step
 -- Resuming retries the step whose error ended the workflow.
@@ -179,3 +190,6 @@ LIMIT %(limit)s
 
 -- name: count_by_state
 SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
+
+-- name: listen
+LISTEN shardflow_work; LISTEN shardflow_cancel

@@ -1,0 +1,407 @@
+"""The engine against three real PostgreSQL shards, with in-process workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import psycopg
+import pytest
+
+import shardflow
+from shardflow import WorkflowState
+from shardflow.engine.cluster import Cluster
+from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
+from tests.apps import basic
+from tests.apps.basic import app
+
+
+def ids_per_shard(cluster: Cluster, prefix: str, per_shard: int) -> dict[str, list[str]]:
+    """Workflow IDs chosen so that each shard gets ``per_shard`` of them."""
+    out: dict[str, list[str]] = {s: [] for s in cluster.config.shard_names}
+    i = 0
+    while any(len(v) < per_shard for v in out.values()):
+        wid = f"{prefix}-{i}"
+        shard = cluster.route(wid)
+        if len(out[shard]) < per_shard:
+            out[shard].append(wid)
+        i += 1
+    return out
+
+
+def test_three_step_workflows_complete_once_on_every_shard(cluster: Cluster) -> None:
+    handles = [cluster.submit(basic.three_steps, i) for i in range(60)]
+    assert {h.shard for h in handles} == {"shard0", "shard1", "shard2"}
+    with shardflow.Worker(cluster, app, concurrency=8):
+        results = [h.result(timeout=30) for h in handles]
+    assert results == [{"result": i + 3} for i in range(60)]
+    assert basic.CALLS["add"] == 180
+    steps = cluster.steps(handles[5].workflow_id)
+    assert [(s.step_no, s.name, s.output) for s in steps] == [
+        (0, "add", 6),
+        (1, "add", 7),
+        (2, "add", 8),
+    ]
+    status = handles[5].status()
+    assert status.state is WorkflowState.SUCCESS and status.attempt == 1
+    assert status.finished_at is not None and status.started_at is not None
+
+
+def test_submit_is_idempotent_and_checks_the_name(cluster: Cluster) -> None:
+    first = cluster.submit(basic.three_steps, 1, workflow_id="order-1")
+    again = cluster.submit(basic.three_steps, 99, workflow_id="order-1")
+    assert (first.workflow_id, first.shard) == (again.workflow_id, again.shard)
+    with pytest.raises(shardflow.WorkflowConflict):
+        cluster.submit(basic.failing, "x", workflow_id="order-1")
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert again.result(timeout=20) == {"result": 4}  # the first submit's input
+    assert basic.CALLS["add"] == 3
+    # Submitting a finished ID returns it, without running it again.
+    assert cluster.submit(basic.three_steps, 1, workflow_id="order-1").result(timeout=5) == {
+        "result": 4
+    }
+
+
+def test_submit_many_and_submit_by_name(cluster: Cluster) -> None:
+    subs = [shardflow.Submission(basic.echo, (i,), {"k": i}) for i in range(50)]
+    subs.append(shardflow.Submission("basic.echo", ("by-name",), workflow_id="named"))
+    handles = cluster.submit_many(subs)
+    assert len({h.workflow_id for h in handles}) == 51
+    with shardflow.Worker(cluster, app, concurrency=8):
+        assert handles[7].result(timeout=20) == {"args": [7], "kwargs": {"k": 7}}
+        assert cluster.handle("named").result(timeout=20) == {"args": ["by-name"], "kwargs": {}}
+    with pytest.raises(shardflow.WorkflowConflict):
+        cluster.submit_many(
+            [("basic.echo",), ("basic.echo",)]
+            and [
+                shardflow.Submission("basic.echo", workflow_id="dup"),
+                shardflow.Submission("basic.echo", workflow_id="dup"),
+            ]
+        )
+
+
+def test_step_retries_with_backoff_then_succeeds(cluster: Cluster) -> None:
+    basic.CONTROL["flaky_failures"] = 2
+    handle = cluster.submit(basic.with_retries, "k1")
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert handle.result(timeout=20) == "ok:k1"
+    assert basic.CALLS["flaky:k1"] == 3
+    times = basic.CONTROL["flaky_times"]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # backoff 0.2 s then 0.4 s, each jittered down to no less than half.
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2
+    assert gaps[1] > gaps[0] * 0.9
+    # The retried step was recorded once, with its final output.
+    assert [s.output for s in cluster.steps(handle.workflow_id)] == ["ok:k1"]
+
+
+def test_step_error_after_last_attempt_fails_the_workflow(cluster: Cluster) -> None:
+    handle = cluster.submit(basic.failing, "k2")
+    with shardflow.Worker(cluster, app, concurrency=2):
+        with pytest.raises(shardflow.WorkflowFailed) as info:
+            handle.result(timeout=20)
+    assert info.value.error["type"] == "ValueError"
+    assert info.value.error["message"] == "bad input k2"
+    assert basic.CALLS["fails:k2"] == 2
+    status = handle.status()
+    assert status.state is WorkflowState.ERROR
+    (step,) = cluster.steps(handle.workflow_id)
+    assert step.error is not None and step.error["type"] == "ValueError"
+
+
+def test_non_determinism_ends_in_error(cluster: Cluster) -> None:
+    handle = cluster.submit(basic.changing)
+    with shardflow.Worker(cluster, app, concurrency=2) as worker:
+        with pytest.raises(shardflow.WorkflowFailed):
+            handle.result(timeout=20)
+        assert basic.CALLS["first_step"] == 1
+        # The code changes under a recorded workflow; replay must notice.
+        basic.CONTROL["changed"] = True
+        cluster.resume(handle.workflow_id)
+        with pytest.raises(shardflow.WorkflowFailed) as info:
+            handle.result(timeout=20)
+        assert worker.stats.finished["ERROR"] == 2
+    assert info.value.error["type"] == "NonDeterminismError"
+    status = handle.status()
+    assert status.reason == "non-determinism"
+    assert basic.CALLS["other_step"] == 0  # never silently ran the other path
+
+
+def test_dead_letter_after_max_recoveries_then_resume(cluster: Cluster) -> None:
+    handle = cluster.submit(basic.three_steps, 10, workflow_id="crashy")
+    shard = handle.shard
+    names = ["basic.three_steps"]
+    store = cluster.store
+    # A "worker" that claims and dies, max_recoveries + 1 times.
+    claims = store.claim_enqueued(
+        shard, queue="default", names=names, owner="ghost", lease_seconds=0.05, limit=1
+    )
+    assert [c.workflow_id for c in claims] == ["crashy"]
+    for attempt in range(2, 4):
+        wait_until(
+            lambda: store.claim_expired(
+                shard, names=names, owner="ghost", lease_seconds=0.05, limit=1, max_recoveries=2
+            ),
+            message=f"expired claim {attempt}",
+        )
+    status = handle.status()
+    assert status.state is WorkflowState.RUNNING and status.recoveries == 2
+    with shardflow.Worker(cluster, app, concurrency=2, max_recoveries=2) as worker:
+        wait_until(lambda: handle.status().state is WorkflowState.DEAD, message="dead letter")
+        assert worker.stats.dead_lettered == 1
+        with pytest.raises(shardflow.WorkflowFailed):
+            handle.result(timeout=1)
+        assert handle.status().reason == "crashed more than 2 times"
+        assert cluster.resume("crashy").state is WorkflowState.ENQUEUED
+        assert handle.result(timeout=20) == {"result": 13}
+    assert basic.CALLS["add"] == 3
+
+
+def test_cancel_a_queued_workflow(cluster: Cluster) -> None:
+    handle = cluster.submit(basic.three_steps, 1)
+    assert cluster.cancel(handle.workflow_id).state is WorkflowState.CANCELLED
+    other = cluster.submit(basic.three_steps, 2)
+    with shardflow.Worker(cluster, app, concurrency=2):
+        other.result(timeout=20)
+        with pytest.raises(shardflow.WorkflowCancelled):
+            handle.result(timeout=1)
+    assert basic.CALLS["add"] == 3  # only the other workflow ran
+    assert cluster.steps(handle.workflow_id) == []
+
+
+def test_cancel_a_running_workflow_stops_at_the_next_step(cluster: Cluster) -> None:
+    basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
+    handle = cluster.submit(basic.gated, "g")
+    with shardflow.Worker(cluster, app, concurrency=2) as worker:
+        assert basic.CONTROL["started"].wait(20)
+        assert cluster.cancel(handle.workflow_id, reason="user").state is WorkflowState.CANCELLED
+        # The worker hears of the cancellation (notification, else next heartbeat) ...
+        wait_until(lambda: worker.stats.cancels_observed + worker.stats.leases_lost == 1)
+        # ... and the run stops at its next step boundary.
+        basic.CONTROL["gate"].set()
+        wait_until(lambda: worker.stats.interrupted == 1, message="run interrupted")
+    status = handle.status()
+    assert status.state is WorkflowState.CANCELLED and status.reason == "user"
+    assert basic.CALLS["gate:before"] == 1 and basic.CALLS["gate:after"] == 0
+    assert [s.name for s in cluster.steps(handle.workflow_id)] == ["gate_step"]
+    # Resume re-runs from the last checkpoint: "before" is replayed, not run again.
+    basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
+    basic.CONTROL["gate"].set()
+    cluster.resume(handle.workflow_id)
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert handle.result(timeout=20) == "g"
+    assert basic.CALLS["gate:before"] == 1 and basic.CALLS["gate:after"] == 1
+
+
+def test_a_late_finish_never_overwrites_cancelled(cluster: Cluster) -> None:
+    handle = cluster.submit(basic.three_steps, 1)
+    claim = cluster.store.claim_enqueued(
+        handle.shard,
+        queue="default",
+        names=["basic.three_steps"],
+        owner="slow",
+        lease_seconds=30,
+        limit=1,
+    )[0]
+    cluster.cancel(handle.workflow_id)
+    written = cluster.store.finish(
+        handle.shard,
+        workflow_id=claim.workflow_id,
+        attempt=claim.attempt,
+        state=WorkflowState.SUCCESS,
+        output="1",
+        error=None,
+    )
+    assert written is False
+    assert handle.status().state is WorkflowState.CANCELLED
+
+
+def test_priority_order(cluster: Cluster) -> None:
+    # One shard, one at a time, so order is observable.
+    wid = {p: [] for p in (0, 5, 10)}
+    i = 0
+    while any(len(v) < 3 for v in wid.values()):
+        candidate = f"prio-{i}"
+        i += 1
+        if cluster.route(candidate) != "shard0":
+            continue
+        for p, ids in wid.items():
+            if len(ids) < 3:
+                ids.append(candidate)
+                break
+    for p in (0, 5, 10):
+        for w in wid[p]:
+            cluster.submit(basic.record_order, f"p{p}", workflow_id=w, priority=p)
+    with shardflow.Worker(cluster, app, shards=["shard0"], concurrency=1, claim_batch=1):
+        wait_until(lambda: len(basic.ORDER) == 9, message="9 runs")
+    assert basic.ORDER == ["p10"] * 3 + ["p5"] * 3 + ["p0"] * 3
+
+
+def test_delayed_start(cluster: Cluster) -> None:
+    handle = cluster.submit(basic.three_steps, 1, delay_seconds=1.5)
+    with shardflow.Worker(cluster, app, concurrency=2):
+        handle.result(timeout=20)
+    status = handle.status()
+    assert status.started_at is not None
+    assert (status.started_at - status.created_at).total_seconds() >= 1.5
+
+
+def test_dedup_key_is_unique_among_active_workflows(cluster: Cluster) -> None:
+    first = cluster.submit(basic.three_steps, 1, dedup_key="user-7")
+    with pytest.raises(shardflow.WorkflowDeduplicated):
+        cluster.submit(basic.three_steps, 2, dedup_key="user-7")
+    # Explicit IDs on the same key hash elsewhere but the generated one is tagged.
+    assert "{dedup-" in first.workflow_id
+    other = cluster.submit(basic.three_steps, 3, dedup_key="user-8")
+    with shardflow.Worker(cluster, app, concurrency=2):
+        first.result(timeout=20)
+        other.result(timeout=20)
+    again = cluster.submit(basic.three_steps, 4, dedup_key="user-7")
+    assert again.workflow_id != first.workflow_id
+    assert again.status().state is WorkflowState.ENQUEUED
+
+
+def test_unserializable_input_writes_nothing(cluster: Cluster) -> None:
+    with pytest.raises(shardflow.SerializationError):
+        cluster.submit(basic.echo, object(), workflow_id="bad-input")
+    with pytest.raises(shardflow.WorkflowNotFound):
+        cluster.get("bad-input")
+
+
+def test_payload_limit_at_submit_and_at_a_step(cluster_factory: ClusterFactory) -> None:
+    made = cluster_factory.make(3, extra={"limits": {"max_payload_bytes": 2000}})
+    try:
+        with Cluster(made.config) as client:
+            with pytest.raises(shardflow.PayloadTooLarge):
+                client.submit(basic.echo, "y" * 5000, workflow_id="too-big")
+            with pytest.raises(shardflow.WorkflowNotFound):
+                client.get("too-big")
+            ok = client.submit(basic.big, 100)
+            too_big = client.submit(basic.big, 10_000)
+            with shardflow.Worker(client, app, concurrency=2):
+                assert ok.result(timeout=20) == 100
+                with pytest.raises(shardflow.WorkflowFailed) as info:
+                    too_big.result(timeout=20)
+            assert info.value.error["type"] == "PayloadTooLarge"
+            assert client.steps(too_big.workflow_id) == []  # nothing partial
+            assert too_big.status().reason == "serialization"
+    finally:
+        cluster_factory.drop(made)
+
+
+def test_list_workflows_pages_across_shards_without_gaps(cluster: Cluster) -> None:
+    handles = cluster.submit_many([shardflow.Submission(basic.echo, (i,)) for i in range(250)])
+    expected = {h.workflow_id for h in handles}
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = cluster.list_workflows(limit=37, cursor=cursor)
+        seen.extend(s.workflow_id for s in page.items)
+        keys = [(s.created_at, s.workflow_id) for s in page.items]
+        assert keys == sorted(keys, reverse=True)
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert len(seen) == len(set(seen)) == 250
+    assert set(seen) == expected
+    assert pages == 7
+    enqueued = cluster.list_workflows(state="ENQUEUED", limit=500)
+    assert len(enqueued.items) == 250 and enqueued.next_cursor is None
+    assert cluster.list_workflows(state="SUCCESS").items == []
+    assert Counter(s.shard for s in enqueued.items).keys() == {"shard0", "shard1", "shard2"}
+
+
+def test_global_queue_concurrency_is_split_by_weight(cluster_factory: ClusterFactory) -> None:
+    made = cluster_factory.make(
+        3,
+        extra={"queues": {"default": {}, "limited": {"concurrency": 3}}},
+    )
+    try:
+        with Cluster(made.config) as client:
+            basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
+            per = ids_per_shard(client, "lim", 3)
+            handles = [
+                client.submit(basic.gated, w, workflow_id=w, queue="limited")
+                for ids in per.values()
+                for w in ids
+            ]
+            with shardflow.Worker(client, app, concurrency=16):
+                wait_until(lambda: basic.CALLS["gate:before"] == 3, message="3 started")
+                running = client.list_workflows(state="RUNNING").items
+                # Limit 3 over three equal shards: one running per shard.
+                assert Counter(s.shard for s in running) == {"shard0": 1, "shard1": 1, "shard2": 1}
+                basic.CONTROL["gate"].set()
+                for h in handles:
+                    h.result(timeout=30)
+    finally:
+        cluster_factory.drop(made)
+
+
+def test_rate_limit_windows(cluster_factory: ClusterFactory) -> None:
+    made = cluster_factory.make(
+        3,
+        extra={
+            "queues": {"default": {}, "paced": {"rate_limit": {"limit": 3, "period_seconds": 1}}}
+        },
+    )
+    try:
+        with Cluster(made.config) as client:
+            per = ids_per_shard(client, "rate", 3)
+            handles = [
+                client.submit(basic.record_order, w, workflow_id=w, queue="paced")
+                for ids in per.values()
+                for w in ids
+            ]
+            t0 = time.monotonic()
+            with shardflow.Worker(client, app, concurrency=16):
+                for h in handles:
+                    h.result(timeout=30)
+            elapsed = time.monotonic() - t0
+            # One start per shard per second: 3 per shard need >= 2 full windows.
+            assert elapsed >= 2.0
+            for shard in client.config.shard_names:
+                starts = sorted(
+                    s.started_at for s in client.list_workflows(limit=50).items if s.shard == shard
+                )
+                assert len(starts) == 3
+                for a, b in zip(starts, starts[1:], strict=False):
+                    assert (b - a).total_seconds() >= 0.95
+    finally:
+        cluster_factory.drop(made)
+
+
+def test_identity_mismatch_is_refused(test_cluster: TestCluster) -> None:
+    from shardflow.config import parse
+
+    text = test_cluster.path.read_text().replace("name: test", "name: other", 1)
+    with pytest.raises(shardflow.IdentityMismatch, match="cluster name"):
+        Cluster(parse(text))
+    swapped = test_cluster.path.read_text()
+    dsns = [s.dsn for s in test_cluster.config.shards]
+    swapped = swapped.replace(dsns[0], "@@0").replace(dsns[1], dsns[0]).replace("@@0", dsns[1])
+    with pytest.raises(shardflow.IdentityMismatch, match="shard name"):
+        Cluster(parse(swapped))
+
+
+def test_worker_releases_unfinished_work_on_stop(cluster: Cluster) -> None:
+    basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
+    handle = cluster.submit(basic.gated, "r")
+    worker = shardflow.Worker(cluster, app, concurrency=2)
+    worker.start()
+    assert basic.CONTROL["started"].wait(20)
+    worker.stop(grace_seconds=0.2)
+    status = handle.status()
+    assert status.state is WorkflowState.ENQUEUED
+    basic.CONTROL["gate"].set()
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert handle.result(timeout=20) == "r"
+    assert basic.CALLS["gate:before"] == 1  # replayed from its checkpoint
+    with psycopg.connect(cluster.config.shard(handle.shard).dsn) as conn:
+        row = conn.execute(
+            "SELECT attempt FROM shardflow.workflow_status WHERE workflow_id = %s",
+            (handle.workflow_id,),
+        ).fetchone()
+    assert row == (2,)
