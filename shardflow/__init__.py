@@ -35,6 +35,7 @@ from shardflow.engine import (
     WorkflowState,
     WorkflowStatus,
     connect,
+    current_workflow_id,
 )
 from shardflow.errors import (
     ConfigError,
@@ -89,5 +90,6 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowTimeout",
     "connect",
+    "current_workflow_id",
     "load",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shardflow.engine.app import App, RetryPolicy, Step, Workflow
 from shardflow.engine.cluster import Cluster, Page, Submission, WorkflowHandle, connect
+from shardflow.engine.context import current_workflow_id
 from shardflow.engine.records import StepRecord, WorkflowStatus
 from shardflow.engine.serialization import JsonSerializer, Serializer, StepFailed
 from shardflow.engine.states import WorkflowState
@@ -26,4 +27,5 @@ __all__ = [
     "WorkflowState",
     "WorkflowStatus",
     "connect",
+    "current_workflow_id",
 ]

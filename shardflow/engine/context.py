@@ -23,3 +23,9 @@ def enter(run: WorkflowRun) -> contextvars.Token[WorkflowRun | None]:
 
 def leave(token: contextvars.Token[WorkflowRun | None]) -> None:
     _current.reset(token)
+
+
+def current_workflow_id() -> str | None:
+    """The ID of the workflow this thread is running, or None outside a workflow."""
+    run = _current.get()
+    return None if run is None else run.workflow_id

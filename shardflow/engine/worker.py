@@ -370,7 +370,7 @@ class Worker:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                for channel, payload in self.cluster.store.listen(shard, 1.0, self._stopping):
+                for channel, payload in self.cluster.store.listen(shard, 0.25, self._stopping):
                     backoff = 0.5
                     if channel == "shardflow_work":
                         self._wake.set()
