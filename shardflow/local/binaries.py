@@ -37,19 +37,23 @@ def find_pg_bindir() -> Path:
     """
     override = os.environ.get(BINDIR_ENV)
     if override:
-        bindir = Path(override).expanduser()
-        missing = _missing_programs(bindir)
+        chosen = Path(override).expanduser()
+        missing = _missing_programs(chosen)
         if missing:
             raise EmbeddedServerError(f"{BINDIR_ENV}={override} does not hold {', '.join(missing)}")
-        return bindir.resolve()
+        return chosen.resolve()
 
     looked: list[str] = []
     for origin, bindir in _candidates():
-        looked.append(f"{origin}: {bindir}")
-        if not _missing_programs(bindir):
+        if bindir is None:
+            looked.append(f"{origin}: not found")
+            continue
+        missing = _missing_programs(bindir)
+        if not missing:
             logger.debug("PostgreSQL binaries found in %s (%s)", bindir, origin)
             return bindir.resolve()
-    where = "\n  ".join(looked) if looked else "(no candidate directory exists)"
+        looked.append(f"{origin}: {bindir} lacks {', '.join(missing)}")
+    where = "\n  ".join(looked)
     raise EmbeddedServerError(
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found. Looked at:\n  "
         f"{where}\n"
@@ -59,18 +63,14 @@ def find_pg_bindir() -> Path:
     )
 
 
-def _candidates() -> Iterator[tuple[str, Path]]:
+def _candidates() -> Iterator[tuple[str, Path | None]]:
+    """``(where, directory)`` pairs in search order; ``None`` when a place has nothing."""
     on_path = shutil.which("initdb")
-    if on_path:
-        yield "PATH", Path(on_path).resolve().parent
-    from_pg_config = _pg_config_bindir()
-    if from_pg_config is not None:
-        yield "pg_config --bindir", from_pg_config
-    for bindir in _debian_bindirs():
-        yield "Debian layout", bindir
-    bundled = _pgserver_bindir()
-    if bundled is not None:
-        yield "pgserver package", bundled
+    yield "initdb on PATH", Path(on_path).resolve().parent if on_path else None
+    yield "pg_config --bindir", _pg_config_bindir()
+    debian: list[Path | None] = [*_debian_bindirs()] or [None]
+    yield from ((f"{_DEBIAN_ROOT}/*/bin", bindir) for bindir in debian)
+    yield "pgserver package", _pgserver_bindir()
 
 
 def _pg_config_bindir() -> Path | None:

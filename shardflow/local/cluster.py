@@ -4,16 +4,19 @@ Layout of ``DIR``::
 
     DIR/cluster.yaml      shardflow configuration (one shard per server)
     DIR/servers.json      ports, data directories, binaries (see shardflow.local.state)
+    DIR/.lock             held during `up` and `down`
     DIR/shard0/data/      PostgreSQL data directory of shard0 (log: server.log inside)
     DIR/shard1/data/ ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from shardflow.local.state import (
 
 logger = logging.getLogger(__name__)
 
+LOCK_FILE = ".lock"
 DATABASE = "shardflow"
 """The database created on every server; ``cluster.yaml`` points at it."""
 
@@ -125,6 +129,51 @@ class LocalCluster:
         if shards < 1:
             raise ValueError("a cluster needs at least one shard")
         self.directory.mkdir(parents=True, exist_ok=True)
+        with self._exclusive():
+            self._start_servers(shards, name, slots, settings)
+        if migrate:
+            # Outside the lock: the migrator serializes on advisory locks of its own.
+            self._migrate()
+        return self.config_path
+
+    def down(self) -> None:
+        """Stop every server (fast shutdown). No-op if none runs or there is no cluster."""
+        if not self.state_path.exists():
+            return
+        with self._exclusive():
+            _run_parallel(self.servers, lambda server: server.stop("fast"))
+
+    def status(self) -> list[ServerStatus]:
+        """Name, port, and whether it runs, for every server."""
+        state = read_state(self.state_path)
+        if state is None:
+            return []
+        return [
+            ServerStatus(
+                name=record.shard,
+                port=server.port,
+                running=server.is_running(),
+                data_dir=server.data_dir,
+                dsn=server.dsn(DATABASE),
+            )
+            for record, server in zip(state.servers, self._servers_of(state), strict=True)
+        ]
+
+    def admin_dsns(self) -> list[str]:
+        """DSNs of the ``postgres`` database on every server, in shard order."""
+        return [server.dsn("postgres") for server in self.servers]
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # One `up` or `down` at a time per directory, across processes: two concurrent
+        # `up`s would otherwise run initdb twice on the same data directory.
+        with (self.directory / LOCK_FILE).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _start_servers(
+        self, shards: int, name: str, slots: int, settings: Mapping[str, str] | None
+    ) -> None:
         existing = read_state(self.state_path)
         if existing is None:
             state = self._new_state(shards, name, slots, settings)
@@ -149,35 +198,6 @@ class LocalCluster:
                 (r.shard, server.dsn(DATABASE)) for r, server in zip(moved, servers, strict=True)
             ]
             write_cluster_yaml(self.config_path, state.name, state.slots, dsns)
-        if migrate:
-            self._migrate()
-        return self.config_path
-
-    def down(self) -> None:
-        """Stop every server (fast shutdown). No-op if none runs or there is no cluster."""
-        servers = self.servers
-        if servers:
-            _run_parallel(servers, lambda server: server.stop("fast"))
-
-    def status(self) -> list[ServerStatus]:
-        """Name, port, and whether it runs, for every server."""
-        state = read_state(self.state_path)
-        if state is None:
-            return []
-        return [
-            ServerStatus(
-                name=record.shard,
-                port=server.port,
-                running=server.is_running(),
-                data_dir=server.data_dir,
-                dsn=server.dsn(DATABASE),
-            )
-            for record, server in zip(state.servers, self._servers_of(state), strict=True)
-        ]
-
-    def admin_dsns(self) -> list[str]:
-        """DSNs of the ``postgres`` database on every server, in shard order."""
-        return [server.dsn("postgres") for server in self.servers]
 
     def _new_state(
         self, shards: int, name: str, slots: int, settings: Mapping[str, str] | None

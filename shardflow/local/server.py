@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from shardflow.local.ports import LOOPBACK, pick_free_ports, port_is_free
 from shardflow.local.unprivileged import (
     ServerUser,
     ensure_traversable,
+    is_reachable,
     make_owned_dir,
     server_user,
 )
@@ -39,7 +41,8 @@ DEFAULT_SETTINGS: Mapping[str, str] = MappingProxyType(
 _MANAGED_SETTINGS = frozenset({"port", "listen_addresses", "unix_socket_directories"})
 SETTINGS_FILE = "shardflow.conf"
 LOG_FILE = "server.log"
-_PORT_ATTEMPTS = 5
+_START_ATTEMPTS = 5
+_ACCESS_ATTEMPTS = 3
 _LOG_TAIL_LINES = 30
 _PG_HBA = """\
 # Written by shardflow.local: TCP on loopback only, no passwords (a dev/test server).
@@ -50,6 +53,10 @@ host    replication     all     127.0.0.1/32    trust
 
 class _PortInUse(EmbeddedServerError):
     """The server could not bind its port: someone else holds it."""
+
+
+class _AccessLost(EmbeddedServerError):
+    """The server user lost its way to the data directory while ``pg_ctl`` ran."""
 
 
 class LocalServer:
@@ -104,6 +111,7 @@ class LocalServer:
             return
         make_owned_dir(self.data_dir, self._user)
         self._make_reachable()
+        was_empty = not any(self.data_dir.iterdir())
         args = [
             str(self.bindir / "initdb"),
             "--pgdata",
@@ -119,7 +127,12 @@ class LocalServer:
         if self.settings.get("fsync") == "off":
             # The caller does not want durability, so skip initdb's final fsync (~1 s).
             args.append("--no-sync")
-        result = self._run(args, timeout=120)
+        for _ in range(_ACCESS_ATTEMPTS):
+            result = self._run(args, timeout=120)
+            if result.returncode == 0 or not was_empty or not self._access_problem(result):
+                break
+            # initdb could not even remove what it had written; start over from empty.
+            _remove_contents(self.data_dir)
         if result.returncode != 0:
             raise EmbeddedServerError(
                 f"initdb failed for {self.data_dir} (exit {result.returncode}):\n"
@@ -140,8 +153,7 @@ class LocalServer:
             return
         if not self.initialized:
             raise EmbeddedServerError(f"{self.data_dir} holds no database cluster; init() first")
-        self._make_reachable()
-        for _ in range(_PORT_ATTEMPTS):
+        for _ in range(_START_ATTEMPTS):
             if port_fallback and not port_is_free(self.port):
                 self._move_to_free_port()
             try:
@@ -149,10 +161,13 @@ class LocalServer:
             except _PortInUse:
                 if not port_fallback:
                     raise
-                continue
-            return
+            except _AccessLost:
+                pass
+            else:
+                return
         raise EmbeddedServerError(
-            f"PostgreSQL in {self.data_dir} found no free port in {_PORT_ATTEMPTS} attempts"
+            f"PostgreSQL in {self.data_dir} did not start in {_START_ATTEMPTS} attempts"
+            " (port taken or data directory unreachable every time)"
         )
 
     def stop(self, mode: StopMode = "fast") -> None:
@@ -180,18 +195,20 @@ class LocalServer:
     def _start_once(self) -> None:
         self._write_owned(self.data_dir / SETTINGS_FILE, self._settings_text())
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
+        timeout = str(int(self.start_timeout))
+        # No blind retry: a second `pg_ctl start` would race the first server.
         result = self._pg_ctl(
-            "start",
-            "--wait",
-            "--timeout",
-            str(int(self.start_timeout)),
-            "--log",
-            str(self.log_file),
+            "start", "--wait", "--timeout", timeout, "--log", str(self.log_file), retry=False
         )
         if result.returncode == 0:
             logger.info("started PostgreSQL on port %d (%s)", self.port, self.data_dir)
             return
         log = self._read_log(log_start)
+        if self._access_problem(result, log):
+            if self.is_running():  # it started; pg_ctl only failed to see it
+                logger.info("started PostgreSQL on port %d (%s)", self.port, self.data_dir)
+                return
+            raise _AccessLost(str(self.data_dir))
         if "Address already in use" in log or not port_is_free(self.port):
             raise _PortInUse(f"port {self.port} is in use")
         # pg_ctl gives up after --timeout but the server may still come up: do not leak it.
@@ -221,6 +238,24 @@ class LocalServer:
             ensure_traversable(self.data_dir.parent, self._user)
             ensure_traversable(self.bindir, self._user)
 
+    def _access_problem(self, result: subprocess.CompletedProcess[str], *logs: str) -> bool:
+        """Whether a failed call may have failed because the server user lost its way to
+        the data directory meanwhile; if so, access is restored and a retry is worth it.
+
+        Looks at the directories now and at the output: another thread may already have
+        restored access. See :mod:`shardflow.local.unprivileged`.
+        """
+        user = self._user
+        if user is None:
+            return False
+        lost = not (is_reachable(self.data_dir.parent, user) and is_reachable(self.bindir, user))
+        denied = any("Permission denied" in text for text in (result.stdout, result.stderr, *logs))
+        if not (lost or denied):
+            return False
+        logger.warning("user %r was denied access to %s; retrying", user.name, self.data_dir)
+        self._make_reachable()
+        return True
+
     def _write_owned(self, path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
         if self._user is not None:
@@ -234,10 +269,18 @@ class LocalServer:
         except OSError:
             return ""
 
-    def _pg_ctl(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
-        pg_ctl = str(self.bindir / "pg_ctl")
+    def _pg_ctl(
+        self, command: str, *args: str, retry: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``pg_ctl command``; with ``retry``, again if access was lost meanwhile."""
+        self._make_reachable()
+        argv = [str(self.bindir / "pg_ctl"), command, "--pgdata", str(self.data_dir), *args]
         timeout = self.start_timeout + 30
-        return self._run([pg_ctl, command, "--pgdata", str(self.data_dir), *args], timeout=timeout)
+        for _ in range(_ACCESS_ATTEMPTS):
+            result = self._run(argv, timeout=timeout)
+            if not retry or result.returncode == 0 or not self._access_problem(result):
+                break
+        return result
 
     def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
         user = self._user
@@ -272,6 +315,14 @@ def _child_env(user: ServerUser | None) -> dict[str, str]:
     if user is not None:
         env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     return env
+
+
+def _remove_contents(directory: Path) -> None:
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _quote(value: str) -> str:

@@ -10,6 +10,11 @@ That user must be able to reach the data directory. A directory chosen by a root
 searchable by others, so :func:`ensure_traversable` adds the one search (``x``) bit that
 is missing, and only on directories owned by root that lack it: no directory is made
 readable, and directories like ``/tmp`` that are already searchable are left alone.
+
+The bit can be taken away again while servers run: every pytest session run as root
+resets ``/tmp/pytest-of-root`` to mode 0700 when it starts. The server code therefore
+checks before each ``initdb``/``pg_ctl`` call and retries a call that failed because
+access was lost meanwhile.
 """
 
 from __future__ import annotations
@@ -73,6 +78,12 @@ def server_user() -> ServerUser | None:
     )
 
 
+def is_reachable(path: Path, user: ServerUser) -> bool:
+    """Whether ``user`` may search ``path`` and every directory above it."""
+    path = path.absolute()
+    return all(user.can_traverse(d) for d in (*reversed(path.parents), path))
+
+
 def ensure_traversable(path: Path, user: ServerUser) -> None:
     """Make ``path`` and every directory above it searchable by ``user``.
 
@@ -102,9 +113,14 @@ def ensure_traversable(path: Path, user: ServerUser) -> None:
 
 def make_owned_dir(directory: Path, user: ServerUser | None) -> None:
     """Create ``directory`` (mode 0700) for the server user, and make it reachable."""
+    if user is not None:
+        # Fail before creating anything if an existing directory above is out of reach.
+        existing = next(p for p in directory.absolute().parents if p.exists())
+        ensure_traversable(existing, user)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if user is None:
         return
+    # Directories just created follow root's umask, which may leave them unsearchable.
     ensure_traversable(directory.parent, user)
     st = directory.stat()
     if (st.st_uid, st.st_gid) != (user.uid, user.gid):

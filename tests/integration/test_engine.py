@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -88,7 +89,7 @@ def test_step_retries_with_backoff_then_succeeds(cluster: Cluster) -> None:
         assert handle.result(timeout=20) == "ok:k1"
     assert basic.CALLS["flaky:k1"] == 3
     times = basic.CONTROL["flaky_times"]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # backoff 0.2 s then 0.4 s, each jittered down to no less than half.
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2
     assert gaps[1] > gaps[0] * 0.9
@@ -98,9 +99,11 @@ def test_step_retries_with_backoff_then_succeeds(cluster: Cluster) -> None:
 
 def test_step_error_after_last_attempt_fails_the_workflow(cluster: Cluster) -> None:
     handle = cluster.submit(basic.failing, "k2")
-    with shardflow.Worker(cluster, app, concurrency=2):
-        with pytest.raises(shardflow.WorkflowFailed) as info:
-            handle.result(timeout=20)
+    with (
+        shardflow.Worker(cluster, app, concurrency=2),
+        pytest.raises(shardflow.WorkflowFailed) as info,
+    ):
+        handle.result(timeout=20)
     assert info.value.error["type"] == "ValueError"
     assert info.value.error["message"] == "bad input k2"
     assert basic.CALLS["fails:k2"] == 2
@@ -226,7 +229,7 @@ def test_priority_order(cluster: Cluster) -> None:
         i += 1
         if cluster.route(candidate) != "shard0":
             continue
-        for p, ids in wid.items():
+        for _prio, ids in wid.items():
             if len(ids) < 3:
                 ids.append(candidate)
                 break
@@ -367,7 +370,7 @@ def test_rate_limit_windows(cluster_factory: ClusterFactory) -> None:
                     s.started_at for s in client.list_workflows(limit=50).items if s.shard == shard
                 )
                 assert len(starts) == 3
-                for a, b in zip(starts, starts[1:], strict=False):
+                for a, b in itertools.pairwise(starts):
                     assert (b - a).total_seconds() >= 0.95
     finally:
         cluster_factory.drop(made)

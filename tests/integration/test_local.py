@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -101,6 +102,14 @@ def test_shards_are_migrated(cluster: LocalCluster) -> None:
         assert row == (1,)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the servers to another user")
+def test_under_root_servers_run_as_an_unprivileged_user(cluster: LocalCluster) -> None:
+    for server in cluster.servers:
+        assert server.data_dir.stat().st_uid != 0
+        postmaster = Path("/proc") / str(_postmaster_pid(server.data_dir))
+        assert postmaster.stat().st_uid == server.data_dir.stat().st_uid
+
+
 def test_up_again_is_idempotent(cluster: LocalCluster) -> None:
     before = cluster.status()
     pids = [_postmaster_pid(server.data_dir) for server in cluster.servers]
@@ -163,6 +172,14 @@ def test_down_stops_every_server(cluster: LocalCluster) -> None:
     # Leave the module's cluster running for any test added after this one.
     cluster.up(SHARDS, settings=FAST_SETTINGS, migrate=MIGRATE)
     assert all(s.running for s in cluster.status())
+
+
+def test_bindir_override_must_hold_the_programs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SHARDFLOW_PG_BINDIR", str(tmp_path))
+    with pytest.raises(EmbeddedServerError, match="does not hold initdb, pg_ctl, postgres"):
+        find_pg_bindir()
 
 
 def test_down_without_a_cluster_is_a_noop(tmp_path: Path) -> None:
