@@ -34,6 +34,7 @@ class WorkflowStatus:
     parent_id: str | None
     dedup_key: str | None
     deadline: datetime | None
+    lease_owner: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class WorkflowStatus:
             "parent_id": self.parent_id,
             "dedup_key": self.dedup_key,
             "deadline": self.deadline.isoformat() if self.deadline else None,
+            "lease_owner": self.lease_owner,
         }
 
 

@@ -143,6 +143,7 @@ class Store:
             parent_id=row[14],
             dedup_key=row[15],
             deadline=row[17],
+            lease_owner=row[18],
         )
 
     def list_page(

@@ -41,7 +41,7 @@ WHERE slot = ANY(%(slots)s) AND state IN ('OWNED', 'IMPORTING')
 -- name: get_workflow
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
-       moved_to, deadline
+       moved_to, deadline, lease_owner
 FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 
 -- name: claim_enqueued
@@ -177,7 +177,7 @@ WHERE workflow_id = %(workflow_id)s AND error IS NOT NULL
 -- One page of one shard, newest first; the client merges the shards' pages.
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
-       moved_to, deadline
+       moved_to, deadline, lease_owner
 FROM shardflow.workflow_status
 WHERE state NOT IN ('MOVED', 'IMPORTING')
   AND (%(state)s::text IS NULL OR state = %(state)s)
