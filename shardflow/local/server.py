@@ -42,7 +42,7 @@ _MANAGED_SETTINGS = frozenset({"port", "listen_addresses", "unix_socket_director
 SETTINGS_FILE = "shardflow.conf"
 LOG_FILE = "server.log"
 _START_ATTEMPTS = 5
-_ACCESS_ATTEMPTS = 3
+_ACCESS_ATTEMPTS = 5
 _LOG_TAIL_LINES = 30
 _PG_HBA = """\
 # Written by shardflow.local: TCP on loopback only, no passwords (a dev/test server).
