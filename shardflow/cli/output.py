@@ -1,0 +1,123 @@
+"""Printing for the commands: rich tables for people, JSON for scripts, notes on stderr.
+
+Cell values are user data (workflow IDs may hold ``[...]``), so they are passed to rich
+as :class:`~rich.text.Text`, never parsed as markup.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from shardflow.config import redact_dsn
+
+# Piped output: no wrapping at 80 columns, so rows stay one per line for grep and awk.
+_PIPE_WIDTH = 10_000
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def stdout_console() -> Console:
+    terminal = sys.stdout.isatty()
+    return Console(
+        file=sys.stdout,
+        highlight=False,
+        soft_wrap=not terminal,
+        width=None if terminal else _PIPE_WIDTH,
+    )
+
+
+def cell(value: object) -> Text:
+    if value is None:
+        return Text("-")
+    if isinstance(value, bool):
+        return Text("yes" if value else "no")
+    return Text(str(value))
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    title: str | None = None,
+    numeric: Sequence[str] = (),
+) -> None:
+    """A table on stdout; ``numeric`` columns are right-aligned."""
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, title_justify="left", pad_edge=False
+    )
+    for column in columns:
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for row in rows:
+        table.add_row(*(cell(v) for v in row))
+    stdout_console().print(table)
+
+
+def print_fields(fields: Sequence[tuple[str, object]]) -> None:
+    """``key  value`` lines, keys aligned."""
+    width = max((len(k) for k, _ in fields), default=0)
+    for key, value in fields:
+        print(f"{key.ljust(width)}  {cell(value).plain}")
+
+
+def print_json(data: Any) -> None:
+    """Indented JSON on stdout; values JSON cannot express (datetimes) become strings."""
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def compact_json(value: Any, limit: int | None = None) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def note(message: str) -> None:
+    """A message for the person at the terminal, on stderr (stdout stays parseable)."""
+    print(message, file=sys.stderr)
+
+
+def scrub_secrets(text: str, dsns: Iterable[str]) -> str:
+    """``text`` with every given DSN redacted and their passwords replaced by ``***``.
+
+    A last line of defence for error messages: the engine does not quote DSNs, but a
+    message from a driver or a future code path might.
+    """
+    for dsn in dsns:
+        if dsn in text:
+            text = text.replace(dsn, redact_dsn(dsn))
+        for secret in _passwords(dsn):
+            if len(secret) >= 3:  # a one-letter password would mangle every message
+                text = text.replace(secret, "***")
+    return text
+
+
+def _passwords(dsn: str) -> set[str]:
+    found: set[str] = set()
+    if "://" in dsn:
+        try:
+            parts = urlsplit(dsn)
+            password = parts.password
+        except ValueError:
+            return found
+        if password:
+            found |= {password, unquote(password)}
+        for pair in parts.query.split("&"):
+            key, _, value = pair.partition("=")
+            if key.lower() == "password" and value:
+                found |= {value, unquote(value)}
+        return found
+    for match in _KEYWORD_PASSWORD.finditer(dsn):
+        value = match.group(1)
+        found.add(value)
+        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+            found.add(value[1:-1].replace("\\'", "'").replace("\\\\", "\\"))
+    return found
