@@ -28,6 +28,7 @@ COMMANDS = (check_config, migrate, route, topology, workflows, worker, dev)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DRIVER_LOGGER = "psycopg"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,11 +81,16 @@ def _logging_to_stderr(level: str) -> Iterator[None]:
     calling :func:`main` in a process that logs on its own (tests) leaves it as it was.
     """
     root = logging.getLogger()
+    driver = logging.getLogger(_DRIVER_LOGGER)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    previous = root.level
+    previous = root.level, driver.level
     root.addHandler(handler)
     root.setLevel(level)
+    if level != "DEBUG":
+        # The pool logs every failed reconnect (several lines each, many per second);
+        # shardflow's own log says once that the shard is unavailable.
+        driver.setLevel(logging.ERROR)
     try:
         yield
     except (ShardflowError, ValueError, CliError):
@@ -92,7 +98,8 @@ def _logging_to_stderr(level: str) -> Iterator[None]:
         raise
     finally:
         root.removeHandler(handler)
-        root.setLevel(previous)
+        root.setLevel(previous[0])
+        driver.setLevel(previous[1])
         handler.flush()
 
 

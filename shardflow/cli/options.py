@@ -164,7 +164,8 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
     add_option(
         parser,
         "--log-level",
-        help="log messages at this level and above to stderr (default WARNING)",
+        help="log to stderr at this level and above (default WARNING; DEBUG adds the driver's"
+        " connection retries and tracebacks of errors)",
         type=upper,
         choices=LOG_LEVELS,
         default="WARNING",

@@ -117,6 +117,9 @@ def _steps(cluster: Cluster, args: argparse.Namespace) -> int:
             {"workflow_id": args.workflow_id, "steps": [dataclasses.asdict(s) for s in steps]}
         )
         return 0
+    if not steps:
+        print(f"workflow {args.workflow_id} has no recorded steps")
+        return 0
     print_table(
         ("step", "name", "result"),
         [
@@ -131,8 +134,6 @@ def _steps(cluster: Cluster, args: argparse.Namespace) -> int:
         ],
         numeric=("step",),
     )
-    if not steps:
-        print(f"workflow {args.workflow_id} has no recorded steps")
     return 0
 
 

@@ -12,18 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mmh3
 import psycopg
 import pytest
 import yaml
 
 import shardflow
 from shardflow.cli.main import main
+from shardflow.cli.output import scrub_secrets
 from shardflow.local import LocalCluster
-from shardflow.router import Hasher
 from shardflow.testing import ClusterFactory, TestCluster
 from shardflow.testing.servers import wait_until
 from tests.apps import cli_app
@@ -100,18 +100,19 @@ def shard_dsns(made: TestCluster) -> list[str]:
     return [shard.dsn for shard in made.config.shards]
 
 
-@pytest.fixture
-def client(test_cluster: TestCluster) -> Iterator[shardflow.Cluster]:
-    with shardflow.connect(test_cluster.config) as cluster:
-        yield cluster
-
-
 # -- global behaviour -----------------------------------------------------------------------
 
 
-def test_python_dash_m_shardflow_prints_the_version() -> None:
-    done = run_cli("--version")
-    assert done.returncode == 0
+@pytest.mark.parametrize("module", ["shardflow", "shardflow.cli.main"])
+def test_python_dash_m_runs_the_command(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-m", module, "--version"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.strip() == f"shardflow {shardflow.__version__}"
 
 
@@ -287,26 +288,47 @@ def test_migrate_refuses_a_config_with_another_slot_count(
     assert_one_line_error(done.returncode, done.stderr, "hash.slots", "2048", "4096")
 
 
+def test_migrate_names_an_unreachable_shard_without_its_password(
+    test_cluster: TestCluster, tmp_path: Path
+) -> None:
+    def break_shard1(document: dict[str, Any]) -> None:
+        document["shards"][1]["dsn"] = UNREACHABLE_DSN
+
+    path = rewrite_config(test_cluster.path, tmp_path / "down.yaml", break_shard1)
+    done = run_cli("--config", str(path), "migrate")
+    assert_one_line_error(done.returncode, done.stderr, "shard 'shard1' is unavailable")
+    assert SECRET not in done.stdout + done.stderr
+
+
+def test_error_messages_never_carry_a_configured_password() -> None:
+    dsns = [UNREACHABLE_DSN, "host=h password='p w!' dbname=db", "host=h password=hunter22"]
+    message = f"failed: {UNREACHABLE_DSN} / password=hunter22 / p w! / {SECRET}"
+    scrubbed = scrub_secrets(message, dsns)
+    assert SECRET not in scrubbed and "hunter22" not in scrubbed and "p w!" not in scrubbed
+    assert "postgresql://u:***@127.0.0.1:1/db" in scrubbed
+
+
 # -- route ----------------------------------------------------------------------------------
 
 
 def test_route_shows_hash_slot_and_shard_and_honours_hash_tags(
-    test_cluster: TestCluster, capsys: pytest.CaptureFixture[str]
+    test_cluster: TestCluster, cluster: shardflow.Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = str(test_cluster.path)
     found = run_json(capsys, "--config", config, "route", "{t}:a", "{t}:b", "order-1")
     assert found["map"] == "live" and found["epoch"] >= 1
     a, b, plain = found["routes"]
-    hasher = Hasher(4096, 0)
+    # MurmurHash3 x86_32 of the hash tag; 4096 slots take the top 12 bits.
+    tag_hash = mmh3.hash(b"t", 0, signed=False)
     assert a["hash_key"] == b["hash_key"] == "t"
-    assert a["route_hash"] == b["route_hash"] == hasher.route_hash("t")
-    assert a["slot"] == b["slot"] == hasher.slot("t")
+    assert a["route_hash"] == b["route_hash"] == tag_hash
+    assert a["slot"] == b["slot"] == tag_hash >> 20
     assert a["shard"] == b["shard"]
-    assert plain["hash_key"] == "order-1" and plain["slot"] == hasher.slot("order-1")
-    with shardflow.connect(test_cluster.config) as cluster:
-        assert [r["shard"] for r in found["routes"]] == [
-            cluster.route(i) for i in ("{t}:a", "{t}:b", "order-1")
-        ]
+    assert plain["hash_key"] == "order-1"
+    assert plain["slot"] == mmh3.hash(b"order-1", 0, signed=False) >> 20
+    assert [r["shard"] for r in found["routes"]] == [
+        cluster.route(i) for i in ("{t}:a", "{t}:b", "order-1")
+    ]
 
     code, out, err = run_main(capsys, "--config", config, "route", "{t}:a")
     assert code == 0, err
@@ -378,25 +400,23 @@ def test_topology_show_marks_a_down_shard_unreachable_and_hides_its_password(
 
 
 def test_workflows_list_pages_with_a_cursor(
-    test_cluster: TestCluster, client: shardflow.Cluster, capsys: pytest.CaptureFixture[str]
+    test_cluster: TestCluster, cluster: shardflow.Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ids = [f"wf-{i}" for i in range(5)]
     for workflow_id in ids:
-        client.submit("some.name", workflow_id, workflow_id=workflow_id)
-    client.submit("other.name", workflow_id="other-1")
+        cluster.submit("some.name", workflow_id, workflow_id=workflow_id)
+    cluster.submit("other.name", workflow_id="other-1")
     config = str(test_cluster.path)
 
     everything = run_json(capsys, "--config", config, "workflows", "list")
     assert sorted(w["workflow_id"] for w in everything["workflows"]) == sorted([*ids, "other-1"])
     assert everything["next_cursor"] is None
 
+    filters = ("--name", "some.name", "--limit", "2")
     seen: list[str] = []
     cursor: list[str] = []
     for _ in range(3):
-        page = run_json(
-            capsys, "--config", config, "workflows", "list", "--name", "some.name", "--limit", "2",
-            *cursor,
-        )  # fmt: skip
+        page = run_json(capsys, "--config", config, "workflows", "list", *filters, *cursor)
         seen += [w["workflow_id"] for w in page["workflows"]]
         if page["next_cursor"] is None:
             break
@@ -413,15 +433,15 @@ def test_workflows_list_pages_with_a_cursor(
 
 
 def test_workflows_show_cancel_and_resume(
-    test_cluster: TestCluster, client: shardflow.Cluster, capsys: pytest.CaptureFixture[str]
+    test_cluster: TestCluster, cluster: shardflow.Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client.submit("some.name", 1, workflow_id="{acct}:job")
+    cluster.submit("some.name", 1, workflow_id="{acct}:job")
     config = ("--config", str(test_cluster.path))
 
     shown = run_json(capsys, *config, "workflows", "show", "{acct}:job")
     assert shown["workflow_id"] == "{acct}:job"
     assert (shown["name"], shown["state"], shown["attempt"]) == ("some.name", "ENQUEUED", 0)
-    assert shown["shard"] == client.route("{acct}:job")
+    assert shown["shard"] == cluster.route("{acct}:job")
 
     code, out, err = run_main(capsys, *config, "workflows", "show", "{acct}:job")
     assert code == 0, err
@@ -432,7 +452,7 @@ def test_workflows_show_cancel_and_resume(
     )
     assert code == 0, err
     assert out.startswith("workflow {acct}:job: CANCELLED")
-    assert client.get("{acct}:job").reason == "r1"
+    assert cluster.get("{acct}:job").reason == "r1"
     # Cancelling again is harmless.
     assert run_json(capsys, *config, "workflows", "cancel", "{acct}:job")["state"] == "CANCELLED"
 
@@ -442,7 +462,7 @@ def test_workflows_show_cancel_and_resume(
     code, out, err = run_main(capsys, *config, "workflows", "resume", "{acct}:job")
     assert code == 0, err
     assert out.startswith("workflow {acct}:job: ENQUEUED")
-    assert client.get("{acct}:job").state is shardflow.WorkflowState.ENQUEUED
+    assert cluster.get("{acct}:job").state is shardflow.WorkflowState.ENQUEUED
 
     steps = run_json(capsys, *config, "workflows", "steps", "{acct}:job")
     assert steps == {"workflow_id": "{acct}:job", "steps": []}
@@ -455,22 +475,19 @@ def test_workflows_show_cancel_and_resume(
 
 
 def test_worker_runs_workflows_and_stops_on_sigterm(
-    test_cluster: TestCluster, client: shardflow.Cluster, capsys: pytest.CaptureFixture[str]
+    test_cluster: TestCluster, cluster: shardflow.Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    worker = "worker --app tests.apps.cli_app:app --concurrency 4 --worker-id cli-worker-1"
     process = subprocess.Popen(
-        cli_command(
-            "--config", str(test_cluster.path), "--log-level", "INFO",
-            "worker", "--app", "tests.apps.cli_app:app", "--concurrency", "4",
-            "--worker-id", "cli-worker-1",
-        ),
+        cli_command("--config", str(test_cluster.path), "--log-level", "INFO", *worker.split()),
         cwd=ROOT,
         env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
-        handles = [client.submit(cli_app.double_twice, n, workflow_id=f"n-{n}") for n in range(6)]
+        handles = [cluster.submit(cli_app.double_twice, n, workflow_id=f"n-{n}") for n in range(6)]
         wait_until(
             lambda: all(h.status().state is shardflow.WorkflowState.SUCCESS for h in handles),
             timeout=60,
@@ -498,7 +515,7 @@ def test_worker_runs_workflows_and_stops_on_sigterm(
             process.kill()
             process.communicate()
     assert process.returncode == 0, err
-    assert "cli-worker-1 started" in err
+    assert "worker cli-worker-1 starting" in err
     assert "Traceback" not in err
 
 
