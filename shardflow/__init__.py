@@ -22,6 +22,7 @@ from __future__ import annotations
 from shardflow.config import ClusterConfig, load
 from shardflow.engine import (
     App,
+    ChildHandle,
     Cluster,
     JsonSerializer,
     Page,
@@ -36,6 +37,13 @@ from shardflow.engine import (
     WorkflowStatus,
     connect,
     current_workflow_id,
+    get_event,
+    recv,
+    send,
+    set_event,
+    sleep,
+    start_child,
+    workflow_id,
 )
 from shardflow.errors import (
     ConfigError,
@@ -60,6 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "ChildHandle",
     "Cluster",
     "ClusterConfig",
     "ConfigError",
@@ -91,5 +100,12 @@ __all__ = [
     "WorkflowTimeout",
     "connect",
     "current_workflow_id",
+    "get_event",
     "load",
+    "recv",
+    "send",
+    "set_event",
+    "sleep",
+    "start_child",
+    "workflow_id",
 ]

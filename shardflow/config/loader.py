@@ -30,6 +30,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
+from shardflow.config.cron import cron_problem
 from shardflow.config.model import (
     DEFAULT_QUEUE,
     ClusterConfig,
@@ -38,6 +39,7 @@ from shardflow.config.model import (
     PoolConfig,
     QueueConfig,
     RateLimit,
+    ScheduleConfig,
     ShardConfig,
     ShardState,
     WorkerConfig,
@@ -65,7 +67,8 @@ _KINDS = {
     "tag:yaml.org,2002:timestamp": "date",
 }
 
-_TOP_KEYS = ("name", "hash", "shards", "queues", "worker", "limits")
+_TOP_KEYS = ("name", "hash", "shards", "queues", "worker", "limits", "schedules")
+_SCHEDULE_KEYS = ("workflow", "cron", "queue")
 _HASH_KEYS = ("slots", "seed")
 _SHARD_KEYS = ("name", "dsn", "dsn_env", "weight", "state", "pool")
 _POOL_KEYS = ("min", "max")
@@ -201,6 +204,7 @@ class _Walker:
             queues=self._queues(top.get("queues")),
             worker=self._worker(top.get("worker")),
             limits=self._limits(top.get("limits")),
+            schedules=self._schedules(top.get("schedules")),
             source=source,
         )
 
@@ -316,6 +320,30 @@ class _Walker:
                 fields.require("period_seconds"), fields.path_of("period_seconds")
             ),
         )
+
+    def _schedules(self, node: Node | None) -> tuple[ScheduleConfig, ...]:
+        fields = self._section(node, "schedules", _QUEUE_NAME)
+        out = []
+        for name in fields.entries:
+            path = fields.path_of(name)
+            entry = fields.get(name)
+            if entry is None:
+                raise fields.error(name, "must be a mapping with 'workflow' and 'cron'")
+            item = self._mapping(entry, path, _SCHEDULE_KEYS)
+            cron = self._str(item.require("cron"), item.path_of("cron"))
+            problem = cron_problem(cron)
+            if problem:
+                raise item.error("cron", problem)
+            queue = item.get("queue")
+            out.append(
+                ScheduleConfig(
+                    name=name,
+                    workflow=self._str(item.require("workflow"), item.path_of("workflow")),
+                    cron=cron,
+                    queue=None if queue is None else self._str(queue, item.path_of("queue")),
+                )
+            )
+        return tuple(out)
 
     def _worker(self, node: Node | None) -> WorkerConfig:
         fields = self._section(node, "worker", _WORKER_KEYS)

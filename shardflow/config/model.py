@@ -87,6 +87,16 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """A cron schedule declared in the YAML: start ``workflow`` once per tick."""
+
+    name: str
+    workflow: str
+    cron: str
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """Defaults for worker processes; CLI flags override some of them."""
 
@@ -117,6 +127,7 @@ class ClusterConfig:
     queues: Mapping[str, QueueConfig] = field(default_factory=_default_queues)
     worker: WorkerConfig = WorkerConfig()
     limits: LimitsConfig = LimitsConfig()
+    schedules: tuple[ScheduleConfig, ...] = ()
     source: str | None = None
 
     def shard(self, name: str) -> ShardConfig:

@@ -54,11 +54,21 @@ class Workflow(Generic[P, R]):
     """A registered workflow. Submit it with ``cluster.submit(wf, *args)``; calling it
     directly just runs the function in the calling thread, without durability."""
 
-    def __init__(self, fn: Callable[P, R], name: str, queue: str, app: App) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        name: str,
+        queue: str,
+        app: App,
+        timeout_seconds: float | None = None,
+        schedule: str | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name
         self.queue = queue
         self.app = app
+        self.timeout_seconds = timeout_seconds
+        self.schedule = schedule
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -77,7 +87,13 @@ class App:
 
     @overload
     def workflow(
-        self, fn: None = None, *, name: str | None = None, queue: str = DEFAULT_QUEUE
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timeout_seconds: float | None = None,
+        schedule: str | None = None,
     ) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
 
     def workflow(
@@ -86,15 +102,25 @@ class App:
         *,
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
+        timeout_seconds: float | None = None,
+        schedule: str | None = None,
     ) -> Workflow[P, R] | Callable[[Callable[P, R]], Workflow[P, R]]:
         """Register a workflow. Its name defaults to ``module.qualname``: renaming or
-        moving the function changes it, so set ``name=`` for long-lived workflows."""
+        moving the function changes it, so set ``name=`` for long-lived workflows.
+
+        ``timeout_seconds`` is the default timeout of each run (submit may override);
+        ``schedule`` is a cron expression (5 fields, or 6 with seconds last): workers
+        start it once per tick with the tick time (ISO 8601, UTC) as its argument."""
+        if schedule is not None:
+            from shardflow.engine.schedules import validate_cron
+
+            validate_cron(schedule)
 
         def register(f: Callable[P, R]) -> Workflow[P, R]:
             wf_name = name or f"{f.__module__}.{f.__qualname__}"
             if wf_name in self.workflows and self.workflows[wf_name].fn is not f:
                 raise ValueError(f"workflow name {wf_name!r} is registered twice in {self.name}")
-            wf = Workflow(f, wf_name, queue, self)
+            wf = Workflow(f, wf_name, queue, self, timeout_seconds, schedule)
             self.workflows[wf_name] = wf
             return wf
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import heapq
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -249,8 +251,11 @@ class Cluster:
         return [WorkflowHandle(self, r.workflow_id, placed[r.workflow_id]) for r in rows]
 
     def _new_row(self, sub: Submission) -> NewWorkflow:
+        timeout = sub.timeout_seconds
         if isinstance(sub.workflow, Workflow):
             name, default_queue = sub.workflow.name, sub.workflow.queue
+            if timeout is None:
+                timeout = sub.workflow.timeout_seconds
         elif isinstance(sub.workflow, str) and sub.workflow:
             name, default_queue = sub.workflow, "default"
         else:
@@ -270,7 +275,7 @@ class Cluster:
         _check_id(workflow_id)
         for what, value in (
             ("delay_seconds", sub.delay_seconds),
-            ("timeout_seconds", sub.timeout_seconds),
+            ("timeout_seconds", timeout),
         ):
             if value is not None and value < 0:
                 raise ValueError(f"{what} must be >= 0")
@@ -287,7 +292,7 @@ class Cluster:
             priority=int(sub.priority),
             inputs=inputs,
             delay_seconds=sub.delay_seconds,
-            timeout_seconds=sub.timeout_seconds,
+            timeout_seconds=timeout,
             dedup_key=sub.dedup_key,
             parent_id=None,
         )
@@ -414,11 +419,29 @@ class Cluster:
     # -- control ----------------------------------------------------------------------------
 
     def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
-        """Cancel a workflow. Terminal: a running one stops at its next step boundary."""
+        """Cancel a workflow and its children. Terminal: a running one stops at its next
+        step boundary."""
         status = self.get(workflow_id)
         if status.state.is_active:
             self.store.cancel(status.shard, workflow_id, reason)
+        self.cancel_children(workflow_id, reason)
         return self.get(workflow_id)
+
+    def cancel_children(self, workflow_id: str, reason: str) -> int:
+        """Cancel the children (and their children) a workflow started. Returns how many
+        were active."""
+        status = self.get(workflow_id)
+        cancelled = 0
+        for child_id in self.store.child_ids(status.shard, workflow_id):
+            try:
+                child = self.get(child_id)
+            except WorkflowNotFound:
+                continue  # recorded, but its submit never landed
+            if child.state.is_active:
+                self.store.cancel(child.shard, child_id, reason)
+                cancelled += 1
+            cancelled += self.cancel_children(child_id, reason)
+        return cancelled
 
     def resume(self, workflow_id: str) -> WorkflowStatus:
         """Re-queue a cancelled, failed or dead-lettered workflow from its last checkpoint."""
@@ -428,6 +451,124 @@ class Cluster:
         elif not status.state.is_active:
             raise ShardflowError(f"workflow {workflow_id!r} is {status.state.value}; cannot resume")
         return self.get(workflow_id)
+
+    # -- messages, events, children, fork -----------------------------------------------
+
+    def send(
+        self,
+        workflow_id: str,
+        message: Any,
+        topic: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send ``message`` to a workflow. With an ``idempotency_key``, sending again is a
+        no-op. Returns False for such a duplicate. Follows the workflow if it moved."""
+        payload = self.codec.dumps(message, f"message to {workflow_id!r}")
+        message_id = idempotency_key or str(uuid.uuid4())
+        shard = self.get(workflow_id).shard
+        for _ in range(MAX_HOPS):
+            outcome, moved_to = self.store.send_message(
+                shard,
+                workflow_id=workflow_id,
+                topic=topic or "",
+                message_id=message_id,
+                payload=payload,
+            )
+            if outcome != "moved":
+                return outcome == "sent"
+            shard = moved_to or self.get(workflow_id).shard
+        raise RoutingError(f"workflow {workflow_id!r} kept moving while a message was sent")
+
+    def get_event(
+        self,
+        workflow_id: str,
+        key: str,
+        timeout: float = 0.0,
+        *,
+        interrupt: threading.Event | None = None,
+    ) -> Any:
+        """The value a workflow published under ``key``, waiting up to ``timeout``
+        seconds for it; None if it is not set by then."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            shard = self.get(workflow_id).shard
+            found, value = self.store.get_event(shard, workflow_id, key)
+            if found:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            pause = min(delay, remaining)
+            if interrupt is not None:
+                if interrupt.wait(pause):
+                    return None
+            else:
+                time.sleep(pause)
+            delay = min(delay * 1.5, 0.25)
+
+    def wake(self, workflow_id: str, wait_for: str | None = None) -> bool:
+        """Wake a suspended workflow now (if it waits for ``wait_for``)."""
+        status = self.get(workflow_id)
+        return self.store.wake(status.shard, workflow_id, wait_for)
+
+    def submit_child(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        workflow_id: str,
+        parent_id: str,
+    ) -> WorkflowHandle:
+        row = dataclasses.replace(
+            self._new_row(Submission(workflow, args, kwargs, workflow_id)), parent_id=parent_id
+        )
+        placed = self._insert([row])
+        return WorkflowHandle(self, workflow_id, placed[workflow_id])
+
+    def fork(
+        self, workflow_id: str, from_step: int, new_workflow_id: str | None = None
+    ) -> WorkflowHandle:
+        """A new workflow with the same inputs that reuses the recorded outputs of steps
+        before ``from_step`` and runs again from there."""
+        if from_step < 0:
+            raise ValueError("from_step must be >= 0")
+        status = self.get(workflow_id)
+        source = self.store.fork_source(status.shard, workflow_id)
+        if source is None:
+            raise WorkflowNotFound(workflow_id)
+        name, queue, priority, inputs = source
+        new_id = new_workflow_id or f"{workflow_id}:fork:{uuid.uuid4().hex[:12]}"
+        _check_id(new_id)
+        steps = [
+            (s.step_no, s.name, self.codec.dumps(s.output, "step output"), s.error)
+            for s in self.store.steps(status.shard, workflow_id)
+            if s.step_no < from_step
+        ]
+        route_hash, slot, _ = self.router.locate(new_id)
+        row = NewWorkflow(
+            workflow_id=new_id,
+            slot=slot,
+            route_hash=route_hash,
+            name=name,
+            queue=queue,
+            priority=priority,
+            inputs=inputs,
+            delay_seconds=None,
+            timeout_seconds=None,
+            dedup_key=None,
+            parent_id=None,
+        )
+        for _ in range(MAX_HOPS):
+            shard = self.router.slot_map.owner(slot)
+            self.check_identity(shard)
+            if self.store.insert_fork(shard, row, steps):
+                return WorkflowHandle(self, new_id, shard)
+            if self.store.existing(shard, [new_id]):
+                raise WorkflowConflict(f"workflow id {new_id!r} exists already")
+            self.refresh_topology()
+        raise RoutingError(f"could not place fork {new_id!r}")
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardflow.engine import context
@@ -24,6 +25,7 @@ from shardflow.errors import NonDeterminismError, SerializationError, ShardUnava
 
 if TYPE_CHECKING:
     from shardflow.engine.app import App, RetryPolicy
+    from shardflow.engine.cluster import Cluster
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,12 +38,34 @@ class RunInterrupted(BaseException):
     """
 
 
+class Suspend(BaseException):
+    """Parks the run: state SUSPENDED until ``wake_at`` (None: until woken)."""
+
+    def __init__(
+        self,
+        wake_at: datetime | None,
+        wait_for: str,
+        topic: str | None = None,
+        child_id: str | None = None,
+    ) -> None:
+        self.wake_at = wake_at
+        self.wait_for = wait_for
+        self.topic = topic
+        self.child_id = child_id
+        super().__init__(f"suspended waiting for {wait_for}")
+
+
 class WorkflowRun:
     """One attempt at running one workflow, on the thread that executes it."""
 
-    def __init__(self, claim: Claim, store: Store, lease_seconds: float) -> None:
+    def __init__(
+        self, claim: Claim, store: Store, lease_seconds: float, cluster: Cluster | None = None
+    ) -> None:
         self.claim = claim
         self.store = store
+        self.cluster = cluster
+        # Set by the worker's listener when a message for this workflow arrives.
+        self.message_arrived = threading.Event()
         self.workflow_id = claim.workflow_id
         self.shard = claim.shard
         self.attempt = claim.attempt
@@ -67,10 +91,74 @@ class WorkflowRun:
         if time.monotonic() > self.lease_valid_until:
             raise RunInterrupted("lease expired before it could be renewed")
 
-    def run_step(self, name: str, retry: RetryPolicy, fn: Callable[[], T]) -> T:
+    def take_step(self, name: str) -> tuple[int, StepRecord | None]:
+        """The next step number, and its record if this position was recorded already
+        (checking that replay reached the same step)."""
         step_no = self.next_step
         self.next_step += 1
         record = self.recorded.get(step_no)
+        if record is not None and record.name != name:
+            raise NonDeterminismError(
+                f"workflow {self.workflow_id!r} step {step_no}: replay called"
+                f" {name!r} but the recorded step is {record.name!r}"
+            )
+        return step_no, record
+
+    def checkpoint(self, name: str, compute: Callable[[], T]) -> T:
+        """Run ``compute`` once and record its value; replay returns the record."""
+        step_no, record = self.take_step(name)
+        if record is not None:
+            recorded: T = self._replay(record, name)
+            return recorded
+        self.check_live()
+        output = self.store.codec.dumps(compute(), f"value of {name!r}")
+        winner = self._record(step_no, name, output, None)
+        if winner is not None:
+            won: T = self._replay(winner, name)
+            return won
+        result: T = self.store.codec.loads(output)
+        return result
+
+    def record_raw(
+        self, step_no: int, name: str, output: str | None, error: dict[str, Any] | None
+    ) -> None:
+        """Record an already serialized value at ``step_no`` (fenced)."""
+        self._record(step_no, name, output, error)
+
+    def checkpoint_at(self, step_no: int, name: str, value: Any) -> None:
+        self._record(step_no, name, self.store.codec.dumps(value, f"value of {name!r}"), None)
+
+    def consume_message_at(self, step_no: int, topic: str) -> tuple[bool, Any]:
+        try:
+            return self.store.consume_message(
+                self.shard,
+                workflow_id=self.workflow_id,
+                attempt=self.attempt,
+                step_no=step_no,
+                topic=topic,
+            )
+        except Fenced as exc:
+            raise RunInterrupted(f"fenced off (state {exc.state})") from None
+        except ShardUnavailable as exc:
+            raise RunInterrupted(str(exc)) from None
+
+    def set_event_at(self, step_no: int, key: str, text: str) -> None:
+        try:
+            self.store.set_event(
+                self.shard,
+                workflow_id=self.workflow_id,
+                attempt=self.attempt,
+                step_no=step_no,
+                key=key,
+                value=text,
+            )
+        except Fenced as exc:
+            raise RunInterrupted(f"fenced off (state {exc.state})") from None
+        except ShardUnavailable as exc:
+            raise RunInterrupted(str(exc)) from None
+
+    def run_step(self, name: str, retry: RetryPolicy, fn: Callable[[], T]) -> T:
+        step_no, record = self.take_step(name)
         if record is not None:
             replayed: T = self._replay(record, name)
             return replayed
@@ -149,6 +237,8 @@ def execute(run: WorkflowRun, app: App) -> WorkflowState | None:
         inputs = codec.loads(claim.inputs)
         result = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
         output = codec.dumps(result, f"result of workflow {claim.name!r}")
+    except Suspend as wait:
+        return _suspend(run, wait)
     except RunInterrupted as exc:
         log.info("run of %s (attempt %d) stopped: %s", run.workflow_id, run.attempt, exc)
         return None
@@ -189,4 +279,36 @@ def _finish(
     if not written:
         log.info("end of %s not recorded: fenced off (attempt %d)", run.workflow_id, run.attempt)
         return None
+    if run.claim.parent_id and run.cluster is not None:
+        # Best effort: a parent waiting for this child re-checks after it suspends, so a
+        # wake-up lost here only delays it until its fallback wake time.
+        try:
+            run.cluster.wake(run.claim.parent_id, wait_for="child")
+        except Exception as exc:
+            log.info("could not wake parent %s: %s", run.claim.parent_id, exc)
     return state
+
+
+def _suspend(run: WorkflowRun, wait: Suspend) -> WorkflowState | None:
+    try:
+        parked = run.store.suspend(
+            run.shard,
+            workflow_id=run.workflow_id,
+            attempt=run.attempt,
+            wake_at=wait.wake_at,
+            wait_for=wait.wait_for,
+            topic=wait.topic,
+        )
+    except ShardUnavailable as exc:
+        log.warning("could not suspend %s: %s", run.workflow_id, exc)
+        return None
+    if not parked:
+        return None
+    if wait.child_id is not None and run.cluster is not None:
+        # Close the race with a child that finished while this run was still RUNNING.
+        try:
+            if run.cluster.get(wait.child_id).state.is_terminal:
+                run.store.wake(run.shard, run.workflow_id)
+        except Exception as exc:
+            log.info("re-check of child %s failed: %s", wait.child_id, exc)
+    return WorkflowState.SUSPENDED

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from shardflow.config.model import QueueConfig
 from shardflow.engine.records import Claim
 from shardflow.engine.runner import WorkflowRun, execute
+from shardflow.engine.schedules import Scheduler, collect
 from shardflow.engine.states import WorkflowState
 from shardflow.errors import ShardflowError, ShardUnavailable
 from shardflow.router.slotmap import quotas
@@ -47,6 +48,9 @@ class WorkerStats:
     lease_renewals: int = 0
     leases_lost: int = 0
     cancels_observed: int = 0
+    woken: int = 0
+    suspended: int = 0
+    timed_out: int = 0
 
 
 class Worker:
@@ -96,6 +100,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
         self._shares = self._queue_shares()
+        self.scheduler: Scheduler | None = None
 
     # -- configuration --------------------------------------------------------------
 
@@ -155,6 +160,12 @@ class Worker:
         self._threads.append(
             threading.Thread(target=self._heartbeat_loop, name="shardflow-heartbeat", daemon=True)
         )
+        schedules = collect(self.app, self.cluster)
+        if schedules:
+            self.scheduler = Scheduler(self.cluster, schedules, self._stopping)
+            self._threads.append(
+                threading.Thread(target=self.scheduler.run, name="shardflow-cron", daemon=True)
+            )
         for t in self._threads:
             t.start()
         log.info(
@@ -254,6 +265,7 @@ class Worker:
                 if time.monotonic() >= next_recovery:
                     claimed += self._claim_expired(shard)
                     next_recovery = time.monotonic() + self.heartbeat_seconds
+                claimed += self._claim_wakeable(shard)
                 for queue in self.queues:
                     if self._stopping.is_set():
                         break
@@ -297,6 +309,27 @@ class Worker:
             self._launch(claim, queue, reserved=True)
         return len(claims)
 
+    def _claim_wakeable(self, shard: str) -> int:
+        """Resume suspended workflows whose wait is over (they replay to the wait)."""
+        n = self._reserve(None, self.claim_batch)
+        if n == 0:
+            return 0
+        claims: list[Claim] = []
+        try:
+            claims = self.cluster.store.claim_wakeable(
+                shard,
+                names=self._names,
+                owner=self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=n,
+            )
+        finally:
+            self._unreserve(None, n - len(claims))
+        self.stats.woken += len(claims)
+        for claim in claims:
+            self._launch(claim, None, reserved=True)
+        return len(claims)
+
     def _claim_expired(self, shard: str) -> int:
         n = self._reserve(None, self.claim_batch)
         if n == 0:
@@ -333,7 +366,7 @@ class Worker:
         return len(claims)
 
     def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool) -> None:
-        run = WorkflowRun(claim, self.cluster.store, self.lease_seconds)
+        run = WorkflowRun(claim, self.cluster.store, self.lease_seconds, self.cluster)
         with self._lock:
             self._running[claim.workflow_id] = run
             if reserved:
@@ -354,6 +387,8 @@ class Worker:
                     self._per_queue[queue.name] -= 1
                 if state is None:
                     self.stats.interrupted += 1
+                elif state is WorkflowState.SUSPENDED:
+                    self.stats.suspended += 1
                 else:
                     self.stats.finished[state.value] += 1
                 self._lock.notify_all()
@@ -376,6 +411,8 @@ class Worker:
                         self._wake.set()
                     elif channel == "shardflow_cancel":
                         self._on_cancel(payload)
+                    elif channel == "shardflow_message":
+                        self._on_message(payload)
             except ShardUnavailable as exc:
                 log.debug("listener on %s: %s", shard, exc)
             except Exception:
@@ -390,11 +427,33 @@ class Worker:
             self.stats.cancels_observed += 1
             run.interrupt("cancelled")
 
+    def _on_message(self, workflow_id: str) -> None:
+        with self._lock:
+            run = self._running.get(workflow_id)
+        if run is not None:
+            run.message_arrived.set()
+
     # -- leases ---------------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
         while not self._stopping.wait(self.heartbeat_seconds):
             self.renew_leases()
+            self.expire_deadlines()
+
+    def expire_deadlines(self) -> None:
+        """Cancel workflows past their timeout on this worker's shards, with children."""
+        for shard in self.shards:
+            try:
+                expired = self.cluster.store.expire_deadlines(shard)
+            except ShardUnavailable:
+                continue
+            for workflow_id in expired:
+                self.stats.timed_out += 1
+                log.info("workflow %s timed out", workflow_id)
+                try:
+                    self.cluster.cancel_children(workflow_id, "timeout")
+                except ShardflowError as exc:
+                    log.warning("could not cancel children of %s: %s", workflow_id, exc)
 
     def renew_leases(self) -> None:
         """Renew every lease this worker holds: one statement per shard."""

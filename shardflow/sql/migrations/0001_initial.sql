@@ -49,6 +49,8 @@ CREATE TABLE shardflow.workflow_status (
     lease_expires_at timestamptz,
     -- ENQUEUED: not before; SUSPENDED: wake-up time (NULL = only a message wakes it).
     wake_at          timestamptz,
+    -- What a SUSPENDED workflow waits for: 'sleep', 'message:<topic>', 'child'.
+    wait_for         text,
     deadline         timestamptz,
     dedup_key        text,
     parent_id        text,

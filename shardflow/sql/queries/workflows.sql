@@ -192,4 +192,4 @@ LIMIT %(limit)s
 SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
 
 -- name: listen
-LISTEN shardflow_work; LISTEN shardflow_cancel
+LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message

@@ -1,0 +1,120 @@
+-- Durable waits: suspend and wake, messages, events, timeouts, fork.
+
+-- name: lock_run
+-- Lock a run's status row; a second statement then sees everything committed before.
+SELECT state, attempt FROM shardflow.workflow_status
+WHERE workflow_id = %(workflow_id)s FOR UPDATE
+
+-- name: suspend_workflow
+-- Give up the thread and the lease until wake_at (or until woken). A message that is
+-- already waiting wakes it at once.
+UPDATE shardflow.workflow_status
+SET state = 'SUSPENDED', lease_owner = NULL, lease_expires_at = NULL,
+    wait_for = %(wait_for)s, updated_at = now(),
+    wake_at = CASE
+        WHEN %(topic)s::text IS NOT NULL AND EXISTS (
+            SELECT 1 FROM shardflow.messages m
+            WHERE m.workflow_id = %(workflow_id)s AND m.topic = %(topic)s AND NOT m.consumed)
+        THEN now()
+        ELSE %(wake_at)s::timestamptz END
+WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING'
+RETURNING workflow_id
+
+-- name: claim_wakeable
+WITH picked AS (
+    SELECT workflow_id FROM shardflow.workflow_status
+    WHERE state = 'SUSPENDED' AND wake_at <= now() AND name = ANY(%(names)s)
+    ORDER BY wake_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE shardflow.workflow_status AS w
+SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    wake_at = NULL, wait_for = NULL, updated_at = now()
+FROM picked WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
+          w.parent_id, w.state
+
+-- name: wake_workflow
+-- Wake a suspended workflow now (a message arrived, a child finished).
+WITH woken AS (
+    UPDATE shardflow.workflow_status
+    SET wake_at = now(), updated_at = now()
+    WHERE workflow_id = %(workflow_id)s AND state = 'SUSPENDED'
+      AND (%(wait_for)s::text IS NULL OR wait_for = %(wait_for)s)
+    RETURNING workflow_id, queue
+)
+SELECT workflow_id, pg_notify('shardflow_work', queue) FROM woken
+
+-- name: lock_target
+-- Every write aimed at a workflow locks its row and checks its state first.
+SELECT state, moved_to, queue FROM shardflow.workflow_status
+WHERE workflow_id = %(workflow_id)s FOR UPDATE
+
+-- name: insert_message
+INSERT INTO shardflow.messages (workflow_id, topic, message_id, payload)
+VALUES (%(workflow_id)s, %(topic)s, %(message_id)s, %(payload)s)
+ON CONFLICT (workflow_id, message_id) DO NOTHING
+RETURNING seq
+
+-- name: notify_message
+SELECT pg_notify('shardflow_message', %(workflow_id)s)
+
+-- name: next_message
+SELECT seq, payload FROM shardflow.messages
+WHERE workflow_id = %(workflow_id)s AND topic = %(topic)s AND NOT consumed
+ORDER BY seq LIMIT 1
+FOR UPDATE
+
+-- name: consume_message
+UPDATE shardflow.messages SET consumed = true
+WHERE workflow_id = %(workflow_id)s AND seq = %(seq)s
+
+-- name: upsert_event
+INSERT INTO shardflow.events (workflow_id, key, value) VALUES (%(workflow_id)s, %(key)s, %(value)s)
+ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value, updated_at = now()
+
+-- name: get_event
+SELECT value FROM shardflow.events WHERE workflow_id = %(workflow_id)s AND key = %(key)s
+
+-- name: expire_deadlines
+-- Timeouts: cancel active workflows past their deadline; their workers hear it.
+WITH expired AS (
+    UPDATE shardflow.workflow_status
+    SET state = 'CANCELLED', reason = 'timeout', lease_owner = NULL, lease_expires_at = NULL,
+        finished_at = now(), updated_at = now()
+    WHERE workflow_id IN (
+        SELECT workflow_id FROM shardflow.workflow_status
+        WHERE deadline < now() AND state IN ('ENQUEUED', 'RUNNING', 'SUSPENDED')
+        LIMIT 1000 FOR UPDATE SKIP LOCKED)
+    RETURNING workflow_id
+)
+SELECT workflow_id, pg_notify('shardflow_cancel', workflow_id) FROM expired
+
+-- name: child_ids
+SELECT output FROM shardflow.step_outputs
+WHERE workflow_id = %(workflow_id)s AND name = 'shardflow.start_child' AND output IS NOT NULL
+
+-- name: insert_fork
+-- A fork starts at attempt 1 so that its first claim (attempt 2) loads the copied steps.
+INSERT INTO shardflow.workflow_status (
+    workflow_id, slot, route_hash, name, queue, state, priority, inputs, attempt, parent_id)
+SELECT %(workflow_id)s, %(slot)s, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
+       %(priority)s, %(inputs)s, 1, NULL
+WHERE EXISTS (
+    SELECT 1 FROM shardflow.slot_ownership o
+    WHERE o.slot = %(slot)s AND o.state IN ('OWNED', 'IMPORTING'))
+ON CONFLICT (workflow_id) DO NOTHING
+RETURNING workflow_id
+
+-- name: insert_steps
+INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
+SELECT %(workflow_id)s, s.step_no, s.name, s.output, s.error
+FROM unnest(%(step_nos)s::integer[], %(names)s::text[], %(outputs)s::text[],
+            %(errors)s::jsonb[]) AS s(step_no, name, output, error)
+ON CONFLICT (workflow_id, step_no) DO NOTHING
+
+-- name: fork_source
+SELECT name, queue, priority, inputs FROM shardflow.workflow_status
+WHERE workflow_id = %(workflow_id)s
