@@ -6,10 +6,11 @@ import argparse
 
 from shardflow.cli.options import Subparsers, add_command, add_json_option, load_config
 from shardflow.cli.output import note, print_json, print_table, scrub_secrets
-from shardflow.config import ClusterConfig, ShardState
+from shardflow.config import ClusterConfig
 from shardflow.engine import connect
 from shardflow.errors import ShardUnavailable
-from shardflow.router import Hasher, SlotMap, hash_key, initial_map
+from shardflow.router import Hasher, SlotMap, hash_key
+from shardflow.router.slotmap import desired_map
 
 
 def register(subparsers: Subparsers) -> None:
@@ -74,9 +75,3 @@ def _slot_map(config: ClusterConfig) -> tuple[SlotMap, bool]:
         )
         note(scrub_secrets(message, [s.dsn for s in config.shards]))
     return desired_map(config), False
-
-
-def desired_map(config: ClusterConfig) -> SlotMap:
-    """The first map of the cluster, from the YAML weights (what ``migrate`` records)."""
-    weights = [(s.name, s.weight if s.state is ShardState.ACTIVE else 0) for s in config.shards]
-    return initial_map(weights, config.hash.slots)

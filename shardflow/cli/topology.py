@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from shardflow.cli.options import Subparsers, add_command, add_json_option, load_config
 from shardflow.cli.output import note, print_json, print_table, scrub_secrets
-from shardflow.cli.route import desired_map
 from shardflow.config import ClusterConfig
 from shardflow.engine import Cluster, connect
 from shardflow.errors import ShardUnavailable
 from shardflow.router import SlotMap
+from shardflow.router.slotmap import desired_map
 
 
 @dataclass(frozen=True, slots=True)

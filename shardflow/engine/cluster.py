@@ -40,7 +40,7 @@ from shardflow.errors import (
 from shardflow.router.hashing import Hasher
 from shardflow.router.pools import ShardPools
 from shardflow.router.router import Router
-from shardflow.router.slotmap import SlotMap, initial_map
+from shardflow.router.slotmap import SlotMap, desired_map
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +132,10 @@ class Cluster:
         self.store = Store(self.pools, self.codec)
         self.hasher = Hasher(config.hash.slots, config.hash.seed)
         self._checked: set[str] = set()
-        self.router = Router(self.hasher, self._desired_map())
+        self.router = Router(self.hasher, desired_map(config, epoch=0))
         self.refresh_topology()
 
     # -- topology ---------------------------------------------------------------------
-
-    def _desired_map(self) -> SlotMap:
-        weights = [
-            (s.name, s.weight if s.state.value == "active" else 0) for s in self.config.shards
-        ]
-        return initial_map(weights, self.config.hash.slots, epoch=0)
 
     def check_identity(self, shard: str) -> None:
         """Refuse a shard whose recorded identity disagrees with the config."""

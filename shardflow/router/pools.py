@@ -90,6 +90,8 @@ class ShardPools:
                 raise ShardUnavailable(name, self._down_reason.get(name, "recently failed"))
             self._down_until.pop(name, None)
         pool = self.pool(name)
+        if pool.get_stats().get("pool_size", 0) == 0:
+            self._probe(name)
         try:
             with pool.connection() as conn:
                 yield conn
@@ -104,6 +106,17 @@ class ShardPools:
                 pool.check()
             except Exception:  # checking is best effort
                 log.debug("pool check of shard %s failed", name, exc_info=True)
+            raise ShardUnavailable(name, reason) from exc
+
+    def _probe(self, name: str) -> None:
+        """With no pooled connection (startup, or the server went away), try one direct
+        connection: a refused shard fails now with its real reason, instead of after the
+        whole pool timeout."""
+        try:
+            psycopg.connect(self.shard(name).dsn, connect_timeout=self._connect_timeout).close()
+        except psycopg.OperationalError as exc:
+            reason = _first_line(exc)
+            self._mark_down(name, reason)
             raise ShardUnavailable(name, reason) from exc
 
     def _mark_down(self, name: str, reason: str) -> None:

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from shardflow.config.model import ClusterConfig, ShardState
 from shardflow.errors import RoutingError
 
 
@@ -96,3 +97,13 @@ def initial_map(weights: Sequence[tuple[str, int]], slots: int, epoch: int = 1) 
     for name, count in quotas(weights, slots).items():
         owners.extend([name] * count)
     return SlotMap(epoch, tuple(owners))
+
+
+def config_weights(config: ClusterConfig) -> list[tuple[str, int]]:
+    """``(shard, weight)`` pairs of the YAML; draining shards weigh 0."""
+    return [(s.name, s.weight if s.state is ShardState.ACTIVE else 0) for s in config.shards]
+
+
+def desired_map(config: ClusterConfig, epoch: int = 1) -> SlotMap:
+    """The map the YAML's weights ask for from scratch (the first map of a cluster)."""
+    return initial_map(config_weights(config), config.hash.slots, epoch)

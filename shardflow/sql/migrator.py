@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.errors import IdentityMismatch, MigrationError, ShardUnavailable
-from shardflow.router.slotmap import SlotMap, initial_map
+from shardflow.router.slotmap import SlotMap, desired_map
 from shardflow.sql import migrations, query
 
 log = logging.getLogger(__name__)
@@ -140,16 +140,17 @@ def migrate_cluster(config: ClusterConfig) -> list[ShardMigration]:
             reports.append(report)
 
         live = _existing_map(config, conns)
-        slot_map = live or initial_map(
-            [(s.name, s.weight if s.state.value == "active" else 0) for s in config.shards],
-            config.hash.slots,
-        )
+        slot_map = live or desired_map(config)
         for shard, report in zip(config.shards, reports, strict=True):
             report.identity_created = _record_identity(conns[shard.name], config, shard, slot_map)
             with conns[shard.name].transaction():
                 row = conns[shard.name].execute(query("schema_version")).fetchone()
             report.version = int(str(row[0])) if row else 0
         return reports
+    except psycopg.OperationalError as exc:
+        raise MigrationError(f"lost a shard during migration: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise MigrationError(f"migration failed: {_first_line(exc)}") from exc
     finally:
         for conn in conns.values():
             conn.close()
