@@ -15,7 +15,16 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from shardflow import __version__
-from shardflow.cli import check_config, dev, migrate, route, topology, worker, workflows
+from shardflow.cli import (
+    check_config,
+    demo,
+    dev,
+    migrate,
+    route,
+    topology,
+    worker,
+    workflows,
+)
 from shardflow.cli.options import CliError, add_global_options
 from shardflow.cli.output import scrub_secrets
 from shardflow.config import ClusterConfig
@@ -24,7 +33,7 @@ from shardflow.errors import ShardflowError
 log = logging.getLogger(__name__)
 
 PROG = "shardflow"
-COMMANDS = (check_config, migrate, route, topology, workflows, worker, dev)
+COMMANDS = (check_config, migrate, route, topology, workflows, worker, dev, demo)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
