@@ -24,6 +24,7 @@ import shardflow
 from shardflow.cli.main import main
 from shardflow.cli.output import scrub_secrets
 from shardflow.local import LocalCluster
+from shardflow.sql import migrations
 from shardflow.testing import ClusterFactory, TestCluster
 from shardflow.testing.servers import wait_until
 from tests.apps import cli_app
@@ -212,7 +213,8 @@ def test_migrate_on_a_migrated_cluster_applies_nothing(
     code, out, err = run_main(capsys, "--config", str(test_cluster.path), "migrate")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[:3] == [f"shard{i}: up to date (schema version 1)" for i in range(3)]
+    latest = migrations()[-1].version
+    assert lines[:3] == [f"shard{i}: up to date (schema version {latest})" for i in range(3)]
     assert lines[3] == "nothing to apply: every shard is up to date"
 
 
@@ -222,8 +224,9 @@ def test_migrate_applies_each_version_once(
     made = cluster_factory.make(3, migrate=False)
     try:
         first = run_json(capsys, "--config", str(made.path), "migrate")
+        versions = [m.version for m in migrations()]
         assert [(s["shard"], s["applied"], s["schema_version"]) for s in first["shards"]] == [
-            (f"shard{i}", [1], 1) for i in range(3)
+            (f"shard{i}", versions, versions[-1]) for i in range(3)
         ]
         assert all(s["identity_created"] for s in first["shards"])
 
@@ -268,7 +271,7 @@ def test_two_migrate_processes_at_once_apply_each_version_once(
                     "SELECT count(*) FROM shardflow.cluster_identity"
                 ).fetchone()
                 slots = conn.execute("SELECT count(*) FROM shardflow.slot_ownership").fetchone()
-            assert versions == [(1, 1)]
+            assert versions == [(m.version, 1) for m in migrations()]
             assert identities == (1,)
             assert slots is not None
             owned += slots[0]
