@@ -265,7 +265,8 @@ def test_two_migrate_processes_at_once_apply_each_version_once(
         for dsn in shard_dsns(made):
             with psycopg.connect(dsn) as conn:
                 versions = conn.execute(
-                    "SELECT version, count(*) FROM shardflow.migrations GROUP BY version"
+                    "SELECT version, count(*) FROM shardflow.migrations"
+                    " GROUP BY version ORDER BY version"
                 ).fetchall()
                 identities = conn.execute(
                     "SELECT count(*) FROM shardflow.cluster_identity"
