@@ -1,0 +1,1 @@
+"""The benchmark workloads, written once per system with the same shape."""

@@ -1,0 +1,332 @@
+"""Medians over rounds, the results table (Markdown), and the ratios against the targets."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Measurement = dict[str, Any]
+ROW_TITLES = {
+    1: "End-to-end: N workflows x S steps, submitted one call each, then run by one worker"
+    " process on one shard",
+    2: "Sharding tax: the same N workflows (3 steps) on 1 shard / 1 worker vs 3 shards /"
+    " 3 worker processes, same machine",
+    3: "Batch submit",
+    4: "Routing: workflow ID -> shard, in process (bench/routing.py)",
+    5: "Recovery: SIGKILL a worker holding K running workflows; time until another worker"
+    " runs each again",
+    6: "Latency at light load: one submit call per workflow at a fixed rate, 3 steps",
+}
+SYSTEM_NAMES = {
+    "shardflow": "shardflow",
+    "dbos": "DBOS Transact",
+    "pgqueuer": "PgQueuer",
+    "raw": "raw psycopg",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One (row, system, case): the median of each metric over its rounds, or why not."""
+
+    row: int
+    system: str
+    case: str
+    metrics: dict[str, float]
+    rounds: int
+    status: str  # "ok", "unavailable" or "failed"
+    reason: str = ""
+
+
+def summarize(measurements: Sequence[Measurement]) -> list[Entry]:
+    keys: list[tuple[int, str, str]] = []
+    for m in measurements:
+        key = (m["row"], m["system"], m["case"])
+        if key not in keys:
+            keys.append(key)
+    entries = []
+    for key in keys:
+        group = [m for m in measurements if (m["row"], m["system"], m["case"]) == key]
+        ok = [m for m in group if m["status"] == "ok"]
+        if not ok:
+            bad = group[0]
+            entries.append(Entry(*key, {}, 0, bad["status"], bad.get("reason", "")))
+            continue
+        names = [k for k, v in ok[0]["metrics"].items() if isinstance(v, int | float)]
+        medians = {n: float(statistics.median(m["metrics"][n] for m in ok)) for n in names}
+        entries.append(Entry(*key, medians, len(ok), "ok"))
+    return entries
+
+
+def _find(entries: Sequence[Entry], row: int, system: str, case: str) -> Entry | None:
+    for e in entries:
+        if (e.row, e.system, e.case) == (row, system, case):
+            return e
+    return None
+
+
+def _num(value: float, digits: int = 0) -> str:
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+Column = tuple[str, Callable[[Entry], str]]
+
+
+def _table(title: str, entries: Sequence[Entry], columns: Sequence[Column]) -> list[str]:
+    if not entries:
+        return []
+    lines = [f"### {title}", "", "| " + " | ".join(c[0] for c in columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for e in entries:
+        if e.status != "ok":
+            label = f"{SYSTEM_NAMES.get(e.system, e.system)} ({e.case})"
+            cells = [label, f"{e.status}: {e.reason}"] + [""] * (len(columns) - 2)
+        else:
+            cells = [fmt(e) for _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _system(e: Entry) -> str:
+    return SYSTEM_NAMES.get(e.system, e.system)
+
+
+def _metric(name: str, digits: int = 0, scale: float = 1.0) -> Callable[[Entry], str]:
+    def fmt(e: Entry) -> str:
+        value = e.metrics.get(name)
+        return "-" if value is None else _num(value * scale, digits)
+
+    return fmt
+
+
+def tables(entries: Sequence[Entry]) -> list[str]:
+    """The results as Markdown tables, one per row of the benchmark."""
+
+    def rows(row: int, systems: Sequence[str] | None = None) -> list[Entry]:
+        return [e for e in entries if e.row == row and (systems is None or e.system in systems)]
+
+    out: list[str] = []
+    out += _table(
+        "1. " + ROW_TITLES[1],
+        rows(1, ("shardflow", "dbos", "pgqueuer")),
+        [
+            ("system", _system),
+            ("steps", _metric("steps")),
+            ("N", _metric("workflows")),
+            ("submit/s", _metric("submit_per_s")),
+            ("workflows/s", _metric("workflows_per_s")),
+            ("checkpoints/s", _metric("checkpoints_per_s")),
+            ("worker CPU ms/wf", _metric("cpu_ms_per_workflow", 2)),
+            ("WAL B/wf", _metric("wal_bytes_per_workflow")),
+            ("(submit + run)", _wal_split),
+        ],
+    )
+    out += _table(
+        "1b. Ceiling: bare psycopg INSERT + COMMIT loop, one process",
+        rows(1, ("raw",)),
+        [
+            ("system", _system),
+            ("threads", _metric("threads")),
+            ("commits/s", _metric("commits_per_s")),
+            ("CPU µs/commit", _metric("cpu_us_per_commit")),
+            ("WAL B/commit", _metric("wal_bytes_per_commit")),
+        ],
+    )
+    out += _table(
+        "2. " + ROW_TITLES[2],
+        rows(2),
+        [
+            ("system", _system),
+            ("shards / workers", lambda e: e.case),
+            ("N", _metric("workflows")),
+            ("workflows/s", _metric("workflows_per_s")),
+            ("checkpoints/s", _metric("checkpoints_per_s")),
+            ("worker CPU ms/wf", _metric("cpu_ms_per_workflow", 2)),
+            ("WAL B/wf (run)", _metric("wal_run_bytes_per_workflow")),
+        ],
+    )
+    out += _table(
+        "3. " + ROW_TITLES[3],
+        rows(3),
+        [
+            ("system", _system),
+            ("how", lambda e: e.case),
+            ("N", _metric("workflows")),
+            ("workflows/s", _metric("submit_per_s")),
+            ("CPU µs/wf", _metric("cpu_us_per_workflow")),
+            ("WAL B/wf", _metric("wal_bytes_per_workflow")),
+        ],
+    )
+    out += _table(
+        "4. " + ROW_TITLES[4],
+        rows(4),
+        [
+            ("system", _system),
+            ("call", lambda e: e.case),
+            ("µs/ID", _metric("us_per_id", 3)),
+            ("IDs/s", _metric("ids_per_s")),
+            ("bare mmh3 µs/ID", _metric("bare_mmh3_us_per_id", 3)),
+        ],
+    )
+    out += _table(
+        "5. " + ROW_TITLES[5],
+        rows(5),
+        [
+            ("system", _system),
+            ("K", _metric("workflows")),
+            ("lease s", _metric("lease_seconds", 1)),
+            ("heartbeat s", _metric("heartbeat_seconds", 2)),
+            ("first back s", _metric("first_recovered_seconds", 2)),
+            ("all back s", _metric("recovery_seconds", 2)),
+        ],
+    )
+    out += _table(
+        "6. " + ROW_TITLES[6],
+        rows(6),
+        [
+            ("system", _system),
+            ("rate/s", _metric("rate_per_s")),
+            ("N", _metric("workflows")),
+            ("to 1st step p50 ms", _metric("first_step_p50_ms", 1)),
+            ("p99 ms", _metric("first_step_p99_ms", 1)),
+            ("to end p50 ms", _metric("completion_p50_ms", 1)),
+            ("p99 ms", _metric("completion_p99_ms", 1)),
+        ],
+    )
+    return out
+
+
+def _wal_split(e: Entry) -> str:
+    sub = e.metrics.get("wal_submit_bytes_per_workflow")
+    run = e.metrics.get("wal_run_bytes_per_workflow")
+    if sub is None or run is None:
+        return "-"
+    return f"{sub:,.0f} + {run:,.0f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """A comparison, and whether it meets its target (None: no target, for information)."""
+
+    name: str
+    value: float
+    shown: str
+    target: str
+    met: bool | None
+
+    def line(self) -> str:
+        verdict = "" if self.met is None else ("  MET" if self.met else "  NOT MET")
+        target = f" (target {self.target})" if self.target else ""
+        return f"- {self.name}: {self.shown}{target}{verdict}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "shown": self.shown,
+            "target": self.target,
+            "met": self.met,
+        }
+
+
+def ratios(entries: Sequence[Entry]) -> list[Ratio]:
+    """Every comparison whose two sides were measured."""
+
+    def metric(row: int, system: str, case: str, name: str) -> float | None:
+        e = _find(entries, row, system, case)
+        if e is None or e.status != "ok":
+            return None
+        return e.metrics.get(name)
+
+    out: list[Ratio] = []
+    raw1 = metric(1, "raw", "1 thread", "commits_per_s")
+    for steps in (0, 3, 10):
+        case = f"{steps} steps"
+        sf = metric(1, "shardflow", case, "workflows_per_s")
+        db = metric(1, "dbos", case, "workflows_per_s")
+        if sf and db:
+            r = sf / db
+            out.append(
+                Ratio(f"shardflow / DBOS workflows/s, {case}", r, f"{r:.1f}x", ">= 10x", r >= 10)
+            )
+    for steps in (3, 10):
+        case = f"{steps} steps"
+        sf = metric(1, "shardflow", case, "checkpoints_per_s")
+        if sf and raw1:
+            r = sf / raw1
+            out.append(
+                Ratio(
+                    f"shardflow checkpoints/s, {case} / raw 1-thread commits/s",
+                    r,
+                    f"{r:.0%}",
+                    ">= 50%",
+                    r >= 0.5,
+                )
+            )
+    for steps in (0, 3, 10):
+        case = f"{steps} steps"
+        sf = metric(1, "shardflow", case, "wal_bytes_per_workflow")
+        db = metric(1, "dbos", case, "wal_bytes_per_workflow")
+        if sf and db:
+            r = sf / db
+            out.append(
+                Ratio(
+                    f"shardflow / DBOS WAL bytes/workflow, {case}",
+                    r,
+                    f"{r:.2f}x",
+                    "<= 0.5x",
+                    r <= 0.5,
+                )
+            )
+    for steps in (3,):
+        case = f"{steps} steps"
+        sf = metric(1, "shardflow", case, "cpu_ms_per_workflow")
+        db = metric(1, "dbos", case, "cpu_ms_per_workflow")
+        if sf and db:
+            r = db / sf
+            out.append(
+                Ratio(f"DBOS / shardflow worker CPU per workflow, {case}", r, f"{r:.1f}x", "", None)
+            )
+    sf = metric(1, "shardflow", "0 steps", "workflows_per_s")
+    pq = metric(1, "pgqueuer", "0 steps", "workflows_per_s")
+    if sf and pq:
+        r = sf / pq
+        out.append(Ratio("shardflow / PgQueuer drain, 0 steps", r, f"{r:.2f}x", "", None))
+    sf = metric(3, "shardflow", "submit_many, 3 shards", "submit_per_s")
+    pq = metric(3, "pgqueuer", "enqueue(list), 1 server", "submit_per_s")
+    if sf and pq:
+        r = sf / pq
+        out.append(Ratio("shardflow / PgQueuer batch submit", r, f"{r:.2f}x", "", None))
+    us = metric(4, "shardflow", "Router.route", "us_per_id")
+    if us:
+        out.append(Ratio("routing cost", us, f"{us:.2f} µs/ID", "< 2 µs", us < 2))
+    rec = metric(5, "shardflow", "SIGKILL", "recovery_seconds")
+    lease = metric(5, "shardflow", "SIGKILL", "lease_seconds")
+    if rec and lease:
+        out.append(
+            Ratio(
+                "recovery after SIGKILL, all workflows running again",
+                rec,
+                f"{rec:.2f} s with a {lease:g} s lease",
+                f"<= lease + 1 s = {lease + 1:g} s",
+                rec <= lease + 1,
+            )
+        )
+    one = metric(2, "shardflow", "1 / 1", "workflows_per_s")
+    three = metric(2, "shardflow", "3 / 3", "workflows_per_s")
+    if one and three:
+        r = three / one
+        out.append(
+            Ratio(
+                "sharding tax: 3 shards / 3 workers vs 1 shard / 1 worker, workflows/s",
+                r,
+                f"{r:.0%}",
+                ">= 90%",
+                r >= 0.9,
+            )
+        )
+    return out
