@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shardflow.engine import context
 from shardflow.engine.records import Claim, StepRecord
@@ -38,6 +38,34 @@ class RunInterrupted(BaseException):
     """
 
 
+class RunWriter(Protocol):
+    """Where a run's checkpoints and final state are written (fenced on the attempt)."""
+
+    def record_step(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+    ) -> StepRecord | None: ...
+
+    def finish(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool: ...
+
+
 class Suspend(BaseException):
     """Parks the run: state SUSPENDED until ``wake_at`` (None: until woken)."""
 
@@ -59,10 +87,17 @@ class WorkflowRun:
     """One attempt at running one workflow, on the thread that executes it."""
 
     def __init__(
-        self, claim: Claim, store: Store, lease_seconds: float, cluster: Cluster | None = None
+        self,
+        claim: Claim,
+        store: Store,
+        lease_seconds: float,
+        cluster: Cluster | None = None,
+        writer: RunWriter | None = None,
     ) -> None:
         self.claim = claim
         self.store = store
+        # Where checkpoints and the final state go: the store, or a group committer.
+        self.writer: RunWriter = writer or store
         self.cluster = cluster
         # Set by the worker's listener when a message for this workflow arrives.
         self.message_arrived = threading.Event()
@@ -207,7 +242,7 @@ class WorkflowRun:
         self, step_no: int, name: str, output: str | None, error: dict[str, Any] | None
     ) -> StepRecord | None:
         try:
-            return self.store.record_step(
+            return self.writer.record_step(
                 self.shard,
                 workflow_id=self.workflow_id,
                 attempt=self.attempt,
@@ -264,7 +299,7 @@ def _finish(
     reason: str | None,
 ) -> WorkflowState | None:
     try:
-        written = run.store.finish(
+        written = run.writer.finish(
             run.shard,
             workflow_id=run.workflow_id,
             attempt=run.attempt,

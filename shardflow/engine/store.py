@@ -7,9 +7,11 @@ the pools) or are wrapped here.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,8 @@ from shardflow.errors import ShardflowError, ShardUnavailable, WorkflowNotFound
 from shardflow.router.pools import Conn, ShardPools
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
+
+log = logging.getLogger(__name__)
 
 
 class WaitStore:
@@ -285,8 +289,13 @@ class Store(WaitStore):
 
     # -- submit and read ----------------------------------------------------------------
 
-    def insert_workflows(self, shard: str, rows: Sequence[NewWorkflow]) -> set[str]:
-        """Insert ``rows`` where this shard owns the slot; returns the IDs created."""
+    def insert_workflows(
+        self, shard: str, rows: Sequence[NewWorkflow], source_checked: Collection[str] = ()
+    ) -> set[str]:
+        """Insert ``rows`` where this shard owns the slot; returns the IDs created.
+
+        In a slot this shard is importing, only IDs in ``source_checked`` (looked up on
+        the slot's source first, and absent there) are created."""
         params = {
             "workflow_ids": [r.workflow_id for r in rows],
             "slots": [r.slot for r in rows],
@@ -299,6 +308,7 @@ class Store(WaitStore):
             "timeouts": [r.timeout_seconds for r in rows],
             "dedup_keys": [r.dedup_key for r in rows],
             "parent_ids": [r.parent_id for r in rows],
+            "source_checked": [r.workflow_id in source_checked for r in rows],
         }
         with self._conn(shard) as conn:
             try:
@@ -510,14 +520,22 @@ class Store(WaitStore):
         with self._conn(shard) as conn:
             if conn.execute(query("record_step"), params).fetchone() is not None:
                 return None
+        return self.resolve_unwritten_step(shard, workflow_id, attempt, step_no)
+
+    def resolve_unwritten_step(
+        self, shard: str, workflow_id: str, attempt: int, step_no: int
+    ) -> StepRecord:
+        """Why a step record was not written: the winning record of another run, or
+        :class:`Fenced` if this run no longer owns the workflow."""
+        with self._conn(shard) as conn:
             row = conn.execute(
                 query("get_step"), {"workflow_id": workflow_id, "step_no": step_no}
             ).fetchone()
             state = conn.execute(query("run_state"), {"workflow_id": workflow_id}).fetchone()
         if state is None or state[0] != "RUNNING" or state[1] != attempt:
             raise Fenced(workflow_id, None if state is None else str(state[0]))
-        if row is None:  # pragma: no cover - fenced check above covers it
-            raise Fenced(workflow_id, None)
+        if row is None:  # pragma: no cover - a live run's unwritten step has a record
+            raise Fenced(workflow_id, str(state[0]))
         return StepRecord(int(row[0]), str(row[1]), self.codec.loads(row[2]), row[3])
 
     def finish(
@@ -593,6 +611,65 @@ class Store(WaitStore):
             if row is not None:
                 conn.execute(query("drop_failed_last_step"), {"workflow_id": workflow_id})
         return row is not None
+
+    # -- following moves (rebalancing; see docs/rebalancing.md) ---------------------------
+    # Reads the client needs to route around slots in motion. The rebalancer's own SQL
+    # runs in shardflow.rebalance.mover, never here.
+
+    def slot_map_full(self, shard: str, slots: int) -> SlotMap | None:
+        """This shard's copy of the slot map, with the slots in motion."""
+        with self._conn(shard) as conn:
+            row = conn.execute(query("get_slot_map_full")).fetchone()
+        if row is None:
+            return None
+        return SlotMap.from_ranges(int(row[0]), row[1], slots, migrating=row[2])
+
+    def slot_states(self, shard: str, slots: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """``{slot: (state, peer)}`` for the given slots this shard has any part in."""
+        with self._conn(shard) as conn:
+            rows = conn.execute(query("slot_states_among"), {"slots": list(slots)}).fetchall()
+        return {int(r[0]): (str(r[1]), r[2]) for r in rows}
+
+    def locate(self, shard: str, workflow_id: str) -> Located | None:
+        """The workflow's row on ``shard`` (tombstone or staged copy included)."""
+        with self._conn(shard) as conn:
+            row = conn.execute(query("get_workflow"), {"workflow_id": workflow_id}).fetchone()
+        if row is None:
+            return None
+        move_id = None if row[21] is None else str(row[21])
+        return Located(self._status(shard, row), row[16], row[19], row[20], move_id)
+
+    def finish_move(self, shard: str, workflow_id: str, move_id: str) -> bool:
+        """Activate a staged copy whose move its source has decided (step 4 of a move,
+        idempotent: anyone may finish it). False if there was nothing to activate."""
+        params = {
+            "ids": [workflow_id],
+            "move_ids": [move_id],
+            "clear_dedup": False,
+        }
+        try:
+            with self._conn(shard) as conn:
+                return conn.execute(query("activate_copies"), params).fetchone() is not None
+        except StoreError:
+            # E.g. a dedup key taken meanwhile: the rebalancer resolves that case.
+            log.warning("could not activate the staged copy of %s on %s", workflow_id, shard)
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A workflow row as found on one shard, with where a move has taken it.
+
+    ``moved_to``: set on a tombstone (state MOVED). ``moved_from`` and ``import_state``:
+    set on a staged copy (state IMPORTING), which is not the workflow until its source
+    holds a tombstone for it.
+    """
+
+    status: WorkflowStatus
+    moved_to: str | None
+    moved_from: str | None
+    import_state: str | None
+    move_id: str | None
 
 
 class Fenced(ShardflowError):

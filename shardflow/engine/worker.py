@@ -22,6 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from shardflow.config.model import QueueConfig
+from shardflow.engine.batcher import GroupWriter
 from shardflow.engine.records import Claim
 from shardflow.engine.runner import WorkflowRun, execute
 from shardflow.engine.schedules import Scheduler, collect
@@ -101,6 +102,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._shares = self._queue_shares()
         self.scheduler: Scheduler | None = None
+        self._writer: GroupWriter | None = None
 
     # -- configuration --------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Worker:
         if not self._names:
             raise ShardflowError(f"app {self.app.name!r} has no workflows to run")
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="shardflow-run")
+        self._writer = GroupWriter(self.cluster.store, self.shards)
         for shard in self.shards:
             t = threading.Thread(
                 target=self._claim_loop, args=(shard,), name=f"shardflow-claim-{shard}", daemon=True
@@ -202,6 +205,8 @@ class Worker:
             t.join(timeout=5)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._writer is not None:
+            self._writer.close()
         log.info("worker %s stopped", self.worker_id)
 
     def run(self) -> None:
@@ -366,7 +371,7 @@ class Worker:
         return len(claims)
 
     def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool) -> None:
-        run = WorkflowRun(claim, self.cluster.store, self.lease_seconds, self.cluster)
+        run = WorkflowRun(claim, self.cluster.store, self.lease_seconds, self.cluster, self._writer)
         with self._lock:
             self._running[claim.workflow_id] = run
             if reserved:

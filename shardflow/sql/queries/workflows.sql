@@ -1,9 +1,11 @@
 -- Workflow lifecycle on one shard: submit, claim, lease, checkpoint, finish, control.
 
 -- name: insert_workflows
--- Batched submit. A row is created only if this shard owns (or imports) its slot; an ID
--- that exists already is left alone (submit is idempotent on workflow_id). Workers
--- listening on the shard are woken (PostgreSQL folds identical notifications into one).
+-- Batched submit. A row is created only if this shard owns its slot, or imports it and
+-- the client has looked the ID up on the slot's source first (``source_checked``): that
+-- lookup is what keeps an ID unique across a slot in motion. An ID that exists already
+-- is left alone (submit is idempotent on workflow_id). Workers listening on the shard
+-- are woken (PostgreSQL folds identical notifications into one).
 WITH created AS (
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
@@ -19,12 +21,13 @@ FROM unnest(
         %(workflow_ids)s::text[], %(slots)s::integer[], %(route_hashes)s::bigint[],
         %(names)s::text[], %(queues)s::text[], %(priorities)s::integer[], %(inputs)s::text[],
         %(delays)s::float8[], %(timeouts)s::float8[], %(dedup_keys)s::text[],
-        %(parent_ids)s::text[])
+        %(parent_ids)s::text[], %(source_checked)s::boolean[])
      AS t(workflow_id, slot, route_hash, name, queue, priority, inputs, delay_seconds,
-          timeout_seconds, dedup_key, parent_id)
+          timeout_seconds, dedup_key, parent_id, source_checked)
 WHERE EXISTS (
     SELECT 1 FROM shardflow.slot_ownership o
-    WHERE o.slot = t.slot AND o.state IN ('OWNED', 'IMPORTING'))
+    WHERE o.slot = t.slot
+      AND (o.state = 'OWNED' OR (o.state = 'IMPORTING' AND t.source_checked)))
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id, queue
 )
@@ -41,7 +44,7 @@ WHERE slot = ANY(%(slots)s) AND state IN ('OWNED', 'IMPORTING')
 -- name: get_workflow
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
-       moved_to, deadline, lease_owner
+       moved_to, deadline, lease_owner, moved_from, import_state, move_id
 FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 
 -- name: claim_enqueued
@@ -193,3 +196,27 @@ SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
 
 -- name: listen
 LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
+
+-- name: record_steps
+-- Group commit: many runs' step checkpoints in one statement, each fenced on its attempt.
+-- Rows missing from the result were fenced off or lost to an earlier record.
+INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
+SELECT t.workflow_id, t.step_no, t.name, t.output, t.error
+FROM unnest(%(workflow_ids)s::text[], %(attempts)s::integer[], %(step_nos)s::integer[],
+            %(names)s::text[], %(outputs)s::text[], %(errors)s::jsonb[])
+     AS t(workflow_id, attempt, step_no, name, output, error)
+JOIN shardflow.workflow_status w
+  ON w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
+ON CONFLICT (workflow_id, step_no) DO NOTHING
+RETURNING workflow_id, step_no
+
+-- name: finish_workflows
+-- Group commit of final states, each fenced on its attempt.
+UPDATE shardflow.workflow_status AS w
+SET state = t.state, output = t.output, error = t.error, reason = t.reason,
+    lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+FROM unnest(%(workflow_ids)s::text[], %(attempts)s::integer[], %(states)s::text[],
+            %(outputs)s::text[], %(errors)s::jsonb[], %(reasons)s::text[])
+     AS t(workflow_id, attempt, state, output, error, reason)
+WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
+RETURNING w.workflow_id

@@ -1,0 +1,208 @@
+"""Group commit for a worker's writes to one shard.
+
+Runs hand their step checkpoints and final states to the shard's committer thread and
+wait. The committer writes everything queued so far in one transaction (one statement
+per kind), commits, and answers each waiter. A step still returns only after its own
+checkpoint is committed; under load, many checkpoints share one commit. At light load a
+batch holds one write and nothing waits for company.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shardflow.engine.records import StepRecord
+from shardflow.engine.states import WorkflowState
+from shardflow.engine.store import Store
+from shardflow.errors import ShardUnavailable
+from shardflow.router.pools import Conn, ShardPools
+from shardflow.sql import query
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+
+
+@dataclass(slots=True)
+class StepWrite:
+    workflow_id: str
+    attempt: int
+    step_no: int
+    name: str
+    output: str | None
+    error: dict[str, Any] | None
+    done: Future[bool] = field(default_factory=Future)
+
+
+@dataclass(slots=True)
+class FinishWrite:
+    workflow_id: str
+    attempt: int
+    state: str
+    output: str | None
+    error: dict[str, Any] | None
+    reason: str | None
+    done: Future[bool] = field(default_factory=Future)
+
+
+class ShardCommitter:
+    """One thread and one connection per shard that commit queued writes together."""
+
+    def __init__(self, pools: ShardPools, shard: str) -> None:
+        self.pools = pools
+        self.shard = shard
+        self._queue: list[StepWrite | FinishWrite] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._loop, name=f"shardflow-commit-{shard}", daemon=True
+        )
+        self._thread.start()
+        self.batches = 0
+        self.writes = 0
+
+    def record_step(self, write: StepWrite) -> bool:
+        """Queue a checkpoint and wait until it is committed. True if written; False if
+        fenced off or another run recorded this step first."""
+        self._put(write)
+        return write.done.result()
+
+    def finish(self, write: FinishWrite) -> bool:
+        self._put(write)
+        return write.done.result()
+
+    def _put(self, write: StepWrite | FinishWrite) -> None:
+        with self._cond:
+            if self._stopped:
+                raise ShardUnavailable(self.shard, "the worker is stopping")
+            self._queue.append(write)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if not self._queue and self._stopped:
+                    return
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            self._commit(batch)
+
+    def _commit(self, batch: Sequence[StepWrite | FinishWrite]) -> None:
+        steps = [w for w in batch if isinstance(w, StepWrite)]
+        finishes = [w for w in batch if isinstance(w, FinishWrite)]
+        try:
+            with self.pools.connection(self.shard) as conn, conn.transaction():
+                written_steps = self._write_steps(conn, steps) if steps else set()
+                finished = self._write_finishes(conn, finishes) if finishes else set()
+        except ShardUnavailable as exc:
+            for w in batch:
+                w.done.set_exception(exc)
+            return
+        except psycopg.Error as exc:
+            # One bad row must not fail the others: retry each write on its own.
+            if len(batch) > 1:
+                log.warning("group commit on %s failed (%s); retrying one by one", self.shard, exc)
+                for w in batch:
+                    self._commit([w])
+                return
+            error = ShardUnavailable(self.shard, str(exc).splitlines()[0])
+            batch[0].done.set_exception(error)
+            return
+        self.batches += 1
+        self.writes += len(batch)
+        for s in steps:
+            s.done.set_result((s.workflow_id, s.step_no) in written_steps)
+        for f in finishes:
+            f.done.set_result(f.workflow_id in finished)
+
+    @staticmethod
+    def _write_steps(conn: Conn, steps: Sequence[StepWrite]) -> set[tuple[str, int]]:
+        rows = conn.execute(
+            query("record_steps"),
+            {
+                "workflow_ids": [s.workflow_id for s in steps],
+                "attempts": [s.attempt for s in steps],
+                "step_nos": [s.step_no for s in steps],
+                "names": [s.name for s in steps],
+                "outputs": [s.output for s in steps],
+                "errors": [Jsonb(s.error) if s.error is not None else None for s in steps],
+            },
+        ).fetchall()
+        return {(str(r[0]), int(r[1])) for r in rows}
+
+    @staticmethod
+    def _write_finishes(conn: Conn, finishes: Sequence[FinishWrite]) -> set[str]:
+        ordered = sorted(finishes, key=lambda f: f.workflow_id)  # one lock order
+        rows = conn.execute(
+            query("finish_workflows"),
+            {
+                "workflow_ids": [f.workflow_id for f in ordered],
+                "attempts": [f.attempt for f in ordered],
+                "states": [f.state for f in ordered],
+                "outputs": [f.output for f in ordered],
+                "errors": [Jsonb(f.error) if f.error is not None else None for f in ordered],
+                "reasons": [f.reason for f in ordered],
+            },
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+
+class GroupWriter:
+    """A run's step and final-state writes through per-shard committers (same contract as
+    ``Store.record_step`` and ``Store.finish``)."""
+
+    def __init__(self, store: Store, shards: Sequence[str]) -> None:
+        self.store = store
+        self.committers = {s: ShardCommitter(store.pools, s) for s in shards}
+
+    def record_step(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+    ) -> StepRecord | None:
+        written = self.committers[shard].record_step(
+            StepWrite(workflow_id, attempt, step_no, name, output, error)
+        )
+        if written:
+            return None
+        return self.store.resolve_unwritten_step(shard, workflow_id, attempt, step_no)
+
+    def finish(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool:
+        return self.committers[shard].finish(
+            FinishWrite(workflow_id, attempt, state.value, output, error, reason)
+        )
+
+    def close(self) -> None:
+        for committer in self.committers.values():
+            committer.stop()
