@@ -188,15 +188,16 @@ def run_cases(bench: Bench, selected: list[Case]) -> list[dict[str, Any]]:
     measurements: list[dict[str, Any]] = []
     given_up: set[tuple[int, str, str]] = set()
     rounds = bench.plan.rounds
-    for row, system, case, measure in selected:
-        reason = measure if isinstance(measure, str) else missing_requirement(system)
-        if reason is not None:
-            measurements.append(_entry(row, system, case, 0, "unavailable", reason=reason))
-            given_up.add((row, system, case))
     for n in range(rounds):
         for row, system, case, measure in selected:
-            if (row, system, case) in given_up or isinstance(measure, str):
+            if (row, system, case) in given_up:
                 continue
+            reason = measure if isinstance(measure, str) else missing_requirement(system)
+            if reason is not None:
+                measurements.append(_entry(row, system, case, n, "unavailable", reason=reason))
+                given_up.add((row, system, case))
+                continue
+            assert not isinstance(measure, str)
             if row == 4 and n > 0:
                 continue  # bench/routing.py runs all rounds in one process
             log(f"[round {n + 1}/{rounds}] row {row} {system} {case} ...")

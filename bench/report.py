@@ -54,7 +54,11 @@ def summarize(measurements: Sequence[Measurement]) -> list[Entry]:
             bad = group[0]
             entries.append(Entry(*key, {}, 0, bad["status"], bad.get("reason", "")))
             continue
-        names = [k for k, v in ok[0]["metrics"].items() if isinstance(v, int | float)]
+        names = [
+            k
+            for k in ok[0]["metrics"]
+            if all(isinstance(m["metrics"].get(k), int | float) for m in ok)
+        ]
         medians = {n: float(statistics.median(m["metrics"][n] for m in ok)) for n in names}
         entries.append(Entry(*key, medians, len(ok), "ok"))
     return entries
@@ -83,7 +87,7 @@ def _table(title: str, entries: Sequence[Entry], columns: Sequence[Column]) -> l
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     for e in entries:
         if e.status != "ok":
-            label = f"{SYSTEM_NAMES.get(e.system, e.system)} ({e.case})"
+            label = _system(e) if e.case == "-" else f"{_system(e)} ({e.case})"
             cells = [label, f"{e.status}: {e.reason}"] + [""] * (len(columns) - 2)
         else:
             cells = [fmt(e) for _, fmt in columns]
@@ -121,6 +125,7 @@ def tables(entries: Sequence[Entry]) -> list[str]:
             ("workflows/s", _metric("workflows_per_s")),
             ("checkpoints/s", _metric("checkpoints_per_s")),
             ("worker CPU ms/wf", _metric("cpu_ms_per_workflow", 2)),
+            ("server CPU ms/wf", _metric("server_cpu_ms_per_workflow", 2)),
             ("WAL B/wf", _metric("wal_bytes_per_workflow")),
             ("(submit + run)", _wal_split),
         ],
@@ -146,6 +151,7 @@ def tables(entries: Sequence[Entry]) -> list[str]:
             ("workflows/s", _metric("workflows_per_s")),
             ("checkpoints/s", _metric("checkpoints_per_s")),
             ("worker CPU ms/wf", _metric("cpu_ms_per_workflow", 2)),
+            ("server CPU ms/wf", _metric("server_cpu_ms_per_workflow", 2)),
             ("WAL B/wf (run)", _metric("wal_run_bytes_per_workflow")),
         ],
     )

@@ -85,6 +85,11 @@ class BenchServers:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def postmaster_pid(self, server: int) -> int:
+        """The server's main process; its children are the backends and helpers."""
+        pid_file = self.local.servers[server].data_dir / "postmaster.pid"
+        return int(pid_file.read_text(encoding="utf-8").splitlines()[0])
+
     def wal_lsn(self, server: int) -> int:
         """The server's current WAL insert position, in bytes."""
         with self._admin(server) as conn:

@@ -108,6 +108,9 @@ class Bench:
         migrate_cluster(parse(path.read_text(encoding="utf-8"), source=str(path)))
         return str(path)
 
+    def postmasters(self, servers: Sequence[int]) -> list[int]:
+        return [self.servers.postmaster_pid(s) for s in servers]
+
     def wal(self, servers: Sequence[int]) -> int:
         return sum(self.servers.wal_lsn(s) for s in servers)
 
@@ -133,7 +136,8 @@ def _end_to_end(
     wal0 = bench.wal([0])
     sub = bench.run(module, "submit", {**spec, "count": count, "steps": steps})
     wal1 = bench.wal([0])
-    drained = bench.run(module, "drain", {**spec, **drain_extra, "count": count})
+    drain_spec = {**spec, **drain_extra, "count": count, "postmasters": bench.postmasters([0])}
+    drained = bench.run(module, "drain", drain_spec)
     wal2 = bench.wal([0])
     if drained["workflows"] != count:
         raise procs.RunnerFailed(f"{module}: {drained['workflows']} of {count} workflows ran")
@@ -145,6 +149,7 @@ def _end_to_end(
         "workflows_per_s": rate,
         "checkpoints_per_s": rate * steps,
         "cpu_ms_per_workflow": drained["cpu_seconds"] / count * 1e3,
+        "server_cpu_ms_per_workflow": _per(drained["server_cpu_seconds"], count, 1e3),
         "process_cpu_ms_per_workflow": drained["process_cpu_seconds"] / count * 1e3,
         "submit_cpu_ms_per_workflow": sub["cpu_seconds"] / count * 1e3,
         "wal_bytes_per_workflow": (wal2 - wal0) / count,
@@ -152,6 +157,10 @@ def _end_to_end(
         "wal_run_bytes_per_workflow": (wal2 - wal1) / count,
         "startup_seconds": drained["startup_seconds"],
     }
+
+
+def _per(value: float | None, count: int, scale: float) -> float | None:
+    return None if value is None else value / count * scale
 
 
 def end_to_end_shardflow(bench: Bench, steps: int) -> Metrics:
@@ -229,6 +238,7 @@ def sharding(bench: Bench, shards: int) -> Metrics:
             {
                 "config": config,
                 "shards": [f"shard{k}"],
+                "postmasters": bench.postmasters([k]),
                 "go": True,
                 "concurrency": plan.shardflow_concurrency,
                 "timeout": plan.timeout,
@@ -247,6 +257,7 @@ def sharding(bench: Bench, shards: int) -> Metrics:
         raise procs.RunnerFailed(f"sharding: {done} of {count} workflows ran")
     span = max(r["end_wall"] for r in results) - min(r["first_start_wall"] for r in results)
     cpu = sum(r["cpu_seconds"] for r in results)
+    server_cpu = [r["server_cpu_seconds"] for r in results]
     return {
         "shards": shards,
         "workers": shards,
@@ -255,6 +266,9 @@ def sharding(bench: Bench, shards: int) -> Metrics:
         "workflows_per_s": count / span,
         "checkpoints_per_s": count * steps / span,
         "cpu_ms_per_workflow": cpu / count * 1e3,
+        "server_cpu_ms_per_workflow": (
+            None if None in server_cpu else sum(server_cpu) / count * 1e3
+        ),
         "wal_run_bytes_per_workflow": (wal1 - wal0) / count,
         "per_worker": [r["workflows"] for r in results],
     }

@@ -12,8 +12,8 @@ import time
 
 
 class Probe:
-    """When the first workflow body started (wall, monotonic and CPU clocks), and how many
-    bodies have finished; ``done`` is set when ``target`` have."""
+    """When the first workflow body started (wall, monotonic and CPU clocks; ``first`` is
+    set then), and how many bodies have finished (``done`` is set when ``target`` have)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -22,6 +22,7 @@ class Probe:
         self.first_start: float | None = None
         self.first_start_cpu: float | None = None
         self.finished_count = 0
+        self.first = threading.Event()
         self.done = threading.Event()
 
     def reset(self, target: int) -> None:
@@ -31,6 +32,7 @@ class Probe:
             self.first_start = None
             self.first_start_cpu = None
             self.finished_count = 0
+            self.first.clear()
             self.done.clear()
 
     def started(self) -> None:
@@ -41,6 +43,7 @@ class Probe:
                 self.first_start_wall = time.time()
                 self.first_start_cpu = time.process_time()
                 self.first_start = time.perf_counter()
+                self.first.set()
 
     def finished(self) -> None:
         with self._lock:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,8 +43,60 @@ def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(postmasters: list[int]) -> float:
+    """CPU time used so far by PostgreSQL servers: each postmaster and its live children
+    (backends, WAL writer, checkpointer, ...), from /proc. A backend that exited is no
+    longer counted, so take both readings while this process's connections are open."""
+    wanted = set(postmasters)
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        pid, ppid = int(entry), int(fields[1])
+        if pid in wanted or ppid in wanted:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
+class ServerCpu:
+    """Server CPU time from the first workflow body to :meth:`stop`, read off the hot path:
+    a thread waits for the probe's ``first`` event, then reads /proc once."""
+
+    def __init__(self, probe: Probe, postmasters: list[int] | None) -> None:
+        self.postmasters = postmasters or []
+        self.start: float | None = None
+        self._thread = threading.Thread(target=self._wait, args=(probe,), daemon=True)
+        if self.postmasters:
+            self._thread.start()
+
+    def _wait(self, probe: Probe) -> None:
+        probe.first.wait()
+        self.start = server_cpu_seconds(self.postmasters)
+
+    def stop(self) -> float | None:
+        if not self.postmasters:
+            return None
+        self._thread.join(timeout=5)
+        if self.start is None:
+            return None
+        return server_cpu_seconds(self.postmasters) - self.start
+
+
 def drain_result(
-    probe: Probe, started: float, started_cpu: float, ended: float, ended_cpu: float
+    probe: Probe,
+    started: float,
+    started_cpu: float,
+    ended: float,
+    ended_cpu: float,
+    server_cpu: float | None = None,
 ) -> dict[str, Any]:
     """The timings of a drain: from the go signal and from the first workflow body."""
     first = probe.first_start if probe.first_start is not None else started
@@ -52,6 +106,7 @@ def drain_result(
         "startup_seconds": first - started,
         "seconds": ended - first,
         "cpu_seconds": ended_cpu - first_cpu,
+        "server_cpu_seconds": server_cpu,
         "first_start_wall": probe.first_start_wall,
         "end_wall": time.time() - (time.perf_counter() - ended),
     }

@@ -18,7 +18,15 @@ import psycopg
 from dbos import DBOS, DBOSConfig
 
 from bench.apps.probe import PROBE
-from bench.runners.common import Spec, drain_result, main, ready, wait_for_go, wait_until
+from bench.runners.common import (
+    ServerCpu,
+    Spec,
+    drain_result,
+    main,
+    ready,
+    wait_for_go,
+    wait_until,
+)
 
 QUEUE = "bench"
 
@@ -91,6 +99,7 @@ def drain(spec: Spec) -> dict[str, Any]:
     count: int = spec["count"]
     PROBE.reset(count)
     wait_for_go(spec)
+    server = ServerCpu(PROBE, spec.get("postmasters"))
     started, started_cpu = time.perf_counter(), time.process_time()
     _launch(spec, "worker", [QUEUE])
     timeout = spec.get("timeout", 600)
@@ -98,8 +107,9 @@ def drain(spec: Spec) -> dict[str, Any]:
     PROBE.done.wait(timeout)
     wait_until(lambda: _successes(spec["dsn"]) >= count, timeout, interval=0.002)
     ended, ended_cpu = time.perf_counter(), time.process_time()
+    server_cpu = server.stop()
     DBOS.destroy()
-    return drain_result(PROBE, started, started_cpu, ended, ended_cpu)
+    return drain_result(PROBE, started, started_cpu, ended, ended_cpu, server_cpu)
 
 
 def serve(spec: Spec) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
 from pgqueuer.types import QueueExecutionMode
 
 from bench.apps.probe import PROBE
-from bench.runners.common import Spec, chunks, drain_result, main, wait_for_go
+from bench.runners.common import ServerCpu, Spec, chunks, drain_result, main, wait_for_go
 
 ENTRYPOINT = "bench.noop"
 
@@ -66,7 +66,7 @@ def drain(spec: Spec) -> dict[str, Any]:
     count: int = spec["count"]
     PROBE.reset(count)
 
-    async def run() -> tuple[float, float, float, float]:
+    async def run() -> tuple[float, float, float, float, float | None]:
         conn = await _connect(spec)
         qm = QueueManager(Queries(AsyncpgDriver(conn)))
 
@@ -76,6 +76,7 @@ def drain(spec: Spec) -> dict[str, Any]:
             PROBE.finished()
 
         wait_for_go(spec)
+        server = ServerCpu(PROBE, spec.get("postmasters"))
         started, started_cpu = time.perf_counter(), time.process_time()
         await qm.run(
             mode=QueueExecutionMode.drain,
@@ -83,11 +84,11 @@ def drain(spec: Spec) -> dict[str, Any]:
             dequeue_timeout=timedelta(seconds=1),
         )
         ended, ended_cpu = time.perf_counter(), time.process_time()
+        server_cpu = server.stop()
         await conn.close()
-        return started, started_cpu, ended, ended_cpu
+        return started, started_cpu, ended, ended_cpu, server_cpu
 
-    started, started_cpu, ended, ended_cpu = asyncio.run(run())
-    return drain_result(PROBE, started, started_cpu, ended, ended_cpu)
+    return drain_result(PROBE, *asyncio.run(run()))
 
 
 if __name__ == "__main__":

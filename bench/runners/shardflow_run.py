@@ -17,7 +17,16 @@ import psycopg
 import shardflow
 from bench.apps.probe import PROBE
 from bench.apps.shardflow_app import app, chain, hold
-from bench.runners.common import Spec, chunks, drain_result, main, ready, wait_for_go, wait_until
+from bench.runners.common import (
+    ServerCpu,
+    Spec,
+    chunks,
+    drain_result,
+    main,
+    ready,
+    wait_for_go,
+    wait_until,
+)
 
 
 def submit(spec: Spec) -> dict[str, Any]:
@@ -54,6 +63,7 @@ def drain(spec: Spec) -> dict[str, Any]:
             count = sum(_enqueued(cluster.config.shard(s).dsn) for s in worker.shards)
         PROBE.reset(count)
         wait_for_go(spec)
+        server = ServerCpu(PROBE, spec.get("postmasters"))
         started, started_cpu = time.perf_counter(), time.process_time()
         worker.start()
 
@@ -62,8 +72,9 @@ def drain(spec: Spec) -> dict[str, Any]:
 
         wait_until(finished, spec.get("timeout", 600))
         ended, ended_cpu = time.perf_counter(), time.process_time()
+        server_cpu = server.stop()
         worker.stop(grace_seconds=0)
-    result = drain_result(PROBE, started, started_cpu, ended, ended_cpu)
+    result = drain_result(PROBE, started, started_cpu, ended, ended_cpu, server_cpu)
     result["states"] = dict(worker.stats.finished)
     return result
 

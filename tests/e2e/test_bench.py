@@ -1,0 +1,95 @@
+"""The benchmark harness runs end to end and records positive numbers.
+
+A smoke run (``--quick``: small N, one round) of the rows that need neither DBOS nor
+PgQueuer, against real local PostgreSQL servers, as ``python -m bench`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_run_writes_positive_results(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "shardflow,raw",
+            "--rows",
+            "1,3,4",
+            "--results-dir",
+            str(results),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    latest = json.loads((results / "latest.json").read_text(encoding="utf-8"))
+    stamped = [p for p in results.glob("*.json") if p.name != "latest.json"]
+    assert len(stamped) == 1
+    assert json.loads(stamped[0].read_text(encoding="utf-8")) == latest
+
+    summary = {(e["row"], e["system"], e["case"]): e for e in latest["summary"]}
+    assert set(summary) == {
+        (1, "shardflow", "0 steps"),
+        (1, "shardflow", "3 steps"),
+        (1, "shardflow", "10 steps"),
+        (1, "raw", "1 thread"),
+        (1, "raw", "8 threads"),
+        (3, "shardflow", "submit_many, 3 shards"),
+        (4, "shardflow", "Router.route"),
+    }
+    assert all(e["status"] == "ok" and e["rounds"] == 1 for e in summary.values())
+
+    def metrics(row: int, system: str, case: str) -> dict[str, Any]:
+        found: dict[str, Any] = summary[(row, system, case)]["metrics"]
+        return found
+
+    for steps in (0, 3, 10):
+        m = metrics(1, "shardflow", f"{steps} steps")
+        assert m["steps"] == steps
+        for name in (
+            "workflows_per_s",
+            "submit_per_s",
+            "cpu_ms_per_workflow",
+            "server_cpu_ms_per_workflow",
+            "wal_bytes_per_workflow",
+            "wal_run_bytes_per_workflow",
+        ):
+            assert m[name] > 0, (steps, name)
+        assert m["checkpoints_per_s"] == m["workflows_per_s"] * steps
+    for case in ("1 thread", "8 threads"):
+        m = metrics(1, "raw", case)
+        assert m["commits_per_s"] > 0 and m["wal_bytes_per_commit"] > 0
+    assert metrics(3, "shardflow", "submit_many, 3 shards")["submit_per_s"] > 0
+    assert metrics(4, "shardflow", "Router.route")["us_per_id"] > 0
+
+    ratio_names = [r["name"] for r in latest["ratios"]]
+    assert "routing cost" in ratio_names
+    assert any("raw 1-thread" in name for name in ratio_names)
+    assert latest["meta"]["postgresql"]["fsync"] == "on"
+    assert latest["meta"]["postgresql"]["synchronous_commit"] == "on"
+    assert "### 1. End-to-end" in done.stdout
+    assert elapsed < 60, f"the smoke run took {elapsed:.0f}s"
