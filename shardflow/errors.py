@@ -8,6 +8,7 @@ The tree::
     ├── RoutingError           an ID cannot be routed (no owner, too many redirects)
     ├── ShardUnavailable       a shard cannot be reached now (retryable)
     ├── MigrationError         a schema migration failed
+    ├── RebalanceError         a rebalance cannot be planned or carried out as asked
     ├── EmbeddedServerError    a local PostgreSQL server (dev, demo, tests) failed
     ├── WorkflowError
     │   ├── WorkflowNotFound       no workflow with that ID on any shard
@@ -71,6 +72,11 @@ class ShardUnavailable(ShardflowError):
 
 class MigrationError(ShardflowError):
     """A schema migration failed on a shard."""
+
+
+class RebalanceError(ShardflowError):
+    """A rebalance cannot be planned or carried out: a shard missing from the config still
+    owns slots, another rebalance holds the lock, the live ownership is inconsistent."""
 
 
 class EmbeddedServerError(ShardflowError):
@@ -162,6 +168,7 @@ __all__ = [
     "MigrationError",
     "NonDeterminismError",
     "PayloadTooLarge",
+    "RebalanceError",
     "RoutingError",
     "SerializationError",
     "ShardUnavailable",

@@ -24,7 +24,7 @@ from shardflow.engine.app import Workflow
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
 from shardflow.engine.states import RESUMABLE, WorkflowState
-from shardflow.engine.store import DedupConflict, Store
+from shardflow.engine.store import DedupConflict, Located, Store
 from shardflow.errors import (
     IdentityMismatch,
     RoutingError,
@@ -45,6 +45,8 @@ from shardflow.router.slotmap import SlotMap, desired_map
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 4
+# Redirects a submit or a lookup follows around slots in motion before giving up.
+REDIRECTS = 8
 _ID_MAX = 512
 
 
@@ -127,7 +129,7 @@ class Cluster:
         pool_max_size: int | None = None,
     ) -> None:
         self.config = config
-        self.codec = Codec(serializer or JsonSerializer(), config.limits.max_payload_bytes)
+        self.codec = Codec.for_config(serializer or JsonSerializer(), config)
         self.pools = ShardPools(config, max_size=pool_max_size)
         self.store = Store(self.pools, self.codec)
         self.hasher = Hasher(config.hash.slots, config.hash.seed)
@@ -167,7 +169,7 @@ class Cluster:
 
         def read(shard: str) -> SlotMap | None:
             self.check_identity(shard)
-            return self.store.slot_map(shard, self.config.hash.slots)
+            return self.store.slot_map_full(shard, self.config.hash.slots)
 
         with ThreadPoolExecutor(max(len(self.config.shards), 1)) as pool:
             futures = [pool.submit(read, name) for name in self.config.shard_names]
@@ -183,8 +185,12 @@ class Cluster:
             if errors:
                 raise errors[0]
             raise IdentityMismatch("no shard has a slot map; run `shardflow migrate` first")
-        newest = max(maps, key=lambda m: m.epoch)
-        unknown = set(newest.owners) - set(self.config.shard_names)
+        # At equal epochs prefer a copy that knows the slots in motion: a shard migrated
+        # into the cluster mid-rebalance copies the map without them.
+        newest = max(maps, key=lambda m: (m.epoch, len(m.migrating)))
+        unknown = (set(newest.owners) | set(newest.migrating.values())) - set(
+            self.config.shard_names
+        )
         if unknown:
             raise RoutingError(
                 f"the live slot map (epoch {newest.epoch}) names shard(s) {sorted(unknown)}"
@@ -292,48 +298,100 @@ class Cluster:
         )
 
     def _insert(self, rows: list[NewWorkflow]) -> dict[str, str]:
-        """Insert rows on their shards, following redirects; returns id -> shard."""
+        """Insert rows on their shards, following redirects; returns id -> shard.
+
+        A slot in motion (docs/rebalancing.md) gets a new ID on its new owner only after
+        its source, which answers for the IDs it holds (tombstones included), was seen
+        not to hold it: IDs stay unique across the pair. A shard that refuses a row says
+        why: migrating the slot out to P sends the row to P (through this shard's lookup
+        again), importing it from S sends it through S first, and holding no part of it
+        means this client's map is stale, so it is refreshed.
+        """
         placed: dict[str, str] = {}
+        # Per redirected row: (shard to create it on, shard to look it up on first).
+        redirects: dict[str, tuple[str, str | None]] = {}
         pending = rows
-        for hop in range(MAX_HOPS):
-            by_shard: dict[str, list[NewWorkflow]] = {}
+        for hop in range(REDIRECTS):
+            slot_map = self.router.slot_map
+            groups: dict[tuple[str, str | None], list[NewWorkflow]] = {}
             for row in pending:
-                by_shard.setdefault(self.router.slot_map.owner(row.slot), []).append(row)
+                where = redirects.get(row.workflow_id) or (
+                    slot_map.owner(row.slot),
+                    slot_map.source(row.slot),
+                )
+                groups.setdefault(where, []).append(row)
             retry: list[NewWorkflow] = []
-            for shard, shard_rows in by_shard.items():
+            stale = False
+            for (shard, source), group in groups.items():
                 self.check_identity(shard)
-                created = self._insert_on(shard, shard_rows)
-                rest = [r for r in shard_rows if r.workflow_id not in created]
-                for r in shard_rows:
+                checked: set[str] = set()
+                if source is not None and source != shard:
+                    self.check_identity(source)
+                    group = self._not_held_by(source, group, placed)
+                    checked = {r.workflow_id for r in group}
+                if not group:
+                    continue
+                created = self._insert_on(shard, group, checked)
+                for r in group:
                     if r.workflow_id in created:
                         placed[r.workflow_id] = shard
-                if not rest:
+                refused = self._not_held_by(
+                    shard, [r for r in group if r.workflow_id not in created], placed
+                )
+                if not refused:
                     continue
-                existing = self.store.existing(shard, [r.workflow_id for r in rest])
-                for r in rest:
-                    found = existing.get(r.workflow_id)
-                    if found is None:
-                        retry.append(r)  # not this shard's slot (any more)
-                        continue
-                    name, _state, _moved_to = found
-                    if name != r.name:
-                        raise WorkflowConflict(
-                            f"workflow id {r.workflow_id!r} exists with workflow {name!r},"
-                            f" not {r.name!r}"
-                        )
-                    placed[r.workflow_id] = shard
+                states = self.store.slot_states(shard, sorted({r.slot for r in refused}))
+                for r in refused:
+                    state, peer = states.get(r.slot, ("", None))
+                    if state == "MIGRATING_OUT" and peer:
+                        redirects[r.workflow_id] = (peer, shard)
+                    elif state == "IMPORTING" and peer:
+                        redirects[r.workflow_id] = (shard, peer)
+                    else:
+                        redirects.pop(r.workflow_id, None)
+                        stale = True
+                    retry.append(r)
             if not retry:
                 return placed
-            log.info(
-                "%d submit(s) redirected (hop %d); refreshing the slot map", len(retry), hop + 1
-            )
-            self.refresh_topology()
+            log.info("%d submit(s) redirected (hop %d)", len(retry), hop + 1)
+            if stale:
+                before = self.router.epoch
+                if self.refresh_topology().epoch == before and hop:
+                    # A rebalancer between two steps of a slot transition: brief.
+                    time.sleep(min(0.01 * 2**hop, 0.5))
             pending = retry
-        raise RoutingError(f"could not place {len(pending)} workflow(s) after {MAX_HOPS} redirects")
+        raise RoutingError(
+            f"could not place {len(pending)} workflow(s) after {REDIRECTS} redirects"
+        )
 
-    def _insert_on(self, shard: str, rows: list[NewWorkflow]) -> set[str]:
+    def _not_held_by(
+        self, shard: str, rows: list[NewWorkflow], placed: dict[str, str]
+    ) -> list[NewWorkflow]:
+        """The rows whose ID ``shard`` does not hold; the others are placed where their
+        workflow is (a tombstone's target), after checking the workflow name."""
+        if not rows:
+            return []
+        existing = self.store.existing(shard, [r.workflow_id for r in rows])
+        missing: list[NewWorkflow] = []
+        for r in rows:
+            found = existing.get(r.workflow_id)
+            if found is None:
+                missing.append(r)
+                continue
+            name, state, moved_to = found
+            if name != r.name:
+                raise WorkflowConflict(
+                    f"workflow id {r.workflow_id!r} exists with workflow {name!r}, not {r.name!r}"
+                )
+            moved = state == WorkflowState.MOVED.value and moved_to
+            placed[r.workflow_id] = moved_to if moved and moved_to else shard
+        return missing
+
+    def _insert_on(
+        self, shard: str, rows: list[NewWorkflow], checked: set[str] | None = None
+    ) -> set[str]:
         try:
-            return self.store.insert_workflows(shard, rows)
+            return self.store.insert_workflows(shard, rows, checked or ())
         except DedupConflict:
             if len(rows) == 1:
                 r = rows[0]
@@ -341,28 +399,82 @@ class Cluster:
             # One duplicate fails the whole statement: find it row by row.
             created: set[str] = set()
             for r in rows:
-                created |= self._insert_on(shard, [r])
+                created |= self._insert_on(shard, [r], checked)
             return created
 
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, workflow_id: str) -> WorkflowStatus:
-        """The workflow's current status, wherever it lives. Raises WorkflowNotFound."""
-        shard = self.router.route(workflow_id)
-        for _ in range(MAX_HOPS):
-            found = self.store.get(shard, workflow_id)
+        """The workflow's current status, wherever it lives. Raises WorkflowNotFound.
+
+        Never misses a workflow that is being moved: a slot in motion is looked up on
+        its source first, then on its new owner; a tombstone points to where the
+        workflow went; a shard that does not hold the ID names the peer it is moving the
+        slot to or from; a staged copy counts only once its source holds the tombstone.
+        """
+        slot = self.hasher.slot(workflow_id)
+        candidates = self._holders(slot)
+        tried: set[str] = set()
+        refreshed = False
+        for _ in range(REDIRECTS):
+            if not candidates:
+                if refreshed:
+                    break
+                refreshed = True
+                self.refresh_topology()
+                candidates = [s for s in self._holders(slot) if s not in tried]
+                if not candidates:
+                    break
+            shard = candidates.pop(0)
+            tried.add(shard)
+            found = self.store.locate(shard, workflow_id)
             if found is None:
-                newer = self.refresh_topology().owner(self.hasher.slot(workflow_id))
-                if newer == shard:
-                    raise WorkflowNotFound(workflow_id)
-                shard = newer
+                state, peer = self.store.slot_states(shard, [slot]).get(slot, ("", None))
+                if peer and state != "OWNED" and peer not in tried and peer not in candidates:
+                    candidates.append(peer)
                 continue
-            status, moved_to = found
-            if status.state is WorkflowState.MOVED and moved_to:
-                shard = moved_to
+            if found.status.state is WorkflowState.MOVED:
+                if found.moved_to:
+                    candidates = [found.moved_to]
                 continue
-            return status
+            if found.status.state is WorkflowState.IMPORTING:
+                return self._staged(found)
+            return found.status
         raise WorkflowNotFound(workflow_id)
+
+    def _holders(self, slot: int) -> list[str]:
+        """Where to look for an ID of ``slot``: a slot in motion's source, then its owner."""
+        slot_map = self.router.slot_map
+        source = slot_map.source(slot)
+        owner = slot_map.owner(slot)
+        return [source, owner] if source is not None and source != owner else [owner]
+
+    def _staged(self, copy: Located) -> WorkflowStatus:
+        """The status of a workflow found as a staged copy (a move in progress).
+
+        The source decides: its live row is the workflow if the move was not decided;
+        its tombstone of this very move means the copy is the workflow, and finishing
+        the move (activating the copy, step 4) is then safe for anyone, so this does it.
+        """
+        status = copy.status
+        source = self.store.locate(copy.moved_from, status.workflow_id) if copy.moved_from else None
+        if source is not None and source.status.state not in (
+            WorkflowState.MOVED,
+            WorkflowState.IMPORTING,
+        ):
+            return source.status
+        decided = (
+            source is not None
+            and source.status.state is WorkflowState.MOVED
+            and source.move_id is not None
+            and source.move_id == copy.move_id
+        )
+        if decided and copy.move_id is not None:
+            self.store.finish_move(status.shard, status.workflow_id, copy.move_id)
+            after = self.store.locate(status.shard, status.workflow_id)
+            if after is not None and after.status.state is not WorkflowState.IMPORTING:
+                return after.status
+        return dataclasses.replace(status, state=WorkflowState(copy.import_state or "ENQUEUED"))
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow (checked)."""

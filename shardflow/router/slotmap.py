@@ -9,8 +9,8 @@ shards (see ``shardflow.router.topology``) and changes only by rebalancing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from shardflow.config.model import ClusterConfig, ShardState
 from shardflow.errors import RoutingError
@@ -31,10 +31,16 @@ class SlotRange:
 
 @dataclass(frozen=True, slots=True)
 class SlotMap:
-    """Owner of every slot, versioned by ``epoch``. ``owners[slot]`` is a shard name."""
+    """Owner of every slot, versioned by ``epoch``. ``owners[slot]`` is a shard name.
+
+    ``migrating`` holds the slots in motion during a rebalance: slot -> the shard it is
+    leaving. Such a slot's owner is already the shard it moves to, which creates its new
+    workflows; the source still holds the ones it had (see docs/rebalancing.md).
+    """
 
     epoch: int
     owners: tuple[str, ...]
+    migrating: Mapping[int, str] = field(default_factory=dict, hash=False)
 
     @property
     def slots(self) -> int:
@@ -42,6 +48,21 @@ class SlotMap:
 
     def owner(self, slot: int) -> str:
         return self.owners[slot]
+
+    def source(self, slot: int) -> str | None:
+        """The shard a slot in motion is leaving, or None for a settled slot."""
+        return self.migrating.get(slot)
+
+    def migrating_json(self) -> list[list[int | str]]:
+        """Slots in motion as ``[[first, last, source], ...]`` (contiguous runs)."""
+        out: list[list[int | str]] = []
+        for slot in sorted(self.migrating):
+            source = self.migrating[slot]
+            if out and out[-1][1] == slot - 1 and out[-1][2] == source:
+                out[-1][1] = slot
+            else:
+                out.append([slot, slot, source])
+        return out
 
     def counts(self) -> dict[str, int]:
         """Slots owned per shard."""
@@ -64,7 +85,13 @@ class SlotMap:
         return [[r.first, r.last, r.shard] for r in self.ranges()]
 
     @classmethod
-    def from_ranges(cls, epoch: int, ranges: Iterable[Sequence[int | str]], slots: int) -> SlotMap:
+    def from_ranges(
+        cls,
+        epoch: int,
+        ranges: Iterable[Sequence[int | str]],
+        slots: int,
+        migrating: Iterable[Sequence[int | str]] | None = None,
+    ) -> SlotMap:
         owners: list[str | None] = [None] * slots
         for first, last, shard in ranges:
             for slot in range(int(first), int(last) + 1):
@@ -72,7 +99,11 @@ class SlotMap:
         missing = [i for i, o in enumerate(owners) if o is None]
         if missing:
             raise RoutingError(f"slot map epoch {epoch} has no owner for slot {missing[0]}")
-        return cls(epoch, tuple(o for o in owners if o is not None))
+        sources: dict[int, str] = {}
+        for first, last, source in migrating or ():
+            for slot in range(int(first), int(last) + 1):
+                sources[slot] = str(source)
+        return cls(epoch, tuple(o for o in owners if o is not None), sources)
 
 
 def quotas(weights: Sequence[tuple[str, int]], slots: int) -> dict[str, int]:

@@ -203,6 +203,60 @@ class ClusterFactory:
             migrate_cluster(config)
         return TestCluster(config, path, databases)
 
+    # -- rebalancing tests: grow and reshape a cluster --------------------------------------
+
+    def add_shard(
+        self, cluster: TestCluster, *, weight: int = 1, migrate: bool = True
+    ) -> TestCluster:
+        """``cluster`` plus one new shard database, named ``shard<N>``, in a new YAML file.
+
+        ``migrate`` runs the migrator on the grown config, as an operator would: the new
+        shard gets its identity and a copy of the live map, and no slots (the rebalancer
+        gives it its share). Drop the returned cluster: it holds every database.
+        """
+        index = len(cluster.config.shards)
+        admin = self.admin_dsns[index % len(self.admin_dsns)]
+        dbname = f"sf_{os.getpid()}_{next(_counter)}_{index}"
+        self._execute(admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        self._created.append((admin, dbname))
+        doc = yaml.safe_load(cluster.path.read_text(encoding="utf-8"))
+        doc["shards"].append(
+            {"name": f"shard{index}", "dsn": with_database(admin, dbname), "weight": weight}
+        )
+        grown = self._rewrite(doc, [*cluster.databases, (admin, dbname)])
+        if migrate:
+            migrate_cluster(grown.config)
+        return grown
+
+    def reshape(
+        self,
+        cluster: TestCluster,
+        *,
+        weights: Mapping[str, int] | None = None,
+        draining: Sequence[str] = (),
+        remove: Sequence[str] = (),
+    ) -> TestCluster:
+        """The same databases under a new YAML: other weights, some shards marked
+        ``state: draining``, some left out (their databases are still dropped with it)."""
+        doc = yaml.safe_load(cluster.path.read_text(encoding="utf-8"))
+        shards = []
+        for shard in doc["shards"]:
+            if shard["name"] in remove:
+                continue
+            if weights and shard["name"] in weights:
+                shard["weight"] = weights[shard["name"]]
+            if shard["name"] in draining:
+                shard["state"] = "draining"
+            shards.append(shard)
+        doc["shards"] = shards
+        return self._rewrite(doc, list(cluster.databases))
+
+    def _rewrite(self, doc: dict[str, Any], databases: list[tuple[str, str]]) -> TestCluster:
+        text = yaml.safe_dump(doc, sort_keys=False)
+        path = self.workdir / f"cluster-{next(_counter)}.yaml"
+        path.write_text(text, encoding="utf-8")
+        return TestCluster(parse(text, source=str(path)), path, databases)
+
     def drop(self, cluster: TestCluster) -> None:
         for admin, dbname in cluster.databases:
             # The server may be down (a test stopped it); the session cleans up then.

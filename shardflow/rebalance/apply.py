@@ -1,0 +1,498 @@
+"""Carrying out a plan: slot transitions, batched moves, finalizing, resuming after a crash.
+
+:class:`Rebalancer` holds the rebalance lock on every shard, reads the live map from the
+slot-ownership rows (the authority), finishes whatever a killed run left half done, and
+then works in waves: start up to ``wave_slots`` slots (target IMPORTING, then source
+MIGRATING_OUT, then a new map epoch), move their idle workflows in batches, finalize the
+slots that hold only tombstones on their source (target OWNED, source drops the slot, new
+epoch). A slot whose workflows are running stays split until they are idle.
+
+Every step is safe to cut short at any point: the next run reconciles ownership, resolves
+staged copies by the recovery rule and resumes the plan recorded on the shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+
+from shardflow.config.model import ClusterConfig
+from shardflow.errors import RebalanceError
+from shardflow.rebalance.live import LiveMap, Repair, reconcile
+from shardflow.rebalance.mover import (
+    MoveStep,
+    PlanRecord,
+    Recovery,
+    ShardLink,
+    move_batch,
+    recover_staged,
+)
+from shardflow.rebalance.planner import (
+    Plan,
+    desired_shards,
+    owners_from_ranges,
+    plan_rebalance,
+    resume_plan,
+)
+from shardflow.rebalance.progress import Progress, ProgressHook, RateMeter, Throttle
+from shardflow.router.slotmap import SlotMap
+
+log = logging.getLogger(__name__)
+
+StepHook = Callable[[MoveStep], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOptions:
+    """How fast and in what steps to apply a plan."""
+
+    batch: int = 500  # workflows per transaction pair
+    rate: float | None = None  # at most this many workflows per second
+    wave_slots: int = 256  # slots in motion at once
+    poll_seconds: float = 0.2  # re-check interval while only running workflows remain
+    tombstone_grace_seconds: float = 3600.0
+    # Stop waiting for running workflows after this long (None: as long as it takes);
+    # the plan stays recorded and the next `apply` continues it.
+    wait_running_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.wave_slots < 1:
+            raise ValueError("batch and wave_slots must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A plan ready to apply: what the live map is, where it goes, and whether it
+    continues a recorded plan (``resumed``) or replaces one (``superseded``)."""
+
+    live: LiveMap
+    plan: Plan
+    record: PlanRecord
+    resumed: bool
+    superseded: PlanRecord | None = None
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.plan.moves or self.live.migrating or self.live.repairs)
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    plan: Plan
+    resumed: bool
+    complete: bool
+    moved: int = 0
+    slots_settled: int = 0
+    epoch: int = 0
+    seconds: float = 0.0
+    recovered: Recovery = field(default_factory=Recovery)
+    purged: int = 0
+
+
+class Rebalancer:
+    """Plans and applies rebalances of one cluster. Use as a context manager."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        on_progress: ProgressHook | None = None,
+        on_step: StepHook | None = None,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.lock_timeout = lock_timeout
+        self.slots = config.hash.slots
+        self.on_progress = on_progress
+        self.on_step = on_step
+        self.links: dict[str, ShardLink] = {}
+        self._locked = False
+        # The live state as this process drives it (loaded by run()).
+        self._owners: list[str] = []
+        self._migrating: dict[int, str] = {}
+        self._epoch = 0
+
+    def __enter__(self) -> Rebalancer:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Connect to every shard of the config and check each one's identity."""
+        try:
+            for shard in self.config.shards:
+                if shard.name not in self.links:
+                    self.links[shard.name] = ShardLink(shard)
+                self.links[shard.name].check_identity(self.config)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()
+        self.links.clear()
+        self._locked = False
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def live(self) -> LiveMap:
+        """The live map from every shard's ownership rows (repairs not yet applied)."""
+        with self._driver_errors():
+            rows = []
+            epoch = 0
+            for link in self.links.values():
+                rows.extend(link.ownership())
+                copy = link.slot_map(self.slots)
+                if copy is not None:
+                    epoch = max(epoch, copy.epoch)
+            return reconcile(rows, self.slots, epoch)
+
+    def plans(self) -> list[PlanRecord]:
+        """Recorded plans, newest first, merged across shards (finished on any shard
+        counts as finished)."""
+        with self._driver_errors():
+            merged: dict[str, PlanRecord] = {}
+            for link in self.links.values():
+                for record in link.plans():
+                    seen = merged.get(record.plan_id)
+                    if seen is None or (seen.finished_at is None and record.finished_at):
+                        merged[record.plan_id] = record
+        return sorted(merged.values(), key=lambda r: r.created_at, reverse=True)
+
+    def prepare(self, *, lock: bool = True) -> Prepared:
+        """The plan ``apply`` would carry out now. Writes nothing. With ``lock`` (what
+        apply needs), takes the rebalance lock first so the answer cannot go stale."""
+        if lock:
+            self._lock()
+        live = self.live()
+        fresh = plan_rebalance(live.slot_map(), desired_shards(self.config))
+        open_plan = next((p for p in self.plans() if p.finished_at is None), None)
+        if open_plan is not None:
+            target = owners_from_ranges(open_plan.target, self.slots)
+            if Counter(target) == Counter(fresh.target):
+                return Prepared(live, resume_plan(live.slot_map(), target), open_plan, True)
+        record = PlanRecord(
+            plan_id=str(uuid.uuid4()),
+            base_epoch=live.epoch,
+            target=SlotMap(0, fresh.target).to_json(),
+            moves=fresh.moved_slots,
+            created_at=datetime.now(timezone.utc),
+        )
+        return Prepared(live, fresh, record, False, open_plan)
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def apply(self, options: ApplyOptions | None = None) -> ApplyResult:
+        """Prepare and run: the whole rebalance the config asks for."""
+        return self.run(self.prepare(), options)
+
+    def run(self, prepared: Prepared, options: ApplyOptions | None = None) -> ApplyResult:
+        """Carry out ``prepared`` (from :meth:`prepare`, under the lock)."""
+        if not self._locked:
+            raise RebalanceError("run() needs the rebalance lock: call prepare() first")
+        options = options or ApplyOptions()
+        started = time.monotonic()
+        live = prepared.live
+        self._owners = list(live.owners)
+        self._migrating = dict(live.migrating)
+        self._epoch = live.epoch
+        result = ApplyResult(prepared.plan, prepared.resumed, complete=False)
+        with self._driver_errors():
+            self._repair(live.repairs)
+            self._publish_if_stale()
+            for link in self.links.values():
+                result.recovered += recover_staged(link, self.links)
+            if prepared.superseded is not None:
+                for link in self.links.values():
+                    link.finish_plan(prepared.superseded, "superseded")
+            if prepared.has_work:
+                for link in self.links.values():
+                    link.record_plan(prepared.record)
+            result.complete = self._drive(prepared, options, result, started)
+            if result.complete and prepared.has_work:
+                for link in self.links.values():
+                    link.finish_plan(prepared.record, "done")
+            if result.complete:
+                result.purged = self.purge(options.tombstone_grace_seconds)
+        result.epoch = self._epoch
+        result.seconds = time.monotonic() - started
+        return result
+
+    def purge(self, grace_seconds: float) -> int:
+        """Delete tombstones older than ``grace_seconds`` on every shard."""
+        with self._driver_errors():
+            return sum(link.purge_tombstones(grace_seconds) for link in self.links.values())
+
+    def _drive(
+        self, prepared: Prepared, options: ApplyOptions, result: ApplyResult, started: float
+    ) -> bool:
+        target = prepared.plan.target
+        throttle = Throttle(options.rate)
+        meter = RateMeter()
+        total = max(prepared.record.moves, self._unsettled(target))
+        left = self._workflows_left(target)
+        waited_since: float | None = None
+        while True:
+            began = self._start_wave(target, options.wave_slots)
+            if began:
+                left = self._workflows_left(target)
+            moved = 0
+            for (source, dest), slots in self._pairs().items():
+                count = self._move_slots(source, dest, slots, options, throttle, meter)
+                moved += count
+                result.moved += count
+                self._report(
+                    "moving", total, target, result.moved, left - result.moved, 0, meter, started
+                )
+            settled, running = self._finalize()
+            result.slots_settled += settled
+            if not self._migrating and self._unsettled(target) == 0:
+                self._report("done", total, target, result.moved, 0, 0, meter, started)
+                return True
+            if began or moved or settled:
+                waited_since = None
+                continue
+            # Only rows that are running (or briefly locked by someone) hold the rest.
+            now = time.monotonic()
+            waited_since = waited_since or now
+            self._report("waiting", total, target, result.moved, running, running, meter, started)
+            limit = options.wait_running_seconds
+            if limit is not None and now - waited_since >= limit:
+                return False
+            time.sleep(options.poll_seconds)
+
+    def _move_slots(
+        self,
+        source: str,
+        dest: str,
+        slots: list[int],
+        options: ApplyOptions,
+        throttle: Throttle,
+        meter: RateMeter,
+    ) -> int:
+        """Move the idle workflows of ``slots`` in batches until none is left idle."""
+        moved = 0
+        refused_before: set[str] = set()
+        while True:
+            batch = options.batch
+            if options.rate is not None:
+                batch = max(1, min(batch, int(options.rate)))
+            outcome = move_batch(self.links[source], self.links[dest], slots, batch, self.on_step)
+            moved += outcome.moved
+            meter.add(outcome.moved)
+            throttle.pace(outcome.moved)
+            if outcome.refused:
+                again = refused_before.intersection(outcome.refused)
+                if again:
+                    raise RebalanceError(
+                        f"workflow {sorted(again)[0]!r} exists on both {source} and {dest};"
+                        " it cannot move until an operator resolves the duplicate"
+                    )
+                refused_before.update(outcome.refused)
+                recover_staged(self.links[dest], self.links, slots)
+                continue
+            if outcome.moved < batch:
+                return moved
+
+    def _start_wave(self, target: tuple[str, ...], wave_slots: int) -> int:
+        """Put up to ``wave_slots - in motion`` pending slots in motion (step 0)."""
+        room = wave_slots - len(self._migrating)
+        if room <= 0:
+            return 0
+        chosen = [
+            slot
+            for slot in range(self.slots)
+            if self._owners[slot] != target[slot] and slot not in self._migrating
+        ][:room]
+        if not chosen:
+            return 0
+        epoch = self._epoch + 1
+        pairs: dict[tuple[str, str], list[int]] = {}
+        for slot in chosen:
+            pairs.setdefault((self._owners[slot], target[slot]), []).append(slot)
+        for (source, dest), slots in pairs.items():
+            _expect(self.links[dest].mark_importing(slots, source, epoch), slots, dest, "import")
+            self._hook(MoveStep.IMPORTING_MARKED)
+            marked = self.links[source].mark_migrating_out(slots, dest, epoch)
+            _expect(marked, slots, source, "migrate out")
+            for slot in slots:
+                self._owners[slot] = dest
+                self._migrating[slot] = source
+            log.info("slots in motion %s -> %s: %d", source, dest, len(slots))
+        self._publish(epoch)
+        return len(chosen)
+
+    def _finalize(self) -> tuple[int, int]:
+        """Settle the slots in motion whose source holds only tombstones. Returns
+        ``(slots settled, workflows still running in slots in motion)``."""
+        epoch = self._epoch + 1
+        settled = 0
+        running = 0
+        for (source, dest), slots in self._pairs().items():
+            live = self.links[source].live_rows_by_slot(slots)
+            running += sum(r for _, r in live.values())
+            empty = [slot for slot in slots if slot not in live]
+            if not empty:
+                continue
+            if self.links[dest].staged_slots(empty):
+                recover_staged(self.links[dest], self.links, empty)
+            staged = self.links[dest].staged_slots(empty)
+            ready = [slot for slot in empty if slot not in staged]
+            if not ready:
+                continue
+            _expect(self.links[dest].mark_owned(ready, epoch), ready, dest, "own")
+            self._hook(MoveStep.OWNED_MARKED)
+            _expect(self.links[source].drop_migrated(ready), ready, source, "drop")
+            for slot in ready:
+                del self._migrating[slot]
+            settled += len(ready)
+            log.info("slots settled %s -> %s: %d", source, dest, len(ready))
+        if settled:
+            self._publish(epoch)
+        return settled, running
+
+    def _repair(self, repairs: tuple[Repair, ...]) -> None:
+        """Finish the slot transitions a killed run left half done."""
+        if not repairs:
+            return
+        epoch = self._epoch + 1
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for repair in repairs:
+            groups.setdefault((repair.kind, repair.source, repair.target), []).append(repair.slot)
+        for (kind, source, dest), slots in groups.items():
+            link = self.links[source]
+            if kind == "start":
+                _expect(link.mark_migrating_out(slots, dest, epoch), slots, source, "migrate out")
+            else:
+                _expect(link.drop_migrated(slots), slots, source, "drop")
+            log.info("repaired %d half-done %s(s) %s -> %s", len(slots), kind, source, dest)
+        self._publish(epoch)
+
+    def _publish_if_stale(self) -> None:
+        for link in self.links.values():
+            copy = link.slot_map(self.slots)
+            if (
+                copy is None
+                or copy.epoch != self._epoch
+                or list(copy.owners) != self._owners
+                or dict(copy.migrating) != self._migrating
+            ):
+                self._publish(self._epoch + 1)
+                return
+
+    def _publish(self, epoch: int) -> None:
+        """Write the map at ``epoch`` to every shard's copy (routers adopt the newest)."""
+        self._epoch = max(self._epoch, epoch)
+        slot_map = SlotMap(self._epoch, tuple(self._owners), dict(self._migrating))
+        for link in self.links.values():
+            link.publish_map(slot_map)
+        self._hook(MoveStep.PUBLISHED)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        """Take the rebalance lock on every shard, in config order (so two rebalancers
+        never hold one half each). A killed run's locks go when its connections close."""
+        if self._locked:
+            return
+        deadline = time.monotonic() + self.lock_timeout
+        with self._driver_errors():
+            for link in self.links.values():
+                while not link.try_lock():
+                    if time.monotonic() >= deadline:
+                        raise RebalanceError(
+                            f"another rebalance holds the lock on shard {link.name!r}"
+                            " (a killed one releases it as soon as its connections close)"
+                        )
+                    time.sleep(0.2)
+        self._locked = True
+
+    def _pairs(self) -> dict[tuple[str, str], list[int]]:
+        out: dict[tuple[str, str], list[int]] = {}
+        for slot in sorted(self._migrating):
+            out.setdefault((self._migrating[slot], self._owners[slot]), []).append(slot)
+        return out
+
+    def _unsettled(self, target: tuple[str, ...]) -> int:
+        return sum(
+            1
+            for slot in range(self.slots)
+            if self._owners[slot] != target[slot] or slot in self._migrating
+        )
+
+    def _workflows_left(self, target: tuple[str, ...]) -> int:
+        """Live workflows in slots still to move, on the shards holding them now."""
+        holding: dict[str, list[int]] = {}
+        for slot in range(self.slots):
+            source = self._migrating.get(slot)
+            if source is not None:
+                holding.setdefault(source, []).append(slot)
+            elif self._owners[slot] != target[slot]:
+                holding.setdefault(self._owners[slot], []).append(slot)
+        return sum(
+            sum(self.links[shard].workflows_in_slots(slots).values())
+            for shard, slots in holding.items()
+        )
+
+    def _report(
+        self,
+        phase: str,
+        total: int,
+        target: tuple[str, ...],
+        moved: int,
+        left: int,
+        running: int,
+        meter: RateMeter,
+        started: float,
+    ) -> None:
+        if self.on_progress is None:
+            return
+        self.on_progress(
+            Progress(
+                phase=phase,
+                epoch=self._epoch,
+                slots_total=total,
+                slots_done=max(total - self._unsettled(target), 0),
+                slots_in_motion=len(self._migrating),
+                workflows_moved=moved,
+                workflows_left=max(left, running, 0),
+                waiting_running=running,
+                rate=meter.rate(),
+                elapsed=time.monotonic() - started,
+            )
+        )
+
+    def _hook(self, step: MoveStep) -> None:
+        if self.on_step is not None:
+            self.on_step(step)
+
+    @contextmanager
+    def _driver_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()
+            raise RebalanceError(
+                f"a shard failed mid-rebalance ({first[0] if first else type(exc).__name__});"
+                " nothing is lost: run `shardflow rebalance apply` again to resume"
+            ) from exc
+
+
+def _expect(done: set[int], wanted: list[int], shard: str, what: str) -> None:
+    missing = sorted(set(wanted) - done)
+    if missing:
+        raise RebalanceError(
+            f"shard {shard!r} could not {what} slot {missing[0]} (and {len(missing) - 1}"
+            " more): its ownership changed under the rebalancer; run apply again"
+        )

@@ -1,0 +1,417 @@
+"""The rebalancer's storage boundary: slot transitions and the per-workflow move protocol.
+
+Moving a batch of idle workflows of some slots from shard A to shard B (design guide §5,
+docs/rebalancing.md has the crash table)::
+
+    A: BEGIN; lock idle rows FOR UPDATE SKIP LOCKED; read their child rows    (1)
+    B: BEGIN; stage copies (IMPORTING, move_id) with child rows; COMMIT       (2)
+    A: tombstone the rows in place (MOVED, moved_to=B, move_id); delete       (3)
+       their child rows; COMMIT  <- the one decision point
+    B: activate the copies (their real state); anyone may do this             (4)
+
+Recovery for a staged copy on B looks at A's row: a tombstone of the same move ->
+activate; a live row -> discard the copy; no row -> leave it (never delete data when
+unsure). Every SQL statement the rebalancer runs is here, as a named query.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shardflow.config.model import ClusterConfig, ShardConfig
+from shardflow.errors import RebalanceError, ShardUnavailable
+from shardflow.rebalance.live import Ownership
+from shardflow.router.slotmap import SlotMap
+from shardflow.sql import query
+from shardflow.sql.migrator import check_identity, read_identity
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+# Recovery waits this long for a mover transaction still holding a source row.
+RECOVERY_LOCK_TIMEOUT = "10s"
+
+
+class MoveStep(str, enum.Enum):
+    """Points of the protocol; tests inject crashes at them through ``on_step``."""
+
+    LOCKED = "locked"  # (1) done, nothing committed
+    STAGED = "staged"  # (2) committed on the target
+    TOMBSTONED = "tombstoned"  # (3) committed on the source: decided
+    ACTIVATED = "activated"  # (4) committed on the target
+    # Slot transitions (shardflow.rebalance.apply):
+    IMPORTING_MARKED = "importing-marked"  # target IMPORTING, source not yet MIGRATING_OUT
+    OWNED_MARKED = "owned-marked"  # target OWNED, source still MIGRATING_OUT
+    PUBLISHED = "published"  # a new map epoch written to every shard
+
+
+StepHook = Callable[[MoveStep], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRecord:
+    """A plan as recorded on the shards (``rebalance_plans``)."""
+
+    plan_id: str
+    base_epoch: int
+    target: list[list[int | str]]
+    moves: int
+    created_at: datetime
+    finished_at: datetime | None = None
+    outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What one transaction pair did: workflows moved, and locked rows the target
+    refused because it holds that ID already (a leftover copy: recover, then retry)."""
+
+    moved: int
+    refused: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Recovery:
+    """Staged copies resolved by the recovery rule."""
+
+    activated: int = 0
+    discarded: int = 0
+    unresolved: int = 0
+
+    def __iadd__(self, other: Recovery) -> Recovery:
+        self.activated += other.activated
+        self.discarded += other.discarded
+        self.unresolved += other.unresolved
+        return self
+
+
+class ShardLink:
+    """One shard as the rebalancer uses it: a connection for its work, and (after
+    :meth:`try_lock`) a second one that holds the cluster-wide rebalance lock."""
+
+    def __init__(self, shard: ShardConfig, *, connect_timeout: int = 10) -> None:
+        self.shard = shard
+        self.name = shard.name
+        self._connect_timeout = connect_timeout
+        self.conn = self._connect()
+        self._lock_conn: Conn | None = None
+
+    def _connect(self) -> Conn:
+        try:
+            return psycopg.connect(
+                self.shard.dsn, autocommit=True, connect_timeout=self._connect_timeout
+            )
+        except psycopg.OperationalError as exc:
+            raise ShardUnavailable(self.name, _first_line(exc)) from exc
+
+    def close(self) -> None:
+        for conn in (self.conn, self._lock_conn):
+            if conn is not None:
+                conn.close()
+        self._lock_conn = None
+
+    def check_identity(self, config: ClusterConfig) -> None:
+        identity = read_identity(self.conn)
+        if identity is None:
+            raise RebalanceError(
+                f"shard {self.name!r} has no shardflow identity; run `shardflow migrate` first"
+            )
+        check_identity(config, self.shard, identity)
+
+    def try_lock(self) -> bool:
+        """Take the rebalance lock of this shard (a session lock on its own connection)."""
+        if self._lock_conn is None:
+            self._lock_conn = self._connect()
+        row = self._lock_conn.execute(query("rebalance_try_lock")).fetchone()
+        return bool(row and row[0])
+
+    # -- ownership and the map copy ---------------------------------------------------------
+
+    def ownership(self) -> list[Ownership]:
+        rows = self.conn.execute(query("slot_ownership")).fetchall()
+        return [Ownership(self.name, int(r[0]), str(r[1]), r[2], int(r[3])) for r in rows]
+
+    def slot_map(self, slots: int) -> SlotMap | None:
+        row = self.conn.execute(query("get_slot_map_full")).fetchone()
+        if row is None:
+            return None
+        return SlotMap.from_ranges(int(row[0]), row[1], slots, migrating=row[2])
+
+    def publish_map(self, slot_map: SlotMap) -> None:
+        self.conn.execute(
+            query("put_slot_map_full"),
+            {
+                "epoch": slot_map.epoch,
+                "ranges": Jsonb(slot_map.to_json()),
+                "migrating": Jsonb(slot_map.migrating_json()),
+            },
+        )
+
+    def mark_importing(self, slots: Sequence[int], peer: str, epoch: int) -> set[int]:
+        params = {"slots": list(slots), "peer": peer, "epoch": epoch}
+        return _slots(self.conn.execute(query("mark_importing"), params))
+
+    def mark_migrating_out(self, slots: Sequence[int], peer: str, epoch: int) -> set[int]:
+        params = {"slots": list(slots), "peer": peer, "epoch": epoch}
+        return _slots(self.conn.execute(query("mark_migrating_out"), params))
+
+    def mark_owned(self, slots: Sequence[int], epoch: int) -> set[int]:
+        params = {"slots": list(slots), "epoch": epoch}
+        return _slots(self.conn.execute(query("mark_owned"), params))
+
+    def drop_migrated(self, slots: Sequence[int]) -> set[int]:
+        return _slots(self.conn.execute(query("drop_migrated_slots"), {"slots": list(slots)}))
+
+    # -- the recorded plan ------------------------------------------------------------------
+
+    def record_plan(self, plan: PlanRecord) -> None:
+        self.conn.execute(query("record_plan"), _plan_params(plan))
+
+    def finish_plan(self, plan: PlanRecord, outcome: str) -> None:
+        self.conn.execute(query("finish_plan"), {**_plan_params(plan), "outcome": outcome})
+
+    def plans(self, limit: int = 10) -> list[PlanRecord]:
+        rows = self.conn.execute(query("list_plans"), {"limit": limit}).fetchall()
+        return [
+            PlanRecord(str(r[0]), int(r[1]), list(r[2]), int(r[3]), r[4], r[5], r[6]) for r in rows
+        ]
+
+    # -- counts -----------------------------------------------------------------------------
+
+    def workflows_in_slots(self, slots: Sequence[int]) -> Counter[str]:
+        rows = self.conn.execute(query("workflows_in_slots"), {"slots": list(slots)}).fetchall()
+        return Counter({str(r[0]): int(r[1]) for r in rows})
+
+    def row_counts(self, grace_seconds: float) -> tuple[int, int, int]:
+        """``(staged copies, tombstones, tombstones past the grace period)``."""
+        row = self.conn.execute(
+            query("rebalance_row_counts"), {"grace_seconds": grace_seconds}
+        ).fetchone()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+    def live_rows_by_slot(self, slots: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """``{slot: (live rows, RUNNING rows)}`` for the slots that still hold any."""
+        rows = self.conn.execute(query("live_rows_by_slot"), {"slots": list(slots)}).fetchall()
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    def staged_slots(self, slots: Sequence[int]) -> set[int]:
+        return _slots(self.conn.execute(query("staged_slots"), {"slots": list(slots)}))
+
+    def staged_copies(
+        self, slots: Sequence[int] | None, limit: int = 10_000
+    ) -> list[tuple[str, str, str | None]]:
+        """``(workflow_id, move_id, source)`` of staged copies (of ``slots``, or all)."""
+        params = {"slots": None if slots is None else list(slots), "limit": limit}
+        rows = self.conn.execute(query("staged_copies"), params).fetchall()
+        return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
+    def purge_tombstones(self, grace_seconds: float, limit: int = 5000) -> int:
+        """Delete tombstones past the grace period, ``limit`` per statement; returns how
+        many went."""
+        purged = 0
+        while True:
+            rows = self.conn.execute(
+                query("purge_tombstones"), {"grace_seconds": grace_seconds, "limit": limit}
+            ).fetchall()
+            purged += len(rows)
+            if len(rows) < limit:
+                return purged
+
+
+def move_batch(
+    source: ShardLink,
+    target: ShardLink,
+    slots: Sequence[int],
+    limit: int,
+    on_step: StepHook | None = None,
+) -> BatchOutcome:
+    """Move up to ``limit`` idle workflows of ``slots`` from ``source`` to ``target`` with
+    one transaction pair (steps 1-4). Busy rows are skipped for a later batch."""
+    move_id = str(uuid.uuid4())
+    with source.conn.transaction():
+        locked = source.conn.execute(
+            query("lock_idle_workflows"), {"slots": list(slots), "limit": limit}
+        ).fetchone()
+        ids: list[str] = list(locked[0]) if locked and locked[0] else []
+        if not ids:
+            return BatchOutcome(0)
+        assert locked is not None
+        children = source.conn.execute(query("child_rows"), {"ids": ids}).fetchone()
+        assert children is not None
+        _hook(on_step, MoveStep.LOCKED)
+        with target.conn.transaction():
+            target.conn.execute(query("clear_tombstones_for_staging"), {"ids": ids})
+            staged = [
+                str(r[0])
+                for r in target.conn.execute(
+                    query("stage_workflows"),
+                    {"rows": locked[1], "move_id": move_id, "source": source.name},
+                )
+            ]
+            if staged:
+                for name, rows in zip(
+                    ("stage_steps", "stage_messages", "stage_events"), children, strict=True
+                ):
+                    target.conn.execute(query(name), {"rows": rows, "ids": staged})
+        _hook(on_step, MoveStep.STAGED)
+        if staged:
+            params = {"ids": staged, "target": target.name, "move_id": move_id}
+            tombstoned = source.conn.execute(query("tombstone_workflows"), params).fetchall()
+            if len(tombstoned) != len(staged):  # pragma: no cover - the rows are ours, locked
+                raise RebalanceError(f"{source.name}: locked rows changed state during a move")
+            source.conn.execute(query("delete_child_rows"), {"ids": staged})
+    _hook(on_step, MoveStep.TOMBSTONED)
+    activate(target, staged, [move_id] * len(staged))
+    _hook(on_step, MoveStep.ACTIVATED)
+    refused = tuple(sorted(set(ids) - set(staged)))
+    return BatchOutcome(len(staged), refused)
+
+
+def activate(target: ShardLink, ids: Sequence[str], move_ids: Sequence[str]) -> int:
+    """Step 4 for decided copies; returns how many were activated now.
+
+    A dedup key may have been taken on the target while its holder was in transit (a
+    submit during the move, see docs/rebalancing.md); such a copy is activated without
+    its dedup key rather than left stuck.
+    """
+    if not ids:
+        return 0
+    try:
+        return _activate(target, ids, move_ids, clear_dedup=False)
+    except psycopg.errors.UniqueViolation:
+        pass
+    done = 0
+    for workflow_id, move_id in zip(ids, move_ids, strict=True):
+        try:
+            done += _activate(target, [workflow_id], [move_id], clear_dedup=False)
+        except psycopg.errors.UniqueViolation:
+            log.warning(
+                "workflow %s: its dedup key is held by another workflow on %s; activated"
+                " without it",
+                workflow_id,
+                target.name,
+            )
+            done += _activate(target, [workflow_id], [move_id], clear_dedup=True)
+    return done
+
+
+def _activate(
+    target: ShardLink, ids: Sequence[str], move_ids: Sequence[str], *, clear_dedup: bool
+) -> int:
+    with target.conn.transaction():
+        rows = target.conn.execute(
+            query("activate_copies"),
+            {"ids": list(ids), "move_ids": list(move_ids), "clear_dedup": clear_dedup},
+        ).fetchall()
+    return len(rows)
+
+
+def recover_staged(
+    target: ShardLink,
+    links: Mapping[str, ShardLink],
+    slots: Sequence[int] | None = None,
+    batch: int = 5000,
+) -> Recovery:
+    """Resolve the staged copies on ``target`` (of ``slots``, or all) by asking their
+    sources. Copies whose source cannot answer stay, counted as unresolved."""
+    total = Recovery()
+    while True:
+        copies = target.staged_copies(slots, batch)
+        if not copies:
+            return total
+        found = Recovery()
+        by_source: dict[str | None, list[tuple[str, str]]] = {}
+        for workflow_id, move_id, source in copies:
+            by_source.setdefault(source, []).append((workflow_id, move_id))
+        for source_name, items in by_source.items():
+            link = links.get(source_name) if source_name else None
+            if link is None:
+                found.unresolved += len(items)
+                continue
+            found += _resolve(target, link, items)
+        total += found
+        if found.activated + found.discarded == 0 or len(copies) < batch:
+            return total
+
+
+def _resolve(target: ShardLink, source: ShardLink, copies: list[tuple[str, str]]) -> Recovery:
+    ids = [workflow_id for workflow_id, _ in copies]
+    with source.conn.transaction():
+        source.conn.execute(query("set_lock_timeout"), {"value": RECOVERY_LOCK_TIMEOUT})
+        verdicts = {
+            str(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
+            for r in source.conn.execute(query("source_rows_for_recovery"), {"ids": ids})
+        }
+    activate_ids: list[tuple[str, str]] = []
+    discard_ids: list[tuple[str, str]] = []
+    unresolved = 0
+    for workflow_id, move_id in copies:
+        verdict = verdicts.get(workflow_id)
+        if verdict is None or verdict[0] == "IMPORTING":
+            unresolved += 1  # unsure: keep the copy
+        elif verdict == ("MOVED", move_id):
+            activate_ids.append((workflow_id, move_id))
+        else:
+            # A live row (or a tombstone of another move): this move was not decided.
+            discard_ids.append((workflow_id, move_id))
+    if unresolved:
+        log.warning(
+            "%d staged copies on %s have no verdict on %s; left in place",
+            unresolved,
+            target.name,
+            source.name,
+        )
+    activated = activate(target, *_unzip(activate_ids))
+    discarded = 0
+    if discard_ids:
+        ids_, move_ids = _unzip(discard_ids)
+        with target.conn.transaction():
+            discarded = len(
+                target.conn.execute(
+                    query("discard_copies"), {"ids": ids_, "move_ids": move_ids}
+                ).fetchall()
+            )
+    return Recovery(activated, discarded, unresolved)
+
+
+def _unzip(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    firsts: list[str] = []
+    seconds: list[str] = []
+    for a, b in pairs:
+        firsts.append(a)
+        seconds.append(b)
+    return firsts, seconds
+
+
+def _slots(cursor: psycopg.Cursor[tuple[Any, ...]]) -> set[int]:
+    return {int(r[0]) for r in cursor.fetchall()}
+
+
+def _hook(on_step: StepHook | None, step: MoveStep) -> None:
+    if on_step is not None:
+        on_step(step)
+
+
+def _plan_params(plan: PlanRecord) -> dict[str, Any]:
+    return {
+        "plan_id": plan.plan_id,
+        "base_epoch": plan.base_epoch,
+        "target": Jsonb(plan.target),
+        "moves": plan.moves,
+        "created_at": plan.created_at,
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,268 @@
+-- The rebalancer: slot transitions, the map copy, the recorded plan, and the per-workflow
+-- move protocol (lock -> stage -> tombstone -> activate). Run only by
+-- shardflow.rebalance.mover; docs/rebalancing.md explains each step and its crash cases.
+
+-- name: rebalance_try_lock
+-- One rebalancer per cluster: a session lock on every shard, released when the process
+-- dies (its connections close), so a killed run never blocks the next one for long.
+SELECT pg_try_advisory_lock(hashtext('shardflow.rebalance'))
+
+-- name: put_slot_map_full
+-- Keep the newer copy: a map with a lower epoch never replaces a higher one.
+INSERT INTO shardflow.slot_map (epoch, ranges, migrating)
+VALUES (%(epoch)s, %(ranges)s, %(migrating)s)
+ON CONFLICT (singleton) DO UPDATE
+    SET epoch = excluded.epoch, ranges = excluded.ranges, migrating = excluded.migrating,
+        updated_at = now()
+    WHERE shardflow.slot_map.epoch < excluded.epoch
+
+-- name: max_ownership_epoch
+SELECT coalesce(max(epoch), 0) FROM shardflow.slot_ownership
+
+-- name: mark_importing
+-- Step 0, on the target first. Idempotent: a slot already IMPORTING from the same peer
+-- is left as it is.
+INSERT INTO shardflow.slot_ownership (slot, state, peer, epoch)
+SELECT s, 'IMPORTING', %(peer)s, %(epoch)s FROM unnest(%(slots)s::integer[]) AS s
+ON CONFLICT (slot) DO UPDATE SET updated_at = now()
+    WHERE shardflow.slot_ownership.state = 'IMPORTING'
+      AND shardflow.slot_ownership.peer = excluded.peer
+RETURNING slot
+
+-- name: mark_migrating_out
+-- Step 0, on the source second: from this commit on it refuses new IDs for these slots.
+UPDATE shardflow.slot_ownership
+SET state = 'MIGRATING_OUT', peer = %(peer)s, epoch = %(epoch)s, updated_at = now()
+WHERE slot = ANY(%(slots)s)
+  AND (state = 'OWNED' OR (state = 'MIGRATING_OUT' AND peer = %(peer)s))
+RETURNING slot
+
+-- name: mark_owned
+-- Finalize, on the target first.
+UPDATE shardflow.slot_ownership
+SET state = 'OWNED', peer = NULL, epoch = %(epoch)s, updated_at = now()
+WHERE slot = ANY(%(slots)s) AND state = 'IMPORTING'
+RETURNING slot
+
+-- name: drop_migrated_slots
+-- Finalize, on the source second: only tombstones are left there.
+DELETE FROM shardflow.slot_ownership
+WHERE slot = ANY(%(slots)s) AND state = 'MIGRATING_OUT'
+RETURNING slot
+
+-- name: record_plan
+INSERT INTO shardflow.rebalance_plans (plan_id, base_epoch, target, moves, created_at)
+VALUES (%(plan_id)s, %(base_epoch)s, %(target)s, %(moves)s, %(created_at)s)
+ON CONFLICT (plan_id) DO NOTHING
+
+-- name: list_plans
+SELECT plan_id, base_epoch, target, moves, created_at, finished_at, outcome
+FROM shardflow.rebalance_plans ORDER BY created_at DESC LIMIT %(limit)s
+
+-- name: finish_plan
+INSERT INTO shardflow.rebalance_plans
+    (plan_id, base_epoch, target, moves, created_at, finished_at, outcome)
+VALUES (%(plan_id)s, %(base_epoch)s, %(target)s, %(moves)s, %(created_at)s, now(),
+        %(outcome)s)
+ON CONFLICT (plan_id) DO UPDATE SET finished_at = now(), outcome = excluded.outcome
+    WHERE shardflow.rebalance_plans.finished_at IS NULL
+
+-- name: workflows_in_slots
+-- What a plan touches on its source: live rows of the slots, by state.
+SELECT state, count(*) FROM shardflow.workflow_status
+WHERE slot = ANY(%(slots)s) AND state <> 'MOVED'
+GROUP BY state
+
+-- name: rebalance_row_counts
+SELECT
+    count(*) FILTER (WHERE state = 'IMPORTING') AS staged,
+    count(*) FILTER (WHERE state = 'MOVED') AS tombstones,
+    count(*) FILTER (WHERE state = 'MOVED'
+                     AND updated_at < now() - make_interval(secs => %(grace_seconds)s))
+        AS purgeable
+FROM shardflow.workflow_status
+WHERE state IN ('IMPORTING', 'MOVED')
+
+-- name: live_rows_by_slot
+-- Per slot still holding live rows on the source: how many, and how many are RUNNING
+-- (those wait; the slot stays split until they are idle).
+SELECT slot, count(*), count(*) FILTER (WHERE state = 'RUNNING')
+FROM shardflow.workflow_status
+WHERE slot = ANY(%(slots)s) AND state <> 'MOVED'
+GROUP BY slot
+
+-- name: staged_slots
+SELECT DISTINCT slot FROM shardflow.workflow_status
+WHERE slot = ANY(%(slots)s) AND state = 'IMPORTING'
+
+-- name: lock_idle_workflows
+-- Step 1, on the source, in the transaction that step 3 commits: lock idle workflows of
+-- the slots. SKIP LOCKED is the batched form of NOWAIT: a row someone holds (a claim, a
+-- send, a cancel) is skipped now and tried in a later batch.
+WITH locked AS (
+    SELECT w.* FROM shardflow.workflow_status w
+    WHERE w.slot = ANY(%(slots)s) AND w.state NOT IN ('RUNNING', 'MOVED', 'IMPORTING')
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+SELECT array_agg(workflow_id), jsonb_agg(to_jsonb(locked))::text FROM locked
+
+-- name: child_rows
+-- Everything hanging off the locked workflows, as JSON text passed through unparsed.
+-- Nobody can add to them meanwhile: every write aimed at a workflow locks its row first.
+SELECT
+    (SELECT coalesce(jsonb_agg(s), '[]'::jsonb)::text FROM shardflow.step_outputs s
+     WHERE s.workflow_id = ANY(%(ids)s)),
+    (SELECT coalesce(jsonb_agg(m ORDER BY m.workflow_id, m.seq), '[]'::jsonb)::text
+     FROM shardflow.messages m WHERE m.workflow_id = ANY(%(ids)s)),
+    (SELECT coalesce(jsonb_agg(e), '[]'::jsonb)::text FROM shardflow.events e
+     WHERE e.workflow_id = ANY(%(ids)s))
+
+-- name: clear_tombstones_for_staging
+-- A workflow moving back to a shard it once left meets its own old tombstone there; the
+-- staged copy replaces it (same transaction, so no insert can slip in between).
+DELETE FROM shardflow.workflow_status
+WHERE workflow_id = ANY(%(ids)s) AND state = 'MOVED'
+
+-- name: stage_workflows
+-- Step 2, on the target: non-runnable copies (IMPORTING) carrying their real state in
+-- import_state. Columns travel as JSON, so a column added by a later migration moves too.
+INSERT INTO shardflow.workflow_status
+SELECT r.* FROM jsonb_array_elements(%(rows)s::jsonb) AS e(value),
+    LATERAL jsonb_populate_record(
+        NULL::shardflow.workflow_status,
+        e.value || jsonb_build_object(
+            'state', 'IMPORTING', 'import_state', e.value -> 'state',
+            'move_id', %(move_id)s::text, 'moved_from', %(source)s::text, 'moved_to', NULL,
+            'lease_owner', NULL, 'lease_expires_at', NULL)) AS r
+ON CONFLICT (workflow_id) DO NOTHING
+RETURNING workflow_id
+
+-- name: stage_steps
+INSERT INTO shardflow.step_outputs
+SELECT r.* FROM jsonb_populate_recordset(NULL::shardflow.step_outputs, %(rows)s::jsonb) AS r
+WHERE r.workflow_id = ANY(%(ids)s)
+ON CONFLICT DO NOTHING
+
+-- name: stage_messages
+-- Messages get fresh sequence numbers from the target, handed out in the source's order,
+-- so per-topic order holds and later messages sort after them.
+WITH src AS (
+    SELECT to_jsonb(r) AS value,
+           row_number() OVER (ORDER BY r.workflow_id, r.seq) AS rn
+    FROM jsonb_populate_recordset(NULL::shardflow.messages, %(rows)s::jsonb) AS r
+    WHERE r.workflow_id = ANY(%(ids)s)
+), fresh AS (
+    SELECT v, row_number() OVER (ORDER BY v) AS rn
+    FROM (SELECT nextval(pg_get_serial_sequence('shardflow.messages', 'seq')) AS v
+          FROM src) AS drawn
+)
+INSERT INTO shardflow.messages OVERRIDING SYSTEM VALUE
+SELECT m.* FROM src JOIN fresh USING (rn),
+    LATERAL jsonb_populate_record(
+        NULL::shardflow.messages, src.value || jsonb_build_object('seq', fresh.v)) AS m
+ON CONFLICT DO NOTHING
+
+-- name: stage_events
+INSERT INTO shardflow.events
+SELECT r.* FROM jsonb_populate_recordset(NULL::shardflow.events, %(rows)s::jsonb) AS r
+WHERE r.workflow_id = ANY(%(ids)s)
+ON CONFLICT DO NOTHING
+
+-- name: tombstone_workflows
+-- Step 3, on the source, in the transaction that locked the rows: the decision point.
+-- The row stays (as a tombstone) so that a concurrent INSERT ... ON CONFLICT of the
+-- same ID finds it and does nothing.
+UPDATE shardflow.workflow_status
+SET state = 'MOVED', moved_to = %(target)s, move_id = %(move_id)s, import_state = NULL,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE workflow_id = ANY(%(ids)s) AND state NOT IN ('RUNNING', 'MOVED', 'IMPORTING')
+RETURNING workflow_id
+
+-- name: delete_child_rows
+WITH steps AS (
+    DELETE FROM shardflow.step_outputs WHERE workflow_id = ANY(%(ids)s)
+), messages AS (
+    DELETE FROM shardflow.messages WHERE workflow_id = ANY(%(ids)s)
+)
+DELETE FROM shardflow.events WHERE workflow_id = ANY(%(ids)s)
+
+-- name: activate_copies
+-- Step 4, on the target: the copies take their real state. Idempotent (only IMPORTING
+-- rows of the given move change). A suspended workflow whose wake-up may have been
+-- missed while it was in transit (a message arrived, a child finished) is woken; a
+-- spurious wake-up only costs a replay.
+WITH activated AS (
+    UPDATE shardflow.workflow_status AS w
+    SET state = w.import_state, import_state = NULL, updated_at = now(),
+        dedup_key = CASE WHEN %(clear_dedup)s THEN NULL ELSE w.dedup_key END,
+        wake_at = CASE
+            WHEN w.import_state = 'SUSPENDED' AND (
+                w.wait_for = 'child'
+                OR (w.wait_for LIKE 'message:%%' AND EXISTS (
+                    SELECT 1 FROM shardflow.messages m
+                    WHERE m.workflow_id = w.workflow_id AND NOT m.consumed
+                      AND m.topic = substr(w.wait_for, 9))))
+            THEN now() ELSE w.wake_at END
+    FROM unnest(%(ids)s::text[], %(move_ids)s::uuid[]) AS t(workflow_id, move_id)
+    WHERE w.workflow_id = t.workflow_id AND w.move_id = t.move_id AND w.state = 'IMPORTING'
+    RETURNING w.workflow_id, w.queue
+)
+SELECT workflow_id, pg_notify('shardflow_work', queue) FROM activated
+
+-- name: discard_copies
+-- Recovery: a staged copy whose move was never decided goes, with its child rows.
+WITH gone AS (
+    DELETE FROM shardflow.workflow_status AS w
+    USING unnest(%(ids)s::text[], %(move_ids)s::uuid[]) AS t(workflow_id, move_id)
+    WHERE w.workflow_id = t.workflow_id AND w.move_id = t.move_id AND w.state = 'IMPORTING'
+    RETURNING w.workflow_id
+), steps AS (
+    DELETE FROM shardflow.step_outputs WHERE workflow_id IN (SELECT workflow_id FROM gone)
+), messages AS (
+    DELETE FROM shardflow.messages WHERE workflow_id IN (SELECT workflow_id FROM gone)
+), events AS (
+    DELETE FROM shardflow.events WHERE workflow_id IN (SELECT workflow_id FROM gone)
+)
+SELECT workflow_id FROM gone
+
+-- name: staged_copies
+-- Staged copies of some slots (NULL: all), with the move and the source to ask.
+SELECT workflow_id, move_id, moved_from FROM shardflow.workflow_status
+WHERE state = 'IMPORTING' AND (%(slots)s::integer[] IS NULL OR slot = ANY(%(slots)s))
+LIMIT %(limit)s
+
+-- name: set_lock_timeout
+SELECT set_config('lock_timeout', %(value)s, true)
+
+-- name: source_rows_for_recovery
+-- The source's verdict on staged copies. FOR SHARE waits for a mover transaction still
+-- in flight on these rows, so the verdict is final.
+SELECT workflow_id, state, move_id FROM shardflow.workflow_status
+WHERE workflow_id = ANY(%(ids)s)
+FOR SHARE
+
+-- name: purge_tombstones
+-- Tombstones older than the grace period, of slots this shard no longer has any part in
+-- (so no insert of their IDs can land here, and no staged copy still needs the verdict).
+WITH doomed AS (
+    SELECT w.workflow_id FROM shardflow.workflow_status w
+    WHERE w.state = 'MOVED'
+      AND w.updated_at < now() - make_interval(secs => %(grace_seconds)s)
+      AND NOT EXISTS (SELECT 1 FROM shardflow.slot_ownership o WHERE o.slot = w.slot)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM shardflow.workflow_status AS w USING doomed
+WHERE w.workflow_id = doomed.workflow_id AND w.state = 'MOVED'
+RETURNING w.workflow_id
+
+-- ---------------------------------------------------------------------------------------
+-- Read by the client (the engine's store) to follow slots in motion.
+
+-- name: slot_states_among
+-- How this shard holds some slots: the redirect a client follows when refused.
+SELECT slot, state, peer FROM shardflow.slot_ownership WHERE slot = ANY(%(slots)s)
+
+-- name: get_slot_map_full
+SELECT epoch, ranges, migrating FROM shardflow.slot_map
