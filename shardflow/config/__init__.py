@@ -5,12 +5,16 @@ from __future__ import annotations
 from shardflow.config.loader import load, parse
 from shardflow.config.model import (
     DEFAULT_QUEUE,
+    BlobStoreConfig,
+    BlobStoreKind,
     ClusterConfig,
     HashConfig,
     LimitsConfig,
+    PayloadsConfig,
     PoolConfig,
     QueueConfig,
     RateLimit,
+    RetentionConfig,
     ScheduleConfig,
     ShardConfig,
     ShardState,
@@ -20,12 +24,16 @@ from shardflow.config.model import (
 
 __all__ = [
     "DEFAULT_QUEUE",
+    "BlobStoreConfig",
+    "BlobStoreKind",
     "ClusterConfig",
     "HashConfig",
     "LimitsConfig",
+    "PayloadsConfig",
     "PoolConfig",
     "QueueConfig",
     "RateLimit",
+    "RetentionConfig",
     "ScheduleConfig",
     "ShardConfig",
     "ShardState",

@@ -33,12 +33,16 @@ from yaml.resolver import Resolver
 from shardflow.config.cron import cron_problem
 from shardflow.config.model import (
     DEFAULT_QUEUE,
+    BlobStoreConfig,
+    BlobStoreKind,
     ClusterConfig,
     HashConfig,
     LimitsConfig,
+    PayloadsConfig,
     PoolConfig,
     QueueConfig,
     RateLimit,
+    RetentionConfig,
     ScheduleConfig,
     ShardConfig,
     ShardState,
@@ -67,7 +71,17 @@ _KINDS = {
     "tag:yaml.org,2002:timestamp": "date",
 }
 
-_TOP_KEYS = ("name", "hash", "shards", "queues", "worker", "limits", "schedules")
+_TOP_KEYS = (
+    "name",
+    "hash",
+    "shards",
+    "queues",
+    "worker",
+    "limits",
+    "schedules",
+    "retention",
+    "payloads",
+)
 _SCHEDULE_KEYS = ("workflow", "cron", "queue")
 _HASH_KEYS = ("slots", "seed")
 _SHARD_KEYS = ("name", "dsn", "dsn_env", "weight", "state", "pool")
@@ -83,12 +97,19 @@ _WORKER_KEYS = (
     "max_recoveries",
 )
 _LIMITS_KEYS = ("max_payload_bytes",)
+_RETENTION_KEYS = ("keep_finished_days", "batch_size", "interval_seconds", "batch_pause_seconds")
+_PAYLOADS_KEYS = ("inline_max_bytes", "blob_store")
+_FILESYSTEM_KEYS = ("path",)
+_S3_KEYS = ("bucket", "prefix", "endpoint_url", "region")
+_BLOB_STORE_KEYS = ("kind", *_FILESYSTEM_KEYS, *_S3_KEYS)
 
 # Slotted dataclasses keep no class-level defaults, so read them from instances.
 _POOL_DEFAULTS = PoolConfig()
 _HASH_DEFAULTS = HashConfig()
 _WORKER_DEFAULTS = WorkerConfig()
 _LIMITS_DEFAULTS = LimitsConfig()
+_RETENTION_DEFAULTS = RetentionConfig(keep_finished_days=7)
+_PAYLOADS_DEFAULTS = PayloadsConfig()
 
 
 class _NameRule(NamedTuple):
@@ -197,14 +218,17 @@ class _Walker:
         if not isinstance(root, MappingNode) or root.tag != _MAP:
             raise _error(root, "", f"expected a mapping at the top level, got {_describe(root)}")
         top = self._mapping(root, "", _TOP_KEYS)
+        limits = self._limits(top.get("limits"))
         return ClusterConfig(
             name=self._name(top.require("name"), "name", _CLUSTER_NAME),
             hash=self._hash(top.get("hash")),
             shards=self._shards(top.require("shards")),
             queues=self._queues(top.get("queues")),
             worker=self._worker(top.get("worker")),
-            limits=self._limits(top.get("limits")),
+            limits=limits,
             schedules=self._schedules(top.get("schedules")),
+            retention=self._retention(top.get("retention")),
+            payloads=self._payloads(top.get("payloads"), limits),
             source=source,
         )
 
@@ -373,6 +397,74 @@ class _Walker:
         fields = self._section(node, "limits", _LIMITS_KEYS)
         default = _LIMITS_DEFAULTS.max_payload_bytes
         return LimitsConfig(max_payload_bytes=self._int_field(fields, "max_payload_bytes", default))
+
+    def _retention(self, node: Node | None) -> RetentionConfig | None:
+        """Absent or null: finished workflows are kept for ever."""
+        if node is None or node.tag == _NULL:
+            return None
+        fields = self._mapping(node, "retention", _RETENTION_KEYS)
+        defaults = _RETENTION_DEFAULTS
+        keep = fields.require("keep_finished_days")
+        return RetentionConfig(
+            keep_finished_days=self._number(keep, fields.path_of("keep_finished_days")),
+            batch_size=self._int_field(fields, "batch_size", defaults.batch_size, maximum=100_000),
+            interval_seconds=self._number_field(
+                fields, "interval_seconds", defaults.interval_seconds
+            ),
+            batch_pause_seconds=self._number_field(
+                fields, "batch_pause_seconds", defaults.batch_pause_seconds
+            ),
+        )
+
+    def _payloads(self, node: Node | None, limits: LimitsConfig) -> PayloadsConfig:
+        fields = self._section(node, "payloads", _PAYLOADS_KEYS)
+        inline = self._int_field(fields, "inline_max_bytes", _PAYLOADS_DEFAULTS.inline_max_bytes)
+        store_node = fields.get("blob_store")
+        store = None
+        if store_node is not None:
+            store = self._blob_store(store_node, fields.path_of("blob_store"))
+            # Offloading starts above the inline size; the payload limit applies first.
+            if inline > limits.max_payload_bytes and "inline_max_bytes" in fields.entries:
+                message = f"must be <= limits.max_payload_bytes ({limits.max_payload_bytes})"
+                raise fields.error("inline_max_bytes", message)
+        return PayloadsConfig(
+            inline_max_bytes=min(inline, limits.max_payload_bytes) if store else inline,
+            blob_store=store,
+        )
+
+    def _blob_store(self, node: Node, path: str) -> BlobStoreConfig:
+        fields = self._mapping(node, path, _BLOB_STORE_KEYS)
+        text = self._str(fields.require("kind"), fields.path_of("kind"))
+        try:
+            kind = BlobStoreKind(text)
+        except ValueError:
+            allowed = ", ".join(k.value for k in BlobStoreKind)
+            message = f"must be one of {allowed}, got {_shorten(text)!r}"
+            raise fields.error("kind", message) from None
+        own = _FILESYSTEM_KEYS if kind is BlobStoreKind.FILESYSTEM else _S3_KEYS
+        for key in fields.entries:
+            if key != "kind" and key not in own:
+                raise fields.error(key, f"not a setting of blob stores of kind {kind.value}")
+
+        def text_of(key: str) -> str | None:
+            found = fields.get(key)
+            return None if found is None else self._str(found, fields.path_of(key))
+
+        if kind is BlobStoreKind.FILESYSTEM:
+            directory = self._str(fields.require("path"), fields.path_of("path"))
+            if not directory.strip():
+                raise fields.error("path", "must be a directory path")
+            return BlobStoreConfig(kind, path=directory)
+        bucket = self._str(fields.require("bucket"), fields.path_of("bucket"))
+        if not bucket.strip():
+            raise fields.error("bucket", "must be a bucket name")
+        return BlobStoreConfig(
+            kind,
+            bucket=bucket,
+            prefix=text_of("prefix") or "",
+            endpoint_url=text_of("endpoint_url"),
+            region=text_of("region"),
+        )
 
     # -- nodes ----------------------------------------------------------------------------
 

@@ -113,6 +113,50 @@ class LimitsConfig:
     max_payload_bytes: int = 1_048_576
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """Deleting finished workflows (SUCCESS, ERROR, CANCELLED, DEAD) once they are older
+    than ``keep_finished_days``, by one leader per shard, ``batch_size`` rows at a time."""
+
+    keep_finished_days: float
+    batch_size: int = 500
+    interval_seconds: float = 60.0
+    batch_pause_seconds: float = 0.1
+
+    @property
+    def keep_finished_seconds(self) -> float:
+        return self.keep_finished_days * 86_400.0
+
+
+class BlobStoreKind(str, enum.Enum):
+    """Where payloads above the inline threshold go."""
+
+    FILESYSTEM = "filesystem"
+    S3 = "s3"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStoreConfig:
+    """A blob store for large payloads: a directory every process shares, or an
+    S3-compatible bucket (credentials come from the usual AWS variables, never the YAML)."""
+
+    kind: BlobStoreKind
+    path: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadsConfig:
+    """Claim checks: a serialized value longer than ``inline_max_bytes`` is written to
+    ``blob_store`` and the row keeps a reference. Without a blob store, all inline."""
+
+    inline_max_bytes: int = 65_536
+    blob_store: BlobStoreConfig | None = None
+
+
 def _default_queues() -> Mapping[str, QueueConfig]:
     return MappingProxyType({DEFAULT_QUEUE: QueueConfig(DEFAULT_QUEUE)})
 
@@ -128,6 +172,8 @@ class ClusterConfig:
     worker: WorkerConfig = WorkerConfig()
     limits: LimitsConfig = LimitsConfig()
     schedules: tuple[ScheduleConfig, ...] = ()
+    retention: RetentionConfig | None = None
+    payloads: PayloadsConfig = PayloadsConfig()
     source: str | None = None
 
     def shard(self, name: str) -> ShardConfig:

@@ -112,6 +112,8 @@ class WorkflowRun:
         # Local view of the lease: if heartbeats fail for a whole lease, another worker
         # may own the workflow, so this run must stop writing.
         self.lease_valid_until = time.monotonic() + lease_seconds
+        # Told how long each completed step took (shard, step name, seconds): metrics.
+        self.observe_step: Callable[[str, str, float], None] | None = None
 
     def interrupt(self, reason: str) -> None:
         self.interrupt_reason = reason
@@ -199,6 +201,7 @@ class WorkflowRun:
             return replayed
         self.check_live()
         failures = 0
+        started = time.monotonic()
         while True:
             try:
                 value = fn()
@@ -220,6 +223,8 @@ class WorkflowRun:
                 )
                 if self.interrupted.wait(delay):
                     raise RunInterrupted(self.interrupt_reason) from exc
+        if self.observe_step is not None:
+            self.observe_step(self.shard, name, time.monotonic() - started)
         output = self.store.codec.dumps(value, f"output of step {name!r}")
         winner = self._record(step_no, name, output, None)
         if winner is not None:

@@ -4,16 +4,25 @@ JSON by default; any object with ``dumps(value) -> str`` and ``loads(text) -> va
 replace it (``shardflow.connect(..., serializer=...)``). Sizes are checked against
 ``limits.max_payload_bytes`` before anything is written, so an oversized or
 unserializable value fails whole, with nothing partial stored.
+
+With a blob store configured (``payloads.blob_store``), a serialized value longer than
+``payloads.inline_max_bytes`` is written there and the row keeps a reference (a claim
+check, see :mod:`shardflow.engine.blobs`); :meth:`Codec.loads` follows it back.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import threading
 import traceback
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shardflow.engine.blobs import BLOB_MARKER, BlobMissing, BlobRef, BlobStore, open_blob_store
 from shardflow.errors import PayloadTooLarge, SerializationError
+
+if TYPE_CHECKING:
+    from shardflow.config.model import ClusterConfig
 
 
 class Serializer(Protocol):
@@ -33,13 +42,34 @@ class JsonSerializer:
 
 
 class Codec:
-    """A serializer plus the payload size limit."""
+    """A serializer plus the payload size limit, and the blob store for large values."""
 
-    __slots__ = ("max_bytes", "serializer")
+    __slots__ = ("blobs", "inline_max_bytes", "max_bytes", "serializer")
 
-    def __init__(self, serializer: Serializer, max_bytes: int) -> None:
+    def __init__(
+        self,
+        serializer: Serializer,
+        max_bytes: int,
+        *,
+        blobs: BlobStore | None = None,
+        inline_max_bytes: int | None = None,
+    ) -> None:
         self.serializer = serializer
         self.max_bytes = max_bytes
+        self.blobs = blobs
+        self.inline_max_bytes = max_bytes if inline_max_bytes is None else inline_max_bytes
+
+    @classmethod
+    def for_config(cls, serializer: Serializer, config: ClusterConfig) -> Codec:
+        """The codec ``limits`` and ``payloads`` of the cluster YAML describe."""
+        payloads = config.payloads
+        store = payloads.blob_store
+        return cls(
+            serializer,
+            config.limits.max_payload_bytes,
+            blobs=None if store is None else open_blob_store(store),
+            inline_max_bytes=payloads.inline_max_bytes,
+        )
 
     def dumps(self, value: Any, what: str) -> str:
         try:
@@ -51,15 +81,55 @@ class Codec:
             size = len(text.encode("utf-8"))
             if size > self.max_bytes:
                 raise PayloadTooLarge(what, size, self.max_bytes)
+        if text[:1] == BLOB_MARKER:
+            raise SerializationError(f"{what}: serialized text must not start with 0x1E")
+        if self.blobs is not None and len(text) * 4 > self.inline_max_bytes:
+            data = text.encode("utf-8")
+            if len(data) > self.inline_max_bytes:
+                return self._offload(data, text)
         return text
 
     def loads(self, text: str | None) -> Any:
         if text is None:
             return None
+        if text[:1] == BLOB_MARKER:
+            text = self._fetch(text)
         try:
             return self.serializer.loads(text)
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"stored value cannot be deserialized: {exc}") from exc
+
+    def _offload(self, data: bytes, text: str) -> str:
+        assert self.blobs is not None
+        ref = BlobRef.new(data)
+        self.blobs.put(ref.key, data)
+        # The runner reads back what it just wrote (so a value returns exactly as a
+        # replay would): serve that from memory, once, instead of from the store.
+        _recent.ref, _recent.text = ref.text, text
+        return ref.text
+
+    def _fetch(self, reference: str) -> str:
+        if getattr(_recent, "ref", None) == reference:
+            text: str = _recent.text
+            _recent.ref = _recent.text = None
+            return text
+        ref = BlobRef.parse(reference)
+        if ref is None:
+            raise SerializationError("stored value is a malformed blob reference")
+        if self.blobs is None:
+            raise SerializationError(
+                f"stored value is in a blob store ({ref.key}), but this process has no"
+                " payloads.blob_store configured"
+            )
+        data = ref.check(self.blobs.get(ref.key))
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BlobMissing(f"blob {ref.key} is not UTF-8 text") from exc
+
+
+# Per thread: the last payload this thread offloaded (see Codec._offload).
+_recent = threading.local()
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING
 from shardflow.config.model import QueueConfig
 from shardflow.engine.batcher import GroupWriter
 from shardflow.engine.records import Claim
+from shardflow.engine.retention import RetentionLeader
 from shardflow.engine.runner import WorkflowRun, execute
 from shardflow.engine.schedules import Scheduler, collect
 from shardflow.engine.states import WorkflowState
+from shardflow.engine.timings import StepTimes
 from shardflow.errors import ShardflowError, ShardUnavailable
 from shardflow.router.slotmap import quotas
 
@@ -52,6 +54,11 @@ class WorkerStats:
     woken: int = 0
     suspended: int = 0
     timed_out: int = 0
+    # The same, per (shard, queue) and per (shard, queue, final state), for metrics.
+    claimed_by: Counter[tuple[str, str]] = field(default_factory=Counter)
+    recovered_by: Counter[tuple[str, str]] = field(default_factory=Counter)
+    finished_by: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    step_seconds: StepTimes = field(default_factory=StepTimes)
 
 
 class Worker:
@@ -71,6 +78,7 @@ class Worker:
         claim_batch: int | None = None,
         max_recoveries: int | None = None,
         worker_id: str | None = None,
+        retention: bool = True,
     ) -> None:
         cfg = cluster.config.worker
         self.cluster = cluster
@@ -102,6 +110,9 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._shares = self._queue_shares()
         self.scheduler: Scheduler | None = None
+        # Deletes expired workflows where this worker wins the shard's leader lock.
+        self.retention: RetentionLeader | None = None
+        self._run_retention = retention
         self._writer: GroupWriter | None = None
 
     # -- configuration --------------------------------------------------------------
@@ -168,6 +179,12 @@ class Worker:
             self.scheduler = Scheduler(self.cluster, schedules, self._stopping)
             self._threads.append(
                 threading.Thread(target=self.scheduler.run, name="shardflow-cron", daemon=True)
+            )
+        policy = self.cluster.config.retention
+        if policy is not None and self._run_retention:
+            self.retention = RetentionLeader(self.cluster, policy, self.shards, self._stopping)
+            self._threads.append(
+                threading.Thread(target=self.retention.run, name="shardflow-retention", daemon=True)
             )
         for t in self._threads:
             t.start()
@@ -237,6 +254,17 @@ class Worker:
     def running(self) -> int:
         with self._lock:
             return len(self._running)
+
+    def alive(self) -> bool:
+        """Started, and every background thread still runs (or it is stopping on purpose):
+        what a liveness probe asks."""
+        if self._executor is None:
+            return False
+        return self._stopping.is_set() or all(t.is_alive() for t in self._threads)
+
+    def ready(self) -> bool:
+        """Alive and taking work: what a readiness probe asks."""
+        return self.alive() and not self._stopping.is_set()
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -310,6 +338,7 @@ class Worker:
         finally:
             self._unreserve(queue, n - len(claims))
         self.stats.claimed += len(claims)
+        self.stats.claimed_by[(shard, queue.name)] += len(claims)
         for claim in claims:
             self._launch(claim, queue, reserved=True)
         return len(claims)
@@ -362,6 +391,7 @@ class Worker:
                 )
                 continue
             self.stats.recovered += 1
+            self.stats.recovered_by[(shard, claim.queue)] += 1
             log.info("recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard)
             queue = next((q for q in self.queues if q.name == claim.queue), None)
             if queue is not None:
@@ -372,6 +402,7 @@ class Worker:
 
     def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool) -> None:
         run = WorkflowRun(claim, self.cluster.store, self.lease_seconds, self.cluster, self._writer)
+        run.observe_step = self.stats.step_seconds.observe
         with self._lock:
             self._running[claim.workflow_id] = run
             if reserved:
@@ -396,6 +427,7 @@ class Worker:
                     self.stats.suspended += 1
                 else:
                     self.stats.finished[state.value] += 1
+                    self.stats.finished_by[(run.shard, run.claim.queue, state.value)] += 1
                 self._lock.notify_all()
             self._wake.set()
 
