@@ -23,7 +23,7 @@ from shardflow.engine.records import StepRecord
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store
 from shardflow.errors import ShardUnavailable
-from shardflow.router.pools import Conn, ShardPools
+from shardflow.router.pools import ShardPools
 from shardflow.sql import query
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,28 @@ class ShardCommitter:
 
     def _commit(self, batch: Sequence[StepWrite | FinishWrite]) -> None:
         steps = [w for w in batch if isinstance(w, StepWrite)]
-        finishes = [w for w in batch if isinstance(w, FinishWrite)]
+        # One lock order for the status rows a batch updates.
+        finishes = sorted(
+            (w for w in batch if isinstance(w, FinishWrite)), key=lambda f: f.workflow_id
+        )
+        params = {
+            "s_ids": [s.workflow_id for s in steps],
+            "s_attempts": [s.attempt for s in steps],
+            "s_step_nos": [s.step_no for s in steps],
+            "s_names": [s.name for s in steps],
+            "s_outputs": [s.output for s in steps],
+            "s_errors": [Jsonb(s.error) if s.error is not None else None for s in steps],
+            "f_ids": [f.workflow_id for f in finishes],
+            "f_attempts": [f.attempt for f in finishes],
+            "f_states": [f.state for f in finishes],
+            "f_outputs": [f.output for f in finishes],
+            "f_errors": [Jsonb(f.error) if f.error is not None else None for f in finishes],
+            "f_reasons": [f.reason for f in finishes],
+        }
         try:
-            with self.pools.connection(self.shard) as conn, conn.transaction():
-                written_steps = self._write_steps(conn, steps) if steps else set()
-                finished = self._write_finishes(conn, finishes) if finishes else set()
+            # Autocommit: the single statement is its own transaction.
+            with self.pools.connection(self.shard) as conn:
+                rows = conn.execute(query("commit_batch"), params).fetchall()
         except ShardUnavailable as exc:
             for w in batch:
                 w.done.set_exception(exc)
@@ -125,41 +142,12 @@ class ShardCommitter:
             return
         self.batches += 1
         self.writes += len(batch)
+        written_steps = {(str(r[0]), int(r[1])) for r in rows if r[1] is not None}
+        finished = {str(r[0]) for r in rows if r[1] is None}
         for s in steps:
             s.done.set_result((s.workflow_id, s.step_no) in written_steps)
         for f in finishes:
             f.done.set_result(f.workflow_id in finished)
-
-    @staticmethod
-    def _write_steps(conn: Conn, steps: Sequence[StepWrite]) -> set[tuple[str, int]]:
-        rows = conn.execute(
-            query("record_steps"),
-            {
-                "workflow_ids": [s.workflow_id for s in steps],
-                "attempts": [s.attempt for s in steps],
-                "step_nos": [s.step_no for s in steps],
-                "names": [s.name for s in steps],
-                "outputs": [s.output for s in steps],
-                "errors": [Jsonb(s.error) if s.error is not None else None for s in steps],
-            },
-        ).fetchall()
-        return {(str(r[0]), int(r[1])) for r in rows}
-
-    @staticmethod
-    def _write_finishes(conn: Conn, finishes: Sequence[FinishWrite]) -> set[str]:
-        ordered = sorted(finishes, key=lambda f: f.workflow_id)  # one lock order
-        rows = conn.execute(
-            query("finish_workflows"),
-            {
-                "workflow_ids": [f.workflow_id for f in ordered],
-                "attempts": [f.attempt for f in ordered],
-                "states": [f.state for f in ordered],
-                "outputs": [f.output for f in ordered],
-                "errors": [Jsonb(f.error) if f.error is not None else None for f in ordered],
-                "reasons": [f.reason for f in ordered],
-            },
-        ).fetchall()
-        return {str(r[0]) for r in rows}
 
 
 class GroupWriter:

@@ -197,26 +197,30 @@ SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
 -- name: listen
 LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 
--- name: record_steps
--- Group commit: many runs' step checkpoints in one statement, each fenced on its attempt.
--- Rows missing from the result were fenced off or lost to an earlier record.
-INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
-SELECT t.workflow_id, t.step_no, t.name, t.output, t.error
-FROM unnest(%(workflow_ids)s::text[], %(attempts)s::integer[], %(step_nos)s::integer[],
-            %(names)s::text[], %(outputs)s::text[], %(errors)s::jsonb[])
-     AS t(workflow_id, attempt, step_no, name, output, error)
-JOIN shardflow.workflow_status w
-  ON w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
-ON CONFLICT (workflow_id, step_no) DO NOTHING
-RETURNING workflow_id, step_no
-
--- name: finish_workflows
--- Group commit of final states, each fenced on its attempt.
-UPDATE shardflow.workflow_status AS w
-SET state = t.state, output = t.output, error = t.error, reason = t.reason,
-    lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-FROM unnest(%(workflow_ids)s::text[], %(attempts)s::integer[], %(states)s::text[],
-            %(outputs)s::text[], %(errors)s::jsonb[], %(reasons)s::text[])
-     AS t(workflow_id, attempt, state, output, error, reason)
-WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
-RETURNING w.workflow_id
+-- name: commit_batch
+-- Group commit: many runs' step checkpoints and final states in one statement (one round
+-- trip, one commit), each fenced on its attempt. Rows missing from the result were
+-- fenced off, or (steps) lost to a record written earlier.
+WITH steps AS (
+    INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
+    SELECT t.workflow_id, t.step_no, t.name, t.output, t.error
+    FROM unnest(%(s_ids)s::text[], %(s_attempts)s::integer[], %(s_step_nos)s::integer[],
+                %(s_names)s::text[], %(s_outputs)s::text[], %(s_errors)s::jsonb[])
+         AS t(workflow_id, attempt, step_no, name, output, error)
+    JOIN shardflow.workflow_status w
+      ON w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
+    ON CONFLICT (workflow_id, step_no) DO NOTHING
+    RETURNING workflow_id, step_no
+), finished AS (
+    UPDATE shardflow.workflow_status AS w
+    SET state = t.state, output = t.output, error = t.error, reason = t.reason,
+        lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+    FROM unnest(%(f_ids)s::text[], %(f_attempts)s::integer[], %(f_states)s::text[],
+                %(f_outputs)s::text[], %(f_errors)s::jsonb[], %(f_reasons)s::text[])
+         AS t(workflow_id, attempt, state, output, error, reason)
+    WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
+    RETURNING w.workflow_id
+)
+SELECT workflow_id, step_no FROM steps
+UNION ALL
+SELECT workflow_id, NULL FROM finished
