@@ -20,6 +20,7 @@ from shardflow.cli import (
     demo,
     dev,
     migrate,
+    rebalance,
     route,
     topology,
     worker,
@@ -33,7 +34,7 @@ from shardflow.errors import ShardflowError
 log = logging.getLogger(__name__)
 
 PROG = "shardflow"
-COMMANDS = (check_config, migrate, route, topology, workflows, worker, dev, demo)
+COMMANDS = (check_config, migrate, route, topology, workflows, worker, rebalance, dev, demo)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
