@@ -543,6 +543,8 @@ class Cluster:
                 child = self.get(child_id)
             except WorkflowNotFound:
                 continue  # recorded, but its submit never landed
+            if child.parent_id != workflow_id:
+                continue  # a fork's copied record names the original's child
             if child.state.is_active:
                 self.store.cancel(child.shard, child_id, reason)
                 cancelled += 1
@@ -553,7 +555,10 @@ class Cluster:
         """Re-queue a cancelled, failed or dead-lettered workflow from its last checkpoint."""
         status = self.get(workflow_id)
         if status.state in RESUMABLE:
-            self.store.resume(status.shard, workflow_id)
+            try:
+                self.store.resume(status.shard, workflow_id)
+            except DedupConflict:
+                raise WorkflowDeduplicated(status.queue, status.dedup_key or "") from None
         elif not status.state.is_active:
             raise ShardflowError(f"workflow {workflow_id!r} is {status.state.value}; cannot resume")
         return self.get(workflow_id)

@@ -148,7 +148,11 @@ class WorkflowRun:
             recorded: T = self._replay(record, name)
             return recorded
         self.check_live()
-        output = self.store.codec.dumps(compute(), f"value of {name!r}")
+        value = compute()
+        # A wait inside compute() may have ended because the run was interrupted: never
+        # record what it returned then.
+        self.check_live()
+        output = self.store.codec.dumps(value, f"value of {name!r}")
         winner = self._record(step_no, name, output, None)
         if winner is not None:
             won: T = self._replay(winner, name)

@@ -12,13 +12,13 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shardflow.config.cron import cron_problem, next_tick, previous_tick
 from shardflow.errors import ShardflowError
 
 if TYPE_CHECKING:
-    from shardflow.engine.app import App
+    from shardflow.engine.app import App, Workflow
     from shardflow.engine.cluster import Cluster
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def validate_cron(expression: str) -> None:
 @dataclass(frozen=True, slots=True)
 class Schedule:
     name: str
-    workflow: str
+    workflow: Workflow[Any, Any]
     cron: str
     queue: str | None
 
@@ -46,16 +46,17 @@ def tick_id(schedule: str, tick: datetime) -> str:
 
 def collect(app: App, cluster: Cluster) -> list[Schedule]:
     """Schedules from the decorators of ``app`` and from the YAML, for workflows the app
-    has (a worker can only run its own)."""
+    has (a worker can only run its own). Ticks use the workflow's queue (the YAML entry
+    may override it) and its default timeout."""
     out = [
-        Schedule(wf.name, wf.name, wf.schedule, None)
+        Schedule(wf.name, wf, wf.schedule, None)
         for wf in app.workflows.values()
         if wf.schedule is not None
     ]
     for entry in cluster.config.schedules:
         if entry.workflow not in app.workflows:
             continue
-        out.append(Schedule(entry.name, entry.workflow, entry.cron, entry.queue))
+        out.append(Schedule(entry.name, app.workflows[entry.workflow], entry.cron, entry.queue))
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ShardflowError(f"schedule names must be unique, got {sorted(names)}")

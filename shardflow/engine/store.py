@@ -78,10 +78,18 @@ class WaitStore:
         return row is not None
 
     def claim_wakeable(
-        self, shard: str, *, names: Sequence[str], owner: str, lease_seconds: float, limit: int
+        self,
+        shard: str,
+        *,
+        names: Sequence[str],
+        queues: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+        limit: int,
     ) -> list[Claim]:
         params = {
             "names": list(names),
+            "queues": list(queues),
             "owner": owner,
             "lease_seconds": lease_seconds,
             "limit": limit,
@@ -438,6 +446,7 @@ class Store(WaitStore):
         shard: str,
         *,
         names: Sequence[str],
+        queues: Sequence[str],
         owner: str,
         lease_seconds: float,
         limit: int,
@@ -446,6 +455,7 @@ class Store(WaitStore):
         """Claim RUNNING workflows whose lease expired (dead-lettering repeat offenders)."""
         params = {
             "names": list(names),
+            "queues": list(queues),
             "owner": owner,
             "lease_seconds": lease_seconds,
             "limit": limit,
@@ -606,10 +616,17 @@ class Store(WaitStore):
         return row is not None
 
     def resume(self, shard: str, workflow_id: str) -> bool:
-        with self._conn(shard) as conn, conn.transaction():
-            row = conn.execute(query("resume_workflow"), {"workflow_id": workflow_id}).fetchone()
-            if row is not None:
-                conn.execute(query("drop_failed_last_step"), {"workflow_id": workflow_id})
+        try:
+            with self._conn(shard) as conn, conn.transaction():
+                row = conn.execute(
+                    query("resume_workflow"), {"workflow_id": workflow_id}
+                ).fetchone()
+                if row is not None:
+                    conn.execute(query("drop_failed_last_step"), {"workflow_id": workflow_id})
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise DedupConflict(str(exc)) from exc
+            raise
         return row is not None
 
     # -- following moves (rebalancing; see docs/rebalancing.md) ---------------------------

@@ -105,7 +105,8 @@ class Worker:
         self._per_queue: Counter[str] = Counter()
         self._reserved = 0
         self._stopping = threading.Event()
-        self._wake = threading.Event()
+        # One wake-up flag per shard's claim loop: set by notifications and finished runs.
+        self._wake = {shard: threading.Event() for shard in self.shards}
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
         self._shares = self._queue_shares()
@@ -201,7 +202,7 @@ class Worker:
         lease), then hand back the rest so any worker can claim them at once."""
         grace = self.lease_seconds if grace_seconds is None else grace_seconds
         self._stopping.set()
-        self._wake.set()
+        self._wake_all()
         deadline = time.monotonic() + grace
         with self._lock:
             while self._running and time.monotonic() < deadline:
@@ -315,8 +316,8 @@ class Worker:
                 continue
             if claimed == 0:
                 # Nothing to do, or no capacity: sleep until a run ends or the poll tick.
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
+                self._wake[shard].wait(self.poll_interval)
+                self._wake[shard].clear()
 
     def _claim_queue(self, shard: str, queue: QueueConfig) -> int:
         n = self._reserve(queue, self.claim_batch)
@@ -343,62 +344,79 @@ class Worker:
             self._launch(claim, queue, reserved=True)
         return len(claims)
 
+    def _claim_groups(self) -> list[tuple[QueueConfig | None, list[str]]]:
+        """Queues to claim resumed work for: the queues without a per-worker limit
+        together, then each limited queue alone, so that its limit holds exactly."""
+        unlimited = [q.name for q in self.queues if q.worker_concurrency is None]
+        groups: list[tuple[QueueConfig | None, list[str]]] = (
+            [(None, unlimited)] if unlimited else []
+        )
+        groups.extend((q, [q.name]) for q in self.queues if q.worker_concurrency is not None)
+        return groups
+
     def _claim_wakeable(self, shard: str) -> int:
         """Resume suspended workflows whose wait is over (they replay to the wait)."""
-        n = self._reserve(None, self.claim_batch)
-        if n == 0:
-            return 0
-        claims: list[Claim] = []
-        try:
-            claims = self.cluster.store.claim_wakeable(
-                shard,
-                names=self._names,
-                owner=self.worker_id,
-                lease_seconds=self.lease_seconds,
-                limit=n,
-            )
-        finally:
-            self._unreserve(None, n - len(claims))
-        self.stats.woken += len(claims)
-        for claim in claims:
-            self._launch(claim, None, reserved=True)
-        return len(claims)
+        total = 0
+        for queue, names in self._claim_groups():
+            n = self._reserve(queue, self.claim_batch)
+            if n == 0:
+                continue
+            claims: list[Claim] = []
+            try:
+                claims = self.cluster.store.claim_wakeable(
+                    shard,
+                    names=self._names,
+                    queues=names,
+                    owner=self.worker_id,
+                    lease_seconds=self.lease_seconds,
+                    limit=n,
+                )
+            finally:
+                self._unreserve(queue, n - len(claims))
+            self.stats.woken += len(claims)
+            for claim in claims:
+                self._launch(claim, queue, reserved=True)
+            total += len(claims)
+        return total
 
     def _claim_expired(self, shard: str) -> int:
-        n = self._reserve(None, self.claim_batch)
-        if n == 0:
-            return 0
-        claims: list[Claim] = []
-        try:
-            claims = self.cluster.store.claim_expired(
-                shard,
-                names=self._names,
-                owner=self.worker_id,
-                lease_seconds=self.lease_seconds,
-                limit=n,
-                max_recoveries=self.max_recoveries,
-            )
-        finally:
-            self._unreserve(None, n - len(claims))
-        for claim in claims:
-            if claim.state is WorkflowState.DEAD:
-                self.stats.dead_lettered += 1
-                self._unreserve(None, 1)
-                log.warning(
-                    "workflow %s dead-lettered after %d recoveries",
-                    claim.workflow_id,
-                    claim.recoveries - 1,
-                )
+        """Crash recovery: claim workflows whose lease expired (dead-letter repeaters)."""
+        total = 0
+        for queue, names in self._claim_groups():
+            n = self._reserve(queue, self.claim_batch)
+            if n == 0:
                 continue
-            self.stats.recovered += 1
-            self.stats.recovered_by[(shard, claim.queue)] += 1
-            log.info("recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard)
-            queue = next((q for q in self.queues if q.name == claim.queue), None)
-            if queue is not None:
-                with self._lock:
-                    self._per_queue[queue.name] += 1
-            self._launch(claim, queue, reserved=True)
-        return len(claims)
+            claims: list[Claim] = []
+            try:
+                claims = self.cluster.store.claim_expired(
+                    shard,
+                    names=self._names,
+                    queues=names,
+                    owner=self.worker_id,
+                    lease_seconds=self.lease_seconds,
+                    limit=n,
+                    max_recoveries=self.max_recoveries,
+                )
+            finally:
+                self._unreserve(queue, n - len(claims))
+            for claim in claims:
+                if claim.state is WorkflowState.DEAD:
+                    self.stats.dead_lettered += 1
+                    self._unreserve(queue, 1)
+                    log.warning(
+                        "workflow %s dead-lettered after %d recoveries",
+                        claim.workflow_id,
+                        claim.recoveries - 1,
+                    )
+                    continue
+                self.stats.recovered += 1
+                self.stats.recovered_by[(shard, claim.queue)] += 1
+                log.info(
+                    "recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard
+                )
+                self._launch(claim, queue, reserved=True)
+            total += len(claims)
+        return total
 
     def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool) -> None:
         run = WorkflowRun(claim, self.cluster.store, self.lease_seconds, self.cluster, self._writer)
@@ -418,7 +436,9 @@ class Worker:
             log.exception("unexpected failure running %s", run.workflow_id)
         finally:
             with self._lock:
-                self._running.pop(run.workflow_id, None)
+                # A newer run of the same workflow (recovered here) keeps its entry.
+                if self._running.get(run.workflow_id) is run:
+                    del self._running[run.workflow_id]
                 if queue is not None:
                     self._per_queue[queue.name] -= 1
                 if state is None:
@@ -429,7 +449,7 @@ class Worker:
                     self.stats.finished[state.value] += 1
                     self.stats.finished_by[(run.shard, run.claim.queue, state.value)] += 1
                 self._lock.notify_all()
-            self._wake.set()
+            self._wake_all()
 
     # -- notifications ----------------------------------------------------------------------
 
@@ -445,7 +465,7 @@ class Worker:
                 for channel, payload in self.cluster.store.listen(shard, 0.25, self._stopping):
                     backoff = 0.5
                     if channel == "shardflow_work":
-                        self._wake.set()
+                        self._wake[shard].set()
                     elif channel == "shardflow_cancel":
                         self._on_cancel(payload)
                     elif channel == "shardflow_message":
@@ -463,6 +483,10 @@ class Worker:
         if run is not None and not run.interrupted.is_set():
             self.stats.cancels_observed += 1
             run.interrupt("cancelled")
+
+    def _wake_all(self) -> None:
+        for event in self._wake.values():
+            event.set()
 
     def _on_message(self, workflow_id: str) -> None:
         with self._lock:

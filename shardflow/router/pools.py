@@ -47,6 +47,9 @@ class ShardPools:
         self._pools: dict[str, ConnectionPool[Conn]] = {}
         self._down_until: dict[str, float] = {}
         self._down_reason: dict[str, str] = {}
+        # Shards to probe with one direct connection before waiting on their pool: new
+        # pools, and pools whose shard failed. A refused shard then fails at once.
+        self._unproven: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -79,6 +82,7 @@ class ShardPools:
                 )
                 pool.open(wait=False)
                 self._pools[name] = pool
+                self._unproven.add(name)
         return pool
 
     @contextmanager
@@ -90,7 +94,7 @@ class ShardPools:
                 raise ShardUnavailable(name, self._down_reason.get(name, "recently failed"))
             self._down_until.pop(name, None)
         pool = self.pool(name)
-        if pool.get_stats().get("pool_size", 0) == 0:
+        if name in self._unproven:
             self._probe(name)
         try:
             with pool.connection() as conn:
@@ -118,9 +122,11 @@ class ShardPools:
             reason = _first_line(exc)
             self._mark_down(name, reason)
             raise ShardUnavailable(name, reason) from exc
+        self._unproven.discard(name)
 
     def _mark_down(self, name: str, reason: str) -> None:
         log.warning("shard %s unavailable: %s", name, reason)
+        self._unproven.add(name)
         self._down_reason[name] = reason
         self._down_until[name] = time.monotonic() + self._cooldown
 

@@ -130,13 +130,14 @@ def migrate_cluster(config: ClusterConfig) -> list[ShardMigration]:
         for shard in config.shards:
             conn = conns[shard.name]
             report = ShardMigration(shard.name)
+            # Refuse another cluster's database before touching its schema.
+            identity = read_identity(conn)
+            if identity is not None:
+                check_identity(config, shard, identity)
             try:
                 report.applied = apply_migrations(conn)
             except psycopg.Error as exc:
                 raise MigrationError(f"shard {shard.name!r}: {_first_line(exc)}") from exc
-            identity = read_identity(conn)
-            if identity is not None:
-                check_identity(config, shard, identity)
             reports.append(report)
 
         live = _existing_map(config, conns)

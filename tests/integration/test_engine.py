@@ -144,7 +144,13 @@ def test_dead_letter_after_max_recoveries_then_resume(cluster: Cluster) -> None:
     for attempt in range(2, 4):
         wait_until(
             lambda: store.claim_expired(
-                shard, names=names, owner="ghost", lease_seconds=0.05, limit=1, max_recoveries=2
+                shard,
+                names=names,
+                queues=["default"],
+                owner="ghost",
+                lease_seconds=0.05,
+                limit=1,
+                max_recoveries=2,
             ),
             message=f"expired claim {attempt}",
         )

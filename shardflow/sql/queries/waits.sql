@@ -24,6 +24,7 @@ RETURNING workflow_id
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
     WHERE state = 'SUSPENDED' AND wake_at <= now() AND name = ANY(%(names)s)
+      AND queue = ANY(%(queues)s)
     ORDER BY wake_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

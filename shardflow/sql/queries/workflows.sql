@@ -71,6 +71,7 @@ RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
     WHERE state = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+      AND queue = ANY(%(queues)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -163,7 +164,7 @@ WITH resumed AS (
     UPDATE shardflow.workflow_status
     SET state = 'ENQUEUED', reason = NULL, error = NULL, output = NULL, recoveries = 0,
         lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, finished_at = NULL,
-        updated_at = now()
+        deadline = NULL, updated_at = now()
     WHERE workflow_id = %(workflow_id)s AND state IN ('CANCELLED', 'ERROR', 'DEAD')
     RETURNING workflow_id, queue
 )
