@@ -34,11 +34,21 @@ class Serializer(Protocol):
 class JsonSerializer:
     """Strict JSON: no NaN, no silent ``str()`` of unknown objects."""
 
+    def __init__(self) -> None:
+        # One encoder for every call: json.dumps with options builds a new one each time.
+        self._encode = json.JSONEncoder(
+            separators=(",", ":"), allow_nan=False, ensure_ascii=False
+        ).encode
+
     def dumps(self, value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        return self._encode(value)
 
     def loads(self, text: str) -> Any:
         return json.loads(text)
+
+
+def _what(what: str, of: str | None) -> str:
+    return what if of is None else f"{what} of {of!r}"
 
 
 class Codec:
@@ -71,18 +81,19 @@ class Codec:
             inline_max_bytes=payloads.inline_max_bytes,
         )
 
-    def dumps(self, value: Any, what: str) -> str:
+    def dumps(self, value: Any, what: str, of: str | None = None) -> str:
+        """Serialize ``value`` (described as ``what`` [``of`` a workflow] in errors)."""
         try:
             text = self.serializer.dumps(value)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(f"{what} cannot be serialized: {exc}") from exc
+            raise SerializationError(f"{_what(what, of)} cannot be serialized: {exc}") from exc
         # len(str) bounds the UTF-8 size from below; only encode when it could matter.
         if len(text) * 4 > self.max_bytes:
             size = len(text.encode("utf-8"))
             if size > self.max_bytes:
-                raise PayloadTooLarge(what, size, self.max_bytes)
+                raise PayloadTooLarge(_what(what, of), size, self.max_bytes)
         if text[:1] == BLOB_MARKER:
-            raise SerializationError(f"{what}: serialized text must not start with 0x1E")
+            raise SerializationError(f"{_what(what, of)}: serialized text must not start with 0x1E")
         if self.blobs is not None and len(text) * 4 > self.inline_max_bytes:
             data = text.encode("utf-8")
             if len(data) > self.inline_max_bytes:

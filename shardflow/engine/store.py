@@ -7,6 +7,7 @@ the pools) or are wrapped here.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -304,20 +305,27 @@ class Store(WaitStore):
 
         In a slot this shard is importing, only IDs in ``source_checked`` (looked up on
         the slot's source first, and absent there) are created."""
-        params = {
-            "workflow_ids": [r.workflow_id for r in rows],
-            "slots": [r.slot for r in rows],
-            "route_hashes": [r.route_hash for r in rows],
-            "names": [r.name for r in rows],
-            "queues": [r.queue for r in rows],
-            "priorities": [r.priority for r in rows],
-            "inputs": [r.inputs for r in rows],
-            "delays": [r.delay_seconds for r in rows],
-            "timeouts": [r.timeout_seconds for r in rows],
-            "dedup_keys": [r.dedup_key for r in rows],
-            "parent_ids": [r.parent_id for r in rows],
-            "source_checked": [r.workflow_id in source_checked for r in rows],
-        }
+        document = json.dumps(
+            [
+                {
+                    "workflow_id": r.workflow_id,
+                    "slot": r.slot,
+                    "route_hash": r.route_hash,
+                    "name": r.name,
+                    "queue": r.queue,
+                    "priority": r.priority,
+                    "inputs": r.inputs,
+                    "delay_seconds": r.delay_seconds,
+                    "timeout_seconds": r.timeout_seconds,
+                    "dedup_key": r.dedup_key,
+                    "parent_id": r.parent_id,
+                    "source_checked": r.workflow_id in source_checked,
+                }
+                for r in rows
+            ],
+            separators=(",", ":"),
+        )
+        params = {"rows": document}
         with self._conn(shard) as conn:
             try:
                 cur = conn.execute(query("insert_workflows"), params)
