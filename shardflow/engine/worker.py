@@ -261,7 +261,8 @@ class Worker:
         what a liveness probe asks."""
         if self._executor is None:
             return False
-        return self._stopping.is_set() or all(t.is_alive() for t in self._threads)
+        threads = list(self._threads)
+        return self._stopping.is_set() or (bool(threads) and all(t.is_alive() for t in threads))
 
     def ready(self) -> bool:
         """Alive and taking work: what a readiness probe asks."""
