@@ -12,7 +12,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -170,7 +171,7 @@ class WorkflowRun:
         self._record(step_no, name, self.store.codec.dumps(value, f"value of {name!r}"), None)
 
     def consume_message_at(self, step_no: int, topic: str) -> tuple[bool, Any]:
-        try:
+        with _owned():
             return self.store.consume_message(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -178,13 +179,9 @@ class WorkflowRun:
                 step_no=step_no,
                 topic=topic,
             )
-        except Fenced as exc:
-            raise RunInterrupted(f"fenced off (state {exc.state})") from None
-        except ShardUnavailable as exc:
-            raise RunInterrupted(str(exc)) from None
 
     def set_event_at(self, step_no: int, key: str, text: str) -> None:
-        try:
+        with _owned():
             self.store.set_event(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -193,10 +190,6 @@ class WorkflowRun:
                 key=key,
                 value=text,
             )
-        except Fenced as exc:
-            raise RunInterrupted(f"fenced off (state {exc.state})") from None
-        except ShardUnavailable as exc:
-            raise RunInterrupted(str(exc)) from None
 
     def run_step(self, name: str, retry: RetryPolicy, fn: Callable[[], T]) -> T:
         step_no, record = self.take_step(name)
@@ -250,7 +243,7 @@ class WorkflowRun:
     def _record(
         self, step_no: int, name: str, output: str | None, error: dict[str, Any] | None
     ) -> StepRecord | None:
-        try:
+        with _owned():
             return self.writer.record_step(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -260,10 +253,17 @@ class WorkflowRun:
                 output=output,
                 error=error,
             )
-        except Fenced as exc:
-            raise RunInterrupted(f"fenced off (state {exc.state})") from None
-        except ShardUnavailable as exc:
-            raise RunInterrupted(str(exc)) from None
+
+
+@contextmanager
+def _owned() -> Iterator[None]:
+    """A run's own write: losing the workflow (fenced off) or its shard stops the run."""
+    try:
+        yield
+    except Fenced as exc:
+        raise RunInterrupted(f"fenced off (state {exc.state})") from None
+    except ShardUnavailable as exc:
+        raise RunInterrupted(str(exc)) from None
 
 
 def execute(run: WorkflowRun, app: App) -> WorkflowState | None:

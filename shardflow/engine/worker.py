@@ -8,6 +8,7 @@ workflows whose lease expired, so a crashed worker needs no restart and no coord
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
@@ -357,31 +358,19 @@ class Worker:
 
     def _claim_wakeable(self, shard: str) -> int:
         """Resume suspended workflows whose wait is over (they replay to the wait)."""
-        total = 0
-        for queue, names in self._claim_groups():
-            n = self._reserve(queue, self.claim_batch)
-            if n == 0:
-                continue
-            claims: list[Claim] = []
-            try:
-                claims = self.cluster.store.claim_wakeable(
-                    shard,
-                    names=self._names,
-                    queues=names,
-                    owner=self.worker_id,
-                    lease_seconds=self.lease_seconds,
-                    limit=n,
-                )
-            finally:
-                self._unreserve(queue, n - len(claims))
-            self.stats.woken += len(claims)
-            for claim in claims:
-                self._launch(claim, queue, reserved=True)
-            total += len(claims)
-        return total
+        return self._claim_resumed(shard, self.cluster.store.claim_wakeable, recovery=False)
 
     def _claim_expired(self, shard: str) -> int:
         """Crash recovery: claim workflows whose lease expired (dead-letter repeaters)."""
+        claim_fn = functools.partial(
+            self.cluster.store.claim_expired, max_recoveries=self.max_recoveries
+        )
+        return self._claim_resumed(shard, claim_fn, recovery=True)
+
+    def _claim_resumed(
+        self, shard: str, claim_fn: Callable[..., list[Claim]], *, recovery: bool
+    ) -> int:
+        """Claim work that was already started (woken or recovered), per queue group."""
         total = 0
         for queue, names in self._claim_groups():
             n = self._reserve(queue, self.claim_batch)
@@ -389,14 +378,13 @@ class Worker:
                 continue
             claims: list[Claim] = []
             try:
-                claims = self.cluster.store.claim_expired(
+                claims = claim_fn(
                     shard,
                     names=self._names,
                     queues=names,
                     owner=self.worker_id,
                     lease_seconds=self.lease_seconds,
                     limit=n,
-                    max_recoveries=self.max_recoveries,
                 )
             finally:
                 self._unreserve(queue, n - len(claims))
@@ -410,11 +398,14 @@ class Worker:
                         claim.recoveries - 1,
                     )
                     continue
-                self.stats.recovered += 1
-                self.stats.recovered_by[(shard, claim.queue)] += 1
-                log.info(
-                    "recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard
-                )
+                if recovery:
+                    self.stats.recovered += 1
+                    self.stats.recovered_by[(shard, claim.queue)] += 1
+                    log.info(
+                        "recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard
+                    )
+                else:
+                    self.stats.woken += 1
                 self._launch(claim, queue, reserved=True)
             total += len(claims)
         return total
