@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from shardflow import __version__
 from shardflow.cli import (
@@ -22,10 +22,12 @@ from shardflow.cli import (
     migrate,
     rebalance,
     route,
+    status,
     topology,
     worker,
     workflows,
 )
+from shardflow.cli.logs import make_handler
 from shardflow.cli.options import CliError, add_global_options
 from shardflow.cli.output import scrub_secrets
 from shardflow.config import ClusterConfig
@@ -34,10 +36,20 @@ from shardflow.errors import ShardflowError
 log = logging.getLogger(__name__)
 
 PROG = "shardflow"
-COMMANDS = (check_config, migrate, route, topology, workflows, worker, rebalance, dev, demo)
+COMMANDS = (
+    check_config,
+    migrate,
+    route,
+    topology,
+    status,
+    workflows,
+    worker,
+    rebalance,
+    dev,
+    demo,
+)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _DRIVER_LOGGER = "psycopg"
 
 
@@ -60,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = argparse.Namespace()
     try:
         args = build_parser().parse_args(argv)
-        with _logging_to_stderr(args.log_level):
+        with _logging_to_stderr(args.log_level, args.log_format, lambda: _dsns(args)):
             status: int = args.run(args)
         return status
     except KeyboardInterrupt:
@@ -75,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _dsns(args: argparse.Namespace) -> list[str]:
+    config: ClusterConfig | None = getattr(args, "cluster_config", None)
+    return [] if config is None else [shard.dsn for shard in config.shards]
+
+
 def _report(exc: BaseException, config: ClusterConfig | None) -> None:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     message = " ".join(lines) or type(exc).__name__
@@ -84,16 +101,18 @@ def _report(exc: BaseException, config: ClusterConfig | None) -> None:
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(level: str) -> Iterator[None]:
-    """Log to stderr at ``level`` while the command runs.
+def _logging_to_stderr(
+    level: str, log_format: str, dsns: Callable[[], list[str]]
+) -> Iterator[None]:
+    """Log to stderr at ``level``, as text or JSON lines, while the command runs.
 
     Like ``logging.basicConfig(stream=sys.stderr)``, but undone afterwards, so that
     calling :func:`main` in a process that logs on its own (tests) leaves it as it was.
+    ``dsns`` gives the secrets to redact (the config is loaded after this starts).
     """
     root = logging.getLogger()
     driver = logging.getLogger(_DRIVER_LOGGER)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    handler = make_handler(sys.stderr, log_format, dsns)
     previous = root.level, driver.level
     root.addHandler(handler)
     root.setLevel(level)

@@ -21,6 +21,7 @@ Converter: TypeAlias = Callable[[str], Any]
 
 ENV_PREFIX = "SHARDFLOW_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -152,7 +153,8 @@ def upper(text: str) -> str:
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
-    """``--config`` and ``--log-level``, on the main parser and (``suppress``) on commands."""
+    """``--config``, ``--log-level`` and ``--log-format``, on the main parser and
+    (``suppress``) on commands."""
     add_option(
         parser,
         "--config",
@@ -169,6 +171,15 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         type=upper,
         choices=LOG_LEVELS,
         default="WARNING",
+        suppress=suppress,
+    )
+    add_option(
+        parser,
+        "--log-format",
+        help="text, or json: one object per line with workflow_id, shard and attempt",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default="text",
         suppress=suppress,
     )
 

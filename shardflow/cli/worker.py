@@ -1,7 +1,9 @@
 """``shardflow worker``: run an App's workflows until SIGTERM or SIGINT.
 
 ``--app module:attr`` names the :class:`shardflow.App`; the current directory is put first
-on ``sys.path`` (as ``python -m`` does) so a project's own modules import.
+on ``sys.path`` (as ``python -m`` does) so a project's own modules import. With
+``--metrics-port`` the worker serves Prometheus metrics on ``/metrics`` and probes on
+``/healthz`` and ``/readyz`` (see :mod:`shardflow.engine.metrics`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shardflow.cli.options import (
     positive_int,
 )
 from shardflow.engine import App, Worker, connect
+from shardflow.engine.metrics import MetricsServer, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,27 @@ def register(subparsers: Subparsers) -> None:
         help="seconds between polls of an idle shard (default: config)",
     )
     add_option(parser, "--worker-id", metavar="ID", help="worker name (default: host:random)")
+    add_option(
+        parser,
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus metrics on /metrics and probes on /healthz and /readyz"
+        " (default: off)",
+    )
+    add_option(
+        parser,
+        "--metrics-host",
+        metavar="ADDRESS",
+        default="0.0.0.0",
+        help="address the metrics server listens on (default 0.0.0.0)",
+    )
+    add_option(
+        parser,
+        "--no-retention",
+        flag=True,
+        help="do not take part in deleting expired workflows (the config's retention:)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -89,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             lease_seconds=args.lease_seconds,
             poll_interval_seconds=args.poll_interval,
             worker_id=args.worker_id,
+            retention=not args.no_retention,
         )
         log.info(
             "worker %s starting: app %s (%d workflows), cluster %s",
@@ -97,9 +122,27 @@ def run(args: argparse.Namespace) -> int:
             len(app.workflows),
             config.name,
         )
-        worker.run()
+        server: MetricsServer | None = None
+        if args.metrics_port is not None:
+            server = serve_metrics(worker, args.metrics_port, args.metrics_host)
+        try:
+            worker.run()
+        finally:
+            if server is not None:
+                server.close()
     log.info("worker %s exited", worker.worker_id)
     return 0
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0-65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
 
 
 def import_app(spec: str) -> App:
