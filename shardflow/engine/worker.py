@@ -108,6 +108,10 @@ class Worker:
         self._stopping = threading.Event()
         # One wake-up flag per shard's claim loop: set by notifications and finished runs.
         self._wake = {shard: threading.Event() for shard in self.shards}
+        self._notified = {shard: threading.Event() for shard in self.shards}
+        # A finished run wakes the claim loops only once this many threads are free, so
+        # that claims come in batches rather than one per finished workflow.
+        self._wake_threshold = max(1, min(self.claim_batch, self.concurrency) // 4)
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
         self._shares = self._queue_shares()
@@ -294,14 +298,21 @@ class Worker:
 
     def _claim_loop(self, shard: str) -> None:
         next_recovery = 0.0
+        next_wakeable = 0.0
         backoff = self.poll_interval
         while not self._stopping.is_set():
             claimed = 0
             try:
-                if time.monotonic() >= next_recovery:
+                now = time.monotonic()
+                if now >= next_recovery:
                     claimed += self._claim_expired(shard)
-                    next_recovery = time.monotonic() + self.heartbeat_seconds
-                claimed += self._claim_wakeable(shard)
+                    next_recovery = now + self.heartbeat_seconds
+                # Wake-ups are due on a timer, or announced (a message, a child's end):
+                # look for them once per poll tick or after a notification.
+                if now >= next_wakeable or self._notified[shard].is_set():
+                    self._notified[shard].clear()
+                    claimed += self._claim_wakeable(shard)
+                    next_wakeable = now + self.poll_interval
                 for queue in self.queues:
                     if self._stopping.is_set():
                         break
@@ -441,7 +452,10 @@ class Worker:
                     self.stats.finished[state.value] += 1
                     self.stats.finished_by[(run.shard, run.claim.queue, state.value)] += 1
                 self._lock.notify_all()
-            self._wake_all()
+                free = self.concurrency - len(self._running) - self._reserved
+                limited = queue is not None and queue.worker_concurrency is not None
+            if free >= self._wake_threshold or limited or not self._running:
+                self._wake_all()
 
     # -- notifications ----------------------------------------------------------------------
 
@@ -457,6 +471,7 @@ class Worker:
                 for channel, payload in self.cluster.store.listen(shard, 0.25, self._stopping):
                     backoff = 0.5
                     if channel == "shardflow_work":
+                        self._notified[shard].set()
                         self._wake[shard].set()
                     elif channel == "shardflow_cancel":
                         self._on_cancel(payload)
