@@ -14,7 +14,7 @@ from shardflow.cli.options import (
     positive_int,
     upper,
 )
-from shardflow.cli.output import compact_json, print_fields, print_json, print_table
+from shardflow.cli.output import compact_json, note, print_fields, print_json, print_table
 from shardflow.engine import Cluster, WorkflowState, WorkflowStatus, connect
 from shardflow.errors import WorkflowError
 
@@ -70,11 +70,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _list(cluster: Cluster, args: argparse.Namespace) -> int:
     page = cluster.list_workflows(
-        state=args.state, name=args.name, queue=args.queue, limit=args.limit, cursor=args.cursor
+        state=args.state,
+        name=args.name,
+        queue=args.queue,
+        limit=args.limit,
+        cursor=args.cursor,
+        skip_unavailable=True,
     )
+    if page.unavailable:
+        # An operator listing during an outage still sees the healthy shards.
+        note(
+            f"warning: shard(s) {', '.join(page.unavailable)} unreachable; their workflows are missing"
+        )
     if args.json:
         print_json(
-            {"workflows": [s.to_dict() for s in page.items], "next_cursor": page.next_cursor}
+            {
+                "workflows": [s.to_dict() for s in page.items],
+                "next_cursor": page.next_cursor,
+                "unavailable": list(page.unavailable),
+            }
         )
         return 0
     print_table(

@@ -71,6 +71,8 @@ class Page:
 
     items: list[WorkflowStatus]
     next_cursor: str | None
+    # Shards skipped because they were down (only with ``skip_unavailable=True``).
+    unavailable: tuple[str, ...] = ()
 
 
 class WorkflowHandle:
@@ -509,21 +511,32 @@ class Cluster:
         queue: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        skip_unavailable: bool = False,
     ) -> Page:
         """Workflows of all shards, newest first, ``limit`` at a time.
 
         Each shard returns its next ``limit`` rows after the cursor (keyset on
-        ``(created_at, workflow_id)``, never OFFSET); the pages are merged.
+        ``(created_at, workflow_id)``, never OFFSET); the pages are merged. A shard that
+        is down raises ShardUnavailable, or with ``skip_unavailable`` is left out and
+        named in ``Page.unavailable`` (its workflows are then missing from the pages).
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
         state_value = WorkflowState(state).value if state is not None else None
         after = _decode_cursor(cursor) if cursor else None
 
+        down: list[str] = []
+
         def page(shard: str) -> list[WorkflowStatus]:
-            return self.store.list_page(
-                shard, state=state_value, name=name, queue=queue, after=after, limit=limit
-            )
+            try:
+                return self.store.list_page(
+                    shard, state=state_value, name=name, queue=queue, after=after, limit=limit
+                )
+            except ShardUnavailable:
+                if not skip_unavailable:
+                    raise
+                down.append(shard)
+                return []
 
         with ThreadPoolExecutor(max(len(self.config.shards), 1)) as pool:
             pages = list(pool.map(page, self.config.shard_names))
@@ -536,7 +549,7 @@ class Cluster:
         # filled its page (it may hold more behind it).
         more = sum(len(p) for p in pages) > limit or any(len(p) == limit for p in pages)
         next_cursor = _encode_cursor(merged[-1]) if merged and more else None
-        return Page(merged, next_cursor)
+        return Page(merged, next_cursor, tuple(sorted(down)))
 
     # -- control ----------------------------------------------------------------------------
 
