@@ -79,9 +79,8 @@ def _list(cluster: Cluster, args: argparse.Namespace) -> int:
     )
     if page.unavailable:
         # An operator listing during an outage still sees the healthy shards.
-        note(
-            f"warning: shard(s) {', '.join(page.unavailable)} unreachable; their workflows are missing"
-        )
+        down = ", ".join(page.unavailable)
+        note(f"warning: shard(s) {down} unreachable; their workflows are missing")
     if args.json:
         print_json(
             {
