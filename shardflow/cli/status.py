@@ -25,7 +25,7 @@ from shardflow.cli.options import (
     load_config,
     positive_float,
 )
-from shardflow.cli.output import cell, print_json, stdout_console
+from shardflow.cli.output import cell, print_json, scrub_secrets, stdout_console
 from shardflow.config import ClusterConfig
 from shardflow.engine import Cluster, connect
 from shardflow.engine.metrics import ACTIVE_STATES, ShardSnapshot, read_snapshots
@@ -92,7 +92,9 @@ def _render(
     problems: list[Text] = []
     for snap in snapshots:
         if not snap.reachable:
-            problems.append(Text(f"{snap.shard}: {snap.problem}", style="red"))
+            dsns = [shard.dsn for shard in config.shards]
+            problem = scrub_secrets(f"{snap.shard}: {snap.problem}", dsns)
+            problems.append(Text(problem, style="red"))
             blank = [None] * (len(columns) - 2 - (1 if by_queue else 0))
             first = [snap.shard] + (["-"] if by_queue else []) + ["no"]
             table.add_row(*(cell(v) for v in [*first, *blank]))
@@ -192,7 +194,9 @@ def _as_json(
             {
                 "shard": snap.shard,
                 "reachable": snap.reachable,
-                "error": snap.problem,
+                "error": None
+                if snap.problem is None
+                else scrub_secrets(snap.problem, [s.dsn for s in config.shards]),
                 "slots": snap.slots,
                 "queues": [
                     {
