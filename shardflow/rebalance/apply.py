@@ -281,26 +281,36 @@ class Rebalancer:
         throttle: Throttle,
         meter: RateMeter,
     ) -> int:
-        """Move the idle workflows of ``slots`` in batches until none is left idle."""
+        """Move the idle workflows of ``slots`` in batches until none is left idle.
+
+        A locked row the target refuses has a staged copy there already (an earlier run
+        died after step 2 or 3): the recovery rule resolves it, or, if its source row is
+        busy right now, it is left for a later pass. A refused row that is live on the
+        target would be a duplicate, which no protocol step produces: that stops the run.
+        """
         moved = 0
-        refused_before: set[str] = set()
+        later: set[str] = set()
         while True:
             batch = options.batch
             if options.rate is not None:
                 batch = max(1, min(batch, int(options.rate)))
-            outcome = move_batch(self.links[source], self.links[dest], slots, batch, self.on_step)
+            outcome = move_batch(
+                self.links[source], self.links[dest], slots, batch, self.on_step, later
+            )
             moved += outcome.moved
             meter.add(outcome.moved)
             throttle.pace(outcome.moved)
             if outcome.refused:
-                again = refused_before.intersection(outcome.refused)
-                if again:
+                states = self.links[dest].states_of(outcome.refused)
+                live = sorted(w for w, state in states.items() if state != "IMPORTING")
+                if live:
                     raise RebalanceError(
-                        f"workflow {sorted(again)[0]!r} exists on both {source} and {dest};"
-                        " it cannot move until an operator resolves the duplicate"
+                        f"workflow {live[0]!r} is live on both {source} and {dest}; it"
+                        " cannot move until an operator resolves the duplicate"
                     )
-                refused_before.update(outcome.refused)
                 recover_staged(self.links[dest], self.links, slots)
+                still = self.links[dest].states_of(outcome.refused)
+                later.update(w for w, state in still.items() if state == "IMPORTING")
                 continue
             if outcome.moved < batch:
                 return moved

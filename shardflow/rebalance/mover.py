@@ -10,8 +10,9 @@ docs/rebalancing.md has the crash table)::
     B: activate the copies (their real state); anyone may do this             (4)
 
 Recovery for a staged copy on B looks at A's row: a tombstone of the same move ->
-activate; a live row -> discard the copy; no row -> leave it (never delete data when
-unsure). Every SQL statement the rebalancer runs is here, as a named query.
+activate; a live row -> discard the copy; no row, or a row someone holds right now ->
+leave it (never delete data when unsure; never wait on a workflow's row lock). Every
+SQL statement the rebalancer runs is here, as a named query.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from shardflow.sql.migrator import check_identity, read_identity
 log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-# Recovery waits this long for a mover transaction still holding a source row.
-RECOVERY_LOCK_TIMEOUT = "10s"
 
 
 class MoveStep(str, enum.Enum):
@@ -108,11 +107,13 @@ class ShardLink:
 
     def _connect(self) -> Conn:
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 self.shard.dsn, autocommit=True, connect_timeout=self._connect_timeout
             )
         except psycopg.OperationalError as exc:
             raise ShardUnavailable(self.name, _first_line(exc)) from exc
+        conn.execute(query("configure_rebalancer_session"))
+        return conn
 
     def close(self) -> None:
         for conn in (self.conn, self._lock_conn):
@@ -207,6 +208,12 @@ class ShardLink:
     def staged_slots(self, slots: Sequence[int]) -> set[int]:
         return _slots(self.conn.execute(query("staged_slots"), {"slots": list(slots)}))
 
+    def states_of(self, workflow_ids: Sequence[str]) -> dict[str, str]:
+        rows = self.conn.execute(
+            query("workflow_states_among"), {"ids": list(workflow_ids)}
+        ).fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
     def staged_copies(
         self, slots: Sequence[int] | None, limit: int = 10_000
     ) -> list[tuple[str, str, str | None]]:
@@ -234,13 +241,16 @@ def move_batch(
     slots: Sequence[int],
     limit: int,
     on_step: StepHook | None = None,
+    exclude: Iterable[str] = (),
 ) -> BatchOutcome:
     """Move up to ``limit`` idle workflows of ``slots`` from ``source`` to ``target`` with
-    one transaction pair (steps 1-4). Busy rows are skipped for a later batch."""
+    one transaction pair (steps 1-4). Busy rows, and the IDs in ``exclude``, are left for
+    a later batch."""
     move_id = str(uuid.uuid4())
     with source.conn.transaction():
         locked = source.conn.execute(
-            query("lock_idle_workflows"), {"slots": list(slots), "limit": limit}
+            query("lock_idle_workflows"),
+            {"slots": list(slots), "limit": limit, "exclude": list(exclude)},
         ).fetchone()
         ids: list[str] = list(locked[0]) if locked and locked[0] else []
         if not ids:
@@ -347,7 +357,6 @@ def recover_staged(
 def _resolve(target: ShardLink, source: ShardLink, copies: list[tuple[str, str]]) -> Recovery:
     ids = [workflow_id for workflow_id, _ in copies]
     with source.conn.transaction():
-        source.conn.execute(query("set_lock_timeout"), {"value": RECOVERY_LOCK_TIMEOUT})
         verdicts = {
             str(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
             for r in source.conn.execute(query("source_rows_for_recovery"), {"ids": ids})
@@ -358,15 +367,15 @@ def _resolve(target: ShardLink, source: ShardLink, copies: list[tuple[str, str]]
     for workflow_id, move_id in copies:
         verdict = verdicts.get(workflow_id)
         if verdict is None or verdict[0] == "IMPORTING":
-            unresolved += 1  # unsure: keep the copy
+            unresolved += 1  # busy now, absent, or moving in itself: keep the copy
         elif verdict == ("MOVED", move_id):
             activate_ids.append((workflow_id, move_id))
         else:
             # A live row (or a tombstone of another move): this move was not decided.
             discard_ids.append((workflow_id, move_id))
     if unresolved:
-        log.warning(
-            "%d staged copies on %s have no verdict on %s; left in place",
+        log.info(
+            "%d staged copies on %s have no verdict on %s yet; left in place",
             unresolved,
             target.name,
             source.name,

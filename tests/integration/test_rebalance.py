@@ -328,10 +328,12 @@ def test_messages_and_events_move_with_the_workflow_and_arrive_once_in_order(
         def send_while_locked(step: MoveStep) -> None:
             # Sends block on the row the mover holds, then follow the tombstone.
             if step is MoveStep.LOCKED and not sent:
-                for m in ("m3", "m4"):
-                    t = threading.Thread(target=cluster.send, args=(rx, m), kwargs={"topic": "t"})
-                    t.start()
-                    sent.append(t)
+                # One sender, in order: m3 waits for the mover, m4 follows it.
+                t = threading.Thread(
+                    target=lambda: [cluster.send(rx, m, topic="t") for m in ("m3", "m4")]
+                )
+                t.start()
+                sent.append(t)
                 wait_until(
                     lambda: _waiting_on_lock(config.shard(source).dsn) >= 1, message="blocked"
                 )

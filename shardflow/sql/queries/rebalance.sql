@@ -102,6 +102,7 @@ WHERE slot = ANY(%(slots)s) AND state = 'IMPORTING'
 WITH locked AS (
     SELECT w.* FROM shardflow.workflow_status w
     WHERE w.slot = ANY(%(slots)s) AND w.state NOT IN ('RUNNING', 'MOVED', 'IMPORTING')
+      AND NOT (w.workflow_id = ANY(%(exclude)s::text[]))
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -232,15 +233,24 @@ SELECT workflow_id, move_id, moved_from FROM shardflow.workflow_status
 WHERE state = 'IMPORTING' AND (%(slots)s::integer[] IS NULL OR slot = ANY(%(slots)s))
 LIMIT %(limit)s
 
--- name: set_lock_timeout
-SELECT set_config('lock_timeout', %(value)s, true)
-
 -- name: source_rows_for_recovery
--- The source's verdict on staged copies. FOR SHARE waits for a mover transaction still
--- in flight on these rows, so the verdict is final.
+-- The source's verdict on staged copies. The share lock makes it final (no transaction
+-- is writing the row meanwhile). SKIP LOCKED, never wait: a row someone holds (a worker
+-- renewing leases, a send) gets its verdict on a later pass. Waiting here could close a
+-- cycle with a multi-row UPDATE of a worker (a deadlock).
 SELECT workflow_id, state, move_id FROM shardflow.workflow_status
 WHERE workflow_id = ANY(%(ids)s)
-FOR SHARE
+FOR SHARE SKIP LOCKED
+
+-- name: workflow_states_among
+SELECT workflow_id, state FROM shardflow.workflow_status WHERE workflow_id = ANY(%(ids)s)
+
+-- name: configure_rebalancer_session
+-- The rebalancer never waits long on a lock, and a rebalancer that stops answering in
+-- the middle of a transaction (frozen, partitioned) has it rolled back by the server,
+-- releasing the rows it locked.
+SELECT set_config('lock_timeout', '30s', false),
+       set_config('idle_in_transaction_session_timeout', '60s', false)
 
 -- name: purge_tombstones
 -- Tombstones older than the grace period, of slots this shard no longer has any part in
