@@ -4,7 +4,8 @@ that every one still completes exactly once.
 Acts: start an embedded 3-shard cluster, start worker processes, submit document
 pipelines, SIGKILL one worker while it holds running workflows, wait for the survivors
 to recover its work, then verify against the side-effect log and print a per-shard
-summary.
+summary. Final act (:mod:`shardflow.demo.rebalance_act`): a 4th shard joins and takes its
+share of the slots while new workflows keep arriving.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.table import Table
 
 import shardflow
 from shardflow.demo.app import EFFECTS_TABLE, STEPS, process_document
+from shardflow.demo.rebalance_act import run_rebalance_act
 from shardflow.local import LocalCluster
 
 
@@ -89,6 +91,7 @@ def run_demo(
     directory: Path | None = None,
     keep: bool = False,
     console: Console | None = None,
+    rebalance: bool = True,
 ) -> DemoResult:
     console = console or Console()
     if workers < 2:
@@ -117,6 +120,11 @@ def run_demo(
 
         with shardflow.connect(config) as cluster:
             result = _run(cluster, config_path, procs, workflows, console, effects_dsn)
+        if rebalance:
+            act = run_rebalance_act(
+                workdir, config_path, env, procs, console, concurrency=concurrency, keep=keep
+            )
+            result.ok, result.problems = result.ok and act.ok, result.problems + act.problems
         result.seconds = time.monotonic() - started
         return result
     finally:
