@@ -101,7 +101,7 @@ class RetentionLeader:
             sessions, self._sessions = self._sessions, {}
             self.stats.leading.clear()
         for conn in sessions.values():
-            conn.close()
+            _resign(conn)
 
     # -- one shard --------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class RetentionLeader:
             conn = self._sessions.pop(shard, None)
             self.stats.leading.discard(shard)
         if conn is not None:
-            conn.close()
+            _resign(conn)
 
     def _delete_batch(self, conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, list[str]]:
         row = conn.execute(
@@ -197,6 +197,17 @@ class RetentionLeader:
             log.warning("retention could not delete %d blob(s): %s", len(refs), exc)
             return
         self.stats.blobs_deleted += len(refs)
+
+
+def _resign(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Release the leader lock, then close: another leader can take the shard at once."""
+    try:
+        if not conn.closed and not conn.broken:
+            conn.execute(query("retention_resign"))
+    except psycopg.Error:
+        pass  # the connection is going away, and its lock with it
+    finally:
+        conn.close()
 
 
 def _first_line(exc: BaseException) -> str:

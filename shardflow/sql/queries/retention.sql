@@ -6,6 +6,11 @@
 -- or loses its connection frees the shard for another worker's leader.
 SELECT pg_try_advisory_lock(hashtext('shardflow.retention'))
 
+-- name: retention_resign
+-- Give the shard up now, so that another worker's leader can take it at its next try
+-- (closing the connection frees the lock too, but only once the server notices).
+SELECT pg_advisory_unlock(hashtext('shardflow.retention'))
+
 -- name: retention_delete_batch
 -- One batch: the oldest finished workflows past the cutoff, with their steps, messages
 -- and events, in one transaction. Rows another transaction holds (the rebalancer moving
