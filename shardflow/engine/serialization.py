@@ -115,8 +115,12 @@ class Codec:
         ref = BlobRef.new(data)
         self.blobs.put(ref.key, data)
         # The runner reads back what it just wrote (so a value returns exactly as a
-        # replay would): serve that from memory, once, instead of from the store.
-        _recent.ref, _recent.text = ref.text, text
+        # replay would): serve that from memory, once, instead of from the store. Only
+        # up to a size, since each run thread may hold one until its next read.
+        if len(data) <= _RECENT_MAX_BYTES:
+            _recent.ref, _recent.text = ref.text, text
+        else:
+            _recent.ref = _recent.text = None
         return ref.text
 
     def _fetch(self, reference: str) -> str:
@@ -141,6 +145,7 @@ class Codec:
 
 # Per thread: the last payload this thread offloaded (see Codec._offload).
 _recent = threading.local()
+_RECENT_MAX_BYTES = 1 << 20
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
