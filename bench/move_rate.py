@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflows", type=int, default=10_000)
     parser.add_argument("--batches", default="500", help="comma-separated batch sizes")
     parser.add_argument("--load-rate", type=float, default=200.0, help="submits/s under load")
+    parser.add_argument("--load-batch", type=int, default=500, help="batch size under load")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--submit-load", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 local,
                 workdir,
                 workflows=args.workflows,
-                batch=batches[-1],
+                batch=args.load_batch,
                 load_rate=args.load_rate,
             )
         )
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
+            # The machine is often shared: its load says how much the figures are worth.
+            "load_average_1m_at_end": os.getloadavg()[0],
             "results": [asdict(r) for r in results],
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
