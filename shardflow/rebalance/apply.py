@@ -150,13 +150,24 @@ class Rebalancer:
         """The live map from every shard's ownership rows (repairs not yet applied)."""
         with self._driver_errors():
             rows = []
-            epoch = 0
+            newest: SlotMap | None = None
             for link in self.links.values():
                 rows.extend(link.ownership())
                 copy = link.slot_map(self.slots)
-                if copy is not None:
-                    epoch = max(epoch, copy.epoch)
-            return reconcile(rows, self.slots, epoch)
+                if copy is not None and (newest is None or copy.epoch > newest.epoch):
+                    newest = copy
+        if newest is not None:
+            # The ownership rows of a shard missing from the config cannot be read; the
+            # map copies still name it.
+            holders = set(newest.owners) | set(newest.migrating.values())
+            missing = sorted(holders - set(self.config.shard_names))
+            if missing:
+                raise RebalanceError(
+                    f"shard(s) {', '.join(missing)} own slots in the live map (epoch"
+                    f" {newest.epoch}) but are not in the config; keep them in the YAML"
+                    " with `state: draining` and rebalance before removing them"
+                )
+        return reconcile(rows, self.slots, newest.epoch if newest else 0)
 
     def plans(self) -> list[PlanRecord]:
         """Recorded plans, newest first, merged across shards (finished on any shard
