@@ -556,9 +556,12 @@ class Cluster:
     def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
         """Cancel a workflow and its children. Terminal: a running one stops at its next
         step boundary."""
-        status = self.get(workflow_id)
-        if status.state.is_active:
-            self.store.cancel(status.shard, workflow_id, reason)
+        for _ in range(MAX_HOPS):
+            status = self.get(workflow_id)
+            # Zero rows updated means the workflow ended, or moved while this waited on
+            # its row lock: look it up again (following the tombstone) and retry there.
+            if not status.state.is_active or self.store.cancel(status.shard, workflow_id, reason):
+                break
         self.cancel_children(workflow_id, reason)
         return self.get(workflow_id)
 
@@ -583,12 +586,16 @@ class Cluster:
     def resume(self, workflow_id: str) -> WorkflowStatus:
         """Re-queue a cancelled, failed or dead-lettered workflow from its last checkpoint."""
         status = self.get(workflow_id)
-        if status.state in RESUMABLE:
+        for _ in range(MAX_HOPS):
+            if status.state not in RESUMABLE:
+                break
             try:
-                self.store.resume(status.shard, workflow_id)
+                if self.store.resume(status.shard, workflow_id):
+                    break
             except DedupConflict:
                 raise WorkflowDeduplicated(status.queue, status.dedup_key or "") from None
-        elif not status.state.is_active:
+            status = self.get(workflow_id)  # moved meanwhile: retry where it is now
+        if status.state not in RESUMABLE and not status.state.is_active:
             raise ShardflowError(f"workflow {workflow_id!r} is {status.state.value}; cannot resume")
         return self.get(workflow_id)
 
@@ -649,8 +656,15 @@ class Cluster:
 
     def wake(self, workflow_id: str, wait_for: str | None = None) -> bool:
         """Wake a suspended workflow now (if it waits for ``wait_for``)."""
-        status = self.get(workflow_id)
-        return self.store.wake(status.shard, workflow_id, wait_for)
+        for _ in range(MAX_HOPS):
+            status = self.get(workflow_id)
+            if status.state is not WorkflowState.SUSPENDED:
+                return False
+            if self.store.wake(status.shard, workflow_id, wait_for):
+                return True
+            if self.get(workflow_id).shard == status.shard:
+                return False  # not waiting for that
+        return False
 
     def submit_child(
         self,
@@ -700,15 +714,21 @@ class Cluster:
             dedup_key=None,
             parent_id=None,
         )
-        for _ in range(MAX_HOPS):
+        delay = 0.05
+        for _ in range(REDIRECTS):
             shard = self.router.slot_map.owner(slot)
             self.check_identity(shard)
             if self.store.insert_fork(shard, row, steps):
                 return WorkflowHandle(self, new_id, shard)
             if self.store.existing(shard, [new_id]):
                 raise WorkflowConflict(f"workflow id {new_id!r} exists already")
+            # Not this shard's slot, or the slot is being moved: wait for the map to settle.
             self.refresh_topology()
-        raise RoutingError(f"could not place fork {new_id!r}")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise RoutingError(
+            f"could not place fork {new_id!r}: its slot is being moved; try again later"
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

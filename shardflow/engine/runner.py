@@ -21,7 +21,7 @@ from shardflow.engine import context
 from shardflow.engine.records import Claim, StepRecord
 from shardflow.engine.serialization import error_record, rebuild_error
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Fenced, Store
+from shardflow.engine.store import Fenced, Store, TransientStoreError
 from shardflow.errors import NonDeterminismError, SerializationError, ShardUnavailable
 
 if TYPE_CHECKING:
@@ -262,7 +262,8 @@ def _owned() -> Iterator[None]:
         yield
     except Fenced as exc:
         raise RunInterrupted(f"fenced off (state {exc.state})") from None
-    except ShardUnavailable as exc:
+    except (ShardUnavailable, TransientStoreError) as exc:
+        # The run stops without writing; its lease expires and any worker resumes it.
         raise RunInterrupted(str(exc)) from None
 
 

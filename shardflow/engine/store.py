@@ -23,7 +23,7 @@ from shardflow.engine.records import Claim, NewWorkflow, StepRecord, WorkflowSta
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
 from shardflow.errors import ShardflowError, ShardUnavailable, WorkflowNotFound
-from shardflow.router.pools import Conn, ShardPools
+from shardflow.router.pools import Conn, ShardPools, is_connection_failure
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
 
@@ -244,6 +244,11 @@ class StoreError(ShardflowError):
     """An unexpected database error on a shard (not a connectivity problem)."""
 
 
+class TransientStoreError(StoreError):
+    """A statement failed in a way worth retrying: deadlock, lock or statement timeout,
+    serialization failure. The shard itself is fine."""
+
+
 class Store(WaitStore):
     """Named queries against the shards of one cluster."""
 
@@ -256,8 +261,12 @@ class Store(WaitStore):
         with self.pools.connection(shard) as conn:
             try:
                 yield conn
-            except (ShardUnavailable, psycopg.OperationalError):
+            except ShardUnavailable:
                 raise
+            except psycopg.OperationalError as exc:
+                if is_connection_failure(exc):
+                    raise  # the pools turn it into ShardUnavailable
+                raise TransientStoreError(f"shard {shard!r}: {exc}".splitlines()[0]) from exc
             except psycopg.Error as exc:
                 raise StoreError(f"shard {shard!r}: {exc}".splitlines()[0]) from exc
 

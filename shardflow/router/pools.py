@@ -103,6 +103,8 @@ class ShardPools:
             self._mark_down(name, "no connection within the pool timeout")
             raise ShardUnavailable(name, "no connection within the pool timeout") from exc
         except psycopg.OperationalError as exc:
+            if not is_connection_failure(exc):
+                raise  # a statement's own failure (deadlock, lock timeout): the caller's
             reason = _first_line(exc)
             self._mark_down(name, reason)
             # The other idle connections of this pool are most likely dead too.
@@ -136,6 +138,17 @@ class ShardPools:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+# SQLSTATEs that mean the server or the connection is gone, not that a statement failed.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def is_connection_failure(exc: psycopg.OperationalError) -> bool:
+    """Whether ``exc`` means the shard cannot be reached (versus one statement failing:
+    a deadlock, a lock or statement timeout, a serialization failure)."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _SERVER_GONE
 
 
 def _first_line(exc: BaseException) -> str:

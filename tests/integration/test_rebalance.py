@@ -419,11 +419,6 @@ def _waiting_on_lock(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Cluster.cancel does not yet retry when its UPDATE meets a tombstone the mover"
-    " committed meanwhile (the engine's write path; send already does)",
-)
 def test_a_cancel_blocked_by_the_mover_lands_on_the_moved_workflow(grown: TestCluster) -> None:
     config = grown.config
     moving = moving_slots(config)

@@ -99,13 +99,15 @@ WHERE workflow_id = %(workflow_id)s AND name = 'shardflow.start_child' AND outpu
 
 -- name: insert_fork
 -- A fork starts at attempt 1 so that its first claim (attempt 2) loads the copied steps.
+-- Only in an OWNED slot: in a slot being imported the ID would have to be looked up on
+-- the source first, so the client waits for the move to finish instead.
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, attempt, parent_id)
 SELECT %(workflow_id)s, %(slot)s, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
        %(priority)s, %(inputs)s, 1, NULL
 WHERE EXISTS (
     SELECT 1 FROM shardflow.slot_ownership o
-    WHERE o.slot = %(slot)s AND o.state IN ('OWNED', 'IMPORTING'))
+    WHERE o.slot = %(slot)s AND o.state = 'OWNED')
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id
 
