@@ -120,8 +120,10 @@ def cluster_yaml(
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+# Short enough that crash tests recover quickly, long enough that a heartbeat starved
+# on a loaded 2-core machine does not expire a live worker's lease.
 TEST_WORKER = {
-    "lease_seconds": 3,
+    "lease_seconds": 5,
     "heartbeat_seconds": 0.5,
     "poll_interval_seconds": 0.05,
     "concurrency": 16,

@@ -98,7 +98,7 @@ def test_events_and_get_event_inside_a_workflow(cluster: Cluster) -> None:
     with shardflow.Worker(cluster, app, concurrency=4):
         cluster.submit(waits.publisher, {"ok": True}, workflow_id=pub).result(timeout=20)
         assert cluster.get_event(pub, "status", timeout=5) == {"ok": True}
-        value = reader.result(timeout=20)
+        value = reader.result(timeout=60)
     assert value in ("started", {"ok": True})
     assert cluster.get_event(pub, "missing", timeout=0.2) is None
 
