@@ -351,8 +351,9 @@ class Worker:
             )
         finally:
             self._unreserve(queue, n - len(claims))
-        self.stats.claimed += len(claims)
-        self.stats.claimed_by[(shard, queue.name)] += len(claims)
+        with self._lock:  # several claim threads count here
+            self.stats.claimed += len(claims)
+            self.stats.claimed_by[(shard, queue.name)] += len(claims)
         for claim in claims:
             self._launch(claim, queue, reserved=True)
         return len(claims)
@@ -401,7 +402,8 @@ class Worker:
                 self._unreserve(queue, n - len(claims))
             for claim in claims:
                 if claim.state is WorkflowState.DEAD:
-                    self.stats.dead_lettered += 1
+                    with self._lock:
+                        self.stats.dead_lettered += 1
                     self._unreserve(queue, 1)
                     log.warning(
                         "workflow %s dead-lettered after %d recoveries",
@@ -410,13 +412,15 @@ class Worker:
                     )
                     continue
                 if recovery:
-                    self.stats.recovered += 1
-                    self.stats.recovered_by[(shard, claim.queue)] += 1
+                    with self._lock:
+                        self.stats.recovered += 1
+                        self.stats.recovered_by[(shard, claim.queue)] += 1
                     log.info(
                         "recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard
                     )
                 else:
-                    self.stats.woken += 1
+                    with self._lock:
+                        self.stats.woken += 1
                 self._launch(claim, queue, reserved=True)
             total += len(claims)
         return total
@@ -488,7 +492,8 @@ class Worker:
         with self._lock:
             run = self._running.get(workflow_id)
         if run is not None and not run.interrupted.is_set():
-            self.stats.cancels_observed += 1
+            with self._lock:
+                self.stats.cancels_observed += 1
             run.interrupt("cancelled")
 
     def _wake_all(self) -> None:
