@@ -9,9 +9,7 @@ import heapq
 import json
 import logging
 import os
-import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import Any
 from shardflow.config.loader import load
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.app import Workflow
+from shardflow.engine.cluster_waits import MAX_HOPS, REDIRECTS, WaitsClient
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
 from shardflow.engine.states import RESUMABLE, WorkflowState
@@ -44,9 +43,6 @@ from shardflow.router.slotmap import SlotMap, desired_map
 
 log = logging.getLogger(__name__)
 
-MAX_HOPS = 4
-# Redirects a submit or a lookup follows around slots in motion before giving up.
-REDIRECTS = 8
 _ID_MAX = 512
 
 
@@ -120,7 +116,7 @@ class WorkflowHandle:
             delay = min(delay * 1.5, 0.5)
 
 
-class Cluster:
+class Cluster(WaitsClient):
     """A connection to every shard of a cluster. Thread-safe; share one per process."""
 
     def __init__(
@@ -598,137 +594,6 @@ class Cluster:
         if status.state not in RESUMABLE and not status.state.is_active:
             raise ShardflowError(f"workflow {workflow_id!r} is {status.state.value}; cannot resume")
         return self.get(workflow_id)
-
-    # -- messages, events, children, fork -----------------------------------------------
-
-    def send(
-        self,
-        workflow_id: str,
-        message: Any,
-        topic: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> bool:
-        """Send ``message`` to a workflow. With an ``idempotency_key``, sending again is a
-        no-op. Returns False for such a duplicate. Follows the workflow if it moved."""
-        payload = self.codec.dumps(message, f"message to {workflow_id!r}")
-        message_id = idempotency_key or str(uuid.uuid4())
-        shard = self.get(workflow_id).shard
-        for _ in range(MAX_HOPS):
-            outcome, moved_to = self.store.send_message(
-                shard,
-                workflow_id=workflow_id,
-                topic=topic or "",
-                message_id=message_id,
-                payload=payload,
-            )
-            if outcome != "moved":
-                return outcome == "sent"
-            shard = moved_to or self.get(workflow_id).shard
-        raise RoutingError(f"workflow {workflow_id!r} kept moving while a message was sent")
-
-    def get_event(
-        self,
-        workflow_id: str,
-        key: str,
-        timeout: float = 0.0,
-        *,
-        interrupt: threading.Event | None = None,
-    ) -> Any:
-        """The value a workflow published under ``key``, waiting up to ``timeout``
-        seconds for it; None if it is not set by then."""
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            shard = self.get(workflow_id).shard
-            found, value = self.store.get_event(shard, workflow_id, key)
-            if found:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            pause = min(delay, remaining)
-            if interrupt is not None:
-                if interrupt.wait(pause):
-                    return None
-            else:
-                time.sleep(pause)
-            delay = min(delay * 1.5, 0.25)
-
-    def wake(self, workflow_id: str, wait_for: str | None = None) -> bool:
-        """Wake a suspended workflow now (if it waits for ``wait_for``)."""
-        for _ in range(MAX_HOPS):
-            status = self.get(workflow_id)
-            if status.state is not WorkflowState.SUSPENDED:
-                return False
-            if self.store.wake(status.shard, workflow_id, wait_for):
-                return True
-            if self.get(workflow_id).shard == status.shard:
-                return False  # not waiting for that
-        return False
-
-    def submit_child(
-        self,
-        workflow: Workflow[Any, Any] | str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        *,
-        workflow_id: str,
-        parent_id: str,
-    ) -> WorkflowHandle:
-        row = dataclasses.replace(
-            self._new_row(Submission(workflow, args, kwargs, workflow_id)), parent_id=parent_id
-        )
-        placed = self._insert([row])
-        return WorkflowHandle(self, workflow_id, placed[workflow_id])
-
-    def fork(
-        self, workflow_id: str, from_step: int, new_workflow_id: str | None = None
-    ) -> WorkflowHandle:
-        """A new workflow with the same inputs that reuses the recorded outputs of steps
-        before ``from_step`` and runs again from there."""
-        if from_step < 0:
-            raise ValueError("from_step must be >= 0")
-        status = self.get(workflow_id)
-        source = self.store.fork_source(status.shard, workflow_id)
-        if source is None:
-            raise WorkflowNotFound(workflow_id)
-        name, queue, priority, inputs = source
-        new_id = new_workflow_id or f"{workflow_id}:fork:{uuid.uuid4().hex[:12]}"
-        _check_id(new_id)
-        steps = [
-            (s.step_no, s.name, self.codec.dumps(s.output, "step output"), s.error)
-            for s in self.store.steps(status.shard, workflow_id)
-            if s.step_no < from_step
-        ]
-        route_hash, slot, _ = self.router.locate(new_id)
-        row = NewWorkflow(
-            workflow_id=new_id,
-            slot=slot,
-            route_hash=route_hash,
-            name=name,
-            queue=queue,
-            priority=priority,
-            inputs=inputs,
-            delay_seconds=None,
-            timeout_seconds=None,
-            dedup_key=None,
-            parent_id=None,
-        )
-        delay = 0.05
-        for _ in range(REDIRECTS):
-            shard = self.router.slot_map.owner(slot)
-            self.check_identity(shard)
-            if self.store.insert_fork(shard, row, steps):
-                return WorkflowHandle(self, new_id, shard)
-            if self.store.existing(shard, [new_id]):
-                raise WorkflowConflict(f"workflow id {new_id!r} exists already")
-            # Not this shard's slot, or the slot is being moved: wait for the map to settle.
-            self.refresh_topology()
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise RoutingError(
-            f"could not place fork {new_id!r}: its slot is being moved; try again later"
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NewType
@@ -100,3 +101,18 @@ class NewWorkflow:
     timeout_seconds: float | None
     dedup_key: str | None
     parent_id: str | None
+
+
+def claim_from_row(shard: str, row: Sequence[Any]) -> Claim:
+    """A :class:`Claim` from a claim query's ``RETURNING`` row (see workflows.sql)."""
+    return Claim(
+        workflow_id=row[0],
+        shard=shard,
+        name=row[1],
+        queue=row[2],
+        inputs=row[3],
+        attempt=row[4],
+        recoveries=row[5],
+        parent_id=row[6],
+        state=WorkflowState(row[7]),
+    )
