@@ -210,9 +210,13 @@ def run_cases(bench: Bench, selected: list[Case]) -> list[dict[str, Any]]:
                 measurements.append(_entry(row, system, case, n, "failed", reason=reason))
                 given_up.add((row, system, case))
                 continue
+            load = os.getloadavg()[0]
             for k, metrics in enumerate(result if isinstance(result, list) else [result]):
-                measurements.append(_entry(row, system, case, n + k, "ok", metrics=metrics))
-                log(f"  {_headline(metrics)}")
+                entry = _entry(row, system, case, n + k, "ok", metrics=metrics)
+                # Other processes on the machine slow every system; the JSON says how busy.
+                entry["load_average_1m"] = load
+                measurements.append(entry)
+                log(f"  {_headline(metrics)} (load average {load:.2f})")
     return measurements
 
 
@@ -262,18 +266,20 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str:
+def _git(*args: str) -> str:
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=procs.ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
+        return subprocess.run(
+            ["git", *args], cwd=procs.ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return head
+
+
+def _git_commit() -> str:
+    """HEAD, with ``+dirty`` if the measured package (``shardflow/``) has local changes."""
+    head = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--", "shardflow")
+    return f"{head}+dirty" if dirty and dirty != "unknown" else head
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,9 @@
     python -m bench.profile --steps 10 --gil     # only samples holding the GIL
 
 Starts one local PostgreSQL server (durable settings, as the benchmark), submits the
-workflows, then runs the same drain runner as row 1 under ``py-spy record`` (all threads,
-idle ones excluded, non-blocking sampling) and prints the functions with the most samples:
+workflows, then runs the same drain runner as row 1 with ``py-spy record`` attached once it
+is connected (all threads, idle ones excluded, non-blocking sampling, so start-up is not
+sampled) and prints the functions with the most samples:
 by own time (the frame on top of the stack) and by inclusive time, plus own time grouped by
 file. The raw collapsed stacks are kept for flame graphs (``--keep DIR``).
 """
@@ -13,16 +14,15 @@ file. The raw collapsed stacks are kept for flame graphs (``--keep DIR``).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import procs
 from bench.servers import BenchServers
 from bench.workloads import Bench, Plan
 
@@ -89,34 +89,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             out = (args.keep or workdir) / f"profile-{args.steps}steps.collapsed"
             out.parent.mkdir(parents=True, exist_ok=True)
-            spec = {"config": config, "count": args.workflows, "concurrency": args.concurrency}
-            command = [
-                spy,
-                "record",
-                "--format",
-                "raw",
-                "--rate",
-                str(args.rate),
-                "--nonblocking",
-                "--function",
-                "--output",
-                str(out),
-                *(["--gil"] if args.gil else []),
-                "--",
-                sys.executable,
-                "-m",
-                "bench.runners.shardflow_run",
-                "drain",
-                json.dumps(spec),
-            ]
-            done = subprocess.run(
-                command, cwd=procs.ROOT, env=procs.runner_env(), capture_output=True, text=True
+            spec = {
+                "config": config,
+                "count": args.workflows,
+                "concurrency": args.concurrency,
+                "go": True,
+            }
+            # Attach once the runner has imported and connected, so that start-up does not
+            # show up among the samples; py-spy stops when the runner exits.
+            runner = bench.runner("shardflow_run", "drain", spec)
+            runner.wait_ready()
+            spy_proc = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(runner.pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    str(args.rate),
+                    "--nonblocking",
+                    "--function",
+                    "--output",
+                    str(out),
+                    *(["--gil"] if args.gil else []),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
-            if done.returncode != 0:
-                print(done.stderr[-4000:], file=sys.stderr)
+            time.sleep(1.0)  # py-spy needs a moment to attach
+            runner.go()
+            drained = runner.result()
+            _, spy_err = spy_proc.communicate(timeout=60)
+            if not out.exists():
+                print(f"py-spy wrote no profile: {spy_err[-2000:]}", file=sys.stderr)
                 return 1
-            result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-            drained = json.loads(result[len("RESULT ") :])
             total, own, inclusive, files = hotspots(
                 parse_collapsed(out.read_text(encoding="utf-8")), args.top
             )

@@ -273,6 +273,15 @@ def ratios(entries: Sequence[Entry]) -> list[Ratio]:
                     r >= 0.5,
                 )
             )
+    raw8 = metric(1, "raw", "8 threads", "commits_per_s")
+    sf = metric(1, "shardflow", "3 steps", "checkpoints_per_s")
+    if sf and raw8:
+        r = sf / raw8
+        out.append(
+            Ratio(
+                "shardflow checkpoints/s, 3 steps / raw 8-thread commits/s", r, f"{r:.0%}", "", None
+            )
+        )
     for steps in (0, 3, 10):
         case = f"{steps} steps"
         sf = metric(1, "shardflow", case, "wal_bytes_per_workflow")

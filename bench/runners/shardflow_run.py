@@ -70,7 +70,10 @@ def drain(spec: Spec) -> dict[str, Any]:
         def finished() -> bool:
             return sum(worker.stats.finished.values()) >= count
 
-        wait_until(finished, spec.get("timeout", 600))
+        timeout = spec.get("timeout", 600)
+        # Wait without polling until the last body returns, then for its final write.
+        PROBE.done.wait(timeout)
+        wait_until(finished, timeout)
         ended, ended_cpu = time.perf_counter(), time.process_time()
         server_cpu = server.stop()
         worker.stop(grace_seconds=0)
