@@ -204,9 +204,9 @@ LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 WITH steps AS (
     INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
     SELECT t.workflow_id, t.step_no, t.name, t.output, t.error
-    FROM unnest(%(s_ids)s::text[], %(s_attempts)s::integer[], %(s_step_nos)s::integer[],
-                %(s_names)s::text[], %(s_outputs)s::text[], %(s_errors)s::jsonb[])
-         AS t(workflow_id, attempt, step_no, name, output, error)
+    FROM json_to_recordset(%(steps)s::json)
+         AS t(workflow_id text, attempt integer, step_no integer, name text, output text,
+              error jsonb)
     JOIN shardflow.workflow_status w
       ON w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
     ON CONFLICT (workflow_id, step_no) DO NOTHING
@@ -215,9 +215,9 @@ WITH steps AS (
     UPDATE shardflow.workflow_status AS w
     SET state = t.state, output = t.output, error = t.error, reason = t.reason,
         lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-    FROM unnest(%(f_ids)s::text[], %(f_attempts)s::integer[], %(f_states)s::text[],
-                %(f_outputs)s::text[], %(f_errors)s::jsonb[], %(f_reasons)s::text[])
-         AS t(workflow_id, attempt, state, output, error, reason)
+    FROM json_to_recordset(%(finishes)s::json)
+         AS t(workflow_id text, attempt integer, state text, output text, error jsonb,
+              reason text)
     WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
     RETURNING w.workflow_id
 )
