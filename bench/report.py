@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Measurement = dict[str, Any]
@@ -29,7 +29,8 @@ SYSTEM_NAMES = {
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One (row, system, case): the median of each metric over its rounds, or why not."""
+    """One (row, system, case): the median of each metric over its rounds (and the lowest
+    and highest round), or why there is none."""
 
     row: int
     system: str
@@ -38,6 +39,8 @@ class Entry:
     rounds: int
     status: str  # "ok", "unavailable" or "failed"
     reason: str = ""
+    low: dict[str, float] = field(default_factory=dict)
+    high: dict[str, float] = field(default_factory=dict)
 
 
 def summarize(measurements: Sequence[Measurement]) -> list[Entry]:
@@ -59,8 +62,11 @@ def summarize(measurements: Sequence[Measurement]) -> list[Entry]:
             for k in ok[0]["metrics"]
             if all(isinstance(m["metrics"].get(k), int | float) for m in ok)
         ]
-        medians = {n: float(statistics.median(m["metrics"][n] for m in ok)) for n in names}
-        entries.append(Entry(*key, medians, len(ok), "ok"))
+        values = {n: [float(m["metrics"][n]) for m in ok] for n in names}
+        medians = {n: statistics.median(v) for n, v in values.items()}
+        low = {n: min(v) for n, v in values.items()}
+        high = {n: max(v) for n, v in values.items()}
+        entries.append(Entry(*key, medians, len(ok), "ok", "", low, high))
     return entries
 
 
@@ -123,6 +129,7 @@ def tables(entries: Sequence[Entry]) -> list[str]:
             ("N", _metric("workflows")),
             ("submit/s", _metric("submit_per_s")),
             ("workflows/s", _metric("workflows_per_s")),
+            ("(rounds: low-high)", _spread("workflows_per_s")),
             ("checkpoints/s", _metric("checkpoints_per_s")),
             ("worker CPU ms/wf", _metric("cpu_ms_per_workflow", 2)),
             ("server CPU ms/wf", _metric("server_cpu_ms_per_workflow", 2)),
@@ -188,6 +195,7 @@ def tables(entries: Sequence[Entry]) -> list[str]:
             ("heartbeat s", _metric("heartbeat_seconds", 2)),
             ("first back s", _metric("first_recovered_seconds", 2)),
             ("all back s", _metric("recovery_seconds", 2)),
+            ("(rounds: low-high)", _spread("recovery_seconds", 2)),
         ],
     )
     out += _table(
@@ -204,6 +212,15 @@ def tables(entries: Sequence[Entry]) -> list[str]:
         ],
     )
     return out
+
+
+def _spread(name: str, digits: int = 0) -> Callable[[Entry], str]:
+    def fmt(e: Entry) -> str:
+        if name not in e.low or e.rounds < 2:
+            return "-"
+        return f"{_num(e.low[name], digits)}-{_num(e.high[name], digits)}"
+
+    return fmt
 
 
 def _wal_split(e: Entry) -> str:

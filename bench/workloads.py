@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -391,6 +392,10 @@ def recovery(bench: Bench) -> Metrics:
         _wait_effects(dsn, first.pid, k, 60)
         second = bench.runner("shardflow_run", "serve", {"config": config}, env=env)
         second.wait_ready()
+        # A crash does not wait for the survivor's next lease scan: kill at a random point
+        # of its scan cycle (one heartbeat plus one poll), not right after it started.
+        delay = random.uniform(0, heartbeat + 0.5)
+        time.sleep(delay)
         killed_at = time.time()
         os.kill(first.pid, signal.SIGKILL)
         low, high = _wait_effects(dsn, second.pid, k, 10 * lease + 30)
@@ -402,6 +407,7 @@ def recovery(bench: Bench) -> Metrics:
         "workflows": k,
         "lease_seconds": lease,
         "heartbeat_seconds": heartbeat,
+        "kill_delay_seconds": delay,
         "recovery_seconds": high - killed_at,
         "first_recovered_seconds": low - killed_at,
     }
