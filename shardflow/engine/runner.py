@@ -153,13 +153,8 @@ class WorkflowRun:
         # A wait inside compute() may have ended because the run was interrupted: never
         # record what it returned then.
         self.check_live()
-        output = self.store.codec.dumps(value, f"value of {name!r}")
-        winner = self._record(step_no, name, output, None)
-        if winner is not None:
-            won: T = self._replay(winner, name)
-            return won
-        result: T = self.store.codec.loads(output)
-        return result
+        committed: T = self._commit_value(step_no, name, value, "value")
+        return committed
 
     def record_raw(
         self, step_no: int, name: str, output: str | None, error: dict[str, Any] | None
@@ -222,13 +217,17 @@ class WorkflowRun:
                     raise RunInterrupted(self.interrupt_reason) from exc
         if self.observe_step is not None:
             self.observe_step(self.shard, name, time.monotonic() - started)
-        output = self.store.codec.dumps(value, f"output of step {name!r}")
+        committed: T = self._commit_value(step_no, name, value, "output")
+        return committed
+
+    def _commit_value(self, step_no: int, name: str, value: Any, what: str) -> Any:
+        """Record ``value`` as step ``step_no`` and return what replay will return: the
+        value round-tripped through the serializer, or the record another run won with."""
+        output = self.store.codec.dumps(value, f"{what} of step {name!r}")
         winner = self._record(step_no, name, output, None)
         if winner is not None:
-            won: T = self._replay(winner, name)
-            return won
-        result: T = self.store.codec.loads(output)
-        return result
+            return self._replay(winner, name)
+        return self.store.codec.loads(output)
 
     def _replay(self, record: StepRecord, name: str) -> Any:
         if record.name != name:
