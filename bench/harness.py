@@ -202,7 +202,10 @@ def run_cases(bench: Bench, selected: list[Case]) -> list[dict[str, Any]]:
                 continue  # bench/routing.py runs all rounds in one process
             log(f"[round {n + 1}/{rounds}] row {row} {system} {case} ...")
             try:
-                result = measure(bench)
+                try:
+                    result = measure(bench)
+                finally:
+                    bench.drop_databases()
             except _FAILURES as exc:
                 reason = _first_line(exc)
                 log(f"  failed: {reason}")

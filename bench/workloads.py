@@ -81,10 +81,19 @@ class Bench:
         self.workdir = workdir
         self.plan = plan
         self._n = 0
+        self._databases: list[tuple[int, str]] = []
 
     def database(self, server: int, label: str) -> str:
         self._n += 1
-        return self.servers.fresh_database(server, f"bench_{label}_{self._n}")
+        name = f"bench_{label}_{self._n}"
+        self._databases.append((server, name))
+        return self.servers.fresh_database(server, name)
+
+    def drop_databases(self) -> None:
+        """Drop every database made so far. WAL is counted per server, so a finished
+        case's database must not be autovacuumed while the next case is measured."""
+        while self._databases:
+            self.servers.drop_database(*self._databases.pop())
 
     def run(self, module: str, mode: str, spec: dict[str, Any], **kw: Any) -> dict[str, Any]:
         return procs.run(self.workdir, module, mode, spec, timeout=self.plan.timeout, **kw)
