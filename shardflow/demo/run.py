@@ -163,6 +163,10 @@ def _run(
     per_shard_total: Counter[str] = Counter()
     handles: list[shardflow.WorkflowHandle] = []
     killed_pid = None
+    console.print(
+        f"[bold]3.[/] Submitting {workflows} document pipelines (extract, enrich, render,"
+        " publish); a worker is killed at 30%"
+    )
     with Progress(*columns, console=console) as progress:
         submit_task = progress.add_task("submitted", total=workflows)
         batch = 500
@@ -202,6 +206,7 @@ def _run(
             if time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+    console.print("[bold]4.[/] Verifying against the side-effect log")
     return _verify(cluster, handles, per_shard_total, console, effects_dsn)
 
 
