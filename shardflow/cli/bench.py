@@ -61,9 +61,10 @@ def register(subparsers: Subparsers) -> None:
         metavar="DIR",
         help="keep server data, configs and runner logs here (default: a temporary directory)",
     )
+    # Not --lease-seconds: SHARDFLOW_LEASE_SECONDS set for workers must not change the row.
     add_option(
         parser,
-        "--lease-seconds",
+        "--recovery-lease-seconds",
         type=positive_float,
         metavar="S",
         help="worker lease in the recovery row (default 5)",
@@ -114,7 +115,7 @@ def harness_argv(args: argparse.Namespace) -> list[str]:
         ("--rounds", args.rounds),
         ("--results-dir", args.results_dir),
         ("--workdir", args.workdir),
-        ("--lease-seconds", args.lease_seconds),
+        ("--lease-seconds", args.recovery_lease_seconds),
         ("--shardflow-concurrency", args.shardflow_concurrency),
         ("--dbos-polling-seconds", args.dbos_polling_seconds),
     ):
