@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from shardflow import __version__
 from shardflow.cli import (
+    bench,
     check_config,
     demo,
     dev,
@@ -47,6 +48,7 @@ COMMANDS = (
     rebalance,
     dev,
     demo,
+    bench,
 )
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
