@@ -20,7 +20,8 @@ The tree::
     │   ├── NonDeterminismError    replay reached another step than the one recorded
     │   └── UnknownWorkflow        no registered code for a workflow name
     ├── SerializationError     a value cannot be serialized or deserialized
-    │   └── PayloadTooLarge        a serialized value exceeds limits.max_payload_bytes
+    │   ├── PayloadTooLarge        a serialized value exceeds limits.max_payload_bytes
+    │   └── ValueRejected          the database refuses a value (NUL, invalid text, size)
     └── LeaseLost              a worker lost its claim on a workflow (fenced write refused)
 
 Driver errors are wrapped at the storage boundary (``raise ... from exc``), so callers
@@ -156,6 +157,11 @@ class PayloadTooLarge(SerializationError):
         super().__init__(f"{what} is {size} bytes, over limits.max_payload_bytes ({limit})")
 
 
+class ValueRejected(SerializationError):
+    """The database refuses a value and always will: a NUL character, text that is not
+    valid UTF-8 (a lone surrogate), a value over a server limit. Not retryable."""
+
+
 class LeaseLost(ShardflowError):
     """A fenced write was refused: another worker owns the workflow now."""
 
@@ -174,6 +180,7 @@ __all__ = [
     "ShardUnavailable",
     "ShardflowError",
     "UnknownWorkflow",
+    "ValueRejected",
     "WorkflowCancelled",
     "WorkflowConflict",
     "WorkflowDeduplicated",

@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
-
-import psycopg
 
 from shardflow.engine.records import StepRecord
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store
-from shardflow.errors import ShardUnavailable
+from shardflow.engine.store_errors import StoreError, TransientStoreError
+from shardflow.errors import ShardUnavailable, ValueRejected
+from shardflow.retry import Backoff, Failure, classify, first_line
 from shardflow.router.pools import ShardPools
 from shardflow.sql import query
 
@@ -55,30 +57,48 @@ class FinishWrite:
 
 
 class ShardCommitter:
-    """One thread and one connection per shard that commit queued writes together."""
+    """One thread and one connection per shard that commit queued writes together.
 
-    def __init__(self, pools: ShardPools, shard: str) -> None:
+    The thread never dies of an error: a shard that cannot be reached fails the writes
+    queued for it (their runs stop; their leases lapse and any worker resumes them); a
+    statement that may succeed again (deadlock, lock timeout, read-only failover window)
+    is retried in place with backoff; a value the database refuses fails only the write
+    that carries it, and only that run learns of it. Anything else is logged and handled
+    like the last case. ``last_progress`` feeds the worker's watchdog.
+    """
+
+    def __init__(self, pools: ShardPools, shard: str, *, retry_seconds: float = 5.0) -> None:
         self.pools = pools
         self.shard = shard
+        self.retry_seconds = retry_seconds
         self._queue: list[StepWrite | FinishWrite] = []
         self._cond = threading.Condition()
         self._stopped = False
+        self.batches = 0
+        self.writes = 0
+        self.errors = 0
+        self.last_progress = time.monotonic()
         self._thread = threading.Thread(
             target=self._loop, name=f"shardflow-commit-{shard}", daemon=True
         )
         self._thread.start()
-        self.batches = 0
-        self.writes = 0
 
-    def record_step(self, write: StepWrite) -> bool:
+    def record_step(self, write: StepWrite, timeout: float | None = None) -> bool:
         """Queue a checkpoint and wait until it is committed. True if written; False if
         fenced off or another run recorded this step first."""
-        self._put(write)
-        return write.done.result()
+        return self._wait(write, timeout)
 
-    def finish(self, write: FinishWrite) -> bool:
+    def finish(self, write: FinishWrite, timeout: float | None = None) -> bool:
+        return self._wait(write, timeout)
+
+    def _wait(self, write: StepWrite | FinishWrite, timeout: float | None) -> bool:
         self._put(write)
-        return write.done.result()
+        try:
+            return write.done.result(timeout)
+        except FutureTimeout:
+            # The outcome is unknown (the commit may still land): the caller must not
+            # write again under this attempt. Its lease decides what happens next.
+            raise ShardUnavailable(self.shard, f"no commit answer within {timeout:.1f}s") from None
 
     def _put(self, write: StepWrite | FinishWrite) -> None:
         with self._cond:
@@ -86,6 +106,9 @@ class ShardCommitter:
                 raise ShardUnavailable(self.shard, "the worker is stopping")
             self._queue.append(write)
             self._cond.notify()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         with self._cond:
@@ -97,15 +120,72 @@ class ShardCommitter:
         while True:
             with self._cond:
                 while not self._queue and not self._stopped:
-                    self._cond.wait()
+                    self._cond.wait(1.0)
+                    self.last_progress = time.monotonic()
                 if not self._queue and self._stopped:
                     return
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a waiter hanging, never die
+                log.exception("committer of %s failed on a batch of %d", self.shard, len(batch))
+                for w in batch:
+                    if not w.done.done():
+                        w.done.set_exception(
+                            exc if isinstance(exc, Exception) else StoreError(str(exc))
+                        )
+            self.last_progress = time.monotonic()
 
     def _commit(self, batch: Sequence[StepWrite | FinishWrite]) -> None:
+        backoff = Backoff(0.05, 1.0)
+        deadline = time.monotonic() + self.retry_seconds
+        while True:
+            try:
+                rows = self._execute(batch)
+                break
+            except Exception as exc:
+                kind = classify(exc)
+                delay = backoff.next()
+                if kind is Failure.RETRY and time.monotonic() + delay < deadline:
+                    log.info("group commit on %s: %s; retrying", self.shard, first_line(exc))
+                    time.sleep(delay)
+                    continue
+                self.errors += 1
+                if kind is Failure.UNAVAILABLE:
+                    error: Exception = (
+                        exc
+                        if isinstance(exc, ShardUnavailable)
+                        else ShardUnavailable(self.shard, first_line(exc))
+                    )
+                    for w in batch:
+                        w.done.set_exception(error)
+                    return
+                if len(batch) > 1:
+                    # One bad row must not fail the others: retry each write on its own.
+                    log.warning(
+                        "group commit on %s failed (%s); retrying one by one",
+                        self.shard,
+                        first_line(exc),
+                    )
+                    for w in batch:
+                        self._commit([w])
+                    return
+                batch[0].done.set_exception(_write_error(self.shard, kind, exc))
+                return
+        self.batches += 1
+        self.writes += len(batch)
+        written_steps = {(str(r[0]), int(r[1])) for r in rows if r[1] is not None}
+        finished = {str(r[0]) for r in rows if r[1] is None}
+        for w in batch:
+            if isinstance(w, StepWrite):
+                w.done.set_result((w.workflow_id, w.step_no) in written_steps)
+            else:
+                w.done.set_result(w.workflow_id in finished)
+
+    def _execute(self, batch: Sequence[StepWrite | FinishWrite]) -> list[tuple[Any, ...]]:
         steps = [w for w in batch if isinstance(w, StepWrite)]
-        # One lock order for the status rows a batch updates.
+        # One lock order for the status rows a batch locks or updates.
+        steps.sort(key=lambda w: w.workflow_id)
         finishes = sorted(
             (w for w in batch if isinstance(w, FinishWrite)), key=lambda f: f.workflow_id
         )
@@ -139,41 +219,33 @@ class ShardCommitter:
                 ]
             ),
         }
-        try:
-            # Autocommit: the single statement is its own transaction.
-            with self.pools.connection(self.shard) as conn:
-                rows = conn.execute(query("commit_batch"), params).fetchall()
-        except ShardUnavailable as exc:
-            for w in batch:
-                w.done.set_exception(exc)
-            return
-        except psycopg.Error as exc:
-            # One bad row must not fail the others: retry each write on its own.
-            if len(batch) > 1:
-                log.warning("group commit on %s failed (%s); retrying one by one", self.shard, exc)
-                for w in batch:
-                    self._commit([w])
-                return
-            error = ShardUnavailable(self.shard, str(exc).splitlines()[0])
-            batch[0].done.set_exception(error)
-            return
-        self.batches += 1
-        self.writes += len(batch)
-        written_steps = {(str(r[0]), int(r[1])) for r in rows if r[1] is not None}
-        finished = {str(r[0]) for r in rows if r[1] is None}
-        for s in steps:
-            s.done.set_result((s.workflow_id, s.step_no) in written_steps)
-        for f in finishes:
-            f.done.set_result(f.workflow_id in finished)
+        # Autocommit: the single statement is its own transaction.
+        with self.pools.connection(self.shard) as conn:
+            return conn.execute(query("commit_batch"), params).fetchall()
+
+
+def _write_error(shard: str, kind: Failure, exc: Exception) -> Exception:
+    """What the run that queued a failed write is told."""
+    text = f"shard {shard!r}: {first_line(exc)}"
+    if kind is Failure.BAD_VALUE:
+        return exc if isinstance(exc, ValueRejected) else ValueRejected(text)
+    if kind is Failure.RETRY:
+        return TransientStoreError(text)
+    return StoreError(text)
 
 
 class GroupWriter:
     """A run's step and final-state writes through per-shard committers (same contract as
     ``Store.record_step`` and ``Store.finish``)."""
 
-    def __init__(self, store: Store, shards: Sequence[str]) -> None:
+    def __init__(
+        self, store: Store, shards: Sequence[str], *, answer_timeout: float | None = None
+    ) -> None:
         self.store = store
-        self.committers = {s: ShardCommitter(store.pools, s) for s in shards}
+        # How long a run waits for its commit before giving up on it (unknown outcome).
+        self.answer_timeout = answer_timeout
+        retry = (answer_timeout or 10.0) / 2
+        self.committers = {s: ShardCommitter(store.pools, s, retry_seconds=retry) for s in shards}
 
     def record_step(
         self,
@@ -187,7 +259,7 @@ class GroupWriter:
         error: dict[str, Any] | None,
     ) -> StepRecord | None:
         written = self.committers[shard].record_step(
-            StepWrite(workflow_id, attempt, step_no, name, output, error)
+            StepWrite(workflow_id, attempt, step_no, name, output, error), self.answer_timeout
         )
         if written:
             return None
@@ -205,7 +277,8 @@ class GroupWriter:
         reason: str | None = None,
     ) -> bool:
         return self.committers[shard].finish(
-            FinishWrite(workflow_id, attempt, state.value, output, error, reason)
+            FinishWrite(workflow_id, attempt, state.value, output, error, reason),
+            self.answer_timeout,
         )
 
     def close(self) -> None:

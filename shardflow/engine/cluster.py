@@ -23,7 +23,7 @@ from shardflow.engine.cluster_waits import MAX_HOPS, REDIRECTS, WaitsClient
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
 from shardflow.engine.states import RESUMABLE, WorkflowState
-from shardflow.engine.store import DedupConflict, Located, Store
+from shardflow.engine.store import DedupConflict, Located, Store, TransientStoreError
 from shardflow.errors import (
     IdentityMismatch,
     RoutingError,
@@ -36,14 +36,16 @@ from shardflow.errors import (
     WorkflowNotFound,
     WorkflowTimeout,
 )
+from shardflow.retry import budget, idempotent, with_retries
 from shardflow.router.hashing import Hasher
-from shardflow.router.pools import ShardPools
+from shardflow.router.pools import SessionLimits, ShardPools
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap, desired_map
 
 log = logging.getLogger(__name__)
 
 _ID_MAX = 512
+DEFAULT_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,21 +97,38 @@ class WorkflowHandle:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
+        status: WorkflowStatus | None = None
+        unavailable: ShardflowError | None = None
         while True:
-            status = self.status()
-            if status.state is WorkflowState.SUCCESS:
-                return status.output
-            if status.state is WorkflowState.ERROR:
-                raise WorkflowFailed(self.workflow_id, status.error)
-            if status.state is WorkflowState.DEAD:
-                raise WorkflowFailed(
-                    self.workflow_id, {"type": "DeadLettered", "message": status.reason or ""}
-                )
-            if status.state is WorkflowState.CANCELLED:
-                raise WorkflowCancelled(self.workflow_id, status.reason)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                # A shard restarting or failing over is waited out, up to this call's
+                # own timeout, not only the client's retry budget.
+                with budget(self.cluster.retry_seconds if remaining is None else remaining):
+                    status = self.status()
+                unavailable = None
+            except (ShardUnavailable, TransientStoreError) as exc:
+                unavailable = exc
+            if status is not None and unavailable is None:
+                if status.state is WorkflowState.SUCCESS:
+                    return status.output
+                if status.state is WorkflowState.ERROR:
+                    raise WorkflowFailed(self.workflow_id, status.error)
+                if status.state is WorkflowState.DEAD:
+                    raise WorkflowFailed(
+                        self.workflow_id,
+                        {"type": "DeadLettered", "message": status.reason or ""},
+                    )
+                if status.state is WorkflowState.CANCELLED:
+                    raise WorkflowCancelled(self.workflow_id, status.reason)
             if deadline is not None and time.monotonic() >= deadline:
+                if unavailable is not None:
+                    raise WorkflowTimeout(
+                        f"workflow {self.workflow_id!r}: no answer after {timeout}s ({unavailable})"
+                    )
+                state = status.state.value if status is not None else "unknown"
                 raise WorkflowTimeout(
-                    f"workflow {self.workflow_id!r} still {status.state.value} after {timeout}s"
+                    f"workflow {self.workflow_id!r} still {state} after {timeout}s"
                 )
             pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
             time.sleep(pause)
@@ -125,10 +144,18 @@ class Cluster(WaitsClient):
         *,
         serializer: Serializer | None = None,
         pool_max_size: int | None = None,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         self.config = config
+        # How long a read or an idempotent write rides through a shard's restart or
+        # failover (reconnecting, with backoff) before ShardUnavailable reaches the caller.
+        self.retry_seconds = retry_seconds
         self.codec = Codec.for_config(serializer or JsonSerializer(), config)
-        self.pools = ShardPools(config, max_size=pool_max_size)
+        self.pools = ShardPools(
+            config,
+            max_size=pool_max_size,
+            limits=SessionLimits.for_lease(config.worker.lease_seconds),
+        )
         self.store = Store(self.pools, self.codec)
         self.hasher = Hasher(config.hash.slots, config.hash.seed)
         self._checked: set[str] = set()
@@ -246,7 +273,9 @@ class Cluster(WaitsClient):
             seen: set[str] = set()
             dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
             raise WorkflowConflict(f"workflow id {dup!r} appears twice in one submit_many")
-        placed = self._insert(rows)
+        # Every ID is fixed before the first attempt, and an insert of an ID that exists
+        # does nothing: a retry after a lost commit answer never creates a second one.
+        placed = with_retries(lambda: self._insert(rows), self.retry_seconds)
         return [WorkflowHandle(self, r.workflow_id, placed[r.workflow_id]) for r in rows]
 
     def _new_row(self, sub: Submission, new_ids: _IdSource | None = None) -> NewWorkflow:
@@ -418,6 +447,7 @@ class Cluster(WaitsClient):
 
     # -- reads ----------------------------------------------------------------------------
 
+    @idempotent
     def get(self, workflow_id: str) -> WorkflowStatus:
         """The workflow's current status, wherever it lives. Raises WorkflowNotFound.
 
@@ -490,11 +520,13 @@ class Cluster(WaitsClient):
                 return after.status
         return dataclasses.replace(status, state=WorkflowState(copy.import_state or "ENQUEUED"))
 
+    @idempotent
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow (checked)."""
         status = self.get(workflow_id)
         return WorkflowHandle(self, workflow_id, status.shard)
 
+    @idempotent
     def steps(self, workflow_id: str) -> list[StepRecord]:
         """The recorded steps of a workflow, in order."""
         status = self.get(workflow_id)
@@ -525,8 +557,12 @@ class Cluster(WaitsClient):
 
         def page(shard: str) -> list[WorkflowStatus]:
             try:
-                return self.store.list_page(
-                    shard, state=state_value, name=name, queue=queue, after=after, limit=limit
+                return with_retries(
+                    lambda: self.store.list_page(
+                        shard, state=state_value, name=name, queue=queue, after=after, limit=limit
+                    ),
+                    # Leaving a shard out is the caller's choice: do not wait long for it.
+                    1.0 if skip_unavailable else self.retry_seconds,
                 )
             except ShardUnavailable:
                 if not skip_unavailable:
@@ -549,6 +585,7 @@ class Cluster(WaitsClient):
 
     # -- control ----------------------------------------------------------------------------
 
+    @idempotent
     def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
         """Cancel a workflow and its children. Terminal: a running one stops at its next
         step boundary."""
@@ -559,8 +596,11 @@ class Cluster(WaitsClient):
             if not status.state.is_active or self.store.cancel(status.shard, workflow_id, reason):
                 break
         self.cancel_children(workflow_id, reason)
+        # A parent waiting for this child learns of its end now, not at its next re-check.
+        self.wake_parent_of(workflow_id)
         return self.get(workflow_id)
 
+    @idempotent
     def cancel_children(self, workflow_id: str, reason: str) -> int:
         """Cancel the children (and their children) a workflow started. Returns how many
         were active."""
@@ -579,6 +619,7 @@ class Cluster(WaitsClient):
             cancelled += self.cancel_children(child_id, reason)
         return cancelled
 
+    @idempotent
     def resume(self, workflow_id: str) -> WorkflowStatus:
         """Re-queue a cancelled, failed or dead-lettered workflow from its last checkpoint."""
         status = self.get(workflow_id)
@@ -612,10 +653,17 @@ def connect(
     *,
     serializer: Serializer | None = None,
     pool_max_size: int | None = None,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
 ) -> Cluster:
-    """Connect to a cluster described by a YAML file or a :class:`ClusterConfig`."""
+    """Connect to a cluster described by a YAML file or a :class:`ClusterConfig`.
+
+    ``retry_seconds``: how long reads and idempotent writes retry through a shard's
+    restart or failover before raising :class:`ShardUnavailable`.
+    """
     cfg = config if isinstance(config, ClusterConfig) else load(config)
-    return Cluster(cfg, serializer=serializer, pool_max_size=pool_max_size)
+    return Cluster(
+        cfg, serializer=serializer, pool_max_size=pool_max_size, retry_seconds=retry_seconds
+    )
 
 
 class _IdSource:

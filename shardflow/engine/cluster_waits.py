@@ -18,7 +18,13 @@ from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store
-from shardflow.errors import RoutingError, WorkflowConflict, WorkflowNotFound
+from shardflow.errors import (
+    RoutingError,
+    ShardUnavailable,
+    WorkflowConflict,
+    WorkflowNotFound,
+)
+from shardflow.retry import budget, idempotent
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap
 
@@ -36,6 +42,7 @@ class WaitsClient:
     codec: Codec
     store: Store
     router: Router
+    retry_seconds: float
 
     if TYPE_CHECKING:
 
@@ -63,15 +70,22 @@ class WaitsClient:
         idempotency_key: str | None = None,
     ) -> bool:
         """Send ``message`` to a workflow. With an ``idempotency_key``, sending again is a
-        no-op. Returns False for such a duplicate. Follows the workflow if it moved."""
+        no-op. Returns False for such a duplicate. Follows the workflow if it moved.
+
+        Without a key, one is drawn per call before the first attempt, so a retry after a
+        lost commit answer never delivers the message twice."""
         payload = self.codec.dumps(message, f"message to {workflow_id!r}")
         message_id = idempotency_key or str(uuid.uuid4())
+        return self._send(workflow_id, topic or "", message_id, payload)
+
+    @idempotent
+    def _send(self, workflow_id: str, topic: str, message_id: str, payload: str) -> bool:
         shard = self.get(workflow_id).shard
         for _ in range(MAX_HOPS):
             outcome, moved_to = self.store.send_message(
                 shard,
                 workflow_id=workflow_id,
-                topic=topic or "",
+                topic=topic,
                 message_id=message_id,
                 payload=payload,
             )
@@ -89,12 +103,21 @@ class WaitsClient:
         interrupt: threading.Event | None = None,
     ) -> Any:
         """The value a workflow published under ``key``, waiting up to ``timeout``
-        seconds for it; None if it is not set by then."""
+        seconds for it; None if it is not set by then. A workflow that does not exist
+        yet, or whose shard is unreachable for a while, is waited for the same way."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            shard = self.get(workflow_id).shard
-            found, value = self.store.get_event(shard, workflow_id, key)
+            remaining = deadline - time.monotonic()
+            try:
+                with budget(max(min(remaining, self.retry_seconds), 0.0)):
+                    found, value = self._read_event(workflow_id, key)
+            except WorkflowNotFound:
+                found, value = False, None
+            except ShardUnavailable:
+                if deadline - time.monotonic() <= 0:
+                    raise
+                found, value = False, None
             if found:
                 return value
             remaining = deadline - time.monotonic()
@@ -108,6 +131,21 @@ class WaitsClient:
                 time.sleep(pause)
             delay = min(delay * 1.5, 0.25)
 
+    @idempotent
+    def _read_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:
+        shard = self.get(workflow_id).shard
+        return self.store.get_event(shard, workflow_id, key)
+
+    @idempotent
+    def wake_parent_of(self, workflow_id: str) -> bool:
+        """Wake the parent of a workflow that ended, if the parent waits for a child."""
+        try:
+            parent_id = self.get(workflow_id).parent_id
+            return parent_id is not None and self.wake(parent_id, wait_for="child")
+        except WorkflowNotFound:
+            return False
+
+    @idempotent
     def wake(self, workflow_id: str, wait_for: str | None = None) -> bool:
         """Wake a suspended workflow now (if it waits for ``wait_for``)."""
         for _ in range(MAX_HOPS):

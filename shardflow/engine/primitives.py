@@ -8,10 +8,8 @@ and lease, and a worker resumes it (by replay) when the wait is over.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from shardflow.engine import context
@@ -35,23 +33,25 @@ def _run(what: str) -> WorkflowRun:
     return run
 
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
 def sleep(seconds: float) -> None:
     """Durable sleep. Short sleeps keep the thread; long ones suspend the workflow, which
-    resumes on time after any restart."""
+    resumes on time after any restart.
+
+    The wake-up time is recorded on the database clock of the workflow's shard (the
+    worker's clock may be off), so it fires when due whatever the worker's clock says.
+    """
     run = _run("sleep")
-    wake_at = float(run.checkpoint("shardflow.sleep", lambda: time.time() + max(seconds, 0.0)))
-    remaining = wake_at - time.time()
+    wake_at = float(
+        run.checkpoint("shardflow.sleep", lambda: run.db_time() + max(float(seconds), 0.0))
+    )
+    remaining = wake_at - run.db_time()
     if remaining <= 0:
         return
     if remaining <= INLINE_WAIT_SECONDS:
         if run.interrupted.wait(remaining):
             run.check_live()
         return
-    raise Suspend(_utc(wake_at), "sleep")
+    raise Suspend(remaining, "sleep")
 
 
 def send(
@@ -73,7 +73,8 @@ def recv(topic: str | None = None, timeout: float | None = 60.0) -> Any:
     run = _run("recv")
     topic_key = topic or ""
     deadline = run.checkpoint(
-        "shardflow.recv.deadline", lambda: None if timeout is None else time.time() + timeout
+        "shardflow.recv.deadline",
+        lambda: None if timeout is None else run.db_time() + float(timeout),
     )
     step_no, record = run.take_step("shardflow.recv")
     if record is not None:
@@ -84,15 +85,14 @@ def recv(topic: str | None = None, timeout: float | None = 60.0) -> Any:
         found, value = run.consume_message_at(step_no, topic_key)
         if found:
             return value
-        remaining = None if deadline is None else float(deadline) - time.time()
+        remaining = None if deadline is None else float(deadline) - run.db_time()
         if remaining is not None and remaining <= 0:
             run.checkpoint_at(step_no, "shardflow.recv", None)
             return None
         if remaining is not None and remaining <= INLINE_WAIT_SECONDS:
             run.message_arrived.wait(remaining)
             continue
-        wake = None if deadline is None else _utc(float(deadline))
-        raise Suspend(wake, f"message:{topic_key}", topic=topic_key)
+        raise Suspend(remaining, f"message:{topic_key}", topic=topic_key)
 
 
 def set_event(key: str, value: Any) -> None:
@@ -143,8 +143,7 @@ class ChildHandle(Generic[R]):
         run.check_live()
         status = run.cluster.get(self.workflow_id)
         if not status.state.is_terminal:
-            wake = _utc(time.time() + CHILD_RECHECK_SECONDS)
-            raise Suspend(wake, "child", child_id=self.workflow_id)
+            raise Suspend(CHILD_RECHECK_SECONDS, "child", child_id=self.workflow_id)
         if status.state.value == "SUCCESS":
             text = run.store.codec.dumps(status.output, "child result")
             run.record_raw(step_no, "shardflow.child_result", text, None)

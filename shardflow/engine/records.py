@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,6 +85,9 @@ class Claim:
     recoveries: int
     parent_id: str | None
     state: WorkflowState
+    # The database clock minus this process's clock, in seconds, measured at the claim:
+    # durable timers are computed on the database clock (``WorkflowRun.db_time``).
+    clock_offset: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,4 +119,5 @@ def claim_from_row(shard: str, row: Sequence[Any]) -> Claim:
         recoveries=row[5],
         parent_id=row[6],
         state=WorkflowState(row[7]),
+        clock_offset=float(row[8]) - time.time() if len(row) > 8 else 0.0,
     )

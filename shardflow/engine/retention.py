@@ -26,7 +26,8 @@ import psycopg
 
 from shardflow.config.model import RetentionConfig
 from shardflow.engine.blobs import references
-from shardflow.errors import ShardflowError
+from shardflow.errors import ShardflowError, ShardUnavailable
+from shardflow.retry import first_line
 from shardflow.sql import query
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class RetentionLeader:
                 # Let the shard breathe (and autovacuum catch up) between batches.
                 self._stop.wait(self.config.batch_pause_seconds)
         except psycopg.OperationalError as exc:
-            log.warning("retention on %s lost its connection: %s", shard, _first_line(exc))
+            log.warning("retention on %s lost its connection: %s", shard, first_line(exc))
             self._drop(shard)
         finally:
             self.stats.last_batches[shard] = batches
@@ -142,11 +143,10 @@ class RetentionLeader:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._drop(shard)
-        dsn = self.cluster.pools.shard(shard).dsn
         try:
-            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as exc:
-            log.debug("retention: shard %s unreachable: %s", shard, _first_line(exc))
+            conn = self.cluster.pools.connect(shard)
+        except ShardUnavailable as exc:
+            log.debug("retention: shard %s unreachable: %s", shard, exc.reason)
             return None
         try:
             row = conn.execute(query("retention_try_lead")).fetchone()
@@ -208,8 +208,3 @@ def _resign(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         pass  # the connection is going away, and its lock with it
     finally:
         conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

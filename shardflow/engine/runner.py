@@ -14,15 +14,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from shardflow import retry
 from shardflow.engine import context
 from shardflow.engine.records import Claim, StepRecord
 from shardflow.engine.serialization import error_record, rebuild_error
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Fenced, Store, TransientStoreError
-from shardflow.errors import NonDeterminismError, SerializationError, ShardUnavailable
+from shardflow.engine.store import Fenced, Store, StoreError, TransientStoreError
+from shardflow.errors import (
+    NonDeterminismError,
+    SerializationError,
+    ShardUnavailable,
+    ValueRejected,
+)
 
 if TYPE_CHECKING:
     from shardflow.engine.app import App, RetryPolicy
@@ -30,6 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A run that needs another shard that is down is parked this long, then replays.
+OTHER_SHARD_RETRY_SECONDS = 5.0
+# How long a client call inside a run retries a shard's outage before the run is parked.
+RUN_RETRY_SECONDS = 2.0
 
 
 class RunInterrupted(BaseException):
@@ -68,16 +78,21 @@ class RunWriter(Protocol):
 
 
 class Suspend(BaseException):
-    """Parks the run: state SUSPENDED until ``wake_at`` (None: until woken)."""
+    """Parks the run: state SUSPENDED for ``delay_seconds`` (None: until woken).
+
+    The wake-up time is computed by the suspending statement on the database clock
+    (``now() + delay``), the clock that also fires it: a worker whose clock is off by
+    seconds neither spins nor oversleeps.
+    """
 
     def __init__(
         self,
-        wake_at: datetime | None,
+        delay_seconds: float | None,
         wait_for: str,
         topic: str | None = None,
         child_id: str | None = None,
     ) -> None:
-        self.wake_at = wake_at
+        self.delay_seconds = None if delay_seconds is None else max(delay_seconds, 0.0)
         self.wait_for = wait_for
         self.topic = topic
         self.child_id = child_id
@@ -115,6 +130,11 @@ class WorkflowRun:
         self.lease_valid_until = time.monotonic() + lease_seconds
         # Told how long each completed step took (shard, step name, seconds): metrics.
         self.observe_step: Callable[[str, str, float], None] | None = None
+
+    def db_time(self) -> float:
+        """Now on the database clock of this run's shard (epoch seconds), estimated from
+        the offset measured when the run was claimed."""
+        return time.time() + self.claim.clock_offset
 
     def interrupt(self, reason: str) -> None:
         self.interrupt_reason = reason
@@ -279,16 +299,28 @@ def execute(run: WorkflowRun, app: App) -> WorkflowState | None:
         if claim.attempt > 1:
             run.recorded = {s.step_no: s for s in store.load_steps(run.shard, run.workflow_id)}
         inputs = codec.loads(claim.inputs)
-        result = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
+        # Client calls made by the workflow (send, children, events) retry briefly: on a
+        # longer outage of another shard the run is parked and replays later.
+        with retry.budget(RUN_RETRY_SECONDS):
+            result = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
         output = codec.dumps(result, f"result of workflow {claim.name!r}")
     except Suspend as wait:
         return _suspend(run, wait)
     except RunInterrupted as exc:
         log.info("run of %s (attempt %d) stopped: %s", run.workflow_id, run.attempt, exc)
         return None
-    except ShardUnavailable as exc:
-        log.warning("run of %s abandoned: %s", run.workflow_id, exc)
-        return None
+    except (ShardUnavailable, TransientStoreError) as exc:
+        if isinstance(exc, ShardUnavailable) and exc.shard == run.shard:
+            # Its own shard: nothing more can be written; the lease decides.
+            log.warning("run of %s abandoned: %s", run.workflow_id, exc)
+            return None
+        # Another shard this workflow talks to (send, child, event) is down, or a read
+        # failed for a moment: not a crash. Park the run and let it replay to here later.
+        where = exc.shard if isinstance(exc, ShardUnavailable) else "retry"
+        log.warning(
+            "run of %s parked for %.0fs: %s", run.workflow_id, OTHER_SHARD_RETRY_SECONDS, exc
+        )
+        return _suspend(run, Suspend(OTHER_SHARD_RETRY_SECONDS, f"shard:{where}"))
     except NonDeterminismError as exc:
         return _finish(run, WorkflowState.ERROR, None, error_record(exc), "non-determinism")
     except SerializationError as exc:
@@ -317,12 +349,31 @@ def _finish(
             error=error,
             reason=reason,
         )
-    except ShardUnavailable as exc:
+    except ValueRejected as exc:
+        # The database refused the result itself (an unforeseen server limit): end in
+        # ERROR saying so, with nothing of the refused value.
+        if state is WorkflowState.ERROR and reason == "value rejected":
+            log.error("could not record the end of %s: %s", run.workflow_id, exc)
+            return None
+        log.warning("end of %s refused by the database: %s", run.workflow_id, exc)
+        refused = error_record(exc)
+        return _finish(run, WorkflowState.ERROR, None, refused, "value rejected")
+    except (ShardUnavailable, TransientStoreError, StoreError) as exc:
         log.warning("could not record the end of %s: %s", run.workflow_id, exc)
         return None
     if not written:
         log.info("end of %s not recorded: fenced off (attempt %d)", run.workflow_id, run.attempt)
         return None
+    if state is WorkflowState.ERROR:
+        message = (error or {}).get("message", "")
+        log.warning(
+            "workflow %s (%s) failed on %s: %s: %s",
+            run.workflow_id,
+            run.claim.name,
+            run.shard,
+            (error or {}).get("type", "Error"),
+            message if len(message) < 500 else message[:500] + "...",
+        )
     if run.claim.parent_id and run.cluster is not None:
         # Best effort: a parent waiting for this child re-checks after it suspends, so a
         # wake-up lost here only delays it until its fallback wake time.
@@ -339,11 +390,11 @@ def _suspend(run: WorkflowRun, wait: Suspend) -> WorkflowState | None:
             run.shard,
             workflow_id=run.workflow_id,
             attempt=run.attempt,
-            wake_at=wait.wake_at,
+            delay_seconds=wait.delay_seconds,
             wait_for=wait.wait_for,
             topic=wait.topic,
         )
-    except ShardUnavailable as exc:
+    except (ShardUnavailable, TransientStoreError, StoreError) as exc:
         log.warning("could not suspend %s: %s", run.workflow_id, exc)
         return None
     if not parked:

@@ -19,7 +19,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardflow.engine.blobs import BLOB_MARKER, BlobMissing, BlobRef, BlobStore, open_blob_store
-from shardflow.errors import PayloadTooLarge, SerializationError
+from shardflow.errors import PayloadTooLarge, SerializationError, ValueRejected
 
 if TYPE_CHECKING:
     from shardflow.config.model import ClusterConfig
@@ -39,9 +39,18 @@ class JsonSerializer:
         self._encode = json.JSONEncoder(
             separators=(",", ":"), allow_nan=False, ensure_ascii=False
         ).encode
+        self._encode_ascii = json.JSONEncoder(
+            separators=(",", ":"), allow_nan=False, ensure_ascii=True
+        ).encode
 
     def dumps(self, value: Any) -> str:
-        return self._encode(value)
+        text = self._encode(value)
+        if not text.isascii() and not is_storable_text(text):
+            # A lone surrogate (what os.listdir returns for a file name that is not
+            # UTF-8) cannot be sent as UTF-8: escape it as \udXXX, which JSON allows and
+            # loads() turns back into the same string.
+            return self._encode_ascii(value)
+        return text
 
     def loads(self, text: str) -> Any:
         return json.loads(text)
@@ -94,6 +103,11 @@ class Codec:
                 raise PayloadTooLarge(_what(what, of), size, self.max_bytes)
         if text[:1] == BLOB_MARKER:
             raise SerializationError(f"{_what(what, of)}: serialized text must not start with 0x1E")
+        if "\x00" in text or not is_storable_text(text):
+            raise ValueRejected(
+                f"{_what(what, of)}: the serializer produced text PostgreSQL cannot store"
+                " (a NUL character or a lone surrogate)"
+            )
         if self.blobs is not None and len(text) * 4 > self.inline_max_bytes:
             data = text.encode("utf-8")
             if len(data) > self.inline_max_bytes:
@@ -148,14 +162,44 @@ _recent = threading.local()
 _RECENT_MAX_BYTES = 1 << 20
 
 
+def is_storable_text(text: str) -> bool:
+    """Whether PostgreSQL can store ``text`` in a text column: valid UTF-8 (no lone
+    surrogates). NUL is checked separately where it matters."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable(text: str) -> str:
+    """``text`` with what PostgreSQL cannot store escaped: NUL as ``\\x00``, lone
+    surrogates as ``\\udXXX``. For diagnostics (error messages), never for values."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not is_storable_text(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def error_record(exc: BaseException) -> dict[str, Any]:
-    """How an exception is stored: type, message, traceback."""
+    """How an exception is stored: type, message, traceback. Whatever the exception's
+    text holds (a NUL, a lone surrogate), the record can be stored as jsonb."""
     return {
         "type": type(exc).__name__,
         "module": type(exc).__module__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc))[-8000:],
+        "message": storable(_text_of(exc)),
+        "traceback": storable("".join(traceback.format_exception(exc))[-8000:]),
     }
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not lose the error itself
+        return f"<{type(exc).__name__}: str() failed>"
 
 
 class StepFailed(Exception):

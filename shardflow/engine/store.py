@@ -30,8 +30,9 @@ from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store_errors import DedupConflict, Fenced, StoreError, TransientStoreError
 from shardflow.engine.waitstore import WaitStore
-from shardflow.errors import ShardUnavailable
-from shardflow.router.pools import Conn, ShardPools, is_connection_failure
+from shardflow.errors import ShardUnavailable, ValueRejected
+from shardflow.retry import Failure, classify, first_line
+from shardflow.router.pools import Conn, ShardPools
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
 
@@ -49,17 +50,24 @@ class Store(WaitStore):
 
     @contextmanager
     def _conn(self, shard: str) -> Iterator[Conn]:
+        """A pooled connection; driver errors leave classified (:mod:`shardflow.retry`):
+        ShardUnavailable, TransientStoreError (retry in place), ValueRejected (this value
+        can never be stored), StoreError (anything else)."""
         with self.pools.connection(shard) as conn:
             try:
                 yield conn
             except ShardUnavailable:
                 raise
-            except psycopg.OperationalError as exc:
-                if is_connection_failure(exc):
+            except (psycopg.Error, UnicodeEncodeError) as exc:
+                kind = classify(exc)
+                if kind is Failure.UNAVAILABLE and isinstance(exc, psycopg.Error):
                     raise  # the pools turn it into ShardUnavailable
-                raise TransientStoreError(f"shard {shard!r}: {exc}".splitlines()[0]) from exc
-            except psycopg.Error as exc:
-                raise StoreError(f"shard {shard!r}: {exc}".splitlines()[0]) from exc
+                text = f"shard {shard!r}: {first_line(exc)}"
+                if kind is Failure.RETRY:
+                    raise TransientStoreError(text) from exc
+                if kind is Failure.BAD_VALUE:
+                    raise ValueRejected(text) from exc
+                raise StoreError(text) from exc
 
     # -- topology ---------------------------------------------------------------------
 
@@ -384,11 +392,7 @@ class Store(WaitStore):
         Uses a dedicated connection (LISTEN needs one). Yields ``("", "")`` every
         ``timeout`` seconds of silence so the caller can check ``stop``.
         """
-        dsn = self.pools.shard(shard).dsn
-        try:
-            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as exc:
-            raise ShardUnavailable(shard, str(exc).strip().splitlines()[0]) from exc
+        conn = self.pools.connect(shard)
         with conn:
             try:
                 conn.execute(query("listen"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
@@ -43,11 +42,12 @@ class WaitStore:
         *,
         workflow_id: str,
         attempt: int,
-        wake_at: datetime | None,
+        delay_seconds: float | None,
         wait_for: str,
         topic: str | None = None,
     ) -> bool:
-        """Park a run until ``wake_at`` or a wake-up. False if fenced off."""
+        """Park a run for ``delay_seconds`` (database clock; None: until woken) or until a
+        wake-up. False if fenced off."""
         with self._conn(shard) as conn, conn.transaction():
             try:
                 self._lock_run(conn, workflow_id, attempt)
@@ -58,7 +58,7 @@ class WaitStore:
                 {
                     "workflow_id": workflow_id,
                     "attempt": attempt,
-                    "wake_at": wake_at,
+                    "delay_seconds": delay_seconds,
                     "wait_for": wait_for,
                     "topic": topic,
                 },

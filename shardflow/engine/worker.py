@@ -1,9 +1,16 @@
-"""Worker processes: per-shard claim loops, a thread per running workflow, one heartbeat.
+"""Worker processes: per-shard claim, heartbeat, listener and commit threads, and a
+thread per running workflow.
 
 A worker claims from each of its shards in batches (``FOR UPDATE SKIP LOCKED``), runs the
 claimed workflows on a thread pool of ``concurrency`` threads, and renews the leases of
 everything it runs with one statement per shard per heartbeat. Any worker recovers
 workflows whose lease expired, so a crashed worker needs no restart and no coordinator.
+
+Shards are isolated from each other: each has its own claim loop, heartbeat, listener and
+committer, and one claim in flight holds at most a fair share of the free threads, so a
+shard that hangs (frozen server, DDL lock) costs only the workflows that live on it. No
+loop dies of an error: each logs it, backs off and goes on, and records its progress for
+:meth:`Worker.health`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shardflow.config.model import QueueConfig
 from shardflow.engine.batcher import GroupWriter
@@ -30,7 +37,8 @@ from shardflow.engine.runner import WorkflowRun, execute
 from shardflow.engine.schedules import Scheduler, collect
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.timings import StepTimes
-from shardflow.errors import ShardflowError, ShardUnavailable
+from shardflow.errors import ShardflowError
+from shardflow.retry import Backoff, Failure, classify, first_line
 from shardflow.router.slotmap import quotas
 
 if TYPE_CHECKING:
@@ -38,6 +46,9 @@ if TYPE_CHECKING:
     from shardflow.engine.cluster import Cluster
 
 log = logging.getLogger(__name__)
+
+# Why stop() interrupts a run: such a run hands its workflow back when its thread stops.
+_STOPPING = "worker stopping"
 
 
 @dataclass(slots=True)
@@ -55,6 +66,8 @@ class WorkerStats:
     woken: int = 0
     suspended: int = 0
     timed_out: int = 0
+    released: int = 0
+    loop_errors: Counter[str] = field(default_factory=Counter)
     # The same, per (shard, queue) and per (shard, queue, final state), for metrics.
     claimed_by: Counter[tuple[str, str]] = field(default_factory=Counter)
     recovered_by: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -106,6 +119,16 @@ class Worker:
         self._per_queue: Counter[str] = Counter()
         self._reserved = 0
         self._stopping = threading.Event()
+        # Set once every run has ended: the heartbeats go on until then (see stop()).
+        self._closed = threading.Event()
+        self._force = threading.Event()
+        # Each background loop's last sign of progress (monotonic), for health().
+        self._progress: dict[str, float] = {}
+        # A claim in flight on one shard reserves at most this many threads, so that a
+        # shard whose claim hangs cannot hold the whole free capacity.
+        self._claim_share = max(1, -(-self.concurrency // max(len(self.shards), 1)))
+        # A loop silent for longer than this is reported as stalled (health()).
+        self.stall_seconds = max(60.0, 3 * self.lease_seconds)
         # One wake-up flag per shard's claim loop: set by notifications and finished runs.
         self._wake = {shard: threading.Event() for shard in self.shards}
         self._notified = {shard: threading.Event() for shard in self.shards}
@@ -163,34 +186,46 @@ class Worker:
         if not self._names:
             raise ShardflowError(f"app {self.app.name!r} has no workflows to run")
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="shardflow-run")
-        self._writer = GroupWriter(self.cluster.store, self.shards)
-        for shard in self.shards:
-            t = threading.Thread(
-                target=self._claim_loop, args=(shard,), name=f"shardflow-claim-{shard}", daemon=True
-            )
-            self._threads.append(t)
-            self._threads.append(
-                threading.Thread(
-                    target=self._listen_loop,
-                    args=(shard,),
-                    name=f"shardflow-listen-{shard}",
-                    daemon=True,
-                )
-            )
-        self._threads.append(
-            threading.Thread(target=self._heartbeat_loop, name="shardflow-heartbeat", daemon=True)
+        # A run waits for its checkpoint's commit at most a third of a lease: past that
+        # its outcome is unknown and the run stops (the lease decides who goes on).
+        self._writer = GroupWriter(
+            self.cluster.store, self.shards, answer_timeout=self.lease_seconds / 3
         )
+        for shard in self.shards:
+            for kind, target in (
+                ("claim", self._claim_loop),
+                ("listen", self._listen_loop),
+                ("heartbeat", self._heartbeat_loop),
+            ):
+                self._threads.append(
+                    threading.Thread(
+                        target=self._guarded,
+                        args=(f"{kind}-{shard}", target, shard),
+                        name=f"shardflow-{kind}-{shard}",
+                        daemon=True,
+                    )
+                )
         schedules = collect(self.app, self.cluster)
         if schedules:
             self.scheduler = Scheduler(self.cluster, schedules, self._stopping)
             self._threads.append(
-                threading.Thread(target=self.scheduler.run, name="shardflow-cron", daemon=True)
+                threading.Thread(
+                    target=self._guarded,
+                    args=("cron", self.scheduler.run),
+                    name="shardflow-cron",
+                    daemon=True,
+                )
             )
         policy = self.cluster.config.retention
         if policy is not None and self._run_retention:
             self.retention = RetentionLeader(self.cluster, policy, self.shards, self._stopping)
             self._threads.append(
-                threading.Thread(target=self.retention.run, name="shardflow-retention", daemon=True)
+                threading.Thread(
+                    target=self._guarded,
+                    args=("retention", self.retention.run),
+                    name="shardflow-retention",
+                    daemon=True,
+                )
             )
         for t in self._threads:
             t.start()
@@ -203,27 +238,46 @@ class Worker:
         )
 
     def stop(self, grace_seconds: float | None = None) -> None:
-        """Stop claiming, let running workflows finish for ``grace_seconds`` (default: one
-        lease), then hand back the rest so any worker can claim them at once."""
+        """Stop gracefully: claim nothing more, let running workflows finish for
+        ``grace_seconds`` (default: one lease), then interrupt the rest at their next step
+        boundary and hand each back (ENQUEUED, for any worker) once its thread has stopped.
+
+        Leases are renewed until every run's thread has returned, so a step still
+        executing here is never claimed and run a second time elsewhere meanwhile. A step
+        that does not return keeps the worker waiting (logged every few seconds); call
+        :meth:`force_stop` (the CLI does on a second SIGTERM/SIGINT) to give up waiting:
+        the process should then exit, and those workflows are recovered after their lease.
+        """
         grace = self.lease_seconds if grace_seconds is None else grace_seconds
         self._stopping.set()
         self._wake_all()
         deadline = time.monotonic() + grace
         with self._lock:
-            while self._running and time.monotonic() < deadline:
+            while self._running and time.monotonic() < deadline and not self._force.is_set():
                 self._lock.wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
             leftover = list(self._running.values())
         for run in leftover:
-            run.interrupt("worker stopping")
-        by_shard: dict[str, list[tuple[str, int]]] = {}
-        for run in leftover:
-            by_shard.setdefault(run.shard, []).append((run.workflow_id, run.attempt))
-        for shard, runs in by_shard.items():
-            try:
-                released = self.cluster.store.release(shard, runs)
-                log.info("released %d workflow(s) on %s", len(released), shard)
-            except ShardUnavailable as exc:
-                log.warning("could not release workflows on %s: %s", shard, exc)
+            run.interrupt(_STOPPING)
+        next_log = time.monotonic() + 5.0
+        with self._lock:
+            while self._running and not self._force.is_set():
+                self._lock.wait(0.1)
+                if time.monotonic() >= next_log:
+                    next_log = time.monotonic() + 5.0
+                    log.warning(
+                        "worker %s stopping: waiting for %d run(s) still inside a step: %s",
+                        self.worker_id,
+                        len(self._running),
+                        ", ".join(sorted(self._running)[:5]),
+                    )
+            abandoned = list(self._running)
+        if abandoned:
+            log.warning(
+                "worker %s stopped waiting for %d run(s); they are recovered after their lease",
+                self.worker_id,
+                len(abandoned),
+            )
+        self._closed.set()
         for t in self._threads:
             t.join(timeout=5)
         if self._executor is not None:
@@ -232,12 +286,22 @@ class Worker:
             self._writer.close()
         log.info("worker %s stopped", self.worker_id)
 
+    def force_stop(self) -> None:
+        """Make a :meth:`stop` in progress return without waiting for running steps."""
+        self._force.set()
+        with self._lock:
+            self._lock.notify_all()
+
     def run(self) -> None:
         """Start, then block until SIGTERM or SIGINT, then stop gracefully."""
         done = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("received signal %d, stopping", signum)
+            if done.is_set():
+                log.warning("received signal %d again, not waiting for running steps", signum)
+                self.force_stop()
+                return
+            log.info("received signal %d, stopping (again to stop at once)", signum)
             done.set()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -262,12 +326,38 @@ class Worker:
             return len(self._running)
 
     def alive(self) -> bool:
-        """Started, and every background thread still runs (or it is stopping on purpose):
-        what a liveness probe asks."""
+        """Started, and every background loop still runs and has shown progress within
+        ``stall_seconds`` (or it is stopping on purpose): what a liveness probe asks."""
         if self._executor is None:
             return False
-        threads = list(self._threads)
-        return self._stopping.is_set() or (bool(threads) and all(t.is_alive() for t in threads))
+        if self._stopping.is_set():
+            return True
+        return all(h["alive"] and not h["stalled"] for h in self.health().values())
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per background loop: whether its thread runs, seconds since its last progress,
+        whether that is longer than ``stall_seconds``, and its error count."""
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for t in self._threads:
+            name = t.name.removeprefix("shardflow-")
+            age = now - self._progress.get(name, now)
+            out[name] = {
+                "alive": t.is_alive(),
+                "seconds_since_progress": round(age, 1),
+                "stalled": age > self.stall_seconds,
+                "errors": self.stats.loop_errors[name],
+            }
+        if self._writer is not None:
+            for shard, committer in self._writer.committers.items():
+                age = now - committer.last_progress
+                out[f"commit-{shard}"] = {
+                    "alive": committer.alive() or self._closed.is_set(),
+                    "seconds_since_progress": round(age, 1),
+                    "stalled": age > self.stall_seconds,
+                    "errors": committer.errors,
+                }
+        return out
 
     def ready(self) -> bool:
         """Alive and taking work: what a readiness probe asks."""
@@ -296,11 +386,40 @@ class Worker:
                 self._per_queue[queue.name] -= n
             self._lock.notify_all()
 
+    # -- background loops ---------------------------------------------------------------
+
+    def _guarded(self, name: str, loop: Callable[..., None], *args: Any) -> None:
+        """Run ``loop`` until the worker stops; if it raises, log, back off and run it
+        again. A background loop never dies silently."""
+        backoff = Backoff(0.5, 30.0)
+        while not self._closed.is_set():
+            self._progress[name] = time.monotonic()
+            try:
+                loop(*args)
+            except Exception:
+                self.stats.loop_errors[name] += 1
+                log.exception("background loop %s failed; restarting it", name)
+            if self._stopping.is_set() and name.split("-")[0] != "heartbeat":
+                return
+            if self._closed.wait(backoff.next()):
+                return
+
+    def _loop_error(self, name: str, exc: Exception) -> None:
+        """Log one failed iteration of a loop at the level its kind deserves."""
+        self.stats.loop_errors[name] += 1
+        kind = classify(exc)
+        if kind is Failure.BUG:
+            log.error("%s failed", name, exc_info=exc)
+        else:
+            log.warning("%s: %s (%s)", name, first_line(exc), kind.value)
+
     def _claim_loop(self, shard: str) -> None:
+        name = f"claim-{shard}"
         next_recovery = 0.0
         next_wakeable = 0.0
-        backoff = self.poll_interval
+        backoff = Backoff(self.poll_interval, 5.0)
         while not self._stopping.is_set():
+            self._progress[name] = time.monotonic()
             claimed = 0
             try:
                 now = time.monotonic()
@@ -317,15 +436,10 @@ class Worker:
                     if self._stopping.is_set():
                         break
                     claimed += self._claim_queue(shard, queue)
-                backoff = self.poll_interval
-            except ShardUnavailable as exc:
-                log.warning("claim on %s failed: %s", shard, exc)
-                backoff = min(backoff * 2, 5.0)
-                self._stopping.wait(backoff)
-                continue
-            except Exception:
-                log.exception("claim loop on %s failed", shard)
-                self._stopping.wait(backoff)
+                backoff.reset()
+            except Exception as exc:
+                self._loop_error(name, exc)
+                self._stopping.wait(backoff.next())
                 continue
             if claimed == 0:
                 # Nothing to do, or no capacity: sleep until a run ends or the poll tick.
@@ -333,7 +447,7 @@ class Worker:
                 self._wake[shard].clear()
 
     def _claim_queue(self, shard: str, queue: QueueConfig) -> int:
-        n = self._reserve(queue, self.claim_batch)
+        n = self._reserve(queue, min(self.claim_batch, self._claim_share))
         if n == 0:
             return 0
         global_limit, rate_limit = self._shares[queue.name][shard]
@@ -385,7 +499,7 @@ class Worker:
         """Claim work that was already started (woken or recovered), per queue group."""
         total = 0
         for queue, names in self._claim_groups():
-            n = self._reserve(queue, self.claim_batch)
+            n = self._reserve(queue, min(self.claim_batch, self._claim_share))
             if n == 0:
                 continue
             claims: list[Claim] = []
@@ -410,6 +524,8 @@ class Worker:
                         claim.workflow_id,
                         claim.recoveries - 1,
                     )
+                    if claim.parent_id:
+                        self._wake_parent(claim.parent_id)
                     continue
                 if recovery:
                     with self._lock:
@@ -439,6 +555,8 @@ class Worker:
         state: WorkflowState | None = None
         try:
             state = execute(run, self.app)
+            if state is None and run.interrupt_reason == _STOPPING:
+                self._release(run)
         except Exception:
             log.exception("unexpected failure running %s", run.workflow_id)
         finally:
@@ -461,6 +579,25 @@ class Worker:
             if free >= self._wake_threshold or limited or not self._running:
                 self._wake_all()
 
+    def _wake_parent(self, parent_id: str) -> None:
+        try:
+            self.cluster.wake(parent_id, wait_for="child")
+        except Exception as exc:
+            log.info("could not wake parent %s: %s", parent_id, first_line(exc))
+
+    def _release(self, run: WorkflowRun) -> None:
+        """Hand back a run stopped by stop(): its thread has returned, so nothing of it
+        runs any more, and any worker may claim it at once (fenced on the attempt)."""
+        try:
+            released = self.cluster.store.release(run.shard, [(run.workflow_id, run.attempt)])
+        except Exception as exc:
+            log.warning("could not release %s: %s", run.workflow_id, first_line(exc))
+            return
+        if released:
+            with self._lock:
+                self.stats.released += 1
+            log.info("released %s (attempt %d) on %s", run.workflow_id, run.attempt, run.shard)
+
     # -- notifications ----------------------------------------------------------------------
 
     def _listen_loop(self, shard: str) -> None:
@@ -469,11 +606,14 @@ class Worker:
         Notifications only make things prompt: without them, polling and heartbeats
         still find new work and cancellations.
         """
-        backoff = 0.5
+        name = f"listen-{shard}"
+        backoff = Backoff(0.5, 10.0)
         while not self._stopping.is_set():
+            self._progress[name] = time.monotonic()
             try:
                 for channel, payload in self.cluster.store.listen(shard, 0.25, self._stopping):
-                    backoff = 0.5
+                    self._progress[name] = time.monotonic()
+                    backoff.reset()
                     if channel == "shardflow_work":
                         self._notified[shard].set()
                         self._wake[shard].set()
@@ -481,12 +621,9 @@ class Worker:
                         self._on_cancel(payload)
                     elif channel == "shardflow_message":
                         self._on_message(payload)
-            except ShardUnavailable as exc:
-                log.debug("listener on %s: %s", shard, exc)
-            except Exception:
-                log.exception("listener on %s failed", shard)
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 10.0)
+            except Exception as exc:
+                self._loop_error(name, exc)
+            self._stopping.wait(backoff.next())
 
     def _on_cancel(self, workflow_id: str) -> None:
         with self._lock:
@@ -508,50 +645,72 @@ class Worker:
 
     # -- leases ---------------------------------------------------------------------------
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self.heartbeat_seconds):
-            self.renew_leases()
-            self.expire_deadlines()
+    def _heartbeat_loop(self, shard: str) -> None:
+        """Renew this shard's leases every heartbeat until every run has ended (also while
+        stopping), and time out workflows past their deadline. One thread per shard: a
+        shard that hangs delays only its own renewals."""
+        name = f"heartbeat-{shard}"
+        backoff = Backoff(0.2, self.heartbeat_seconds)
+        wait = self.heartbeat_seconds
+        while not self._closed.wait(wait):
+            self._progress[name] = time.monotonic()
+            try:
+                self._renew(shard)
+                if not self._stopping.is_set():
+                    self._expire(shard)
+                wait = self.heartbeat_seconds
+                backoff.reset()
+            except Exception as exc:
+                self._loop_error(name, exc)
+                wait = min(backoff.next(), self.heartbeat_seconds)
+            self._progress[name] = time.monotonic()
 
     def expire_deadlines(self) -> None:
         """Cancel workflows past their timeout on this worker's shards, with children."""
         for shard in self.shards:
             try:
-                expired = self.cluster.store.expire_deadlines(shard)
-            except ShardUnavailable:
-                continue
-            for workflow_id in expired:
+                self._expire(shard)
+            except Exception as exc:
+                self._loop_error(f"heartbeat-{shard}", exc)
+
+    def _expire(self, shard: str) -> None:
+        for workflow_id in self.cluster.store.expire_deadlines(shard):
+            with self._lock:
                 self.stats.timed_out += 1
-                log.info("workflow %s timed out", workflow_id)
-                try:
-                    self.cluster.cancel_children(workflow_id, "timeout")
-                except ShardflowError as exc:
-                    log.warning("could not cancel children of %s: %s", workflow_id, exc)
+            log.info("workflow %s timed out", workflow_id)
+            try:
+                self.cluster.cancel_children(workflow_id, "timeout")
+                self.cluster.wake_parent_of(workflow_id)
+            except ShardflowError as exc:
+                log.warning("could not cancel children of %s: %s", workflow_id, exc)
 
     def renew_leases(self) -> None:
         """Renew every lease this worker holds: one statement per shard."""
-        with self._lock:
-            runs = list(self._running.values())
-        by_shard: dict[str, list[WorkflowRun]] = {}
-        for run in runs:
-            by_shard.setdefault(run.shard, []).append(run)
-        for shard, shard_runs in by_shard.items():
-            started = time.monotonic()
+        for shard in self.shards:
             try:
-                renewed = self.cluster.store.renew_leases(
-                    shard,
-                    owner=self.worker_id,
-                    workflow_ids=[r.workflow_id for r in shard_runs],
-                    lease_seconds=self.lease_seconds,
-                )
-            except ShardUnavailable as exc:
-                log.warning("lease renewal on %s failed: %s", shard, exc)
-                continue
+                self._renew(shard)
+            except Exception as exc:
+                self._loop_error(f"heartbeat-{shard}", exc)
+
+    def _renew(self, shard: str) -> None:
+        with self._lock:
+            runs = [r for r in self._running.values() if r.shard == shard]
+        if not runs:
+            return
+        started = time.monotonic()
+        renewed = self.cluster.store.renew_leases(
+            shard,
+            owner=self.worker_id,
+            workflow_ids=[r.workflow_id for r in runs],
+            lease_seconds=self.lease_seconds,
+        )
+        with self._lock:
             self.stats.lease_renewals += 1
-            for run in shard_runs:
-                if run.workflow_id in renewed:
-                    run.lease_renewed(started)
-                elif not run.interrupted.is_set():
-                    # Cancelled, or finished between snapshot and renewal, or stolen.
+        for run in runs:
+            if run.workflow_id in renewed:
+                run.lease_renewed(started)
+            elif not run.interrupted.is_set():
+                # Cancelled, or finished between snapshot and renewal, or stolen.
+                with self._lock:
                     self.stats.leases_lost += 1
-                    run.interrupt("lease lost (cancelled or claimed elsewhere)")
+                run.interrupt("lease lost (cancelled or claimed elsewhere)")

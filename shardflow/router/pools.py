@@ -1,8 +1,15 @@
 """One connection pool per shard, opened on first use.
 
-Driver errors become :class:`ShardUnavailable`. After a shard fails, calls to it fail fast
-for a short cool-down instead of each waiting for the pool timeout, so one dead shard
-slows nobody down; the next call after the cool-down tries again.
+Driver errors that mean the shard is gone become :class:`ShardUnavailable` (see
+:mod:`shardflow.retry` for the classification). After a shard fails, calls to it fail
+fast for a short cool-down instead of each waiting for the pool timeout, so one dead
+shard slows nobody down; the next call after the cool-down tries again.
+
+Every connection, pooled or dedicated (LISTEN, leader locks), is opened with
+:func:`connect_kwargs`: TCP keepalives and ``tcp_user_timeout`` so that a black-holed
+network is noticed by the kernel, and session ``statement_timeout``, ``lock_timeout`` and
+``idle_in_transaction_session_timeout`` so that a statement stuck behind a DDL lock or a
+frozen peer ends well before a lease does.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -19,10 +27,67 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.errors import ShardUnavailable
+from shardflow.retry import Failure, classify, first_line, is_connection_failure
 
 log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+
+__all__ = ["Conn", "SessionLimits", "ShardPools", "connect_kwargs", "is_connection_failure"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Timeouts every shard connection is opened with (seconds).
+
+    ``for_lease`` fits them to a worker lease: any one statement, lock wait or silent
+    network ends in a fraction of the lease, so a stuck call on one shard fails (and is
+    retried) long before the leases it should renew lapse.
+    """
+
+    statement_timeout: float = 10.0
+    lock_timeout: float = 5.0
+    idle_in_transaction_timeout: float = 20.0
+    tcp_user_timeout: float = 10.0
+    keepalives_idle: int = 5
+    keepalives_interval: int = 2
+    keepalives_count: int = 3
+    connect_timeout: int = 5
+
+    @classmethod
+    def for_lease(cls, lease_seconds: float) -> SessionLimits:
+        third = max(lease_seconds / 3, 1.0)
+        return cls(
+            statement_timeout=third,
+            lock_timeout=max(third / 2, 0.5),
+            idle_in_transaction_timeout=max(lease_seconds, 2.0),
+            tcp_user_timeout=third,
+            keepalives_idle=max(int(third / 2), 1),
+            keepalives_interval=max(int(third / 6), 1),
+            keepalives_count=3,
+            connect_timeout=max(int(third), 2),
+        )
+
+
+def connect_kwargs(limits: SessionLimits) -> dict[str, Any]:
+    """libpq connection parameters for ``limits`` (merged over the DSN's own)."""
+    options = " ".join(
+        (
+            f"-c statement_timeout={int(limits.statement_timeout * 1000)}",
+            f"-c lock_timeout={int(limits.lock_timeout * 1000)}",
+            "-c idle_in_transaction_session_timeout="
+            f"{int(limits.idle_in_transaction_timeout * 1000)}",
+        )
+    )
+    return {
+        "connect_timeout": limits.connect_timeout,
+        "keepalives": 1,
+        "keepalives_idle": limits.keepalives_idle,
+        "keepalives_interval": limits.keepalives_interval,
+        "keepalives_count": limits.keepalives_count,
+        "tcp_user_timeout": int(limits.tcp_user_timeout * 1000),
+        "options": options,
+    }
 
 
 class ShardPools:
@@ -36,14 +101,14 @@ class ShardPools:
         max_size: int | None = None,
         timeout: float = 5.0,
         cooldown: float = 1.0,
-        connect_timeout: int = 5,
+        limits: SessionLimits | None = None,
     ) -> None:
         self._config = config
         self._min = min_size
         self._max = max_size
         self._timeout = timeout
         self._cooldown = cooldown
-        self._connect_timeout = connect_timeout
+        self.limits = limits or SessionLimits()
         self._pools: dict[str, ConnectionPool[Conn]] = {}
         self._down_until: dict[str, float] = {}
         self._down_reason: dict[str, str] = {}
@@ -75,7 +140,7 @@ class ShardPools:
                     shard.dsn,
                     min_size=min_size,
                     max_size=max_size,
-                    kwargs={"autocommit": True, "connect_timeout": self._connect_timeout},
+                    kwargs={"autocommit": True, **connect_kwargs(self.limits)},
                     timeout=self._timeout,
                     name=f"shardflow-{name}",
                     open=False,
@@ -102,10 +167,10 @@ class ShardPools:
         except PoolTimeout as exc:
             self._mark_down(name, "no connection within the pool timeout")
             raise ShardUnavailable(name, "no connection within the pool timeout") from exc
-        except psycopg.OperationalError as exc:
-            if not is_connection_failure(exc):
+        except psycopg.Error as exc:
+            if classify(exc) is not Failure.UNAVAILABLE:
                 raise  # a statement's own failure (deadlock, lock timeout): the caller's
-            reason = _first_line(exc)
+            reason = first_line(exc)
             self._mark_down(name, reason)
             # The other idle connections of this pool are most likely dead too.
             try:
@@ -119,12 +184,28 @@ class ShardPools:
         connection: a refused shard fails now with its real reason, instead of after the
         whole pool timeout."""
         try:
-            psycopg.connect(self.shard(name).dsn, connect_timeout=self._connect_timeout).close()
-        except psycopg.OperationalError as exc:
-            reason = _first_line(exc)
-            self._mark_down(name, reason)
-            raise ShardUnavailable(name, reason) from exc
+            self.connect(name).close()
+        except ShardUnavailable as exc:
+            self._mark_down(name, exc.reason)
+            raise
         self._unproven.discard(name)
+
+    def connect(self, name: str, *, autocommit: bool = True) -> Conn:
+        """A dedicated connection to shard ``name`` (LISTEN, session locks), opened with
+        the same limits as the pooled ones. Any driver error, a malformed DSN included,
+        becomes :class:`ShardUnavailable` with a first line that carries no secret."""
+        try:
+            return psycopg.connect(
+                self.shard(name).dsn, autocommit=autocommit, **connect_kwargs(self.limits)
+            )
+        except psycopg.Error as exc:
+            # A malformed DSN raises ProgrammingError whose text may quote the DSN.
+            reason = (
+                first_line(exc)
+                if isinstance(exc, psycopg.OperationalError)
+                else (f"cannot connect ({type(exc).__name__}; check the shard's DSN)")
+            )
+            raise ShardUnavailable(name, reason) from None
 
     def _mark_down(self, name: str, reason: str) -> None:
         log.warning("shard %s unavailable: %s", name, reason)
@@ -138,19 +219,3 @@ class ShardPools:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
-
-
-# SQLSTATEs that mean the server or the connection is gone, not that a statement failed.
-_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
-
-
-def is_connection_failure(exc: psycopg.OperationalError) -> bool:
-    """Whether ``exc`` means the shard cannot be reached (versus one statement failing:
-    a deadlock, a lock or statement timeout, a serialization failure)."""
-    state = exc.sqlstate
-    return state is None or state.startswith("08") or state in _SERVER_GONE
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -406,7 +406,18 @@ def test_worker_releases_unfinished_work_on_stop(cluster: Cluster) -> None:
     worker = shardflow.Worker(cluster, app, concurrency=2)
     worker.start()
     assert basic.CONTROL["started"].wait(20)
-    worker.stop(grace_seconds=0.2)
+    # stop() interrupts the run after the grace period and hands it back only once its
+    # thread has stopped (at its next step boundary): open the gate once it is told.
+    stopper = threading.Thread(target=worker.stop, kwargs={"grace_seconds": 0.2})
+    stopper.start()
+    deadline = time.monotonic() + 20
+    while not (worker.stats.released or _interrupted(worker)):
+        assert time.monotonic() < deadline, "stop() never interrupted the run"
+        time.sleep(0.01)
+    assert handle.status().state is WorkflowState.RUNNING  # its thread still runs
+    basic.CONTROL["gate"].set()
+    stopper.join(20)
+    assert not stopper.is_alive()
     status = handle.status()
     assert status.state is WorkflowState.ENQUEUED
     basic.CONTROL["gate"].set()
@@ -419,3 +430,8 @@ def test_worker_releases_unfinished_work_on_stop(cluster: Cluster) -> None:
             (handle.workflow_id,),
         ).fetchone()
     assert row == (2,)
+
+
+def _interrupted(worker: shardflow.Worker) -> bool:
+    with worker._lock:
+        return any(run.interrupted.is_set() for run in worker._running.values())

@@ -6,8 +6,8 @@ SELECT state, attempt FROM shardflow.workflow_status
 WHERE workflow_id = %(workflow_id)s FOR UPDATE
 
 -- name: suspend_workflow
--- Give up the thread and the lease until wake_at (or until woken). A message that is
--- already waiting wakes it at once.
+-- Give up the thread and the lease for delay_seconds (or until woken), on this server's
+-- clock: the one claim_wakeable fires it with. A message already waiting wakes it at once.
 UPDATE shardflow.workflow_status
 SET state = 'SUSPENDED', lease_owner = NULL, lease_expires_at = NULL,
     wait_for = %(wait_for)s, updated_at = now(),
@@ -16,7 +16,8 @@ SET state = 'SUSPENDED', lease_owner = NULL, lease_expires_at = NULL,
             SELECT 1 FROM shardflow.messages m
             WHERE m.workflow_id = %(workflow_id)s AND m.topic = %(topic)s AND NOT m.consumed)
         THEN now()
-        ELSE %(wake_at)s::timestamptz END
+        WHEN %(delay_seconds)s::float8 IS NULL THEN NULL
+        ELSE now() + make_interval(secs => %(delay_seconds)s::float8) END
 WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING'
 RETURNING workflow_id
 
@@ -35,7 +36,7 @@ SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     wake_at = NULL, wait_for = NULL, updated_at = now()
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp())
 
 -- name: wake_workflow
 -- Wake a suspended workflow now (a message arrived, a child finished).

@@ -62,7 +62,7 @@ SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     started_at = coalesce(w.started_at, now()), updated_at = now()
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp())
 
 -- name: claim_expired
 -- Crash recovery: RUNNING workflows whose lease ran out. Past max_recoveries a workflow
@@ -88,7 +88,7 @@ SET state = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN 'DEAD' ELSE 'RU
     updated_at = now()
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp())
 
 -- name: lock_queue
 -- Serializes claims of one queue on this shard while its limits are checked.
@@ -115,12 +115,15 @@ SELECT step_no, name, output, error FROM shardflow.step_outputs
 WHERE workflow_id = %(workflow_id)s ORDER BY step_no
 
 -- name: record_step
--- Fenced on the claimed attempt; a recorded step is never overwritten.
+-- Fenced on the claimed attempt, locking the status row like commit_batch (see there);
+-- a recorded step is never overwritten.
+WITH fence AS (
+    SELECT workflow_id FROM shardflow.workflow_status
+    WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING'
+    FOR SHARE
+)
 INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
-SELECT %(workflow_id)s, %(step_no)s, %(name)s, %(output)s, %(error)s
-WHERE EXISTS (
-    SELECT 1 FROM shardflow.workflow_status
-    WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING')
+SELECT fence.workflow_id, %(step_no)s, %(name)s, %(output)s, %(error)s FROM fence
 ON CONFLICT (workflow_id, step_no) DO NOTHING
 RETURNING step_no
 
@@ -201,14 +204,27 @@ LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 -- Group commit: many runs' step checkpoints and final states in one statement (one round
 -- trip, one commit), each fenced on its attempt. Rows missing from the result were
 -- fenced off, or (steps) lost to a record written earlier.
-WITH steps AS (
-    INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
-    SELECT t.workflow_id, t.step_no, t.name, t.output, t.error
+--
+-- The fence locks what it reads. A checkpoint takes FOR SHARE on its workflow's status
+-- row: a claim (claim_expired, cancel, a move) updates that row, so it either waits for
+-- this commit and then sees the step when it loads the history, or has updated the row
+-- first, and then this statement, after waiting, re-reads the row (READ COMMITTED re-check
+-- of a locked row), finds another attempt and writes nothing. Without the lock a new
+-- attempt could load the history while a zombie's checkpoint is still committing and
+-- run that step again. (FOR KEY SHARE would not conflict with an UPDATE of non-key
+-- columns, so it would not fence.)
+WITH fence AS (
+    SELECT w.workflow_id, t.step_no, t.name, t.output, t.error
     FROM json_to_recordset(%(steps)s::json)
          AS t(workflow_id text, attempt integer, step_no integer, name text, output text,
               error jsonb)
     JOIN shardflow.workflow_status w
       ON w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
+    ORDER BY w.workflow_id
+    FOR SHARE OF w
+), steps AS (
+    INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
+    SELECT workflow_id, step_no, name, output, error FROM fence
     ON CONFLICT (workflow_id, step_no) DO NOTHING
     RETURNING workflow_id, step_no
 ), finished AS (
