@@ -7,7 +7,8 @@ worker), every step call is checkpointed and replayed from its record after a re
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -70,6 +71,20 @@ class Workflow(Generic[P, R]):
         self.timeout_seconds = timeout_seconds
         self.schedule = schedule
         functools.update_wrapper(self, fn)
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some callables have no introspectable signature
+            self._signature = None
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise TypeError now if the workflow function cannot take these arguments, so
+        that a typo fails at submit instead of in a worker."""
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"workflow {self.name!r}: {exc}") from None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)

@@ -21,7 +21,7 @@ from shardflow.config.model import ClusterConfig
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster_waits import MAX_HOPS, REDIRECTS, WaitsClient
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
-from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
+from shardflow.engine.serialization import Codec, JsonSerializer, Serializer, is_storable_text
 from shardflow.engine.states import RESUMABLE, WorkflowState
 from shardflow.engine.store import DedupConflict, Located, Store, TransientStoreError
 from shardflow.errors import (
@@ -281,6 +281,7 @@ class Cluster(WaitsClient):
     def _new_row(self, sub: Submission, new_ids: _IdSource | None = None) -> NewWorkflow:
         timeout = sub.timeout_seconds
         if isinstance(sub.workflow, Workflow):
+            sub.workflow.check_arguments(sub.args, sub.kwargs)
             name, default_queue = sub.workflow.name, sub.workflow.queue
             if timeout is None:
                 timeout = sub.workflow.timeout_seconds
@@ -695,6 +696,8 @@ def _check_id(workflow_id: str) -> None:
         raise ValueError(f"workflow_id is longer than {_ID_MAX} characters")
     if "\x00" in workflow_id:
         raise ValueError("workflow_id must not contain NUL characters")
+    if not is_storable_text(workflow_id):
+        raise ValueError("workflow_id must be valid Unicode text (it has a lone surrogate)")
 
 
 def _encode_cursor(status: WorkflowStatus) -> str:

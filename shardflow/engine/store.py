@@ -257,6 +257,11 @@ class Store(WaitStore):
                 rows = conn.execute(query("claim_enqueued"), params).fetchall()
                 return [self._claim(shard, r) for r in rows]
 
+    def promote_delayed(self, shard: str, limit: int = 1000) -> int:
+        """Make delayed workflows that are due claimable; returns how many."""
+        with self._conn(shard) as conn:
+            return len(conn.execute(query("promote_delayed"), {"limit": limit}).fetchall())
+
     def claim_expired(
         self,
         shard: str,

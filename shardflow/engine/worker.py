@@ -431,6 +431,7 @@ class Worker:
                 if now >= next_wakeable or self._notified[shard].is_set():
                     self._notified[shard].clear()
                     claimed += self._claim_wakeable(shard)
+                    self.cluster.store.promote_delayed(shard)
                     next_wakeable = now + self.poll_interval
                 for queue in self.queues:
                     if self._stopping.is_set():

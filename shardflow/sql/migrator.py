@@ -12,12 +12,13 @@ import logging
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.errors import IdentityMismatch, MigrationError, ShardUnavailable
 from shardflow.router.slotmap import SlotMap, desired_map
-from shardflow.sql import migrations, query
+from shardflow.sql import SCHEMA, Migration, migrations, query
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
-    """Apply every migration not yet recorded on this connection's database."""
+    """Apply every migration not yet recorded on this connection's database.
+
+    A migration runs in one transaction under the schema's advisory lock, unless its first
+    line is ``-- shardflow: online``: then its statements run one at a time outside a
+    transaction (``CREATE INDEX CONCURRENTLY`` cannot run inside one) under a session
+    advisory lock, and it is recorded once all of them succeeded. Online migrations are
+    written to be idempotent, so a run interrupted halfway is run again whole.
+    """
     applied: list[int] = []
     for migration in migrations():
+        if migration.sql.startswith(ONLINE_MARKER):
+            if _apply_online(conn, migration):
+                applied.append(migration.version)
+            continue
         with conn.transaction():
             conn.execute(query("lock_schema"))
             conn.execute(query("create_schema"))
@@ -66,6 +78,47 @@ def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
             )
             applied.append(migration.version)
     return applied
+
+
+ONLINE_MARKER = "-- shardflow: online"
+
+
+def _apply_online(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -> bool:
+    previous = conn.autocommit
+    conn.autocommit = True
+    try:
+        conn.execute(query("lock_schema_session"))
+        try:
+            done = {row[0] for row in conn.execute(query("applied_migrations"))}
+            if migration.version in done:
+                return False
+            log.info("applying online migration %04d_%s", migration.version, migration.name)
+            # A CONCURRENTLY build that was interrupted leaves an INVALID index behind,
+            # which IF NOT EXISTS would then take for done.
+            for (name,) in conn.execute(query("invalid_indexes")).fetchall():
+                conn.execute(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                        sql.Identifier(SCHEMA), sql.Identifier(str(name))
+                    )
+                )
+            for statement in _statements(migration.sql):
+                conn.execute(statement.encode("utf-8"))
+            conn.execute(
+                query("record_migration"),
+                {"version": migration.version, "name": migration.name},
+            )
+            return True
+        finally:
+            conn.execute(query("unlock_schema_session"))
+    finally:
+        conn.autocommit = previous
+
+
+def _statements(text: str) -> list[str]:
+    """The statements of a migration file: split at semicolons that end a line (the
+    migrations are written so; none has a semicolon inside a literal or body)."""
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [part.strip() for part in body.split(";\n") if part.strip().rstrip(";").strip()]
 
 
 def read_identity(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[str, str, int, int] | None:

@@ -124,7 +124,8 @@ def test_non_determinism_ends_in_error(cluster: Cluster) -> None:
         cluster.resume(handle.workflow_id)
         with pytest.raises(shardflow.WorkflowFailed) as info:
             handle.result(timeout=20)
-        assert worker.stats.finished["ERROR"] == 2
+        # The worker counts a run once its thread returns, just after the commit.
+        wait_until(lambda: worker.stats.finished["ERROR"] == 2, timeout=10)
     assert info.value.error["type"] == "NonDeterminismError"
     status = handle.status()
     assert status.reason == "non-determinism"

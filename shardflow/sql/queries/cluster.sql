@@ -4,6 +4,20 @@
 -- name: lock_schema
 SELECT pg_advisory_xact_lock(hashtext('shardflow.migrate'))
 
+-- name: lock_schema_session
+-- Online migrations run outside a transaction: the same lock, held by the session.
+SELECT pg_advisory_lock(hashtext('shardflow.migrate'))
+
+-- name: unlock_schema_session
+SELECT pg_advisory_unlock(hashtext('shardflow.migrate'))
+
+-- name: invalid_indexes
+-- Indexes a CREATE INDEX CONCURRENTLY left unusable when it was interrupted.
+SELECT c.relname FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'shardflow' AND NOT i.indisvalid
+
 -- name: create_schema
 CREATE SCHEMA IF NOT EXISTS shardflow
 

@@ -47,11 +47,13 @@ SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, e
 FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 
 -- name: claim_enqueued
--- The next runnable workflows of one queue, highest priority first, then oldest.
+-- The next runnable workflows of one queue, highest priority first, then oldest. Only
+-- ready rows (wake_at IS NULL, the workflow_status_claim_ready index): delayed ones join
+-- them when promote_delayed finds them due.
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
-    WHERE state = 'ENQUEUED' AND queue = %(queue)s AND name = ANY(%(names)s)
-      AND (wake_at IS NULL OR wake_at <= now())
+    WHERE state = 'ENQUEUED' AND wake_at IS NULL AND queue = %(queue)s
+      AND name = ANY(%(names)s)
     ORDER BY priority DESC, created_at, workflow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -63,6 +65,20 @@ SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
           w.parent_id, w.state, extract(epoch FROM clock_timestamp())
+
+-- name: promote_delayed
+-- Delayed workflows whose time has come become ready for claim_enqueued (a few at a
+-- time; workers of the shard share the work through SKIP LOCKED).
+WITH due AS (
+    SELECT workflow_id FROM shardflow.workflow_status
+    WHERE state = 'ENQUEUED' AND wake_at IS NOT NULL AND wake_at <= now()
+    ORDER BY wake_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE shardflow.workflow_status AS w SET wake_at = NULL
+FROM due WHERE w.workflow_id = due.workflow_id
+RETURNING w.workflow_id
 
 -- name: claim_expired
 -- Crash recovery: RUNNING workflows whose lease ran out. Past max_recoveries a workflow
