@@ -58,25 +58,36 @@ def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
     written to be idempotent, so a run interrupted halfway is run again whole.
     """
     applied: list[int] = []
-    for migration in migrations():
-        if migration.sql.startswith(ONLINE_MARKER):
-            if _apply_online(conn, migration):
-                applied.append(migration.version)
-            continue
-        with conn.transaction():
-            conn.execute(query("lock_schema"))
-            conn.execute(query("create_schema"))
-            conn.execute(query("create_migrations_table"))
-            done = {row[0] for row in conn.execute(query("applied_migrations"))}
-            if migration.version in done:
-                continue
-            log.info("applying migration %04d_%s", migration.version, migration.name)
-            conn.execute(migration.sql.encode("utf-8"))
-            conn.execute(
-                query("record_migration"),
-                {"version": migration.version, "name": migration.name},
-            )
-            applied.append(migration.version)
+    previous = conn.autocommit
+    conn.autocommit = True
+    try:
+        # Wait for another migrator outside any transaction: one waiting inside a
+        # transaction would hold a snapshot that CREATE INDEX CONCURRENTLY, run by the
+        # migrator holding the lock, waits for (a deadlock between the two).
+        conn.execute(query("lock_schema_session"))
+        try:
+            for migration in migrations():
+                if migration.sql.startswith(ONLINE_MARKER):
+                    if _apply_online(conn, migration):
+                        applied.append(migration.version)
+                    continue
+                with conn.transaction():
+                    conn.execute(query("create_schema"))
+                    conn.execute(query("create_migrations_table"))
+                    done = {row[0] for row in conn.execute(query("applied_migrations"))}
+                    if migration.version in done:
+                        continue
+                    log.info("applying migration %04d_%s", migration.version, migration.name)
+                    conn.execute(migration.sql.encode("utf-8"))
+                    conn.execute(
+                        query("record_migration"),
+                        {"version": migration.version, "name": migration.name},
+                    )
+                    applied.append(migration.version)
+        finally:
+            conn.execute(query("unlock_schema_session"))
+    finally:
+        conn.autocommit = previous
     return applied
 
 
@@ -84,34 +95,23 @@ ONLINE_MARKER = "-- shardflow: online"
 
 
 def _apply_online(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -> bool:
-    previous = conn.autocommit
-    conn.autocommit = True
-    try:
-        conn.execute(query("lock_schema_session"))
-        try:
-            done = {row[0] for row in conn.execute(query("applied_migrations"))}
-            if migration.version in done:
-                return False
-            log.info("applying online migration %04d_%s", migration.version, migration.name)
-            # A CONCURRENTLY build that was interrupted leaves an INVALID index behind,
-            # which IF NOT EXISTS would then take for done.
-            for (name,) in conn.execute(query("invalid_indexes")).fetchall():
-                conn.execute(
-                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
-                        sql.Identifier(SCHEMA), sql.Identifier(str(name))
-                    )
-                )
-            for statement in _statements(migration.sql):
-                conn.execute(statement.encode("utf-8"))
-            conn.execute(
-                query("record_migration"),
-                {"version": migration.version, "name": migration.name},
+    """Apply one online migration on an autocommit connection holding the schema lock."""
+    done = {row[0] for row in conn.execute(query("applied_migrations"))}
+    if migration.version in done:
+        return False
+    log.info("applying online migration %04d_%s", migration.version, migration.name)
+    # A CONCURRENTLY build that was interrupted leaves an INVALID index behind, which IF
+    # NOT EXISTS would then take for done.
+    for (name,) in conn.execute(query("invalid_indexes")).fetchall():
+        conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                sql.Identifier(SCHEMA), sql.Identifier(str(name))
             )
-            return True
-        finally:
-            conn.execute(query("unlock_schema_session"))
-    finally:
-        conn.autocommit = previous
+        )
+    for statement in _statements(migration.sql):
+        conn.execute(statement.encode("utf-8"))
+    conn.execute(query("record_migration"), {"version": migration.version, "name": migration.name})
+    return True
 
 
 def _statements(text: str) -> list[str]:
