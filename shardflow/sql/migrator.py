@@ -9,6 +9,9 @@ ownership are written the same way. Safe to run again at any time.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -17,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.errors import IdentityMismatch, MigrationError, ShardUnavailable
+from shardflow.retry import Backoff
 from shardflow.router.slotmap import SlotMap, desired_map
 from shardflow.sql import SCHEMA, Migration, migrations, query
 
@@ -58,37 +62,58 @@ def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
     written to be idempotent, so a run interrupted halfway is run again whole.
     """
     applied: list[int] = []
+    with schema_lock(conn):
+        for migration in migrations():
+            if migration.sql.startswith(ONLINE_MARKER):
+                if _apply_online(conn, migration):
+                    applied.append(migration.version)
+                continue
+            with conn.transaction():
+                conn.execute(query("create_schema"))
+                conn.execute(query("create_migrations_table"))
+                done = {row[0] for row in conn.execute(query("applied_migrations"))}
+                if migration.version in done:
+                    continue
+                log.info("applying migration %04d_%s", migration.version, migration.name)
+                conn.execute(migration.sql.encode("utf-8"))
+                conn.execute(
+                    query("record_migration"),
+                    {"version": migration.version, "name": migration.name},
+                )
+                applied.append(migration.version)
+    return applied
+
+
+@contextmanager
+def schema_lock(conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[None]:
+    """Hold the shard's migration lock (a session advisory lock) on an autocommit
+    connection.
+
+    It is taken by polling ``pg_try_advisory_lock``, never by waiting inside a statement:
+    a waiting statement holds a snapshot, and ``CREATE INDEX CONCURRENTLY`` run by the
+    migrator holding the lock waits for every older snapshot, so two migrators would
+    deadlock.
+    """
     previous = conn.autocommit
     conn.autocommit = True
     try:
-        # Wait for another migrator outside any transaction: one waiting inside a
-        # transaction would hold a snapshot that CREATE INDEX CONCURRENTLY, run by the
-        # migrator holding the lock, waits for (a deadlock between the two).
-        conn.execute(query("lock_schema_session"))
+        backoff = Backoff(0.02, 1.0)
+        next_log = time.monotonic() + 5.0
+        while not _scalar(conn.execute(query("try_lock_schema_session")).fetchone()):
+            if time.monotonic() >= next_log:
+                log.info("waiting for another migrator to finish")
+                next_log = time.monotonic() + 5.0
+            backoff.wait()
         try:
-            for migration in migrations():
-                if migration.sql.startswith(ONLINE_MARKER):
-                    if _apply_online(conn, migration):
-                        applied.append(migration.version)
-                    continue
-                with conn.transaction():
-                    conn.execute(query("create_schema"))
-                    conn.execute(query("create_migrations_table"))
-                    done = {row[0] for row in conn.execute(query("applied_migrations"))}
-                    if migration.version in done:
-                        continue
-                    log.info("applying migration %04d_%s", migration.version, migration.name)
-                    conn.execute(migration.sql.encode("utf-8"))
-                    conn.execute(
-                        query("record_migration"),
-                        {"version": migration.version, "name": migration.name},
-                    )
-                    applied.append(migration.version)
+            yield
         finally:
             conn.execute(query("unlock_schema_session"))
     finally:
         conn.autocommit = previous
-    return applied
+
+
+def _scalar(row: tuple[object, ...] | None) -> object:
+    return None if row is None else row[0]
 
 
 ONLINE_MARKER = "-- shardflow: online"
@@ -216,8 +241,7 @@ def _record_identity(
     shard: ShardConfig,
     slot_map: SlotMap,
 ) -> bool:
-    with conn.transaction():
-        conn.execute(query("lock_schema"))
+    with schema_lock(conn), conn.transaction():
         row = conn.execute(query("get_identity")).fetchone()
         if row is not None:
             check_identity(

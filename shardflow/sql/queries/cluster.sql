@@ -1,12 +1,9 @@
 -- Cluster identity, slot ownership and the slot-map copy. Used by the migrator and the
 -- topology loader.
 
--- name: lock_schema
-SELECT pg_advisory_xact_lock(hashtext('shardflow.migrate'))
-
--- name: lock_schema_session
--- Online migrations run outside a transaction: the same lock, held by the session.
-SELECT pg_advisory_lock(hashtext('shardflow.migrate'))
+-- name: try_lock_schema_session
+-- The migration lock, held by the session and taken by polling (see migrator.schema_lock).
+SELECT pg_try_advisory_lock(hashtext('shardflow.migrate'))
 
 -- name: unlock_schema_session
 SELECT pg_advisory_unlock(hashtext('shardflow.migrate'))
