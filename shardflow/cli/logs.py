@@ -50,9 +50,9 @@ class RedactSecrets(logging.Filter):
         self._dsns = dsns
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Even without a config (not loaded yet, or invalid), password-like parameters
+        # in the text are masked.
         dsns = list(self._dsns())
-        if not dsns:
-            return True
         message = record.getMessage()
         scrubbed = scrub_secrets(message, dsns)
         if scrubbed != message:

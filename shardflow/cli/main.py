@@ -1,8 +1,12 @@
 """``shardflow [--config FILE] [--log-level LEVEL] <command> ...``: parse, run, report.
 
 Errors a user can fix (:class:`~shardflow.errors.ShardflowError`, bad values, a missing
-``--config``) print one line, ``shardflow: error: ...``, and exit with status 2; Ctrl-C
-exits with 130. Only this module configures logging handlers.
+``--config``) print one line, ``shardflow: error: ...``, and exit with status 2; any other
+exception (a driver error, a bug) prints one line too, naming its type, and exits with
+status 1: never a traceback, which could quote a DSN's password (``--log-level DEBUG``
+logs it, scrubbed). Every such line is scrubbed of the config's passwords and of any
+password-like parameter. Ctrl-C exits with 130. Only this module configures logging
+handlers.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ COMMANDS = (
     demo,
     bench,
 )
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _DRIVER_LOGGER = "psycopg"
@@ -86,7 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `shardflow workflows list | head`: the reader left; nothing more to say to it.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return EXIT_FAILURE
+    except Exception as exc:
+        # A driver error's text may quote a DSN (libpq quotes what it cannot parse), and
+        # a traceback would print it again: one scrubbed line, as for the errors above.
+        _report(exc, getattr(args, "cluster_config", None), kind=True)
+        return EXIT_FAILURE
 
 
 def _dsns(args: argparse.Namespace) -> list[str]:
@@ -94,12 +104,14 @@ def _dsns(args: argparse.Namespace) -> list[str]:
     return [] if config is None else [shard.dsn for shard in config.shards]
 
 
-def _report(exc: BaseException, config: ClusterConfig | None) -> None:
+def _report(exc: BaseException, config: ClusterConfig | None, *, kind: bool = False) -> None:
+    """One line on stderr; ``kind`` names the exception's type (for unexpected ones)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     message = " ".join(lines) or type(exc).__name__
-    if config is not None:
-        message = scrub_secrets(message, [shard.dsn for shard in config.shards])
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if kind and lines:
+        message = f"{type(exc).__module__}.{type(exc).__qualname__}: {message}"
+    dsns = [] if config is None else [shard.dsn for shard in config.shards]
+    print(f"{PROG}: error: {scrub_secrets(message, dsns)}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -124,7 +136,8 @@ def _logging_to_stderr(
         driver.setLevel(logging.ERROR)
     try:
         yield
-    except (ShardflowError, ValueError, CliError):
+    except Exception:
+        # Through the handler's RedactSecrets filter: the traceback is scrubbed too.
         log.debug("command failed", exc_info=True)
         raise
     finally:

@@ -7,22 +7,19 @@ as :class:`~rich.text.Text`, never parsed as markup.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shardflow.config import redact_dsn
+from shardflow.config import scrub_dsns
 
 # Piped output: no wrapping at 80 columns, so rows stay one per line for grep and awk.
 _PIPE_WIDTH = 10_000
-_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def stdout_console() -> Console:
@@ -86,38 +83,10 @@ def note(message: str) -> None:
 
 
 def scrub_secrets(text: str, dsns: Iterable[str]) -> str:
-    """``text`` with every given DSN redacted and their passwords replaced by ``***``.
+    """``text`` with every given DSN redacted and every password-like value masked.
 
     A last line of defence for error messages: the engine does not quote DSNs, but a
-    message from a driver or a future code path might.
+    message from a driver or a future code path might. See
+    :func:`shardflow.config.scrub_dsns` for what counts as a secret.
     """
-    for dsn in dsns:
-        if dsn in text:
-            text = text.replace(dsn, redact_dsn(dsn))
-        for secret in _passwords(dsn):
-            if len(secret) >= 3:  # a one-letter password would mangle every message
-                text = text.replace(secret, "***")
-    return text
-
-
-def _passwords(dsn: str) -> set[str]:
-    found: set[str] = set()
-    if "://" in dsn:
-        try:
-            parts = urlsplit(dsn)
-            password = parts.password
-        except ValueError:
-            return found
-        if password:
-            found |= {password, unquote(password)}
-        for pair in parts.query.split("&"):
-            key, _, value = pair.partition("=")
-            if key.lower() == "password" and value:
-                found |= {value, unquote(value)}
-        return found
-    for match in _KEYWORD_PASSWORD.finditer(dsn):
-        value = match.group(1)
-        found.add(value)
-        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
-            found.add(value[1:-1].replace("\\'", "'").replace("\\\\", "\\"))
-    return found
+    return scrub_dsns(text, dsns)

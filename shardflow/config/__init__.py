@@ -19,8 +19,8 @@ from shardflow.config.model import (
     ShardConfig,
     ShardState,
     WorkerConfig,
-    redact_dsn,
 )
+from shardflow.config.redaction import redact_dsn, scrub_dsns
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -41,4 +41,5 @@ __all__ = [
     "load",
     "parse",
     "redact_dsn",
+    "scrub_dsns",
 ]

@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
-from urllib.parse import urlsplit
 
+import psycopg
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
@@ -137,9 +138,12 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE = re.compile(
     r"\$\$\{|\$\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?"
 )
-_CONNINFO_PAIR = r"[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s']*)"
-_CONNINFO = re.compile(rf"\s*{_CONNINFO_PAIR}(?:\s+{_CONNINFO_PAIR})*\s*")
+MAX_MAPPING_WORK = 100_000
+"""Most mapping entries (own and merged through ``<<``) one document may make the loader
+look at. A real cluster file needs a few hundred; an alias "bomb" would need billions."""
 
+_IN_PROGRESS: Mapping[str, Node] = MappingProxyType({})
+"""Marks a merge source being read, to catch a mapping that merges itself."""
 _RESOLVER = Resolver()
 _CONSTRUCTOR = SafeConstructor()
 
@@ -211,6 +215,10 @@ class _Walker:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+        # Merge sources already read, by node identity (the tree outlives the walk).
+        self._merged: dict[int, Mapping[str, Node]] = {}
+        self.work = 0
+        """Mapping entries looked at so far; bounded by :data:`MAX_MAPPING_WORK`."""
 
     def cluster(self, root: Node | None, source: str | None) -> ClusterConfig:
         if root is None or root.tag == _NULL:
@@ -488,9 +496,12 @@ class _Walker:
             if key_node.tag == _MERGE:
                 sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
                 for source in sources:
-                    for key, value in self._mapping(source, path, keys).entries.items():
+                    source_entries = self._merge_source(source, path, keys)
+                    self._count_work(len(source_entries), source, path)
+                    for key, value in source_entries.items():
                         merged.setdefault(key, value)
                 continue
+            self._count_work(1, key_node, path)
             if not isinstance(key_node, ScalarNode):
                 raise _error(key_node, path, "keys must be plain strings")
             key = key_node.value
@@ -501,6 +512,34 @@ class _Walker:
             lines[key] = _line(key_node)
             entries[key] = value_node
         return _Fields(path, _line(node), merged | entries)
+
+    def _merge_source(
+        self, node: Node, path: str, keys: tuple[str, ...] | _NameRule
+    ) -> Mapping[str, Node]:
+        """The entries a ``<<`` merge takes from ``node``, each node read once.
+
+        An alias makes one node appear in many places; without this memo, a mapping that
+        merges two aliases of one that merges two aliases of ... costs 2**depth.
+        """
+        known = self._merged.get(id(node))
+        if known is _IN_PROGRESS:
+            raise _error(node, path, "a merge key (<<) includes the mapping that holds it")
+        if known is not None:
+            return known
+        self._merged[id(node)] = _IN_PROGRESS
+        entries = self._mapping(node, path, keys).entries
+        self._merged[id(node)] = entries
+        return entries
+
+    def _count_work(self, amount: int, node: Node, path: str) -> None:
+        self.work += amount
+        if self.work > MAX_MAPPING_WORK:
+            raise _error(
+                node,
+                path,
+                f"the document expands to more than {MAX_MAPPING_WORK} mapping entries"
+                " through aliases and merge keys (<<); write the values out instead",
+            )
 
     def _name(self, node: Node, path: str, rule: _NameRule) -> str:
         name = self._str(node, path)
@@ -633,20 +672,28 @@ def _describe(node: Node, *, secret: bool = False) -> str:
 
 
 def _dsn_problem(dsn: str) -> str | None:
-    """What is wrong with ``dsn``, worded without quoting it; None if it looks usable."""
+    """What is wrong with ``dsn``, worded without quoting it; None if libpq can parse it.
+
+    libpq's own parse errors quote the offending token (a password, often), so they are
+    replaced, never passed on.
+    """
     if not dsn.strip():
         return "is empty"
-    if "://" in dsn:
-        if dsn.split("://", 1)[0] not in ("postgresql", "postgres"):
-            return "must start with postgresql:// or postgres://"
-        try:
-            urlsplit(dsn)
-        except ValueError:
-            return "is not a valid URL"
-        return None
-    if _CONNINFO.fullmatch(dsn):
-        return None
-    return "must be a postgresql:// URL or a key=value connection string"
+    if "://" in dsn and dsn.split("://", 1)[0] not in ("postgresql", "postgres"):
+        return "must start with postgresql:// or postgres://"
+    try:
+        conninfo_to_dict(dsn)
+    except (psycopg.Error, ValueError):
+        if "://" in dsn:
+            return (
+                "is not a valid postgresql:// URL (percent-encode special characters in"
+                " the user name and password, e.g. % as %25)"
+            )
+        return (
+            "is not a valid key=value connection string (known libpq keywords only;"
+            " quote values with spaces in single quotes)"
+        )
+    return None
 
 
 def _error(node: Node, path: str, message: str) -> ConfigError:

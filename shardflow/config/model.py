@@ -8,11 +8,12 @@ can name the YAML path and line.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from urllib.parse import urlsplit, urlunsplit
+
+# Re-exported: redact_dsn was defined here first.
+from shardflow.config.redaction import redact_dsn as redact_dsn
 
 DEFAULT_SLOTS = 4096
 DEFAULT_SEED = 0
@@ -185,28 +186,3 @@ class ClusterConfig:
     @property
     def shard_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.shards)
-
-
-_URL_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact_dsn(dsn: str) -> str:
-    """Return ``dsn`` with any password replaced by ``***``.
-
-    Handles URLs (``postgresql://user:secret@host/db?password=...``) and key=value
-    strings (``host=h password=secret``).
-    """
-    if "://" in dsn:
-        try:
-            parts = urlsplit(dsn)
-        except ValueError:
-            return "<unparseable dsn>"
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            if ":" in userinfo:
-                user = userinfo.split(":", 1)[0]
-                netloc = f"{user}:***@{hostport}"
-        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return _URL_PASSWORD.sub(r"\1***", dsn)

@@ -25,7 +25,7 @@ from rich.table import Table
 
 import shardflow
 from shardflow.demo.app import STEPS, process_document
-from shardflow.local import LocalServer
+from shardflow.local import LocalCluster, LocalServer
 from shardflow.local.cluster import DATABASE
 from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.rebalance import Progress as RebalanceProgress
@@ -60,7 +60,7 @@ def run_rebalance_act(
     server is stopped on return unless ``keep``.
     """
     console.print("[bold]5.[/] Adding a 4th shard: a new PostgreSQL server, migrated")
-    server = LocalServer(workdir / NEW_SHARD / "data")
+    server = LocalCluster(workdir).new_server(NEW_SHARD)
     server.init()
     server.start()
     try:

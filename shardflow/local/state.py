@@ -2,7 +2,9 @@
 
 - ``servers.json``: what :class:`~shardflow.local.LocalCluster` needs to find its servers
   again (shard names, ports, data directories, binaries, settings). Data directories are
-  stored relative to the cluster directory, so the directory can be moved while stopped.
+  stored relative to the cluster directory, so the directory can be moved while stopped;
+  when the server user could not reach it (root, see shardflow.local.unprivileged) they
+  are absolute paths under ``data_root``, a directory of their own.
 - ``cluster.yaml``: the shardflow configuration pointing at those servers. When it exists
   only the shards' ``dsn`` values are rewritten, so a user's edits (queues, limits) stay.
 """
@@ -43,6 +45,8 @@ class ClusterState:
     bindir: Path
     servers: tuple[ServerRecord, ...]
     settings: Mapping[str, str] = field(default_factory=dict)
+    data_root: Path | None = None
+    """Where the data directories are when not under the cluster directory."""
 
     def to_json(self) -> str:
         document = {
@@ -51,6 +55,7 @@ class ClusterState:
             "slots": self.slots,
             "bindir": str(self.bindir),
             "settings": dict(self.settings),
+            "data_root": None if self.data_root is None else str(self.data_root),
             "servers": [
                 {"shard": s.shard, "port": s.port, "data_dir": s.data_dir} for s in self.servers
             ],
@@ -62,7 +67,9 @@ class ClusterState:
         document = json.loads(text)
         if document.get("version") != _STATE_VERSION:
             raise ValueError(f"unknown version {document.get('version')!r}")
+        data_root = document.get("data_root")
         return cls(
+            data_root=None if data_root is None else Path(data_root),
             name=str(document["name"]),
             slots=int(document["slots"]),
             bindir=Path(document["bindir"]),
@@ -123,6 +130,10 @@ def _read_yaml(path: Path) -> dict[str, Any] | None:
 
 def _write_atomically(path: Path, text: str) -> None:
     # Readers (another `shardflow` process, a worker loading the config) never see half a file.
+    # Mode 0600: cluster.yaml holds the superuser's password in its DSNs.
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.unlink(missing_ok=True)
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
     os.replace(tmp, path)

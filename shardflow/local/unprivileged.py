@@ -5,16 +5,12 @@ images) the local servers run as ``$SHARDFLOW_PG_USER``, else ``postgres`` if th
 exists, else ``nobody``: their data directories are owned by that user and the programs
 are started with ``subprocess``'s ``user=``/``group=`` arguments.
 
-That user must be able to reach the data directory. A directory chosen by a root user
-(``/tmp/x``, or pytest's ``/tmp/pytest-of-root/...``, which is mode 0700) often is not
-searchable by others, so :func:`ensure_traversable` adds the one search (``x``) bit that
-is missing, and only on directories owned by root that lack it: no directory is made
-readable, and directories like ``/tmp`` that are already searchable are left alone.
-
-The bit can be taken away again while servers run: every pytest session run as root
-resets ``/tmp/pytest-of-root`` to mode 0700 when it starts. The server code therefore
-checks before each ``initdb``/``pg_ctl`` call and retries a call that failed because
-access was lost meanwhile.
+That user must be able to reach the data directory. shardflow never changes the
+permissions of a directory it did not create: when the cluster's directory is out of the
+server user's reach (``/root/...``, pytest's ``/tmp/pytest-of-root/...``, mode 0700), the
+data directories go to a fresh 0700 directory owned by that user under the system's
+temporary directory instead (see :func:`make_server_root`). Directories shardflow
+creates for the server are mode 0700 and owned by the server user.
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ import logging
 import os
 import pwd
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,44 +81,46 @@ def is_reachable(path: Path, user: ServerUser) -> bool:
     return all(user.can_traverse(d) for d in (*reversed(path.parents), path))
 
 
-def ensure_traversable(path: Path, user: ServerUser) -> None:
-    """Make ``path`` and every directory above it searchable by ``user``.
-
-    Adds the missing search bit to root-owned directories only; a directory owned by
-    someone else that ``user`` cannot search is an error, not something to change.
-    """
+def require_reachable(path: Path, user: ServerUser) -> None:
+    """Raise unless ``user`` may search ``path`` and every directory above it."""
     path = path.absolute()
     for directory in (*reversed(path.parents), path):
-        if user.can_traverse(directory):
-            continue
-        st = directory.stat()
-        if st.st_uid != 0:
+        if not user.can_traverse(directory):
             raise EmbeddedServerError(
-                f"user {user.name!r} cannot reach {path}: {directory} (owned by uid "
-                f"{st.st_uid}) is not searchable by it; choose another directory"
+                f"user {user.name!r} (which runs PostgreSQL) cannot reach {path}: {directory}"
+                " is not searchable by it; choose a directory it can reach"
             )
-        # Group bit if the user is in the directory's group: POSIX checks only one class.
-        bit = stat.S_IXGRP if st.st_gid in user.groups else stat.S_IXOTH
-        logger.warning(
-            "adding search permission to %s so that user %r can reach %s",
-            directory,
-            user.name,
-            path,
-        )
-        os.chmod(directory, stat.S_IMODE(st.st_mode) | bit)
 
 
 def make_owned_dir(directory: Path, user: ServerUser | None) -> None:
-    """Create ``directory`` (mode 0700) for the server user, and make it reachable."""
+    """Create ``directory`` and any missing parent: mode 0700, owned by the server user.
+
+    Nothing that exists already has its permissions changed; an existing directory above
+    that the server user cannot reach is an error.
+    """
+    directory = directory.absolute()
+    missing = [d for d in (*reversed(directory.parents), directory) if not d.exists()]
     if user is not None:
         # Fail before creating anything if an existing directory above is out of reach.
-        existing = next(p for p in directory.absolute().parents if p.exists())
-        ensure_traversable(existing, user)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if user is None:
-        return
-    # Directories just created follow root's umask, which may leave them unsearchable.
-    ensure_traversable(directory.parent, user)
-    st = directory.stat()
-    if (st.st_uid, st.st_gid) != (user.uid, user.gid):
-        os.chown(directory, user.uid, user.gid)
+        existing = missing[0].parent if missing else directory
+        require_reachable(existing, user)
+    for level in missing:
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another thread or process made it meanwhile
+        if user is not None:
+            os.chown(level, user.uid, user.gid)
+
+
+def make_server_root(user: ServerUser, prefix: str) -> Path:
+    """A fresh directory (mode 0700, owned by ``user``) under the temporary directory.
+
+    For data directories when the place the caller chose is out of ``user``'s reach.
+    """
+    base = Path(tempfile.gettempdir())
+    require_reachable(base, user)
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    os.chown(root, user.uid, user.gid)
+    logger.info("data directories for user %r go to %s", user.name, root)
+    return root

@@ -26,6 +26,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shardflow.config.model import ClusterConfig, ShardConfig
+from shardflow.config.redaction import scrub_dsns
 from shardflow.errors import ShardUnavailable
 from shardflow.retry import Failure, classify, first_line, is_connection_failure
 
@@ -170,7 +171,7 @@ class ShardPools:
         except psycopg.Error as exc:
             if classify(exc) is not Failure.UNAVAILABLE:
                 raise  # a statement's own failure (deadlock, lock timeout): the caller's
-            reason = first_line(exc)
+            reason = scrub_dsns(first_line(exc), [self.shard(name).dsn])
             self._mark_down(name, reason)
             # The other idle connections of this pool are most likely dead too.
             try:

@@ -19,7 +19,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from shardflow.config.model import ClusterConfig, ShardConfig
-from shardflow.errors import IdentityMismatch, MigrationError, ShardUnavailable
+from shardflow.config.redaction import scrub_dsns
+from shardflow.errors import ConfigError, IdentityMismatch, MigrationError, ShardUnavailable
 from shardflow.retry import Backoff
 from shardflow.router.slotmap import SlotMap, desired_map
 from shardflow.sql import SCHEMA, Migration, migrations, query
@@ -40,16 +41,26 @@ class ShardMigration:
 def connect(
     shard: ShardConfig, *, connect_timeout: int = 10
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """A plain connection to one shard, with driver errors turned into ShardUnavailable."""
+    """A plain connection to one shard, with driver errors turned into shardflow errors.
+
+    A DSN libpq cannot parse is a :class:`ConfigError` (the loader refuses those, so only
+    a config built by hand gets here); any other driver error is
+    :class:`ShardUnavailable`. Either way the message is scrubbed of the DSN's secrets:
+    libpq quotes the token it cannot parse, a password as often as not.
+    """
     try:
         return psycopg.connect(shard.dsn, connect_timeout=connect_timeout)
-    except psycopg.OperationalError as exc:
-        raise ShardUnavailable(shard.name, _first_line(exc)) from exc
+    except psycopg.ProgrammingError as exc:
+        message = f"shard {shard.name!r}: invalid DSN: {first_line(exc, shard.dsn)}"
+        raise ConfigError(message) from None  # not `from exc`: its text holds the secret
+    except psycopg.Error as exc:
+        raise ShardUnavailable(shard.name, first_line(exc, shard.dsn)) from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, *dsns: str) -> str:
+    """The first line of ``exc``'s message, scrubbed of the secrets of ``dsns``."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return scrub_dsns(text[0], dsns) if text else type(exc).__name__
 
 
 def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
@@ -215,7 +226,7 @@ def migrate_cluster(config: ClusterConfig) -> list[ShardMigration]:
             try:
                 report.applied = apply_migrations(conn)
             except psycopg.Error as exc:
-                raise MigrationError(f"shard {shard.name!r}: {_first_line(exc)}") from exc
+                raise MigrationError(f"shard {shard.name!r}: {first_line(exc, shard.dsn)}") from exc
             reports.append(report)
 
         live = _existing_map(config, conns)
@@ -227,9 +238,11 @@ def migrate_cluster(config: ClusterConfig) -> list[ShardMigration]:
             report.version = int(str(row[0])) if row else 0
         return reports
     except psycopg.OperationalError as exc:
-        raise MigrationError(f"lost a shard during migration: {_first_line(exc)}") from exc
+        message = first_line(exc, *(shard.dsn for shard in config.shards))
+        raise MigrationError(f"lost a shard during migration: {message}") from exc
     except psycopg.Error as exc:
-        raise MigrationError(f"migration failed: {_first_line(exc)}") from exc
+        message = first_line(exc, *(shard.dsn for shard in config.shards))
+        raise MigrationError(f"migration failed: {message}") from exc
     finally:
         for conn in conns.values():
             conn.close()

@@ -10,6 +10,12 @@ password becomes a SCRAM-SHA-256 verifier on the client (libpq's
 ``PQencryptPasswordConn``) and is sent as a :class:`psycopg.sql.Literal`: PostgreSQL
 takes no parameters in ``ALTER ROLE``, and this way the clear text never reaches the
 server, its statement log or ``pg_stat_activity``.
+
+An existing role is used only if neither it nor any role it belongs to (directly or
+through other roles) holds a power beyond those grants: SUPERUSER, CREATEROLE (a role
+that can create roles can grant itself ``pg_execute_server_program``), REPLICATION,
+BYPASSRLS, or membership in one of :data:`DANGEROUS_ROLES`. Membership counts whether
+or not it is inherited: a member may ``SET ROLE`` to the role.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from psycopg import sql
 from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.errors import MigrationError
 from shardflow.sql import query
-from shardflow.sql.migrator import connect
+from shardflow.sql.migrator import connect, first_line
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,41 @@ _GRANTS = (
     "grant_worker_sequences",
 )
 _MAX_NAME_BYTES = 63
+
+DANGEROUS_ROLES = (
+    "pg_execute_server_program",  # COPY ... TO PROGRAM: a shell as the server's OS user
+    "pg_read_server_files",  # COPY FROM / pg_read_file on any server file
+    "pg_write_server_files",  # COPY TO any server file
+    "pg_read_all_data",  # reads every table of every schema: defeats the grants
+    "pg_write_all_data",  # writes every table of every schema: defeats the grants
+    "pg_signal_backend",  # cancels or terminates other sessions (other workers, migrate)
+    "pg_create_subscription",  # connects out from the server (PostgreSQL 16+)
+)
+"""Predefined roles a worker role must not belong to."""
+
+_ATTRIBUTES = (
+    ("rolsuper", "SUPERUSER"),
+    ("rolcreaterole", "CREATEROLE"),
+    ("rolreplication", "REPLICATION"),
+    ("rolbypassrls", "BYPASSRLS"),
+)
+# The role and every role it belongs to, directly or through others, with their powers.
+# Here rather than in queries/roles.sql only because that file belongs to another change
+# in flight; move it there as `worker_role_privileges`.
+_ROLE_PRIVILEGES = """
+WITH RECURSIVE belongs_to(oid, via) AS (
+    SELECT oid, NULL::name FROM pg_roles WHERE rolname = %(role)s
+    UNION
+    SELECT m.roleid, COALESCE(belongs_to.via, r.rolname)
+    FROM belongs_to
+    JOIN pg_auth_members m ON m.member = belongs_to.oid
+    JOIN pg_roles r ON r.oid = m.roleid
+)
+SELECT r.rolname, belongs_to.via, r.rolsuper, r.rolcreaterole, r.rolreplication,
+       r.rolbypassrls
+FROM belongs_to JOIN pg_roles r ON r.oid = belongs_to.oid
+ORDER BY belongs_to.via NULLS FIRST, r.rolname
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +109,12 @@ def ensure_worker_role(
             except psycopg.errors.InsufficientPrivilege as exc:
                 raise MigrationError(
                     f"shard {shard.name!r}: not allowed to manage role {role!r}"
-                    f" ({_first_line(exc)}); run migrate as the schema owner with CREATEROLE,"
-                    " or create the role yourself and run again without a password to grant"
-                    " only"
+                    f" ({first_line(exc, shard.dsn)}); run migrate as the schema owner with"
+                    " CREATEROLE, or create the role yourself and run again without a password"
+                    " to grant only"
                 ) from exc
             except psycopg.Error as exc:
-                raise MigrationError(f"shard {shard.name!r}: {_first_line(exc)}") from exc
+                raise MigrationError(f"shard {shard.name!r}: {first_line(exc, shard.dsn)}") from exc
     return reports
 
 
@@ -87,11 +128,18 @@ def _ensure_on(
     created = False
     with conn.transaction():
         row = conn.execute(query("role_attributes"), {"role": role}).fetchone()
-        if row is not None and (row[0] or row[2]):
-            what = "a superuser" if row[0] else "the role migrate connects as"
+        if row is not None and row[2]:
             raise MigrationError(
-                f"shard {shard.name!r}: role {role!r} is {what}; give workers a role of their own"
+                f"shard {shard.name!r}: role {role!r} is the role migrate connects as;"
+                " give workers a role of their own"
             )
+        if row is not None:
+            problem = _excess_privilege(conn, role)
+            if problem:
+                raise MigrationError(
+                    f"shard {shard.name!r}: role {role!r} {problem}; a worker role needs none"
+                    " of that: remove it or give workers another role"
+                )
         if row is None:
             try:
                 with conn.transaction():
@@ -115,6 +163,16 @@ def _ensure_on(
     return RoleReport(shard.name, created, bool(password))
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+def _excess_privilege(conn: psycopg.Connection[tuple[object, ...]], role: str) -> str | None:
+    """What makes ``role`` more powerful than a worker role may be, or None."""
+    rows = conn.execute(_ROLE_PRIVILEGES, {"role": role}).fetchall()
+    for name, via, *flags in rows:
+        where = "" if via in (None, name) else f" (through its membership in {via!r})"
+        for (_, attribute), held in zip(_ATTRIBUTES, flags, strict=True):
+            if held:
+                if via is None:
+                    return f"has {attribute}"
+                return f"belongs to role {name!r}, which has {attribute}{where}"
+        if name in DANGEROUS_ROLES:
+            return f"is a member of {name}{where}"
+    return None

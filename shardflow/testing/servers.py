@@ -56,14 +56,12 @@ def start_servers(count: int = 3) -> Iterator[list[str]]:
         return
     from shardflow.local import LocalCluster
 
-    directory = Path(tempfile.mkdtemp(prefix="shardflow-test-"))
-    local = LocalCluster(directory)
+    local = LocalCluster(Path(tempfile.mkdtemp(prefix="shardflow-test-")))
     try:
         local.up(count, name="test", settings=FAST_SETTINGS, migrate=False)
         yield local.admin_dsns()
     finally:
-        local.down()
-        shutil.rmtree(directory, ignore_errors=True)
+        local.destroy()
 
 
 def _docker_answers() -> bool:

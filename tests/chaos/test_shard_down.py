@@ -88,7 +88,7 @@ def test_a_stopped_shard_fails_only_its_own_work(tmp_path: Path) -> None:
                         "publish",
                     ]
     finally:
-        local.down()
+        local.destroy()
 
 
 def _id_on(cluster: shardflow.Cluster, shard: str) -> str:

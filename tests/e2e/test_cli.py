@@ -568,4 +568,4 @@ def test_dev_up_status_down(tmp_path: Path) -> None:
         after = json.loads(run_cli("dev", "status", "--dir", str(directory), "--json").stdout)
         assert [s["running"] for s in after["servers"]] == [False, False]
     finally:
-        LocalCluster(directory).down()
+        LocalCluster(directory).destroy()

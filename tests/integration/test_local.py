@@ -57,7 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         local.up(SHARDS, settings=FAST_SETTINGS, migrate=MIGRATE)
         yield local
     finally:
-        local.down()
+        local.destroy()
 
 
 def _select_one(dsn: str) -> int:
@@ -85,8 +85,9 @@ def test_cluster_yaml_points_at_the_servers(cluster: LocalCluster) -> None:
     assert [s["name"] for s in shards] == ["shard0", "shard1", "shard2"]
     ports = [s.port for s in cluster.status()]
     assert len(set(ports)) == SHARDS
+    password = cluster.password_file.read_text(encoding="utf-8").strip()
     assert [s["dsn"] for s in shards] == [
-        f"postgresql://postgres@127.0.0.1:{port}/shardflow" for port in ports
+        f"postgresql://postgres:{password}@127.0.0.1:{port}/shardflow" for port in ports
     ]
     state = json.loads(cluster.state_path.read_text())
     assert [s["port"] for s in state["servers"]] == ports
@@ -150,7 +151,8 @@ def test_up_moves_a_stopped_server_off_a_taken_port(cluster: LocalCluster) -> No
     assert new_port != old_port
     assert _select_one(cluster.status()[2].dsn) == 1
     shards = yaml.safe_load(cluster.config_path.read_text())["shards"]
-    assert shards[2]["dsn"] == f"postgresql://postgres@127.0.0.1:{new_port}/shardflow"
+    assert shards[2]["dsn"] == cluster.servers[2].dsn("shardflow")
+    assert f"@127.0.0.1:{new_port}/shardflow" in shards[2]["dsn"]
 
 
 def test_up_with_another_shard_count_is_refused(cluster: LocalCluster) -> None:
@@ -202,3 +204,46 @@ def _occupy(port: int) -> Iterator[None]:
         sock.bind(("127.0.0.1", port))
         sock.listen()
         yield
+
+
+# -- defect 9: a password, not trust; no directory above the cluster loosened ------------
+
+
+def test_defect09_connecting_without_the_password_is_refused(cluster: LocalCluster) -> None:
+    for server in cluster.servers:
+        for dsn in (
+            f"postgresql://postgres@127.0.0.1:{server.port}/postgres",
+            f"postgresql://postgres:wrong-password@127.0.0.1:{server.port}/postgres",
+        ):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(dsn, connect_timeout=5).close()
+        assert _select_one(server.dsn()) == 1
+
+
+def test_defect09_password_file_is_private(cluster: LocalCluster) -> None:
+    mode = cluster.password_file.stat().st_mode & 0o777
+    assert mode == 0o600
+    assert cluster.config_path.stat().st_mode & 0o777 == 0o600  # its DSNs hold the password
+    hba = (cluster.servers[0].data_dir / "pg_hba.conf").read_text(encoding="utf-8")
+    rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
+
+
+def test_defect09_no_parent_directory_changes_mode(tmp_path: Path) -> None:
+    # Private directories above the cluster, as pytest's own under root (mode 0700).
+    top = tmp_path / "private"
+    nested = top / "a" / "b"
+    nested.mkdir(parents=True)
+    for directory in (tmp_path, top, top / "a", nested):
+        directory.chmod(0o700)
+    watched = [nested, *nested.parents]
+    before = {d: d.stat().st_mode for d in watched}
+    local = LocalCluster(nested / "cluster")
+    try:
+        local.up(1, settings=FAST_SETTINGS, migrate=False)
+        assert _select_one(local.admin_dsns()[0]) == 1
+        after = {d: d.stat().st_mode for d in watched}
+    finally:
+        local.destroy()
+    assert after == before
+    assert not local.directory.exists()
