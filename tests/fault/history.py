@@ -39,6 +39,7 @@ Guarantees checked (``check`` returns every violation, of every kind):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -139,6 +140,11 @@ class History:
     # pid -> when it was killed (epoch seconds)
     deaths: dict[int, float] = field(default_factory=dict)
     recv_step_name: str = "shardflow.recv"
+    # Fault isolation: (shard, start, end) of each outage, the workflows that always have
+    # a next step to run, and the longest pause those may take on a healthy shard.
+    outages: list[tuple[str, float, float]] = field(default_factory=list)
+    steady: set[str] = field(default_factory=set)
+    max_stall: float = 7.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,39 @@ def check(history: History, *, tolerance: float = 0.001) -> list[Violation]:
     out += _workflows(history)
     out += _messages(history)
     out += _moves(history)
+    out += _isolation(history)
+    return out
+
+
+def _isolation(history: History) -> list[Violation]:
+    """A workflow on a healthy shard kept making progress while another shard was out:
+    no pause between its step starts (within its own lifetime) longer than ``max_stall``."""
+    out = []
+    moved = {w.workflow_id for w in history.workflow_rows if w.state == "MOVED"}
+    home = {wid: rows[0].shard for wid, rows in _live(history).items()}
+    starts: dict[str, list[float]] = defaultdict(list)
+    ends: dict[str, float] = {}
+    for e in history.executions:
+        starts[e.workflow_id].append(e.start)
+        ends[e.workflow_id] = max(ends.get(e.workflow_id, 0.0), e.end or e.start)
+    for shard, t0, t1 in history.outages:
+        for wid in sorted(history.steady - moved):
+            if home.get(wid) in (None, shard) or not starts.get(wid):
+                continue
+            lo, hi = max(t0, min(starts[wid])), min(t1, ends[wid])
+            if hi - lo <= history.max_stall:
+                continue
+            points = [lo, *sorted(t for t in starts[wid] if lo < t < hi), hi]
+            gap = max(b - a for a, b in itertools.pairwise(points))
+            if gap > history.max_stall:
+                out.append(
+                    Violation(
+                        "isolation",
+                        wid,
+                        f"on {home[wid]}, no step for {gap:.1f}s while {shard} was out"
+                        f" ({t1 - t0:.1f}s)",
+                    )
+                )
     return out
 
 

@@ -73,6 +73,8 @@ KINDS = [
     "share-lock",
     "restart",
 ]
+# Faults during which a shard is out for the workflows on it.
+OUTAGES = {"freeze", "blackhole", "sigstop", "read-only", "share-lock"}
 # Without the rebalancer in that list: it is drawn at most once, separately.
 ACTIVE = {"ENQUEUED", "RUNNING", "SUSPENDED", "IMPORTING"}
 
@@ -101,7 +103,7 @@ def schedule(rng: random.Random, shards: list[str]) -> list[Fault]:
         kind = rng.choice(KINDS)
         # Some faults outlast the lease (4 s): that is when fencing and lease checks matter.
         longer = rng.random() < 0.35
-        seconds = rng.uniform(5.0, 8.0) if longer else rng.uniform(1.0, 3.0)
+        seconds = rng.uniform(6.0, 9.0) if longer else rng.uniform(1.0, 3.0)
         if kind in {"reset", "kill-worker", "restart"}:
             seconds = 0.0
         faults.append(Fault(t, kind, rng.choice(shards), seconds, rng.uniform(0.02, 0.3)))
@@ -232,11 +234,6 @@ class Workers:
         return codes
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine fixes in flight (per-shard heartbeat isolation, committer thread dying,"
-    " statement timeouts/keepalives); the lead removes this marker after merging them",
-)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_guarantees_hold_under_random_faults(
     seed: int, grown: TestCluster, fault_servers: LocalCluster, tmp_path: Path
@@ -256,6 +253,7 @@ def test_guarantees_hold_under_random_faults(
         {history.ENV: str(history_dir)},
     )
     liveness: list[str] = []
+    outages: list[tuple[str, float, float]] = []
     rebalancer: subprocess.Popen[bytes] | None = None
     started = time.monotonic()
     try:
@@ -272,7 +270,9 @@ def test_guarantees_hold_under_random_faults(
             for t in threads:
                 t.start()
             try:
-                rebalancer = _run_faults(faults, proxied, servers, workers, rng, tmp_path, report)
+                rebalancer = _run_faults(
+                    faults, proxied, servers, workers, rng, tmp_path, report, outages
+                )
             finally:
                 proxied.heal_all()
                 client.stop.set()
@@ -300,6 +300,9 @@ def test_guarantees_hold_under_random_faults(
                 expected=dict(client.expected),
                 sent={rx: dict(by) for rx, by in client.sent.items()},
                 deaths=dict(workers.deaths),
+                outages=outages,
+                steady=set(_STEADY),
+                max_stall=WORKER["lease_seconds"] + 3.0,
             )
             for sender_wf, (target, messages) in _SENDERS.items():
                 if sender_wf in h.expected:
@@ -330,6 +333,8 @@ def test_guarantees_hold_under_random_faults(
     )
 
 
+# one long pipeline per original shard, which always has a next step to run
+_STEADY: list[str] = []
 # receiver target and messages of each sender workflow, filled by _submit_initial
 _SENDERS: dict[str, tuple[str, list[str]]] = {}
 
@@ -339,6 +344,14 @@ def _submit_initial(client: Client, rng: random.Random, receivers: list[str]) ->
     subs: list[shardflow.Submission] = []
     expected: dict[str, Expected] = {}
     _SENDERS.clear()
+    _STEADY.clear()
+    for shard in ("shard0", "shard1", "shard2"):
+        wid = next(
+            w for w in (f"steady-{k}" for k in range(10_000)) if client.cluster.route(w) == shard
+        )
+        _STEADY.append(wid)
+        subs.append(shardflow.Submission(fault_app.pipeline, (wid, 400, 40), workflow_id=wid))
+        expected[wid] = Expected(output=fault_app.pipeline_output(wid, 400))
     for i in range(24):
         tag = f"pre-{i}"
         steps = rng.randint(2, 6)
@@ -374,8 +387,10 @@ def _run_faults(
     rng: random.Random,
     tmp_path: Path,
     report: list[str],
+    outages: list[tuple[str, float, float]],
 ) -> subprocess.Popen[bytes] | None:
-    """Inject the schedule; returns the rebalancer process if one was started."""
+    """Inject the schedule (outages of a shard go to ``outages``); returns the
+    rebalancer process if one was started."""
     rebalancer = None
     opened = time.monotonic()
     for fault in faults:
@@ -383,6 +398,7 @@ def _run_faults(
         time.sleep(max(0.0, opened + fault.at - time.monotonic()))
         proxy = proxied.proxies[fault.shard]
         server = servers[fault.shard]
+        began = time.time()
         try:
             if fault.kind == "rebalance":
                 rebalancer = _start_rebalance(proxied.path, tmp_path)
@@ -418,6 +434,8 @@ def _run_faults(
                 raise AssertionError(fault.kind)
         except Exception as exc:  # the harness's own trouble is part of the report
             report.append(f"  fault {fault} raised {type(exc).__name__}: {exc}")
+        if fault.kind in OUTAGES:
+            outages.append((fault.shard, began, time.time()))
     return rebalancer
 
 

@@ -163,3 +163,17 @@ def test_a_rerun_before_the_commit_is_allowed(tolerance: float) -> None:
     h = clean()
     h.executions.append(Execution("w1", 1, 3, 300, 15.29, 15.295, True))
     assert check(h, tolerance=tolerance) == []
+
+
+def test_a_healthy_shard_stalled_by_another_shards_outage() -> None:
+    h = clean()
+    h.steady = {"s1"}
+    h.expected["s1"] = Expected()
+    h.workflow_rows.append(WorkflowRow("s1", "shard1", "SUCCESS", 60.0))
+    times = [*range(0, 20), *range(32, 40)]  # no step between t=20 and t=31
+    h.executions += [Execution("s1", i, 1, 400, t, t + 0.5, True) for i, t in enumerate(times)]
+    h.step_rows += [StepRow("s1", i, "work", t + 0.6, "shard1") for i, t in enumerate(times)]
+    h.outages = [("shard1", 18.0, 30.0)]  # its own shard: a stall is allowed
+    assert check(h) == []
+    h.outages = [("shard0", 18.0, 30.0)]
+    assert kinds(check(h)) == {"isolation"}
