@@ -19,11 +19,19 @@ ON CONFLICT (singleton) DO UPDATE
 -- name: max_ownership_epoch
 SELECT coalesce(max(epoch), 0) FROM shardflow.slot_ownership
 
+-- Slot transitions and inserts (docs/rebalancing.md, "Inserts and slot transitions"):
+-- every insert of a workflow holds its slot_ownership row FOR SHARE until it commits
+-- (insert_workflows, insert_fork); every transition below writes those rows, so it waits
+-- for the inserts in flight, and inserts that come later see the new state. Both sides
+-- take the rows in slot order, so an insert of many slots and a transition of many slots
+-- cannot each hold a row the other waits for.
+
 -- name: mark_importing
 -- Step 0, on the target first. Idempotent: a slot already IMPORTING from the same peer
 -- is left as it is.
 INSERT INTO shardflow.slot_ownership (slot, state, peer, epoch)
 SELECT s, 'IMPORTING', %(peer)s, %(epoch)s FROM unnest(%(slots)s::integer[]) AS s
+ORDER BY s
 ON CONFLICT (slot) DO UPDATE SET updated_at = now()
     WHERE shardflow.slot_ownership.state = 'IMPORTING'
       AND shardflow.slot_ownership.peer = excluded.peer
@@ -31,24 +39,42 @@ RETURNING slot
 
 -- name: mark_migrating_out
 -- Step 0, on the source second: from this commit on it refuses new IDs for these slots.
-UPDATE shardflow.slot_ownership
+-- Waits for the inserts that hold these rows (they committed their workflows as OWNED
+-- ones, and the moves that follow see them); inserts after it find MIGRATING_OUT.
+WITH locked AS MATERIALIZED (
+    SELECT slot FROM shardflow.slot_ownership WHERE slot = ANY(%(slots)s)
+    ORDER BY slot FOR UPDATE
+)
+UPDATE shardflow.slot_ownership AS o
 SET state = 'MIGRATING_OUT', peer = %(peer)s, epoch = %(epoch)s, updated_at = now()
-WHERE slot = ANY(%(slots)s)
-  AND (state = 'OWNED' OR (state = 'MIGRATING_OUT' AND peer = %(peer)s))
-RETURNING slot
+FROM locked
+WHERE o.slot = locked.slot
+  AND (o.state = 'OWNED' OR (o.state = 'MIGRATING_OUT' AND o.peer = %(peer)s))
+RETURNING o.slot
 
 -- name: mark_owned
--- Finalize, on the target first.
-UPDATE shardflow.slot_ownership
+-- Finalize, on the target first (in slot order, like every transition).
+WITH locked AS MATERIALIZED (
+    SELECT slot FROM shardflow.slot_ownership WHERE slot = ANY(%(slots)s)
+    ORDER BY slot FOR UPDATE
+)
+UPDATE shardflow.slot_ownership AS o
 SET state = 'OWNED', peer = NULL, epoch = %(epoch)s, updated_at = now()
-WHERE slot = ANY(%(slots)s) AND state = 'IMPORTING'
-RETURNING slot
+FROM locked
+WHERE o.slot = locked.slot AND o.state = 'IMPORTING'
+RETURNING o.slot
 
 -- name: drop_migrated_slots
--- Finalize, on the source second: only tombstones are left there.
-DELETE FROM shardflow.slot_ownership
-WHERE slot = ANY(%(slots)s) AND state = 'MIGRATING_OUT'
-RETURNING slot
+-- Finalize, on the source second: only tombstones are left there (checked after
+-- MIGRATING_OUT committed, which no insert relying on OWNED outlives).
+WITH locked AS MATERIALIZED (
+    SELECT slot FROM shardflow.slot_ownership WHERE slot = ANY(%(slots)s)
+    ORDER BY slot FOR UPDATE
+)
+DELETE FROM shardflow.slot_ownership AS o
+USING locked
+WHERE o.slot = locked.slot AND o.state = 'MIGRATING_OUT'
+RETURNING o.slot
 
 -- name: record_plan
 INSERT INTO shardflow.rebalance_plans (plan_id, base_epoch, target, moves, created_at)

@@ -100,14 +100,19 @@ WHERE workflow_id = %(workflow_id)s AND name = 'shardflow.start_child' AND outpu
 -- name: insert_fork
 -- A fork starts at attempt 1 so that its first claim (attempt 2) loads the copied steps.
 -- Only in an OWNED slot: in a slot being imported the ID would have to be looked up on
--- the source first, so the client waits for the move to finish instead.
+-- the source first, so the client waits for the move to finish instead. The ownership
+-- row is locked FOR SHARE until the fork's transaction (with its steps) commits, so a
+-- slot transition waits for it; see insert_workflows for why.
+WITH held AS MATERIALIZED (
+    SELECT o.slot FROM shardflow.slot_ownership o
+    WHERE o.slot = %(slot)s AND o.state = 'OWNED'
+    FOR SHARE
+)
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, attempt, parent_id)
 SELECT %(workflow_id)s, %(slot)s, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
        %(priority)s, %(inputs)s, 1, NULL
-WHERE EXISTS (
-    SELECT 1 FROM shardflow.slot_ownership o
-    WHERE o.slot = %(slot)s AND o.state = 'OWNED')
+FROM held
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id
 
