@@ -319,6 +319,9 @@ def _activate(
     target: ShardLink, ids: Sequence[str], move_ids: Sequence[str], *, clear_dedup: bool
 ) -> int:
     with target.conn.transaction():
+        # Lock first, decide wake-ups in a second statement (a fresh snapshot): see
+        # lock_staged_copies.
+        target.conn.execute(query("lock_staged_copies"), {"ids": list(ids)})
         rows = target.conn.execute(
             query("activate_copies"),
             {"ids": list(ids), "move_ids": list(move_ids), "clear_dedup": clear_dedup},

@@ -21,7 +21,7 @@ from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.rebalance.mover import MoveStep
 from shardflow.router.hashing import Hasher
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
-from tests.apps import basic
+from tests.apps import basic, waits
 
 SLOTS = 256
 
@@ -171,3 +171,75 @@ def test_defect02_submit_during_drain_never_lands_on_a_shard_without_the_slot(
         for wid in ids:
             status = cluster.get(wid)
             assert status.shard == "shard3" and status.state is WorkflowState.ENQUEUED
+
+
+# -- defect 6: a message sent between steps 3 and 4 of a move never woke its target ------------
+
+
+def wake_state(dsn: str, workflow_id: str) -> tuple[str, bool | None] | None:
+    """``(state, wake_at is due)`` of a workflow's row on one shard."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT state, wake_at <= now() FROM shardflow.workflow_status WHERE workflow_id = %s",
+            (workflow_id,),
+        ).fetchone()
+    return None if row is None else (str(row[0]), row[1])
+
+
+def test_defect06_message_sent_between_move_steps_3_and_4_wakes_the_receiver(
+    grown: TestCluster,
+) -> None:
+    """The receiver waits in ``recv(timeout=None)``. A send blocked on the mover's row
+    lock follows the tombstone to the staged copy (step 3 committed, step 4 not yet);
+    while it inserts the message there, the activation starts and waits on the copy's
+    row. The send commits; the activation must wake the receiver.
+
+    Forced order: the send's message insert is held by a SHARE lock on the target's
+    messages table until the activation waits on the row the send locked.
+    """
+    config = grown.config
+    (rx,) = ids_in_slots(config, set(moving_slots(config)), "rx", 1)
+    target_dsn = config.shard("shard3").dsn
+    with shardflow.connect(config) as cluster:
+        receiver = cluster.submit(waits.receiver, 1, "t", None, workflow_id=rx)
+        source_dsn = config.shard(receiver.shard).dsn
+        with shardflow.Worker(cluster, waits.app, concurrency=2):
+            wait_until(lambda: cluster.get(rx).state is WorkflowState.SUSPENDED, message="parked")
+        assert wake_state(source_dsn, rx) == ("SUSPENDED", None)  # only a message wakes it
+
+        holder = psycopg.connect(target_dsn)
+        sent: list[bool] = []
+        threads: list[threading.Thread] = []
+
+        def send() -> None:
+            sent.append(cluster.send(rx, "hello", topic="t"))
+
+        def release_when_activation_waits() -> None:
+            # The send waits on the table lock; the activation on the send's row lock.
+            wait_until(lambda: waiting_on_locks(target_dsn) >= 2, message="activation waits")
+            holder.rollback()
+
+        def on_step(step: MoveStep) -> None:
+            if step is MoveStep.LOCKED and not threads:
+                threads.append(threading.Thread(target=send))
+                threads[-1].start()
+                wait_until(lambda: waiting_on_locks(source_dsn) >= 1, message="send blocked")
+            elif step is MoveStep.STAGED and len(threads) == 1:
+                holder.execute("LOCK TABLE shardflow.messages IN SHARE MODE")
+            elif step is MoveStep.TOMBSTONED and len(threads) == 1:
+                # The send followed the tombstone and holds the staged copy's row.
+                wait_until(lambda: waiting_on_locks(target_dsn) >= 1, message="send at copy")
+                threads.append(threading.Thread(target=release_when_activation_waits))
+                threads[-1].start()
+
+        try:
+            with Rebalancer(config, on_step=on_step) as rebalancer:
+                assert rebalancer.apply(ApplyOptions(batch=500)).complete
+            for t in threads:
+                t.join(30)
+        finally:
+            holder.close()
+        assert len(threads) == 2 and sent == [True]
+        assert wake_state(target_dsn, rx) == ("SUSPENDED", True)
+        with shardflow.Worker(cluster, waits.app, concurrency=2):
+            assert receiver.result(timeout=30) == ["hello"]

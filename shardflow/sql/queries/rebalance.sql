@@ -214,11 +214,25 @@ WITH steps AS (
 )
 DELETE FROM shardflow.events WHERE workflow_id = ANY(%(ids)s)
 
+-- name: lock_staged_copies
+-- Step 4 begins by locking the copies (in ID order) and waiting for the writes aimed at
+-- them that are in flight: a send locks the copy's row before it inserts a message.
+-- activate_copies then runs as the next statement of the same transaction, so its
+-- snapshot (READ COMMITTED: one per statement) holds every message sent so far, and no
+-- send can add one before it commits. In one statement, the check for waiting messages
+-- would use a snapshot taken before the wait for the row lock: a message committed
+-- meanwhile was missed and a recv() without a timeout slept for ever.
+SELECT workflow_id FROM shardflow.workflow_status
+WHERE workflow_id = ANY(%(ids)s) AND state = 'IMPORTING'
+ORDER BY workflow_id
+FOR UPDATE
+
 -- name: activate_copies
--- Step 4, on the target: the copies take their real state. Idempotent (only IMPORTING
--- rows of the given move change). A suspended workflow whose wake-up may have been
--- missed while it was in transit (a message arrived, a child finished) is woken; a
--- spurious wake-up only costs a replay.
+-- Step 4, on the target, after lock_staged_copies in the same transaction: the copies
+-- take their real state. Idempotent (only IMPORTING rows of the given move change). A
+-- suspended workflow whose wake-up may have been missed while it was in transit (a
+-- message arrived, a child finished) is woken; a spurious wake-up only costs a replay.
+-- A send that reached the copy itself set its wake_at (wake_staged_copy), kept here.
 WITH activated AS (
     UPDATE shardflow.workflow_status AS w
     SET state = w.import_state, import_state = NULL, updated_at = now(),

@@ -48,6 +48,17 @@ WITH woken AS (
 )
 SELECT workflow_id, pg_notify('shardflow_work', queue) FROM woken
 
+-- name: wake_staged_copy
+-- A message for a staged copy (between steps 3 and 4 of its move: the source holds the
+-- tombstone, the copy is not active yet) that waits for it: the copy keeps this wake-up
+-- when it is activated. Writing the row (not only locking it) also makes an activation
+-- that was already waiting on the row re-read it (EvalPlanQual) and see wake_at.
+UPDATE shardflow.workflow_status
+SET wake_at = now(), updated_at = now()
+WHERE workflow_id = %(workflow_id)s AND state = 'IMPORTING' AND import_state = 'SUSPENDED'
+  AND wait_for = %(wait_for)s
+RETURNING workflow_id
+
 -- name: lock_target
 -- Every write aimed at a workflow locks its row and checks its state first.
 SELECT state, moved_to, queue FROM shardflow.workflow_status
