@@ -243,3 +243,105 @@ def test_defect06_message_sent_between_move_steps_3_and_4_wakes_the_receiver(
         assert wake_state(target_dsn, rx) == ("SUSPENDED", True)
         with shardflow.Worker(cluster, waits.app, concurrency=2):
             assert receiver.result(timeout=30) == ["hello"]
+
+
+# -- defect 14: a batch was packed into one jsonb value (256 MB at most) ------------------------
+
+
+def add_big_steps(dsn: str, workflow_id: str, count: int, unit: str, repeat: int) -> None:
+    """Record ``count`` steps whose outputs are JSON strings of ``(unit + NNN) * repeat``
+    (NNN: the step number; built on the server, so nothing this large crosses the
+    client)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output)"
+            " SELECT %s, g, 'big', '\"' || repeat(%s || lpad(g::text, 3, '0'), %s) || '\"'"
+            " FROM generate_series(0, %s - 1) AS g",
+            (workflow_id, unit, repeat, count),
+        )
+
+
+def child_digest(dsn: str, workflow_id: str) -> tuple[Any, ...]:
+    """Row counts and an MD5 of every step, message and event of a workflow (messages in
+    their order, without their shard-local sequence numbers)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT"
+            " (SELECT count(*) FROM shardflow.step_outputs WHERE workflow_id = %(w)s),"
+            " (SELECT md5(string_agg(step_no || name || output, ',' ORDER BY step_no))"
+            "  FROM shardflow.step_outputs WHERE workflow_id = %(w)s),"
+            " (SELECT string_agg(topic || ':' || md5(payload) || ':' || consumed, ','"
+            "  ORDER BY seq) FROM shardflow.messages WHERE workflow_id = %(w)s),"
+            " (SELECT string_agg(key || ':' || md5(value), ',' ORDER BY key)"
+            "  FROM shardflow.events WHERE workflow_id = %(w)s)",
+            {"w": workflow_id},
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_defect14_workflows_larger_than_a_page_and_a_batch_move_intact(
+    grown: TestCluster,
+) -> None:
+    """With small page and batch bounds: workflows several times larger than a batch
+    move (each alone), their rows split over many pages, and read back identical:
+    steps, messages in their order, events. Small ones around them move too."""
+    config = grown.config
+    moving = set(moving_slots(config))
+    big = ids_in_slots(config, moving, "big", 3)
+    small = ids_in_slots(config, moving, "small", 30)
+    with shardflow.connect(config) as cluster:
+        cluster.submit_many(
+            [shardflow.Submission(basic.three_steps, (1,), workflow_id=w) for w in big + small]
+        )
+        for n, wid in enumerate(big):
+            dsn = config.shard(cluster.get(wid).shard).dsn
+            add_big_steps(dsn, wid, 40, f"{n}-0123456789abcdef", 600)  # ~10 KB each
+            for i in range(12):
+                cluster.send(wid, f"{i}:" + "m" * 9000, topic="t" if i % 3 else "u")
+            with psycopg.connect(dsn) as conn:
+                conn.execute(
+                    "INSERT INTO shardflow.events (workflow_id, key, value)"
+                    " SELECT %s, 'k' || g, '\"' || repeat('e', 5000 + g) || '\"'"
+                    " FROM generate_series(1, 5) AS g",
+                    (wid,),
+                )
+        before = {w: child_digest(config.shard(cluster.get(w).shard).dsn, w) for w in big}
+        steps_before = {w: cluster.steps(w) for w in big}
+        assert all(d[0] == 40 for d in before.values())
+
+        staged: list[MoveStep] = []
+        with Rebalancer(config, on_step=staged.append) as rebalancer:
+            result = rebalancer.apply(
+                ApplyOptions(batch=500, batch_bytes=64 * 1024, page_bytes=16 * 1024)
+            )
+        assert result.complete and result.moved == len(big) + len(small)
+        # A big workflow (~700 KB) is more than a batch: each moved in a batch of its own.
+        assert staged.count(MoveStep.STAGED) >= len(big) + 1
+        for wid in big:
+            status = cluster.get(wid)
+            assert status.shard == "shard3" and status.state is WorkflowState.ENQUEUED
+            assert child_digest(config.shard("shard3").dsn, wid) == before[wid]
+            assert cluster.steps(wid) == steps_before[wid]
+        assert live_rows(config) == Counter({w: 1 for w in big + small})
+
+
+def test_defect14_a_workflow_of_270_one_megabyte_steps_moves(grown: TestCluster) -> None:
+    """270 steps of about 1 MB each (each under the 1 MiB payload limit): 280 MB of
+    rows, more than one jsonb value can hold (256 MiB). The old mover failed on every
+    attempt, so the drain never completed. With default bounds it moves in pages and
+    reads back identical."""
+    config = grown.config
+    (wid,) = ids_in_slots(config, set(moving_slots(config)), "huge", 1)
+    with shardflow.connect(config) as cluster:
+        cluster.submit(basic.three_steps, 1, workflow_id=wid)
+        source_dsn = config.shard(cluster.get(wid).shard).dsn
+        # Repetitive text: cheap to store (compressed), full size once copied as JSON.
+        add_big_steps(source_dsn, wid, 270, "0123456789abcdef", 54_700)  # 1,039,302 bytes
+        before = child_digest(source_dsn, wid)
+        assert before[0] == 270
+        with Rebalancer(config) as rebalancer:
+            assert rebalancer.apply().complete
+        status = cluster.get(wid)
+        assert status.shard == "shard3" and status.state is WorkflowState.ENQUEUED
+        assert child_digest(config.shard("shard3").dsn, wid) == before

@@ -124,26 +124,53 @@ WHERE slot = ANY(%(slots)s) AND state = 'IMPORTING'
 -- name: lock_idle_workflows
 -- Step 1, on the source, in the transaction that step 3 commits: lock idle workflows of
 -- the slots. SKIP LOCKED is the batched form of NOWAIT: a row someone holds (a claim, a
--- send, a cancel) is skipped now and tried in a later batch.
+-- send, a cancel) is skipped now and tried in a later batch. With each ID, about how
+-- many bytes the workflow is as JSON (its status row, steps, messages and events), so
+-- the mover can bound a batch by size as well as by count. octet_length() of a text
+-- column reads its TOAST header, not the value; pg_column_size() of jsonb is its stored
+-- size (errors are small).
 WITH locked AS (
-    SELECT w.* FROM shardflow.workflow_status w
+    SELECT w.workflow_id,
+           512 + octet_length(w.inputs) + coalesce(octet_length(w.output), 0)
+               + coalesce(pg_column_size(w.error), 0) AS bytes
+    FROM shardflow.workflow_status w
     WHERE w.slot = ANY(%(slots)s) AND w.state NOT IN ('RUNNING', 'MOVED', 'IMPORTING')
       AND NOT (w.workflow_id = ANY(%(exclude)s::text[]))
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-SELECT array_agg(workflow_id), jsonb_agg(to_jsonb(locked))::text FROM locked
+SELECT l.workflow_id,
+       l.bytes
+       + coalesce((SELECT sum(128 + coalesce(octet_length(s.output), 0)
+                              + coalesce(pg_column_size(s.error), 0))
+                   FROM shardflow.step_outputs s WHERE s.workflow_id = l.workflow_id), 0)
+       + coalesce((SELECT sum(128 + octet_length(m.payload))
+                   FROM shardflow.messages m WHERE m.workflow_id = l.workflow_id), 0)
+       + coalesce((SELECT sum(128 + octet_length(e.value))
+                   FROM shardflow.events e WHERE e.workflow_id = l.workflow_id), 0)
+FROM locked l
 
--- name: child_rows
--- Everything hanging off the locked workflows, as JSON text passed through unparsed.
--- Nobody can add to them meanwhile: every write aimed at a workflow locks its row first.
-SELECT
-    (SELECT coalesce(jsonb_agg(s), '[]'::jsonb)::text FROM shardflow.step_outputs s
-     WHERE s.workflow_id = ANY(%(ids)s)),
-    (SELECT coalesce(jsonb_agg(m ORDER BY m.workflow_id, m.seq), '[]'::jsonb)::text
-     FROM shardflow.messages m WHERE m.workflow_id = ANY(%(ids)s)),
-    (SELECT coalesce(jsonb_agg(e), '[]'::jsonb)::text FROM shardflow.events e
-     WHERE e.workflow_id = ANY(%(ids)s))
+-- Steps 1-2 copy rows as JSON text (to_json, so a column added by a later migration
+-- moves without changes here), one row per result row, through a server-side cursor:
+-- the mover groups them into pages of bounded size, one staging statement per page.
+-- Nothing is aggregated into one value, so no batch and no workflow is too large to
+-- move (a jsonb value holds at most 256 MB; a json/text value up to 1 GB, and every row
+-- here is far below that). Nobody can add child rows to the locked workflows meanwhile:
+-- every write aimed at a workflow locks its status row first.
+
+-- name: status_rows
+SELECT to_json(w)::text FROM shardflow.workflow_status w WHERE w.workflow_id = ANY(%(ids)s)
+
+-- name: step_rows
+SELECT to_json(s)::text FROM shardflow.step_outputs s WHERE s.workflow_id = ANY(%(ids)s)
+
+-- name: message_rows
+-- In the source's order: the target hands out fresh sequence numbers in this order.
+SELECT to_json(m)::text FROM shardflow.messages m WHERE m.workflow_id = ANY(%(ids)s)
+ORDER BY m.workflow_id, m.seq
+
+-- name: event_rows
+SELECT to_json(e)::text FROM shardflow.events e WHERE e.workflow_id = ANY(%(ids)s)
 
 -- name: clear_tombstones_for_staging
 -- A workflow moving back to a shard it once left meets its own old tombstone there; the
@@ -152,14 +179,15 @@ DELETE FROM shardflow.workflow_status
 WHERE workflow_id = ANY(%(ids)s) AND state = 'MOVED'
 
 -- name: stage_workflows
--- Step 2, on the target: non-runnable copies (IMPORTING) carrying their real state in
--- import_state. Columns travel as JSON, so a column added by a later migration moves too.
+-- Step 2, on the target, one page of status rows at a time: non-runnable copies
+-- (IMPORTING) carrying their real state in import_state. The copied record is the base;
+-- the few fields the move sets override it.
 INSERT INTO shardflow.workflow_status
-SELECT r.* FROM jsonb_array_elements(%(rows)s::jsonb) AS e(value),
+SELECT r.* FROM json_array_elements(%(rows)s::json) AS e(value),
     LATERAL jsonb_populate_record(
-        NULL::shardflow.workflow_status,
-        e.value || jsonb_build_object(
-            'state', 'IMPORTING', 'import_state', e.value -> 'state',
+        json_populate_record(NULL::shardflow.workflow_status, e.value),
+        jsonb_build_object(
+            'state', 'IMPORTING', 'import_state', e.value ->> 'state',
             'move_id', %(move_id)s::text, 'moved_from', %(source)s::text, 'moved_to', NULL,
             'lease_owner', NULL, 'lease_expires_at', NULL)) AS r
 ON CONFLICT (workflow_id) DO NOTHING
@@ -167,17 +195,17 @@ RETURNING workflow_id
 
 -- name: stage_steps
 INSERT INTO shardflow.step_outputs
-SELECT r.* FROM jsonb_populate_recordset(NULL::shardflow.step_outputs, %(rows)s::jsonb) AS r
+SELECT r.* FROM json_populate_recordset(NULL::shardflow.step_outputs, %(rows)s::json) AS r
 WHERE r.workflow_id = ANY(%(ids)s)
 ON CONFLICT DO NOTHING
 
 -- name: stage_messages
--- Messages get fresh sequence numbers from the target, handed out in the source's order,
--- so per-topic order holds and later messages sort after them.
+-- Messages get fresh sequence numbers from the target, handed out in the source's order
+-- (pages come in that order too), so per-topic order holds and later messages sort
+-- after them.
 WITH src AS (
-    SELECT to_jsonb(r) AS value,
-           row_number() OVER (ORDER BY r.workflow_id, r.seq) AS rn
-    FROM jsonb_populate_recordset(NULL::shardflow.messages, %(rows)s::jsonb) AS r
+    SELECT r AS msg, row_number() OVER (ORDER BY r.workflow_id, r.seq) AS rn
+    FROM json_populate_recordset(NULL::shardflow.messages, %(rows)s::json) AS r
     WHERE r.workflow_id = ANY(%(ids)s)
 ), fresh AS (
     SELECT v, row_number() OVER (ORDER BY v) AS rn
@@ -186,13 +214,12 @@ WITH src AS (
 )
 INSERT INTO shardflow.messages OVERRIDING SYSTEM VALUE
 SELECT m.* FROM src JOIN fresh USING (rn),
-    LATERAL jsonb_populate_record(
-        NULL::shardflow.messages, src.value || jsonb_build_object('seq', fresh.v)) AS m
+    LATERAL jsonb_populate_record(src.msg, jsonb_build_object('seq', fresh.v)) AS m
 ON CONFLICT DO NOTHING
 
 -- name: stage_events
 INSERT INTO shardflow.events
-SELECT r.* FROM jsonb_populate_recordset(NULL::shardflow.events, %(rows)s::jsonb) AS r
+SELECT r.* FROM json_populate_recordset(NULL::shardflow.events, %(rows)s::json) AS r
 WHERE r.workflow_id = ANY(%(ids)s)
 ON CONFLICT DO NOTHING
 
