@@ -191,6 +191,10 @@ class WaitsClient:
         from shardflow.engine.cluster import WorkflowHandle, _check_id
 
         _check_id(new_id)
+        # The fork owns its values: a claim-checked input is copied to a new blob, and
+        # step outputs are serialized again (a large one to a new blob), so retention of
+        # either workflow leaves the other's values in place.
+        inputs = self.codec.copy_stored(inputs)
         steps = [
             (s.step_no, s.name, self.codec.dumps(s.output, "step output"), s.error)
             for s in self.store.steps(status.shard, workflow_id)

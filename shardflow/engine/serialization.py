@@ -124,6 +124,18 @@ class Codec:
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"stored value cannot be deserialized: {exc}") from exc
 
+    def copy_stored(self, text: str) -> str:
+        """A stored value made fit for another row: the same text, except that a claim
+        check is copied to a blob of its own. Each blob belongs to the rows of one
+        workflow and goes with them (retention), so two workflows never share one."""
+        if text[:1] != BLOB_MARKER:
+            return text
+        data = self._fetch(text).encode("utf-8")  # checked against the reference
+        assert self.blobs is not None  # _fetch needs one
+        ref = BlobRef.new(data)
+        self.blobs.put(ref.key, data)
+        return ref.text
+
     def _offload(self, data: bytes, text: str) -> str:
         assert self.blobs is not None
         ref = BlobRef.new(data)

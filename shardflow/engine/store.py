@@ -472,7 +472,9 @@ class Store(WaitStore):
             "clear_dedup": False,
         }
         try:
-            with self._conn(shard) as conn:
+            with self._conn(shard) as conn, conn.transaction():
+                # Lock, then decide wake-ups with a fresh snapshot (see lock_staged_copies).
+                conn.execute(query("lock_staged_copies"), params)
                 return conn.execute(query("activate_copies"), params).fetchone() is not None
         except StoreError:
             # E.g. a dedup key taken meanwhile: the rebalancer resolves that case.

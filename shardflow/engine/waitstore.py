@@ -119,11 +119,13 @@ class WaitStore:
             if inserted is None:
                 return "duplicate", None
             conn.execute(query("notify_message"), {"workflow_id": workflow_id})
+            wake = {"workflow_id": workflow_id, "wait_for": f"message:{topic}"}
             if state == "SUSPENDED":
-                conn.execute(
-                    query("wake_workflow"),
-                    {"workflow_id": workflow_id, "wait_for": f"message:{topic}"},
-                )
+                conn.execute(query("wake_workflow"), wake)
+            elif state == "IMPORTING":
+                # A staged copy whose move is decided (the source's tombstone sent this
+                # here): it wakes when it is activated.
+                conn.execute(query("wake_staged_copy"), wake)
         return "sent", None
 
     def consume_message(

@@ -28,6 +28,8 @@ from shardflow.config.model import ClusterConfig
 from shardflow.errors import RebalanceError
 from shardflow.rebalance.live import LiveMap, Repair, reconcile
 from shardflow.rebalance.mover import (
+    BATCH_BYTES,
+    PAGE_BYTES,
     MoveStep,
     PlanRecord,
     Recovery,
@@ -55,6 +57,8 @@ class ApplyOptions:
     """How fast and in what steps to apply a plan."""
 
     batch: int = 500  # workflows per transaction pair
+    batch_bytes: int = BATCH_BYTES  # ... and about this many bytes of rows at most
+    page_bytes: int = PAGE_BYTES  # rows copied per staging statement, in bytes
     rate: float | None = None  # at most this many workflows per second
     wave_slots: int = 256  # slots in motion at once
     poll_seconds: float = 0.2  # re-check interval while only running workflows remain
@@ -64,8 +68,8 @@ class ApplyOptions:
     wait_running_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.wave_slots < 1:
-            raise ValueError("batch and wave_slots must be >= 1")
+        if min(self.batch, self.wave_slots, self.batch_bytes, self.page_bytes) < 1:
+            raise ValueError("batch, wave_slots, batch_bytes and page_bytes must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +310,14 @@ class Rebalancer:
             if options.rate is not None:
                 batch = max(1, min(batch, int(options.rate)))
             outcome = move_batch(
-                self.links[source], self.links[dest], slots, batch, self.on_step, later
+                self.links[source],
+                self.links[dest],
+                slots,
+                batch,
+                self.on_step,
+                later,
+                max_bytes=options.batch_bytes,
+                page_bytes=options.page_bytes,
             )
             moved += outcome.moved
             meter.add(outcome.moved)
@@ -323,7 +334,7 @@ class Rebalancer:
                 still = self.links[dest].states_of(outcome.refused)
                 later.update(w for w, state in still.items() if state == "IMPORTING")
                 continue
-            if outcome.moved < batch:
+            if outcome.moved + outcome.deferred < batch:
                 return moved
 
     def _start_wave(self, target: tuple[str, ...], wave_slots: int) -> int:

@@ -21,7 +21,7 @@ import enum
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +56,11 @@ class MoveStep(str, enum.Enum):
 
 StepHook = Callable[[MoveStep], None]
 
+# A batch stops at about this many bytes of rows (as JSON); rows are copied in pages of
+# about PAGE_BYTES, one staging statement each (see move_batch).
+BATCH_BYTES = 64 * 1024 * 1024
+PAGE_BYTES = 8 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class PlanRecord:
@@ -72,11 +77,14 @@ class PlanRecord:
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """What one transaction pair did: workflows moved, and locked rows the target
-    refused because it holds that ID already (a leftover copy: recover, then retry)."""
+    """What one transaction pair did: workflows moved, locked rows the target refused
+    because it holds that ID already (a leftover copy: recover, then retry), and locked
+    rows left for the next batch because the batch reached its size bound."""
 
     moved: int
     refused: tuple[str, ...] = ()
+    # Locked, but beyond the batch's byte bound: left for the next batch.
+    deferred: int = 0
 
 
 @dataclass(slots=True)
@@ -242,37 +250,43 @@ def move_batch(
     limit: int,
     on_step: StepHook | None = None,
     exclude: Iterable[str] = (),
+    *,
+    max_bytes: int = BATCH_BYTES,
+    page_bytes: int = PAGE_BYTES,
 ) -> BatchOutcome:
     """Move up to ``limit`` idle workflows of ``slots`` from ``source`` to ``target`` with
     one transaction pair (steps 1-4). Busy rows, and the IDs in ``exclude``, are left for
-    a later batch."""
+    a later batch.
+
+    A batch also stops at about ``max_bytes`` of rows (the first workflow always goes,
+    whatever its size); the locked workflows beyond it are left for the next batch.
+    Rows are copied in pages of about ``page_bytes``, one staging statement per page.
+    """
     move_id = str(uuid.uuid4())
     with source.conn.transaction():
         locked = source.conn.execute(
             query("lock_idle_workflows"),
             {"slots": list(slots), "limit": limit, "exclude": list(exclude)},
-        ).fetchone()
-        ids: list[str] = list(locked[0]) if locked and locked[0] else []
-        if not ids:
+        ).fetchall()
+        if not locked:
             return BatchOutcome(0)
-        assert locked is not None
-        children = source.conn.execute(query("child_rows"), {"ids": ids}).fetchone()
-        assert children is not None
+        ids = _within_bytes([(str(r[0]), int(r[1])) for r in locked], max_bytes)
         _hook(on_step, MoveStep.LOCKED)
         with target.conn.transaction():
             target.conn.execute(query("clear_tombstones_for_staging"), {"ids": ids})
-            staged = [
-                str(r[0])
-                for r in target.conn.execute(
-                    query("stage_workflows"),
-                    {"rows": locked[1], "move_id": move_id, "source": source.name},
+            staged: list[str] = []
+            for page in _pages(source.conn, "status_rows", ids, page_bytes):
+                staged.extend(
+                    str(r[0])
+                    for r in target.conn.execute(
+                        query("stage_workflows"),
+                        {"rows": page, "move_id": move_id, "source": source.name},
+                    )
                 )
-            ]
             if staged:
-                for name, rows in zip(
-                    ("stage_steps", "stage_messages", "stage_events"), children, strict=True
-                ):
-                    target.conn.execute(query(name), {"rows": rows, "ids": staged})
+                for rows_query, stage_query in _CHILD_TABLES:
+                    for page in _pages(source.conn, rows_query, staged, page_bytes):
+                        target.conn.execute(query(stage_query), {"rows": page, "ids": staged})
         _hook(on_step, MoveStep.STAGED)
         if staged:
             params = {"ids": staged, "target": target.name, "move_id": move_id}
@@ -284,7 +298,52 @@ def move_batch(
     activate(target, staged, [move_id] * len(staged))
     _hook(on_step, MoveStep.ACTIVATED)
     refused = tuple(sorted(set(ids) - set(staged)))
-    return BatchOutcome(len(staged), refused)
+    return BatchOutcome(len(staged), refused, deferred=len(locked) - len(ids))
+
+
+# Child tables: (query reading them on the source, query staging them on the target).
+# A new per-workflow table needs a pair here and its rows deleted by delete_child_rows.
+_CHILD_TABLES = (
+    ("step_rows", "stage_steps"),
+    ("message_rows", "stage_messages"),
+    ("event_rows", "stage_events"),
+)
+
+
+def _within_bytes(locked: Sequence[tuple[str, int]], max_bytes: int) -> list[str]:
+    """The first locked workflows whose estimated sizes add up to at most ``max_bytes``
+    (at least one: a workflow larger than the bound moves alone)."""
+    chosen: list[str] = []
+    total = 0
+    for workflow_id, size in locked:
+        if chosen and total + size > max_bytes:
+            break
+        chosen.append(workflow_id)
+        total += size
+    return chosen
+
+
+def _pages(conn: Conn, name: str, ids: Sequence[str], page_bytes: int) -> Iterator[str]:
+    """The rows query ``name`` returns (one JSON text each), grouped into JSON arrays of
+    about ``page_bytes`` (a larger row is a page of its own). Read through a server-side
+    cursor in the open transaction, so only about a page is in memory at a time."""
+    with conn.cursor(name=f"shardflow_{name}") as cursor:
+        cursor.execute(query(name), {"ids": list(ids)})
+        page: list[str] = []
+        size = 0
+        fetch = 256
+        while rows := cursor.fetchmany(fetch):
+            for (text,) in rows:
+                if page and size + len(text) > page_bytes:
+                    yield "[" + ",".join(page) + "]"
+                    page, size = [], 0
+                page.append(text)
+                size += len(text) + 1
+            # Fetch about a page at a time: many small rows, or a few large ones.
+            average = max(sum(len(r[0]) for r in rows) // len(rows), 1)
+            fetch = max(1, min(1024, page_bytes // average))
+        if page:
+            yield "[" + ",".join(page) + "]"
 
 
 def activate(target: ShardLink, ids: Sequence[str], move_ids: Sequence[str]) -> int:
@@ -319,6 +378,9 @@ def _activate(
     target: ShardLink, ids: Sequence[str], move_ids: Sequence[str], *, clear_dedup: bool
 ) -> int:
     with target.conn.transaction():
+        # Lock first, decide wake-ups in a second statement (a fresh snapshot): see
+        # lock_staged_copies.
+        target.conn.execute(query("lock_staged_copies"), {"ids": list(ids)})
         rows = target.conn.execute(
             query("activate_copies"),
             {"ids": list(ids), "move_ids": list(move_ids), "clear_dedup": clear_dedup},

@@ -19,11 +19,19 @@ ON CONFLICT (singleton) DO UPDATE
 -- name: max_ownership_epoch
 SELECT coalesce(max(epoch), 0) FROM shardflow.slot_ownership
 
+-- Slot transitions and inserts (docs/rebalancing.md, "Inserts and slot transitions"):
+-- every insert of a workflow holds its slot_ownership row FOR SHARE until it commits
+-- (insert_workflows, insert_fork); every transition below writes those rows, so it waits
+-- for the inserts in flight, and inserts that come later see the new state. Both sides
+-- take the rows in slot order, so an insert of many slots and a transition of many slots
+-- cannot each hold a row the other waits for.
+
 -- name: mark_importing
 -- Step 0, on the target first. Idempotent: a slot already IMPORTING from the same peer
 -- is left as it is.
 INSERT INTO shardflow.slot_ownership (slot, state, peer, epoch)
 SELECT s, 'IMPORTING', %(peer)s, %(epoch)s FROM unnest(%(slots)s::integer[]) AS s
+ORDER BY s
 ON CONFLICT (slot) DO UPDATE SET updated_at = now()
     WHERE shardflow.slot_ownership.state = 'IMPORTING'
       AND shardflow.slot_ownership.peer = excluded.peer
@@ -31,24 +39,42 @@ RETURNING slot
 
 -- name: mark_migrating_out
 -- Step 0, on the source second: from this commit on it refuses new IDs for these slots.
-UPDATE shardflow.slot_ownership
+-- Waits for the inserts that hold these rows (they committed their workflows as OWNED
+-- ones, and the moves that follow see them); inserts after it find MIGRATING_OUT.
+WITH locked AS MATERIALIZED (
+    SELECT slot FROM shardflow.slot_ownership WHERE slot = ANY(%(slots)s)
+    ORDER BY slot FOR UPDATE
+)
+UPDATE shardflow.slot_ownership AS o
 SET state = 'MIGRATING_OUT', peer = %(peer)s, epoch = %(epoch)s, updated_at = now()
-WHERE slot = ANY(%(slots)s)
-  AND (state = 'OWNED' OR (state = 'MIGRATING_OUT' AND peer = %(peer)s))
-RETURNING slot
+FROM locked
+WHERE o.slot = locked.slot
+  AND (o.state = 'OWNED' OR (o.state = 'MIGRATING_OUT' AND o.peer = %(peer)s))
+RETURNING o.slot
 
 -- name: mark_owned
--- Finalize, on the target first.
-UPDATE shardflow.slot_ownership
+-- Finalize, on the target first (in slot order, like every transition).
+WITH locked AS MATERIALIZED (
+    SELECT slot FROM shardflow.slot_ownership WHERE slot = ANY(%(slots)s)
+    ORDER BY slot FOR UPDATE
+)
+UPDATE shardflow.slot_ownership AS o
 SET state = 'OWNED', peer = NULL, epoch = %(epoch)s, updated_at = now()
-WHERE slot = ANY(%(slots)s) AND state = 'IMPORTING'
-RETURNING slot
+FROM locked
+WHERE o.slot = locked.slot AND o.state = 'IMPORTING'
+RETURNING o.slot
 
 -- name: drop_migrated_slots
--- Finalize, on the source second: only tombstones are left there.
-DELETE FROM shardflow.slot_ownership
-WHERE slot = ANY(%(slots)s) AND state = 'MIGRATING_OUT'
-RETURNING slot
+-- Finalize, on the source second: only tombstones are left there (checked after
+-- MIGRATING_OUT committed, which no insert relying on OWNED outlives).
+WITH locked AS MATERIALIZED (
+    SELECT slot FROM shardflow.slot_ownership WHERE slot = ANY(%(slots)s)
+    ORDER BY slot FOR UPDATE
+)
+DELETE FROM shardflow.slot_ownership AS o
+USING locked
+WHERE o.slot = locked.slot AND o.state = 'MIGRATING_OUT'
+RETURNING o.slot
 
 -- name: record_plan
 INSERT INTO shardflow.rebalance_plans (plan_id, base_epoch, target, moves, created_at)
@@ -98,26 +124,53 @@ WHERE slot = ANY(%(slots)s) AND state = 'IMPORTING'
 -- name: lock_idle_workflows
 -- Step 1, on the source, in the transaction that step 3 commits: lock idle workflows of
 -- the slots. SKIP LOCKED is the batched form of NOWAIT: a row someone holds (a claim, a
--- send, a cancel) is skipped now and tried in a later batch.
+-- send, a cancel) is skipped now and tried in a later batch. With each ID, about how
+-- many bytes the workflow is as JSON (its status row, steps, messages and events), so
+-- the mover can bound a batch by size as well as by count. octet_length() of a text
+-- column reads its TOAST header, not the value; pg_column_size() of jsonb is its stored
+-- size (errors are small).
 WITH locked AS (
-    SELECT w.* FROM shardflow.workflow_status w
+    SELECT w.workflow_id,
+           512 + octet_length(w.inputs) + coalesce(octet_length(w.output), 0)
+               + coalesce(pg_column_size(w.error), 0) AS bytes
+    FROM shardflow.workflow_status w
     WHERE w.slot = ANY(%(slots)s) AND w.state NOT IN ('RUNNING', 'MOVED', 'IMPORTING')
       AND NOT (w.workflow_id = ANY(%(exclude)s::text[]))
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-SELECT array_agg(workflow_id), jsonb_agg(to_jsonb(locked))::text FROM locked
+SELECT l.workflow_id,
+       l.bytes
+       + coalesce((SELECT sum(128 + coalesce(octet_length(s.output), 0)
+                              + coalesce(pg_column_size(s.error), 0))
+                   FROM shardflow.step_outputs s WHERE s.workflow_id = l.workflow_id), 0)
+       + coalesce((SELECT sum(128 + octet_length(m.payload))
+                   FROM shardflow.messages m WHERE m.workflow_id = l.workflow_id), 0)
+       + coalesce((SELECT sum(128 + octet_length(e.value))
+                   FROM shardflow.events e WHERE e.workflow_id = l.workflow_id), 0)
+FROM locked l
 
--- name: child_rows
--- Everything hanging off the locked workflows, as JSON text passed through unparsed.
--- Nobody can add to them meanwhile: every write aimed at a workflow locks its row first.
-SELECT
-    (SELECT coalesce(jsonb_agg(s), '[]'::jsonb)::text FROM shardflow.step_outputs s
-     WHERE s.workflow_id = ANY(%(ids)s)),
-    (SELECT coalesce(jsonb_agg(m ORDER BY m.workflow_id, m.seq), '[]'::jsonb)::text
-     FROM shardflow.messages m WHERE m.workflow_id = ANY(%(ids)s)),
-    (SELECT coalesce(jsonb_agg(e), '[]'::jsonb)::text FROM shardflow.events e
-     WHERE e.workflow_id = ANY(%(ids)s))
+-- Steps 1-2 copy rows as JSON text (to_json, so a column added by a later migration
+-- moves without changes here), one row per result row, through a server-side cursor:
+-- the mover groups them into pages of bounded size, one staging statement per page.
+-- Nothing is aggregated into one value, so no batch and no workflow is too large to
+-- move (a jsonb value holds at most 256 MB; a json/text value up to 1 GB, and every row
+-- here is far below that). Nobody can add child rows to the locked workflows meanwhile:
+-- every write aimed at a workflow locks its status row first.
+
+-- name: status_rows
+SELECT to_json(w)::text FROM shardflow.workflow_status w WHERE w.workflow_id = ANY(%(ids)s)
+
+-- name: step_rows
+SELECT to_json(s)::text FROM shardflow.step_outputs s WHERE s.workflow_id = ANY(%(ids)s)
+
+-- name: message_rows
+-- In the source's order: the target hands out fresh sequence numbers in this order.
+SELECT to_json(m)::text FROM shardflow.messages m WHERE m.workflow_id = ANY(%(ids)s)
+ORDER BY m.workflow_id, m.seq
+
+-- name: event_rows
+SELECT to_json(e)::text FROM shardflow.events e WHERE e.workflow_id = ANY(%(ids)s)
 
 -- name: clear_tombstones_for_staging
 -- A workflow moving back to a shard it once left meets its own old tombstone there; the
@@ -126,14 +179,15 @@ DELETE FROM shardflow.workflow_status
 WHERE workflow_id = ANY(%(ids)s) AND state = 'MOVED'
 
 -- name: stage_workflows
--- Step 2, on the target: non-runnable copies (IMPORTING) carrying their real state in
--- import_state. Columns travel as JSON, so a column added by a later migration moves too.
+-- Step 2, on the target, one page of status rows at a time: non-runnable copies
+-- (IMPORTING) carrying their real state in import_state. The copied record is the base;
+-- the few fields the move sets override it.
 INSERT INTO shardflow.workflow_status
-SELECT r.* FROM jsonb_array_elements(%(rows)s::jsonb) AS e(value),
+SELECT r.* FROM json_array_elements(%(rows)s::json) AS e(value),
     LATERAL jsonb_populate_record(
-        NULL::shardflow.workflow_status,
-        e.value || jsonb_build_object(
-            'state', 'IMPORTING', 'import_state', e.value -> 'state',
+        json_populate_record(NULL::shardflow.workflow_status, e.value),
+        jsonb_build_object(
+            'state', 'IMPORTING', 'import_state', e.value ->> 'state',
             'move_id', %(move_id)s::text, 'moved_from', %(source)s::text, 'moved_to', NULL,
             'lease_owner', NULL, 'lease_expires_at', NULL)) AS r
 ON CONFLICT (workflow_id) DO NOTHING
@@ -141,17 +195,17 @@ RETURNING workflow_id
 
 -- name: stage_steps
 INSERT INTO shardflow.step_outputs
-SELECT r.* FROM jsonb_populate_recordset(NULL::shardflow.step_outputs, %(rows)s::jsonb) AS r
+SELECT r.* FROM json_populate_recordset(NULL::shardflow.step_outputs, %(rows)s::json) AS r
 WHERE r.workflow_id = ANY(%(ids)s)
 ON CONFLICT DO NOTHING
 
 -- name: stage_messages
--- Messages get fresh sequence numbers from the target, handed out in the source's order,
--- so per-topic order holds and later messages sort after them.
+-- Messages get fresh sequence numbers from the target, handed out in the source's order
+-- (pages come in that order too), so per-topic order holds and later messages sort
+-- after them.
 WITH src AS (
-    SELECT to_jsonb(r) AS value,
-           row_number() OVER (ORDER BY r.workflow_id, r.seq) AS rn
-    FROM jsonb_populate_recordset(NULL::shardflow.messages, %(rows)s::jsonb) AS r
+    SELECT r AS msg, row_number() OVER (ORDER BY r.workflow_id, r.seq) AS rn
+    FROM json_populate_recordset(NULL::shardflow.messages, %(rows)s::json) AS r
     WHERE r.workflow_id = ANY(%(ids)s)
 ), fresh AS (
     SELECT v, row_number() OVER (ORDER BY v) AS rn
@@ -160,13 +214,12 @@ WITH src AS (
 )
 INSERT INTO shardflow.messages OVERRIDING SYSTEM VALUE
 SELECT m.* FROM src JOIN fresh USING (rn),
-    LATERAL jsonb_populate_record(
-        NULL::shardflow.messages, src.value || jsonb_build_object('seq', fresh.v)) AS m
+    LATERAL jsonb_populate_record(src.msg, jsonb_build_object('seq', fresh.v)) AS m
 ON CONFLICT DO NOTHING
 
 -- name: stage_events
 INSERT INTO shardflow.events
-SELECT r.* FROM jsonb_populate_recordset(NULL::shardflow.events, %(rows)s::jsonb) AS r
+SELECT r.* FROM json_populate_recordset(NULL::shardflow.events, %(rows)s::json) AS r
 WHERE r.workflow_id = ANY(%(ids)s)
 ON CONFLICT DO NOTHING
 
@@ -188,11 +241,25 @@ WITH steps AS (
 )
 DELETE FROM shardflow.events WHERE workflow_id = ANY(%(ids)s)
 
+-- name: lock_staged_copies
+-- Step 4 begins by locking the copies (in ID order) and waiting for the writes aimed at
+-- them that are in flight: a send locks the copy's row before it inserts a message.
+-- activate_copies then runs as the next statement of the same transaction, so its
+-- snapshot (READ COMMITTED: one per statement) holds every message sent so far, and no
+-- send can add one before it commits. In one statement, the check for waiting messages
+-- would use a snapshot taken before the wait for the row lock: a message committed
+-- meanwhile was missed and a recv() without a timeout slept for ever.
+SELECT workflow_id FROM shardflow.workflow_status
+WHERE workflow_id = ANY(%(ids)s) AND state = 'IMPORTING'
+ORDER BY workflow_id
+FOR UPDATE
+
 -- name: activate_copies
--- Step 4, on the target: the copies take their real state. Idempotent (only IMPORTING
--- rows of the given move change). A suspended workflow whose wake-up may have been
--- missed while it was in transit (a message arrived, a child finished) is woken; a
--- spurious wake-up only costs a replay.
+-- Step 4, on the target, after lock_staged_copies in the same transaction: the copies
+-- take their real state. Idempotent (only IMPORTING rows of the given move change). A
+-- suspended workflow whose wake-up may have been missed while it was in transit (a
+-- message arrived, a child finished) is woken; a spurious wake-up only costs a replay.
+-- A send that reached the copy itself set its wake_at (wake_staged_copy), kept here.
 WITH activated AS (
     UPDATE shardflow.workflow_status AS w
     SET state = w.import_state, import_state = NULL, updated_at = now(),

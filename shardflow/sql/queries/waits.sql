@@ -49,6 +49,17 @@ WITH woken AS (
 )
 SELECT workflow_id, pg_notify('shardflow_work', queue) FROM woken
 
+-- name: wake_staged_copy
+-- A message for a staged copy (between steps 3 and 4 of its move: the source holds the
+-- tombstone, the copy is not active yet) that waits for it: the copy keeps this wake-up
+-- when it is activated. Writing the row (not only locking it) also makes an activation
+-- that was already waiting on the row re-read it (EvalPlanQual) and see wake_at.
+UPDATE shardflow.workflow_status
+SET wake_at = now(), updated_at = now()
+WHERE workflow_id = %(workflow_id)s AND state = 'IMPORTING' AND import_state = 'SUSPENDED'
+  AND wait_for = %(wait_for)s
+RETURNING workflow_id
+
 -- name: lock_target
 -- Every write aimed at a workflow locks its row and checks its state first.
 SELECT state, moved_to, queue FROM shardflow.workflow_status
@@ -101,14 +112,19 @@ WHERE workflow_id = %(workflow_id)s AND name = 'shardflow.start_child' AND outpu
 -- name: insert_fork
 -- A fork starts at attempt 1 so that its first claim (attempt 2) loads the copied steps.
 -- Only in an OWNED slot: in a slot being imported the ID would have to be looked up on
--- the source first, so the client waits for the move to finish instead.
+-- the source first, so the client waits for the move to finish instead. The ownership
+-- row is locked FOR SHARE until the fork's transaction (with its steps) commits, so a
+-- slot transition waits for it; see insert_workflows for why.
+WITH held AS MATERIALIZED (
+    SELECT o.slot FROM shardflow.slot_ownership o
+    WHERE o.slot = %(slot)s AND o.state = 'OWNED'
+    FOR SHARE
+)
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, attempt, parent_id)
 SELECT %(workflow_id)s, %(slot)s, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
        %(priority)s, %(inputs)s, 1, NULL
-WHERE EXISTS (
-    SELECT 1 FROM shardflow.slot_ownership o
-    WHERE o.slot = %(slot)s AND o.state = 'OWNED')
+FROM held
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id
 

@@ -6,7 +6,34 @@
 -- lookup is what keeps an ID unique across a slot in motion. An ID that exists already
 -- is left alone (submit is idempotent on workflow_id). Workers listening on the shard
 -- are woken (PostgreSQL folds identical notifications into one).
-WITH created AS (
+--
+-- The ownership check locks what it reads: the slot_ownership rows of the batch are
+-- taken FOR SHARE (in slot order, as every slot transition takes them, so the two never
+-- deadlock) and held until this statement's transaction ends. A slot transition (an
+-- UPDATE or DELETE of those rows) therefore waits for an insert that relied on the old
+-- state to commit, and the rebalancer's later reads (the rows to move, "only tombstones
+-- left") see its rows. An insert that arrives while a transition holds the row waits for
+-- it; READ COMMITTED then re-reads the row's newest version for the locking clause
+-- (EvalPlanQual) and re-checks `state` on it, so the insert sees MIGRATING_OUT (refused,
+-- redirected) or no row at all (dropped), never the state its snapshot had. Without the
+-- lock, a long insert whose snapshot predates MIGRATING_OUT committed its rows after the
+-- slot had been moved and dropped: live workflows on a shard that owns no slot.
+-- FOR SHARE, not FOR KEY SHARE: a transition's UPDATE changes no key, so it takes FOR NO
+-- KEY UPDATE, which FOR KEY SHARE would not stop.
+WITH batch AS MATERIALIZED (
+    -- The rows travel as one JSON document: encoding it is one C call on the client,
+    -- where eleven Python-built arrays cost more than the insert itself.
+    SELECT * FROM json_to_recordset(%(rows)s::json)
+        AS t(workflow_id text, slot integer, route_hash bigint, name text, queue text,
+             priority integer, inputs text, delay_seconds float8, timeout_seconds float8,
+             dedup_key text, parent_id text, source_checked boolean)
+), held AS MATERIALIZED (
+    SELECT o.slot, o.state FROM shardflow.slot_ownership o
+    WHERE o.slot = ANY(ARRAY(SELECT DISTINCT b.slot FROM batch b))
+      AND o.state IN ('OWNED', 'IMPORTING')
+    ORDER BY o.slot
+    FOR SHARE
+), created AS (
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
     deadline, dedup_key, parent_id)
@@ -17,16 +44,8 @@ SELECT t.workflow_id, t.slot, t.route_hash, t.name, t.queue, 'ENQUEUED', t.prior
        CASE WHEN t.timeout_seconds IS NULL THEN NULL
             ELSE now() + make_interval(secs => t.timeout_seconds) END,
        t.dedup_key, t.parent_id
--- The rows travel as one JSON document: encoding it is one C call on the client, where
--- eleven Python-built arrays cost more than the insert itself.
-FROM json_to_recordset(%(rows)s::json)
-     AS t(workflow_id text, slot integer, route_hash bigint, name text, queue text,
-          priority integer, inputs text, delay_seconds float8, timeout_seconds float8,
-          dedup_key text, parent_id text, source_checked boolean)
-WHERE EXISTS (
-    SELECT 1 FROM shardflow.slot_ownership o
-    WHERE o.slot = t.slot
-      AND (o.state = 'OWNED' OR (o.state = 'IMPORTING' AND t.source_checked)))
+FROM batch t JOIN held o ON o.slot = t.slot
+WHERE o.state = 'OWNED' OR (o.state = 'IMPORTING' AND t.source_checked)
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id, queue
 )
