@@ -30,8 +30,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from shardflow.config.model import ClusterConfig, ShardConfig
-from shardflow.errors import RebalanceError, ShardUnavailable
+from shardflow.config.redaction import scrub_dsns
+from shardflow.errors import ConfigError, RebalanceError, ShardUnavailable
 from shardflow.rebalance.live import Ownership
+from shardflow.retry import first_line
+from shardflow.router.pools import SessionLimits, connect_kwargs
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
 from shardflow.sql.migrator import check_identity, read_identity
@@ -114,12 +117,19 @@ class ShardLink:
         self._lock_conn: Conn | None = None
 
     def _connect(self) -> Conn:
+        # Keepalives and tcp_user_timeout (a black-holed shard is noticed); the session's
+        # own timeouts are set by configure_rebalancer_session.
+        kwargs = {k: v for k, v in connect_kwargs(SessionLimits()).items() if k != "options"}
+        kwargs["connect_timeout"] = self._connect_timeout
         try:
-            conn = psycopg.connect(
-                self.shard.dsn, autocommit=True, connect_timeout=self._connect_timeout
-            )
-        except psycopg.OperationalError as exc:
-            raise ShardUnavailable(self.name, _first_line(exc)) from exc
+            conn = psycopg.connect(self.shard.dsn, autocommit=True, **kwargs)
+        except psycopg.ProgrammingError:
+            # Its text may quote the DSN, password included.
+            raise ConfigError(f"shard {self.name!r}: invalid DSN") from None
+        except psycopg.Error as exc:
+            raise ShardUnavailable(
+                self.name, scrub_dsns(first_line(exc), [self.shard.dsn])
+            ) from None
         conn.execute(query("configure_rebalancer_session"))
         return conn
 
@@ -481,8 +491,3 @@ def _plan_params(plan: PlanRecord) -> dict[str, Any]:
         "moves": plan.moves,
         "created_at": plan.created_at,
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
