@@ -173,6 +173,8 @@ def start_child(fn: Callable[P, R] | str, *args: Any, **kwargs: Any) -> ChildHan
     cluster = run.cluster
     if not isinstance(fn, (Workflow, str)):
         raise TypeError("start_child() takes a registered workflow or a workflow name")
+    if isinstance(fn, Workflow):
+        fn.check_arguments(args, kwargs)  # a wrong call fails here, before anything runs
     step_no = run.next_step
 
     def start() -> str:

@@ -38,6 +38,7 @@ _GRANTS = (
     "grant_worker_schema",
     "grant_worker_read",
     "grant_worker_write",
+    "grant_worker_slot_lock",
     "grant_worker_sequences",
 )
 _MAX_NAME_BYTES = 63

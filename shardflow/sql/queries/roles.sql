@@ -32,6 +32,12 @@ GRANT INSERT, UPDATE, DELETE ON
     shardflow.workflow_status, shardflow.step_outputs, shardflow.messages, shardflow.events
 TO {role}
 
+-- name: grant_worker_slot_lock
+-- Every insert locks the slot_ownership rows it relies on (FOR SHARE, so that a slot
+-- transition waits for it; see insert_workflows). Row locks need the UPDATE privilege on
+-- some column: this one, which no ownership decision reads, and nothing else.
+GRANT UPDATE (updated_at) ON shardflow.slot_ownership TO {role}
+
 -- name: grant_worker_sequences
 -- Identity columns (messages.seq) draw from sequences.
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA shardflow TO {role}
