@@ -125,7 +125,11 @@ def test_child_result_after_parent_worker_killed(test_cluster: TestCluster, tmp_
         children = [s for s in cluster.list_workflows(limit=100).items if s.parent_id == parent_id]
         assert [c.workflow_id for c in children] == [f"{parent_id}:child:0"]
         assert children[0].state is WorkflowState.SUCCESS
-    assert Counter(e[1] for e in _effects(dsn))["child:7"] == 1  # exactly one child run
+    # The victim may have been killed inside the child's step, before its checkpoint: that
+    # execution may run again (at-least-once), once per attempt that did not checkpoint;
+    # a checkpointed step never does. So at most one execution per attempt of the child.
+    executions = Counter(e[1] for e in _effects(dsn))["child:7"]
+    assert 1 <= executions <= children[0].attempt
 
 
 def test_schedule_fires_once_per_tick_with_three_workers(
