@@ -356,12 +356,23 @@ class Cluster(WaitsClient):
                 stale. Groups touch disjoint rows, so they run side by side."""
                 self.check_identity(shard)
                 checked: set[str] = set()
+                back: list[NewWorkflow] = []
                 if source is not None and source != shard:
                     self.check_identity(source)
+                    # The lookup on the source proves an ID is new only once the source
+                    # refuses new IDs of the slot (MIGRATING_OUT): while it still owns the
+                    # slot (the target marks IMPORTING first), another client may create
+                    # the same ID there, so such rows go to the source instead.
+                    owned = self.store.slot_states(source, sorted({r.slot for r in group}))
+                    back = [r for r in group if owned.get(r.slot, ("", None))[0] == "OWNED"]
+                    for r in back:
+                        redirects[r.workflow_id] = (source, None)
+                    sent_back = {r.workflow_id for r in back}
+                    group = [r for r in group if r.workflow_id not in sent_back]
                     group = self._not_held_by(source, group, placed)
                     checked = {r.workflow_id for r in group}
                 if not group:
-                    return [], False
+                    return back, False
                 created = self._insert_on(shard, group, checked)
                 for r in group:
                     if r.workflow_id in created:
@@ -370,7 +381,7 @@ class Cluster(WaitsClient):
                     shard, [r for r in group if r.workflow_id not in created], placed
                 )
                 if not refused:
-                    return [], False
+                    return back, False
                 states = self.store.slot_states(shard, sorted({r.slot for r in refused}))
                 again: list[NewWorkflow] = []
                 group_stale = False
@@ -384,7 +395,7 @@ class Cluster(WaitsClient):
                         redirects.pop(r.workflow_id, None)
                         group_stale = True
                     again.append(r)
-                return again, group_stale
+                return again + back, group_stale
 
             if len(groups) == 1:
                 outcomes = [place(*where, group) for where, group in groups.items()]

@@ -19,6 +19,7 @@ from shardflow import WorkflowState
 from shardflow.engine.batcher import ShardCommitter, StepWrite
 from shardflow.engine.cluster import Cluster
 from shardflow.errors import ValueRejected
+from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
 from shardflow.testing.faults import held_lock
 from shardflow.testing.servers import TestCluster, wait_until
@@ -189,15 +190,26 @@ def test_defect04_a_claim_hanging_on_one_shard_leaves_capacity_for_the_others(
 ) -> None:
     # Work waits on shard1, whose claims then block on a DDL-like lock.
     cluster.submit(faults.two_args, 0, workflow_id=_id_on(cluster, "shard1", "q"))
-    handles = [
-        cluster.submit(faults.two_args, i, workflow_id=_id_on(cluster, "shard0", f"q{i}"))
-        for i in range(6)
-    ]
     with (
         held_lock(_dsn(cluster, "shard1")),
         shardflow.Worker(cluster, app, concurrency=4, claim_batch=32),
     ):
+        wait_until(lambda: _waiting_on_a_lock(_dsn(cluster, "shard1")), timeout=30)
+        # Only now does work arrive on shard0: the stuck claim must not hold every thread.
+        handles = [
+            cluster.submit(faults.two_args, i, workflow_id=_id_on(cluster, "shard0", f"q{i}"))
+            for i in range(6)
+        ]
         assert [h.result(timeout=30) for h in handles] == list(range(6))
+
+
+def _waiting_on_a_lock(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return bool(row and row[0])
 
 
 # -- defect 5: the heartbeat survives statement errors --------------------------------------
@@ -410,3 +422,31 @@ def test_defect20_unknown_arguments_fail_at_the_call(cluster: Cluster) -> None:
         handle.result(timeout=30)
     assert info.value.error["type"] == "TypeError"
     assert not _exists(cluster, f"{handle.workflow_id}:child:0")
+
+
+# -- found while fixing defect 2: IDs stay unique while a slot starts to move ---------------
+
+
+def test_a_new_id_goes_to_the_source_while_it_still_owns_the_slot(cluster: Cluster) -> None:
+    """The target marks a slot IMPORTING before the source marks it MIGRATING_OUT. In that
+    window the source still takes new IDs, so a client whose map already names the target
+    must not create an ID on the target after only looking it up on the source."""
+    wid = _id_on(cluster, "shard0", "w")
+    slot = cluster.hasher.slot(wid)
+    with psycopg.connect(_dsn(cluster, "shard1"), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO shardflow.slot_ownership (slot, state, peer, epoch)"
+            " VALUES (%s, 'IMPORTING', 'shard0', 99)",
+            (slot,),
+        )
+    current = cluster.router.slot_map
+    owners = list(current.owners)
+    owners[slot] = "shard1"
+    cluster.router.update(SlotMap(current.epoch + 1, tuple(owners), {slot: "shard0"}))
+    handle = cluster.submit(faults.two_args, 1, workflow_id=wid)
+    assert handle.shard == "shard0"
+    with psycopg.connect(_dsn(cluster, "shard1")) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM shardflow.workflow_status WHERE workflow_id = %s", (wid,)
+        ).fetchone()
+    assert row == (0,)
