@@ -15,6 +15,7 @@ under a short statement timeout. :func:`serve_metrics` exposes it over HTTP:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -225,8 +226,29 @@ class WorkerCollector:
             "shardflow_worker_concurrency", "Run threads of this worker.", value=worker.concurrency
         )
         yield self._step_histogram()
+        yield from self._loops()
         yield from self._retention()
         yield from self._shards()
+
+    def _loops(self) -> Iterator[Metric]:
+        """Each background loop's liveness (the watchdog behind /healthz)."""
+        health = self.worker.health()
+        age = GaugeMetricFamily(
+            "shardflow_worker_loop_seconds_since_progress",
+            "Seconds since a background loop (claim, heartbeat, listener, committer per"
+            " shard; cron, retention) last made progress.",
+            labels=["loop"],
+        )
+        errors = CounterMetricFamily(
+            "shardflow_worker_loop_errors",
+            "Failed iterations of a background loop (it logs, backs off and goes on).",
+            labels=["loop"],
+        )
+        for name, h in sorted(health.items()):
+            age.add_metric([name], float(h["seconds_since_progress"]))
+            errors.add_metric([name], float(h["errors"]))
+        yield age
+        yield errors
 
     def _step_histogram(self) -> HistogramMetricFamily:
         times = self.worker.stats.step_seconds
@@ -364,9 +386,10 @@ class MetricsServer:
         port: int = 0,
         alive: Callable[[], bool] = lambda: True,
         ready: Callable[[], bool] = lambda: True,
+        health: Callable[[], dict[str, dict[str, Any]]] = dict,
     ) -> None:
         self.registry = registry
-        handler = _handler(registry, alive, ready)
+        handler = _handler(registry, alive, ready, health)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -398,13 +421,23 @@ def serve_metrics(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(worker, snapshot_interval=snapshot_interval))
     ProcessCollector(registry=registry)
-    server = MetricsServer(registry, host=host, port=port, alive=worker.alive, ready=worker.ready)
+    server = MetricsServer(
+        registry,
+        host=host,
+        port=port,
+        alive=worker.alive,
+        ready=worker.ready,
+        health=worker.health,
+    )
     log.info("serving metrics on %s:%d (/metrics, /healthz, /readyz)", host, server.port)
     return server.start()
 
 
 def _handler(
-    registry: CollectorRegistry, alive: Callable[[], bool], ready: Callable[[], bool]
+    registry: CollectorRegistry,
+    alive: Callable[[], bool],
+    ready: Callable[[], bool],
+    health: Callable[[], dict[str, dict[str, Any]]],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -418,8 +451,11 @@ def _handler(
                     return
                 self._reply(200, body, CONTENT_TYPE_LATEST)
             elif path == "/healthz":
+                # 503 when a background loop died or made no progress for too long; the
+                # body says which (per loop: alive, seconds since progress, errors).
                 ok = alive()
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"worker threads stopped\n")
+                report = json.dumps({"alive": ok, "loops": health()}, sort_keys=True)
+                self._reply(200 if ok else 503, report.encode() + b"\n", "application/json")
             elif path == "/readyz":
                 ok = ready()
                 self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -156,7 +156,14 @@ def test_worker_process_serves_metrics_and_its_counters_move(
     )
     try:
         wait_until(lambda: http_get(port, "/readyz")[0] == 200, message="worker ready")
-        assert http_get(port, "/healthz")[0] == 200
+        status, body = http_get(port, "/healthz")
+        assert status == 200
+        loops = json.loads(body)["loops"]
+        # Every per-shard loop is watched, each alive and not stalled.
+        for kind in ("claim", "heartbeat", "listen", "commit"):
+            for shard in ("shard0", "shard1", "shard2"):
+                assert loops[f"{kind}-{shard}"]["alive"] is True
+                assert loops[f"{kind}-{shard}"]["stalled"] is False
         assert http_get(port, "/nope")[0] == 404
         before = scrape(port)
         assert total(before, "shardflow_workflows_completed_total") == 0
