@@ -49,7 +49,17 @@ def connect(
     libpq quotes the token it cannot parse, a password as often as not.
     """
     try:
-        return psycopg.connect(shard.dsn, connect_timeout=connect_timeout)
+        # Keepalives and tcp_user_timeout, no statement timeout: a migration's index
+        # build may rightly take long.
+        return psycopg.connect(
+            shard.dsn,
+            connect_timeout=connect_timeout,
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+            tcp_user_timeout=60_000,
+        )
     except psycopg.ProgrammingError as exc:
         message = f"shard {shard.name!r}: invalid DSN: {first_line(exc, shard.dsn)}"
         raise ConfigError(message) from None  # not `from exc`: its text holds the secret
