@@ -451,8 +451,8 @@ def _handler(
                     return
                 self._reply(200, body, CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                # 503 when a background loop died or made no progress for too long; the
-                # body says which (per loop: alive, seconds since progress, errors).
+                # 503 when a background loop's thread died; the body reports every loop
+                # (alive, seconds since progress, stalled, errors).
                 ok = alive()
                 report = json.dumps({"alive": ok, "loops": health()}, sort_keys=True)
                 self._reply(200 if ok else 503, report.encode() + b"\n", "application/json")
