@@ -348,10 +348,13 @@ class Worker:
         for t in self._threads:
             name = t.name.removeprefix("shardflow-")
             age = now - self._progress.get(name, now)
+            # cron and retention sleep until their next tick or round, which may be long:
+            # only the per-shard loops, which beat every poll or heartbeat, can stall.
+            periodic = name.split("-")[0] in ("claim", "listen", "heartbeat")
             out[name] = {
                 "alive": t.is_alive(),
                 "seconds_since_progress": round(age, 1),
-                "stalled": age > self.stall_seconds,
+                "stalled": periodic and age > self.stall_seconds,
                 "errors": self.stats.loop_errors[name],
             }
         if self._writer is not None:
