@@ -122,6 +122,7 @@ class Worker:
         # Set once every run has ended: the heartbeats go on until then (see stop()).
         self._closed = threading.Event()
         self._force = threading.Event()
+        self._started = threading.Event()
         # Each background loop's last sign of progress (monotonic), for health().
         self._progress: dict[str, float] = {}
         # A claim in flight on one shard reserves at most this many threads, so that a
@@ -229,6 +230,7 @@ class Worker:
             )
         for t in self._threads:
             t.start()
+        self._started.set()
         log.info(
             "worker %s started: shards=%s concurrency=%d queues=%s",
             self.worker_id,
@@ -334,7 +336,7 @@ class Worker:
         and restarting the worker would not help that shard while it would interrupt the
         work of every healthy one.
         """
-        if self._executor is None:
+        if not self._started.is_set():
             return False
         if self._stopping.is_set():
             return True
