@@ -287,3 +287,19 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
         time.sleep(interval)
+
+
+def id_on(cluster: Any, shard: str, prefix: str) -> str:
+    """The first ``<prefix>-<n>`` workflow ID that ``cluster`` routes to ``shard``."""
+    i = 0
+    while cluster.route(f"{prefix}-{i}") != shard:
+        i += 1
+    return f"{prefix}-{i}"
+
+
+def with_worker_settings(path: Path, **worker: Any) -> ClusterConfig:
+    """The cluster YAML at ``path`` with its ``worker:`` section updated (short leases for
+    tests of recovery and outages)."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc.setdefault("worker", {}).update(worker)
+    return parse(yaml.safe_dump(doc))

@@ -6,19 +6,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
 
 import shardflow
 from shardflow import WorkflowState
-from shardflow.engine.cluster import Cluster
 from shardflow.local import LocalCluster
 from shardflow.testing.faults import ProxiedCluster, restart_server
-from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
+from shardflow.testing.servers import (
+    ClusterFactory,
+    TestCluster,
+    id_on,
+    wait_until,
+    with_worker_settings,
+)
 from tests.apps import faults
 from tests.apps.faults import app
 
@@ -30,19 +33,6 @@ def _reset() -> Iterator[None]:
     faults.reset()
     yield
     faults.reset()
-
-
-def _with_worker_settings(path: Path, **worker: Any) -> shardflow.config.ClusterConfig:
-    doc = yaml.safe_load(path.read_text())
-    doc.setdefault("worker", {}).update(worker)
-    return shardflow.config.parse(yaml.safe_dump(doc))
-
-
-def _id_on(cluster: Cluster, shard: str, prefix: str) -> str:
-    i = 0
-    while cluster.route(f"{prefix}-{i}") != shard:
-        i += 1
-    return f"{prefix}-{i}"
 
 
 def _state_row(dsn: str, workflow_id: str) -> tuple[str, str | None, int]:
@@ -62,12 +52,12 @@ def test_defect11_a_down_shard_parks_the_workflows_that_talk_to_it(
     """shard1 is unreachable for longer than max_recoveries leases: a workflow on shard0
     that sends to a workflow on shard1 waits (parked, no lease, no recovery counted) and
     finishes once shard1 is back; it is never dead-lettered."""
-    config = _with_worker_settings(
+    config = with_worker_settings(
         proxied.path, lease_seconds=3, heartbeat_seconds=0.5, max_recoveries=1
     )
     with shardflow.connect(config, retry_seconds=2) as cluster:
-        target = cluster.submit(faults.listener, workflow_id=_id_on(cluster, "shard1", "rx"))
-        sender_id = _id_on(cluster, "shard0", "tx")
+        target = cluster.submit(faults.listener, workflow_id=id_on(cluster, "shard1", "rx"))
+        sender_id = id_on(cluster, "shard0", "tx")
         with shardflow.Worker(cluster, app, concurrency=4, lease_seconds=3) as worker:
             wait_until(lambda: target.status().state is WorkflowState.SUSPENDED, timeout=30)
             proxied.proxies["shard1"].blackhole()
@@ -98,12 +88,12 @@ def test_defect18_a_client_rides_through_a_shard_restart(
 ) -> None:
     made: TestCluster = fault_factory.make(3)
     try:
-        config = _with_worker_settings(made.path, lease_seconds=3, heartbeat_seconds=0.5)
+        config = with_worker_settings(made.path, lease_seconds=3, heartbeat_seconds=0.5)
         server = fault_servers.servers[0]
         with shardflow.connect(config) as cluster:
             assert config.shards[0].dsn.split("@")[-1].split("/")[0] in server.dsn("postgres")
             handle = cluster.submit(
-                faults.long_step, "rs", 2.0, workflow_id=_id_on(cluster, "shard0", "rs")
+                faults.long_step, "rs", 2.0, workflow_id=id_on(cluster, "shard0", "rs")
             )
             assert cluster.get(handle.workflow_id).state is WorkflowState.ENQUEUED  # pooled
             restart_server(server)

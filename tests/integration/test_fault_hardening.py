@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
 
 import shardflow
 from shardflow import WorkflowState
@@ -22,7 +21,7 @@ from shardflow.errors import ValueRejected
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
 from shardflow.testing.faults import held_lock
-from shardflow.testing.servers import TestCluster, wait_until
+from shardflow.testing.servers import TestCluster, id_on, wait_until, with_worker_settings
 from tests.apps import faults
 from tests.apps.faults import app
 
@@ -32,19 +31,6 @@ def _reset() -> Iterator[None]:
     faults.reset()
     yield
     faults.reset()
-
-
-def _short_leases(test_cluster: TestCluster) -> shardflow.config.ClusterConfig:
-    doc = yaml.safe_load(test_cluster.path.read_text())
-    doc.setdefault("worker", {}).update(lease_seconds=3, heartbeat_seconds=0.5)
-    return shardflow.config.parse(yaml.safe_dump(doc))
-
-
-def _id_on(cluster: Cluster, shard: str, prefix: str) -> str:
-    i = 0
-    while cluster.route(f"{prefix}-{i}") != shard:
-        i += 1
-    return f"{prefix}-{i}"
 
 
 def _dsn(cluster: Cluster, shard: str) -> str:
@@ -67,12 +53,12 @@ def _row(cluster: Cluster, shard: str, workflow_id: str, columns: str) -> tuple[
 def test_defect01_lone_surrogate_in_a_step_result_never_stalls_the_committer(
     cluster: Cluster,
 ) -> None:
-    handle = cluster.submit(faults.surrogate, "a", workflow_id=_id_on(cluster, "shard0", "s"))
+    handle = cluster.submit(faults.surrogate, "a", workflow_id=id_on(cluster, "shard0", "s"))
     with shardflow.Worker(cluster, app, concurrency=2) as worker:
         # The value round-trips exactly (escaped in JSON, not mangled, not lost).
         assert handle.result(timeout=30) == "report-\udcff.txt"
         # The shard's committer still commits: later work on that shard finishes.
-        after = cluster.submit(faults.two_args, 1, 2, workflow_id=_id_on(cluster, "shard0", "t"))
+        after = cluster.submit(faults.two_args, 1, 2, workflow_id=id_on(cluster, "shard0", "t"))
         assert after.result(timeout=30) == 3
         assert worker.alive()
 
@@ -82,7 +68,7 @@ def test_defect01_committer_fails_only_the_bad_write_and_keeps_running(
 ) -> None:
     """A write the database cannot store (what a custom serializer might produce) fails
     with ValueRejected for its own run; the thread lives and commits the next batch."""
-    wid = _id_on(cluster, "shard1", "c")
+    wid = id_on(cluster, "shard1", "c")
     cluster.submit(faults.two_args, 1, workflow_id=wid)
     (claim,) = cluster.store.claim_enqueued(
         "shard1", queue="default", names=["faults.two_args"], owner="t", lease_seconds=30, limit=1
@@ -109,7 +95,7 @@ def test_defect01_committer_fails_only_the_bad_write_and_keeps_running(
 def test_defect03_checkpoint_fence_locks_the_status_row(cluster: Cluster) -> None:
     """While a checkpoint of attempt N is uncommitted, no claim can take the workflow
     (attempt N+1 would load the history without it and run the step again)."""
-    wid = _id_on(cluster, "shard2", "f")
+    wid = id_on(cluster, "shard2", "f")
     cluster.submit(faults.two_args, 1, workflow_id=wid)
     (claim,) = cluster.store.claim_enqueued(
         "shard2", queue="default", names=["faults.two_args"], owner="zombie", lease_seconds=30,
@@ -152,16 +138,16 @@ def test_defect03_checkpoint_fence_locks_the_status_row(cluster: Cluster) -> Non
 def test_defect04_a_locked_shard_does_not_stop_lease_renewal_on_the_others(
     test_cluster: TestCluster,
 ) -> None:
-    config = _short_leases(test_cluster)
+    config = with_worker_settings(test_cluster.path, lease_seconds=3, heartbeat_seconds=0.5)
     with shardflow.connect(config) as cluster:
         # shard1's run starts first, so a single heartbeat loop would renew it first.
         on1 = cluster.submit(
-            faults.long_step, "one", 8.0, workflow_id=_id_on(cluster, "shard1", "h")
+            faults.long_step, "one", 8.0, workflow_id=id_on(cluster, "shard1", "h")
         )
         with shardflow.Worker(cluster, app, concurrency=4, lease_seconds=3) as worker:
             wait_until(lambda: faults.started("long", "one") == 1, timeout=30)
             on0 = cluster.submit(
-                faults.long_step, "zero", 8.0, workflow_id=_id_on(cluster, "shard0", "h")
+                faults.long_step, "zero", 8.0, workflow_id=id_on(cluster, "shard0", "h")
             )
             wait_until(lambda: faults.started("long", "zero") == 1, timeout=30)
             before = _row(cluster, "shard0", on0.workflow_id, "lease_expires_at")[0]
@@ -189,7 +175,7 @@ def test_defect04_a_claim_hanging_on_one_shard_leaves_capacity_for_the_others(
     cluster: Cluster,
 ) -> None:
     # Work waits on shard1, whose claims then block on a DDL-like lock.
-    cluster.submit(faults.two_args, 0, workflow_id=_id_on(cluster, "shard1", "q"))
+    cluster.submit(faults.two_args, 0, workflow_id=id_on(cluster, "shard1", "q"))
     with (
         held_lock(_dsn(cluster, "shard1")),
         shardflow.Worker(cluster, app, concurrency=4, claim_batch=32),
@@ -197,7 +183,7 @@ def test_defect04_a_claim_hanging_on_one_shard_leaves_capacity_for_the_others(
         wait_until(lambda: _waiting_on_a_lock(_dsn(cluster, "shard1")), timeout=30)
         # Only now does work arrive on shard0: the stuck claim must not hold every thread.
         handles = [
-            cluster.submit(faults.two_args, i, workflow_id=_id_on(cluster, "shard0", f"q{i}"))
+            cluster.submit(faults.two_args, i, workflow_id=id_on(cluster, "shard0", f"q{i}"))
             for i in range(6)
         ]
         assert [h.result(timeout=30) for h in handles] == list(range(6))
@@ -216,10 +202,10 @@ def _waiting_on_a_lock(dsn: str) -> bool:
 
 
 def test_defect05_heartbeat_survives_a_read_only_window(test_cluster: TestCluster) -> None:
-    config = _short_leases(test_cluster)
+    config = with_worker_settings(test_cluster.path, lease_seconds=3, heartbeat_seconds=0.5)
     with shardflow.connect(config) as cluster:
         handle = cluster.submit(
-            faults.long_step, "ro", 6.0, workflow_id=_id_on(cluster, "shard2", "r")
+            faults.long_step, "ro", 6.0, workflow_id=id_on(cluster, "shard2", "r")
         )
         dsn = _dsn(cluster, "shard2")
         db = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
@@ -302,7 +288,7 @@ def test_defect13_durable_sleep_fires_on_the_database_clock(
 
 
 def test_defect15_lease_renewals_are_hot_updates(cluster: Cluster) -> None:
-    ids = [_id_on(cluster, "shard0", f"hot{i}") for i in range(10)]
+    ids = [id_on(cluster, "shard0", f"hot{i}") for i in range(10)]
     cluster.submit_many([shardflow.Submission(faults.two_args, (1,), workflow_id=w) for w in ids])
     claims = cluster.store.claim_enqueued(
         "shard0", queue="default", names=["faults.two_args"], owner="w", lease_seconds=30, limit=10
@@ -431,7 +417,7 @@ def test_a_new_id_goes_to_the_source_while_it_still_owns_the_slot(cluster: Clust
     """The target marks a slot IMPORTING before the source marks it MIGRATING_OUT. In that
     window the source still takes new IDs, so a client whose map already names the target
     must not create an ID on the target after only looking it up on the source."""
-    wid = _id_on(cluster, "shard0", "w")
+    wid = id_on(cluster, "shard0", "w")
     slot = cluster.hasher.slot(wid)
     with psycopg.connect(_dsn(cluster, "shard1"), autocommit=True) as conn:
         conn.execute(
