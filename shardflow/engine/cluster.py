@@ -20,6 +20,7 @@ from shardflow.config.loader import load
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster_waits import MAX_HOPS, REDIRECTS, WaitsClient
+from shardflow.engine.coverage import warn_unserved, why_waiting
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer, is_storable_text
 from shardflow.engine.states import RESUMABLE, WorkflowState
@@ -127,8 +128,10 @@ class WorkflowHandle:
                         f"workflow {self.workflow_id!r}: no answer after {timeout}s ({unavailable})"
                     )
                 state = status.state.value if status is not None else "unknown"
+                why = None if status is None else why_waiting(self.cluster, status)
                 raise WorkflowTimeout(
                     f"workflow {self.workflow_id!r} still {state} after {timeout}s"
+                    + (f": {why}" if why else "")
                 )
             pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
             time.sleep(pause)
@@ -276,6 +279,7 @@ class Cluster(WaitsClient):
         # Every ID is fixed before the first attempt, and an insert of an ID that exists
         # does nothing: a retry after a lost commit answer never creates a second one.
         placed = with_retries(lambda: self._insert(rows), self.retry_seconds)
+        warn_unserved(self, [(r.name, r.queue, placed[r.workflow_id]) for r in rows])
         return [WorkflowHandle(self, r.workflow_id, placed[r.workflow_id]) for r in rows]
 
     def _new_row(self, sub: Submission, new_ids: _IdSource | None = None) -> NewWorkflow:
