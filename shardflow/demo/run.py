@@ -161,7 +161,7 @@ def _run(
         TimeElapsedColumn(),
     )
     per_shard_total: Counter[str] = Counter()
-    handles: list[shardflow.WorkflowHandle] = []
+    handles: list[shardflow.WorkflowHandle[str]] = []
     killed_pid = None
     console.print(
         f"[bold]3.[/] Submitting {workflows} document pipelines (extract, enrich, render,"
@@ -217,7 +217,7 @@ def _held_by(cluster: shardflow.Cluster, owner: str) -> int:
 
 def _verify(
     cluster: shardflow.Cluster,
-    handles: list[shardflow.WorkflowHandle],
+    handles: list[shardflow.WorkflowHandle[str]],
     per_shard_total: Counter[str],
     console: Console,
     effects_dsn: str,
