@@ -36,6 +36,12 @@ def register(subparsers: Subparsers) -> None:
     _add_dir(up)
     down = add_command(actions, "down", help="stop the local cluster's servers (data is kept)")
     _add_dir(down)
+    grow = add_command(
+        actions,
+        "add-shard",
+        help="add a shard (a new server, no slots yet) to the local cluster, to try a rebalance",
+    )
+    _add_dir(grow)
     status = add_command(actions, "status", help="show the local cluster's servers")
     _add_dir(status)
     add_json_option(status)
@@ -59,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return _up(local, args.shards)
     if action == "down":
         return _down(local)
+    if action == "add-shard":
+        return _add_shard(local)
     return _status(local, json=args.json)
 
 
@@ -68,8 +76,22 @@ def _up(local: LocalCluster, shards: int) -> int:
     for server in local.status():
         state = "running" if server.running else "stopped"
         note(f"  {server.name}: port {server.port}, {state}")
-    note(f"local cluster ready; config: {path}")
-    print(path)
+    note(f"local cluster ready; config: {path.resolve()}")
+    # Absolute: `export SHARDFLOW_CONFIG=$(shardflow dev up)` must survive a `cd`.
+    print(path.resolve())
+    return 0
+
+
+def _add_shard(local: LocalCluster) -> int:
+    note(f"adding a shard to the local cluster in {local.directory} ...")
+    shard, path = local.add_shard()
+    config = path.resolve()
+    note(
+        f"{shard} joined with no slots and is in {config}; move its share onto it with\n"
+        f"  shardflow --config {config} rebalance plan\n"
+        f"  shardflow --config {config} rebalance apply"
+    )
+    print(config)
     return 0
 
 

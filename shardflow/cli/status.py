@@ -25,9 +25,10 @@ from shardflow.cli.options import (
     load_config,
     positive_float,
 )
-from shardflow.cli.output import cell, print_json, scrub_secrets, stdout_console
+from shardflow.cli.output import cell, fit_columns, print_json, scrub_secrets, stdout_console
 from shardflow.config import ClusterConfig
 from shardflow.engine import Cluster, connect
+from shardflow.engine.coverage import unserved
 from shardflow.engine.metrics import ACTIVE_STATES, ShardSnapshot, read_snapshots
 
 RECENT_SECONDS = 60.0
@@ -80,15 +81,10 @@ def _render(
         f"cluster {config.name}: {len(config.shards)} shard(s), slot map epoch"
         f" {slot_map.epoch}, {time.strftime('%H:%M:%S')}"
     )
-    table = Table(
-        title=title, box=box.SIMPLE_HEAD, show_edge=False, title_justify="left", pad_edge=False
-    )
     columns = ["shard"] + (["queue"] if by_queue else []) + ["up", "slots", "moving"]
     columns += ["enqueued", "due", "running", "suspended", "expired", "oldest", "done/min"]
     columns += ["failed/min"]
-    for column in columns:
-        left = column in ("shard", "queue", "up", "moving")
-        table.add_column(column, justify="left" if left else "right")
+    rows: list[list[object]] = []
     problems: list[Text] = []
     for snap in snapshots:
         if not snap.reachable:
@@ -97,16 +93,15 @@ def _render(
             problems.append(Text(problem, style="red"))
             blank = [None] * (len(columns) - 2 - (1 if by_queue else 0))
             first = [snap.shard] + (["-"] if by_queue else []) + ["no"]
-            table.add_row(*(cell(v) for v in [*first, *blank]))
+            rows.append([*first, *blank])
             continue
         moving = _moving(snap)
         done = snap.finished_recently.get("SUCCESS", 0)
         failed = sum(v for k, v in snap.finished_recently.items() if k != "SUCCESS")
         if not by_queue:
-            table.add_row(
-                *(
-                    cell(v)
-                    for v in (
+            rows.append(
+                list(
+                    (
                         snap.shard,
                         "yes",
                         snap.slots.get("OWNED", 0),
@@ -137,10 +132,9 @@ def _render(
                 if (d.queue, d.state) == (queue, "ENQUEUED") and d.workflows
             ]
             first_row = i == 0
-            table.add_row(
-                *(
-                    cell(v)
-                    for v in (
+            rows.append(
+                list(
+                    (
                         snap.shard if first_row else "",
                         queue,
                         "yes" if first_row else "",
@@ -157,7 +151,38 @@ def _render(
                     )
                 )
             )
-    return Group(table, *problems)
+    width = stdout_console().width
+    shown = fit_columns(columns, rows, width, _DROP_ORDER)
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, title_justify="left", pad_edge=False
+    )
+    for column in shown:
+        left = column in ("shard", "queue", "up", "moving")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column == "shard")
+    index = [columns.index(c) for c in shown]
+    for row in rows:
+        table.add_row(*(cell(row[i]) for i in index))
+    hidden = [c for c in columns if c not in shown]
+    notes: list[Text] = []
+    if hidden:
+        notes.append(Text(f"({', '.join(hidden)} not shown at {width} columns; --json has all)"))
+    return Group(table, *problems, *_unserved_lines(cluster, snapshots), *notes)
+
+
+# Left out first when the table is wider than the terminal.
+_DROP_ORDER = ("failed/min", "due", "oldest", "moving", "expired", "suspended", "done/min")
+
+
+def _unserved_lines(cluster: Cluster, snapshots: list[ShardSnapshot]) -> list[Text]:
+    """ENQUEUED work that no live worker can run, and why (see engine/coverage.py)."""
+    up = [snap.shard for snap in snapshots if snap.reachable and snap.count("ENQUEUED")]
+    found, _ = unserved(cluster, up)
+    lines = [Text("ENQUEUED work no live worker can run:", style="bold yellow")] if found else []
+    for item in found:
+        lines.append(
+            Text(f"  {item.shard}: {item.count} x {item.name} [{item.queue}]: {item.reason}")
+        )
+    return lines
 
 
 def _moving(snap: ShardSnapshot) -> str:
@@ -212,5 +237,10 @@ def _as_json(
                 "finished_last_minute": snap.finished_recently,
             }
             for snap in snapshots
+        ],
+        "unserved": [
+            {"shard": u.shard, "name": u.name, "queue": u.queue, "workflows": u.count}
+            | {"reason": u.reason}
+            for u in unserved(cluster, [s.shard for s in snapshots if s.reachable])[0]
         ],
     }

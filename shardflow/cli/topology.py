@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         [(v.name, v.dsn, v.weight, v.state, v.slots, v.reachable) for v in views],
         title=f"cluster {config.name}",
         numeric=("weight", "slots"),
+        keep=("shard",),
     )
     source = f"live slot map epoch {epoch}" if epoch is not None else "slots from config weights"
     print(f"{source}; {sum(v.slots for v in views)} of {config.hash.slots} slots assigned")

@@ -16,6 +16,7 @@ from shardflow.cli.options import (
 )
 from shardflow.cli.output import compact_json, note, print_fields, print_json, print_table
 from shardflow.engine import Cluster, WorkflowState, WorkflowStatus, connect
+from shardflow.engine.coverage import unserved, why_waiting
 from shardflow.errors import WorkflowError
 
 _STATES = tuple(s.value for s in WorkflowState)
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if action == "list":
             return _list(cluster, args)
         if action == "show":
-            _print_status(cluster.get(args.workflow_id), json=args.json)
+            _print_status(cluster.get(args.workflow_id), json=args.json, cluster=cluster)
             return 0
         if action == "steps":
             return _steps(cluster, args)
@@ -81,12 +82,16 @@ def _list(cluster: Cluster, args: argparse.Namespace) -> int:
         # An operator listing during an outage still sees the healthy shards.
         down = ", ".join(page.unavailable)
         note(f"warning: shard(s) {down} unreachable; their workflows are missing")
+    reasons = _unrunnable(cluster, page.items)
     if args.json:
         print_json(
             {
                 "workflows": [s.to_dict() for s in page.items],
                 "next_cursor": page.next_cursor,
                 "unavailable": list(page.unavailable),
+                "unrunnable": {
+                    s.workflow_id: reasons[key(s)] for s in page.items if key(s) in reasons
+                },
             }
         )
         return 0
@@ -97,7 +102,7 @@ def _list(cluster: Cluster, args: argparse.Namespace) -> int:
                 s.workflow_id,
                 s.name,
                 s.queue,
-                s.state.value,
+                s.state.value + ("*" if key(s) in reasons else ""),
                 s.shard,
                 s.attempt,
                 s.created_at.isoformat(timespec="seconds"),
@@ -105,22 +110,48 @@ def _list(cluster: Cluster, args: argparse.Namespace) -> int:
             for s in page.items
         ],
         numeric=("attempt",),
+        keep=("id", "state", "shard"),
+        drop_order=("queue", "attempt", "created_at"),
     )
+    for (shard, name, queue), reason in sorted(reasons.items()):
+        note(f"* ENQUEUED {name} [{queue}] on {shard}: {reason}")
     if page.next_cursor:
         print(f"next cursor: {page.next_cursor}")
     return 0
 
 
-def _print_status(status: WorkflowStatus, *, json: bool) -> None:
+def key(s: WorkflowStatus) -> tuple[str, str, str]:
+    return (s.shard, s.name, s.queue)
+
+
+def _unrunnable(cluster: Cluster, items: list[WorkflowStatus]) -> dict[tuple[str, str, str], str]:
+    """Why no live worker can run the ENQUEUED workflows listed (coverage.py)."""
+    shards = sorted({s.shard for s in items if s.state is WorkflowState.ENQUEUED})
+    if not shards:
+        return {}
+    found, _ = unserved(cluster, shards)
+    return {(u.shard, u.name, u.queue): u.reason for u in found}
+
+
+def _print_status(status: WorkflowStatus, *, json: bool, cluster: Cluster) -> None:
     if json:
         print_json(status.to_dict())
         return
     data = status.to_dict()
     fields = [(key, data[key]) for key in data if key not in ("output", "error")]
     fields.append(("output", compact_json(status.output)))
-    if status.error is not None:
-        fields.append(("error", compact_json(status.error)))
+    error = status.error
+    if error is not None:
+        summary = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+        fields.append(("error", summary))
+    why = why_waiting(cluster, status)
+    if why is not None:
+        fields.append(("waiting", why))
     print_fields(fields)
+    if error is not None and error.get("traceback"):
+        # The traceback as the worker saw it, one line per line (not one JSON string).
+        print("traceback:")
+        print(str(error["traceback"]).rstrip("\n"))
 
 
 def _steps(cluster: Cluster, args: argparse.Namespace) -> int:

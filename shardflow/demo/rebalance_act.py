@@ -25,6 +25,7 @@ from rich.table import Table
 
 import shardflow
 from shardflow.demo.app import STEPS, process_document
+from shardflow.demo.checks import wait_for_worker
 from shardflow.local import LocalCluster, LocalServer
 from shardflow.local.cluster import DATABASE
 from shardflow.rebalance import ApplyOptions, Rebalancer
@@ -72,6 +73,10 @@ def run_rebalance_act(
         )
         procs.append(_start_worker(grown, concurrency, env, workdir / "worker-4.log"))
         with shardflow.connect(grown) as client:
+            log = workdir / "worker-4.log"
+            problem = wait_for_worker(client, "demo-worker-4", procs[-1], log, console)
+            if problem is not None:
+                return ActResult(False, problems=[problem])
             return _rebalance_under_load(client, console, load_per_second, env)
     finally:
         if keep:
@@ -102,7 +107,9 @@ def _start_worker(
         "--worker-id", "demo-worker-4",
     ]  # fmt: skip
     with log.open("ab") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
+        )
 
 
 def _rebalance_under_load(

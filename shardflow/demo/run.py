@@ -28,6 +28,8 @@ from rich.table import Table
 
 import shardflow
 from shardflow.demo.app import EFFECTS_TABLE, STEPS, process_document
+from shardflow.demo.checks import clean_up as _clean_up
+from shardflow.demo.checks import dead_worker, wait_for_workers
 from shardflow.demo.rebalance_act import run_rebalance_act
 from shardflow.local import LocalCluster
 
@@ -77,6 +79,9 @@ def _start_worker(
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            # Not the caller's folder: a `shardflow` folder there (a clone's, run from its
+            # parent) would shadow the installed package for `python -m shardflow`.
+            cwd=log.parent,
         )
 
 
@@ -102,6 +107,11 @@ def run_demo(
     started = time.monotonic()
     config_path = _demo_config(local.up(shards=shards, name="demo"), lease_seconds)
     procs: list[subprocess.Popen[bytes]] = []
+    outcome: list[DemoResult] = []
+
+    def ok_so_far() -> bool:
+        return bool(outcome) and outcome[0].ok
+
     try:
         config = shardflow.load(config_path)
         effects_dsn = config.shards[0].dsn
@@ -119,6 +129,9 @@ def run_demo(
             )
 
         with shardflow.connect(config) as cluster:
+            failed = wait_for_workers(cluster, procs, workdir, console)
+            if failed is not None:
+                return DemoResult(workflows, 0, False, time.monotonic() - started, [failed])
             result = _run(cluster, config_path, procs, workflows, console, effects_dsn)
         if rebalance:
             act = run_rebalance_act(
@@ -126,6 +139,7 @@ def run_demo(
             )
             result.ok, result.problems = result.ok and act.ok, result.problems + act.problems
         result.seconds = time.monotonic() - started
+        outcome.append(result)
         return result
     finally:
         for proc in procs:
@@ -140,6 +154,7 @@ def run_demo(
             console.print(f"Cluster left running: shardflow --config {config_path} topology show")
         else:
             local.down()
+            _clean_up(local, workdir, created=directory is None, ok=ok_so_far(), console=console)
 
 
 def _counts(cluster: shardflow.Cluster) -> dict[str, Counter[str]]:
@@ -161,7 +176,7 @@ def _run(
         TimeElapsedColumn(),
     )
     per_shard_total: Counter[str] = Counter()
-    handles: list[shardflow.WorkflowHandle] = []
+    handles: list[shardflow.WorkflowHandle[str]] = []
     killed_pid = None
     console.print(
         f"[bold]3.[/] Submitting {workflows} document pipelines (extract, enrich, render,"
@@ -205,6 +220,10 @@ def _run(
                 break
             if time.monotonic() > deadline:
                 break
+            problem = dead_worker(procs, killed_pid)
+            if problem is not None:
+                progress.console.print(f"[bold red]{problem}[/]")
+                break
             time.sleep(0.2)
     console.print("[bold]4.[/] Verifying against the side-effect log")
     return _verify(cluster, handles, per_shard_total, console, effects_dsn)
@@ -217,7 +236,7 @@ def _held_by(cluster: shardflow.Cluster, owner: str) -> int:
 
 def _verify(
     cluster: shardflow.Cluster,
-    handles: list[shardflow.WorkflowHandle],
+    handles: list[shardflow.WorkflowHandle[str]],
     per_shard_total: Counter[str],
     console: Console,
     effects_dsn: str,

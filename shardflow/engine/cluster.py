@@ -14,16 +14,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from shardflow.config.loader import load
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster_waits import MAX_HOPS, REDIRECTS, WaitsClient
+from shardflow.engine.coverage import warn_unserved, why_waiting
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer, is_storable_text
 from shardflow.engine.states import RESUMABLE, WorkflowState
 from shardflow.engine.store import DedupConflict, Located, Store, TransientStoreError
+from shardflow.engine.typed import SubmitOptions, Submitter
 from shardflow.errors import (
     IdentityMismatch,
     RoutingError,
@@ -45,6 +47,8 @@ from shardflow.router.slotmap import SlotMap, desired_map
 log = logging.getLogger(__name__)
 
 _ID_MAX = 512
+P = ParamSpec("P")
+R = TypeVar("R")
 DEFAULT_RETRY_SECONDS = 30.0
 
 
@@ -73,8 +77,8 @@ class Page:
     unavailable: tuple[str, ...] = ()
 
 
-class WorkflowHandle:
-    """A reference to one submitted workflow."""
+class WorkflowHandle(Generic[R]):
+    """A reference to one submitted workflow; ``R`` is the workflow's return type."""
 
     def __init__(self, cluster: Cluster, workflow_id: str, shard: str) -> None:
         self.cluster = cluster
@@ -89,7 +93,7 @@ class WorkflowHandle:
         self.shard = status.shard
         return status
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> R:
         """Wait for the workflow to end and return its result.
 
         Raises WorkflowFailed (ERROR or dead-lettered), WorkflowCancelled, or
@@ -111,7 +115,7 @@ class WorkflowHandle:
                 unavailable = exc
             if status is not None and unavailable is None:
                 if status.state is WorkflowState.SUCCESS:
-                    return status.output
+                    return status.output  # type: ignore[no-any-return]
                 if status.state is WorkflowState.ERROR:
                     raise WorkflowFailed(self.workflow_id, status.error)
                 if status.state is WorkflowState.DEAD:
@@ -127,8 +131,10 @@ class WorkflowHandle:
                         f"workflow {self.workflow_id!r}: no answer after {timeout}s ({unavailable})"
                     )
                 state = status.state.value if status is not None else "unknown"
+                why = None if status is None else why_waiting(self.cluster, status)
                 raise WorkflowTimeout(
                     f"workflow {self.workflow_id!r} still {state} after {timeout}s"
+                    + (f": {why}" if why else "")
                 )
             pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
             time.sleep(pause)
@@ -229,6 +235,34 @@ class Cluster(WaitsClient):
 
     # -- submit -------------------------------------------------------------------------
 
+    @overload
+    def submit(
+        self,
+        workflow: Workflow[Any, R],
+        *args: Any,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        delay_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    def submit(
+        self,
+        workflow: str,
+        *args: Any,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        delay_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]: ...
+
     def submit(
         self,
         workflow: Workflow[Any, Any] | str,
@@ -240,11 +274,15 @@ class Cluster(WaitsClient):
         delay_seconds: float | None = None,
         timeout_seconds: float | None = None,
         **kwargs: Any,
-    ) -> WorkflowHandle:
+    ) -> WorkflowHandle[Any]:
         """Start a workflow; idempotent on ``workflow_id``.
 
         ``workflow`` is a registered function or its name (to submit without the code).
-        Remaining positional and keyword arguments go to the workflow.
+        Remaining positional and keyword arguments go to the workflow. The handle is
+        typed: ``result()`` returns the workflow's return type. Wrong arguments raise
+        TypeError here, at the call; for a type checker to catch them too, use
+        ``cluster.with_options(workflow_id=...).submit(wf, *args)`` (see
+        :class:`~shardflow.engine.typed.Submitter`).
         """
         sub = Submission(
             workflow,
@@ -259,9 +297,14 @@ class Cluster(WaitsClient):
         )
         return self.submit_many([sub])[0]
 
+    def with_options(self, **options: Unpack[SubmitOptions]) -> Submitter:
+        """Submit options (``workflow_id``, ``queue``, ...) bound first, so that
+        ``.submit(wf, *args, **kwargs)`` checks the workflow's arguments statically."""
+        return Submitter(self, options)
+
     def submit_many(
         self, submissions: Iterable[Submission | tuple[Any, ...]]
-    ) -> list[WorkflowHandle]:
+    ) -> list[WorkflowHandle[Any]]:
         """Submit many workflows: one insert statement per shard."""
         new_ids = _IdSource()
         rows = [
@@ -276,7 +319,8 @@ class Cluster(WaitsClient):
         # Every ID is fixed before the first attempt, and an insert of an ID that exists
         # does nothing: a retry after a lost commit answer never creates a second one.
         placed = with_retries(lambda: self._insert(rows), self.retry_seconds)
-        return [WorkflowHandle(self, r.workflow_id, placed[r.workflow_id]) for r in rows]
+        warn_unserved(self, [(r.name, r.queue, placed[r.workflow_id]) for r in rows])
+        return [WorkflowHandle[Any](self, r.workflow_id, placed[r.workflow_id]) for r in rows]
 
     def _new_row(self, sub: Submission, new_ids: _IdSource | None = None) -> NewWorkflow:
         timeout = sub.timeout_seconds
@@ -533,10 +577,10 @@ class Cluster(WaitsClient):
         return dataclasses.replace(status, state=WorkflowState(copy.import_state or "ENQUEUED"))
 
     @idempotent
-    def handle(self, workflow_id: str) -> WorkflowHandle:
+    def handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to an existing workflow (checked)."""
         status = self.get(workflow_id)
-        return WorkflowHandle(self, workflow_id, status.shard)
+        return WorkflowHandle[Any](self, workflow_id, status.shard)
 
     @idempotent
     def steps(self, workflow_id: str) -> list[StepRecord]:

@@ -166,7 +166,7 @@ class WaitsClient:
         *,
         workflow_id: str,
         parent_id: str,
-    ) -> WorkflowHandle:
+    ) -> WorkflowHandle[Any]:
         from shardflow.engine.cluster import Submission, WorkflowHandle
 
         row = dataclasses.replace(
@@ -177,7 +177,7 @@ class WaitsClient:
 
     def fork(
         self, workflow_id: str, from_step: int, new_workflow_id: str | None = None
-    ) -> WorkflowHandle:
+    ) -> WorkflowHandle[Any]:
         """A new workflow with the same inputs that reuses the recorded outputs of steps
         before ``from_step`` and runs again from there."""
         if from_step < 0:

@@ -26,6 +26,7 @@ from shardflow.engine.records import (
     WorkflowStatus,
     claim_from_row,
 )
+from shardflow.engine.registrystore import RegistryStore
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store_errors import DedupConflict, Fenced, StoreError, TransientStoreError
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DedupConflict", "Fenced", "Located", "Store", "StoreError", "TransientStoreError"]
 
 
-class Store(WaitStore):
+class Store(WaitStore, RegistryStore):
     """Named queries against the shards of one cluster."""
 
     def __init__(self, pools: ShardPools, codec: Codec) -> None:

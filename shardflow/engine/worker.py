@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardflow.config.model import QueueConfig
 from shardflow.engine.batcher import GroupWriter
+from shardflow.engine.presence import Presence
 from shardflow.engine.records import Claim
 from shardflow.engine.retention import RetentionLeader
 from shardflow.engine.runner import WorkflowRun, execute
@@ -144,6 +145,8 @@ class Worker:
         self.retention: RetentionLeader | None = None
         self._run_retention = retention
         self._writer: GroupWriter | None = None
+        # Registry row per shard, start-up banner, periodic summary (engine/presence.py).
+        self.presence = Presence(self)
 
     # -- configuration --------------------------------------------------------------
 
@@ -231,13 +234,7 @@ class Worker:
         for t in self._threads:
             t.start()
         self._started.set()
-        log.info(
-            "worker %s started: shards=%s concurrency=%d queues=%s",
-            self.worker_id,
-            ",".join(self.shards),
-            self.concurrency,
-            ",".join(q.name for q in self.queues),
-        )
+        self.presence.start()
 
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop gracefully: claim nothing more, let running workflows finish for
@@ -664,10 +661,12 @@ class Worker:
         name = f"heartbeat-{shard}"
         backoff = Backoff(0.2, self.heartbeat_seconds)
         wait = self.heartbeat_seconds
+        self.presence.seen(shard)
         while not self._closed.wait(wait):
             self._progress[name] = time.monotonic()
             try:
                 self._renew(shard)
+                self.presence.seen(shard)
                 if not self._stopping.is_set():
                     self._expire(shard)
                 wait = self.heartbeat_seconds
@@ -676,6 +675,7 @@ class Worker:
                 self._loop_error(name, exc)
                 wait = min(backoff.next(), self.heartbeat_seconds)
             self._progress[name] = time.monotonic()
+        self.presence.gone(shard)
 
     def expire_deadlines(self) -> None:
         """Cancel workflows past their timeout on this worker's shards, with children."""

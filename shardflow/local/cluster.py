@@ -42,6 +42,7 @@ from shardflow.local.state import (
     STATE_FILE,
     ClusterState,
     ServerRecord,
+    add_shard_to_yaml,
     read_state,
     write_cluster_yaml,
     write_state,
@@ -194,6 +195,37 @@ class LocalCluster:
             password_file=self.password_file,
         )
 
+    def add_shard(self, *, migrate: bool = True) -> tuple[str, Path]:
+        """Grow the cluster by one server: start it, create its database, add it (weight 1)
+        to ``cluster.yaml`` and migrate it. It joins with no slots: ``shardflow rebalance
+        plan``/``apply`` on the grown file move its share onto it. Returns the new shard's
+        name and the config path."""
+        with self._exclusive():
+            state = read_state(self.state_path)
+            if state is None:
+                raise EmbeddedServerError(
+                    f"no local cluster in {self.directory}; start one with `shardflow dev up`"
+                )
+            taken = {record.shard for record in state.servers}
+            index = len(state.servers)
+            while f"shard{index}" in taken:
+                index += 1
+            shard = f"shard{index}"
+            base = "" if state.data_root is None else f"{state.data_root}/"
+            record = ServerRecord(shard, pick_free_ports(1)[0], f"{base}{shard}/data")
+            state = dataclasses.replace(state, servers=(*state.servers, record))
+            write_state(self.state_path, state)
+            server = self._servers_of(state)[-1]
+            self._bring_up([server])
+            if server.port != record.port:
+                moved = dataclasses.replace(record, port=server.port)
+                state = dataclasses.replace(state, servers=(*state.servers[:-1], moved))
+                write_state(self.state_path, state)
+            add_shard_to_yaml(self.config_path, shard, server.dsn(DATABASE))
+        if migrate:
+            self._migrate()
+        return shard, self.config_path
+
     def destroy(self) -> None:
         """Stop every server and delete the cluster: its directory and data directories."""
         state = read_state(self.state_path)
@@ -273,8 +305,9 @@ class LocalCluster:
             held = ", ".join(f"{key}={has[key]!r}" for key in different)
             raise EmbeddedServerError(
                 f"{self.directory} already holds a local cluster with {held}; asked for "
-                f"{wanted}. Call up() with the existing values, or run down() and remove "
-                "the directory to create a new cluster."
+                f"{wanted}. Start it with its existing values; add a shard with `shardflow"
+                f" dev add-shard --dir {self.directory}` (LocalCluster.add_shard()); or stop"
+                " it (`shardflow dev down`) and remove the directory for a new cluster."
             )
         bindir = state.bindir
         if not bindir.is_dir():

@@ -117,6 +117,15 @@ def write_cluster_yaml(path: Path, name: str, slots: int, dsns: Sequence[tuple[s
     _write_atomically(path, yaml.safe_dump(document, sort_keys=False))
 
 
+def add_shard_to_yaml(path: Path, shard: str, dsn: str, weight: int = 1) -> None:
+    """Append a shard to the cluster configuration (kept if already there)."""
+    document = _read_yaml(path) or {}
+    shards = document.setdefault("shards", [])
+    if not any(isinstance(s, dict) and s.get("name") == shard for s in shards):
+        shards.append({"name": shard, "dsn": dsn, "weight": weight})
+    _write_atomically(path, yaml.safe_dump(document, sort_keys=False))
+
+
 def _read_yaml(path: Path) -> dict[str, Any] | None:
     try:
         text = path.read_text(encoding="utf-8")

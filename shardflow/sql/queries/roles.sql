@@ -26,10 +26,12 @@ GRANT SELECT ON ALL TABLES IN SCHEMA shardflow TO {role}
 
 -- name: grant_worker_write
 -- What running workflows writes: claims, leases, checkpoints, final states, messages,
--- events, children, retention's deletes, activating a staged copy a read comes across.
+-- events, children, retention's deletes, activating a staged copy a read comes across,
+-- and the worker's own row in the live-worker registry (0005).
 -- Not the slot tables, the identity, the migrations or the rebalance plans.
 GRANT INSERT, UPDATE, DELETE ON
-    shardflow.workflow_status, shardflow.step_outputs, shardflow.messages, shardflow.events
+    shardflow.workflow_status, shardflow.step_outputs, shardflow.messages, shardflow.events,
+    shardflow.workers
 TO {role}
 
 -- name: grant_worker_slot_lock
