@@ -30,6 +30,7 @@ def work(tag: str, millis: int) -> str:
         # The engine numbered this step before calling its body.
         "step_no": run.next_step - 1,
         "attempt": run.attempt,
+        "shard": run.shard,
     }
     rec.write({**base, "kind": "start", "t": time.time()})
     completed = False

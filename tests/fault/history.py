@@ -99,6 +99,7 @@ class Execution:
     start: float
     end: float | None  # None: no end recorded (process killed, or still running)
     completed: bool
+    shard: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,9 +264,9 @@ def _overlaps(history: History) -> list[Violation]:
                         Violation(
                             "overlap",
                             wid,
-                            f"step {step_no}: attempt {a.attempt} (pid {a.pid},"
+                            f"step {step_no}: attempt {a.attempt} (pid {a.pid}, {a.shard},"
                             f" {a.start:.3f}-{a_end:.3f}) overlaps attempt {b.attempt}"
-                            f" (pid {b.pid}, from {b.start:.3f})",
+                            f" (pid {b.pid}, {b.shard}, from {b.start:.3f})",
                         )
                     )
     return out
@@ -429,6 +430,7 @@ def read_executions(directory: Path) -> list[Execution]:
                 start=float(s["t"]),
                 end=None if e is None else float(e["t"]),
                 completed=bool(e and e["completed"]),
+                shard=str(s.get("shard", "")),
             )
         )
     return out
