@@ -88,6 +88,10 @@ class Claim:
     # The database clock minus this process's clock, in seconds, measured at the claim:
     # durable timers are computed on the database clock (``WorkflowRun.db_time``).
     clock_offset: float = 0.0
+    # time.monotonic() before the claim statement was sent. The database's lease runs
+    # from the statement's start, so a lease counted locally from here never outlasts it,
+    # however long the statement took (a lock wait, a frozen server).
+    lease_from: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +111,9 @@ class NewWorkflow:
     parent_id: str | None
 
 
-def claim_from_row(shard: str, row: Sequence[Any]) -> Claim:
-    """A :class:`Claim` from a claim query's ``RETURNING`` row (see workflows.sql)."""
+def claim_from_row(shard: str, row: Sequence[Any], sent: float | None = None) -> Claim:
+    """A :class:`Claim` from a claim query's ``RETURNING`` row (see workflows.sql);
+    ``sent`` is ``time.monotonic()`` taken before the claim statement was sent."""
     return Claim(
         workflow_id=row[0],
         shard=shard,
@@ -120,4 +125,5 @@ def claim_from_row(shard: str, row: Sequence[Any]) -> Claim:
         parent_id=row[6],
         state=WorkflowState(row[7]),
         clock_offset=float(row[8]) - time.time() if len(row) > 8 else 0.0,
+        lease_from=sent,
     )

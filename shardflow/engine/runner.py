@@ -127,7 +127,8 @@ class WorkflowRun:
         self.lease_seconds = lease_seconds
         # Local view of the lease: if heartbeats fail for a whole lease, another worker
         # may own the workflow, so this run must stop writing.
-        self.lease_valid_until = time.monotonic() + lease_seconds
+        started = time.monotonic() if claim.lease_from is None else claim.lease_from
+        self.lease_valid_until = started + lease_seconds
         # Told how long each completed step took (shard, step name, seconds): metrics.
         self.observe_step: Callable[[str, str, float], None] | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -236,10 +237,11 @@ class Store(WaitStore, RegistryStore):
             "lease_seconds": lease_seconds,
             "limit": limit,
         }
+        sent = time.monotonic()
         with self._conn(shard) as conn:
             if global_limit is None and rate_limit is None:
                 rows = conn.execute(query("claim_enqueued"), params).fetchall()
-                return [self._claim(shard, r) for r in rows]
+                return [claim_from_row(shard, r, sent) for r in rows]
             with conn.transaction():
                 conn.execute(query("lock_queue"), {"queue": queue})
                 period = rate_limit[1] if rate_limit else 1.0
@@ -256,7 +258,7 @@ class Store(WaitStore, RegistryStore):
                     return []
                 params["limit"] = budget
                 rows = conn.execute(query("claim_enqueued"), params).fetchall()
-                return [self._claim(shard, r) for r in rows]
+                return [claim_from_row(shard, r, sent) for r in rows]
 
     def promote_delayed(self, shard: str, limit: int = 1000) -> int:
         """Make delayed workflows that are due claimable; returns how many."""
@@ -283,13 +285,10 @@ class Store(WaitStore, RegistryStore):
             "limit": limit,
             "max_recoveries": max_recoveries,
         }
+        sent = time.monotonic()
         with self._conn(shard) as conn:
             rows = conn.execute(query("claim_expired"), params).fetchall()
-        return [self._claim(shard, r) for r in rows]
-
-    @staticmethod
-    def _claim(shard: str, row: Sequence[Any]) -> Claim:
-        return claim_from_row(shard, row)
+        return [claim_from_row(shard, r, sent) for r in rows]
 
     def renew_leases(
         self, shard: str, *, owner: str, workflow_ids: Sequence[str], lease_seconds: float

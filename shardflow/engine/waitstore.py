@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -82,9 +83,10 @@ class WaitStore:
             "lease_seconds": lease_seconds,
             "limit": limit,
         }
+        sent = time.monotonic()
         with self._conn(shard) as conn:
             rows = conn.execute(query("claim_wakeable"), params).fetchall()
-        return [claim_from_row(shard, r) for r in rows]
+        return [claim_from_row(shard, r, sent) for r in rows]
 
     def wake(self, shard: str, workflow_id: str, wait_for: str | None = None) -> bool:
         with self._conn(shard) as conn:

@@ -17,6 +17,7 @@ import shardflow
 from shardflow import WorkflowState
 from shardflow.engine.batcher import ShardCommitter, StepWrite
 from shardflow.engine.cluster import Cluster
+from shardflow.engine.runner import WorkflowRun
 from shardflow.errors import ValueRejected
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
@@ -436,3 +437,27 @@ def test_a_new_id_goes_to_the_source_while_it_still_owns_the_slot(cluster: Clust
             "SELECT count(*) FROM shardflow.workflow_status WHERE workflow_id = %s", (wid,)
         ).fetchone()
     assert row == (0,)
+
+
+# -- found by the fault run: a run's own view of its lease ----------------------------------
+
+
+def test_a_runs_lease_is_counted_from_before_its_claim_was_sent(cluster: Cluster) -> None:
+    """The database's lease runs from the claim statement's start. A claim that waited
+    (a lock, a frozen server) must not give its run a local lease that outlasts the
+    database's, or the run would start a step after another worker may have taken over."""
+    wid = id_on(cluster, "shard0", "lease")
+    cluster.submit(faults.two_args, 1, workflow_id=wid)
+    lease = 3.0
+    before = time.monotonic()
+    with held_lock(_dsn(cluster, "shard0"), mode="SHARE ROW EXCLUSIVE") as holder:
+        # The claim waits on the lock until the holder lets go.
+        threading.Timer(0.4, holder.rollback).start()
+        (claim,) = cluster.store.claim_enqueued(
+            "shard0", queue="default", names=["faults.two_args"], owner="w",
+            lease_seconds=lease, limit=1,
+        )  # fmt: skip
+    returned = time.monotonic()
+    assert returned - before >= 0.4
+    run = WorkflowRun(claim, cluster.store, lease)
+    assert before <= run.lease_valid_until - lease <= returned - 0.4
