@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+from datetime import UTC, datetime
 
 from shardflow.cli.options import (
     Subparsers,
@@ -17,6 +17,7 @@ from shardflow.cli.options import (
 from shardflow.cli.output import compact_json, note, print_fields, print_json, print_table
 from shardflow.engine import Cluster, WorkflowState, WorkflowStatus, connect
 from shardflow.engine.coverage import unserved, why_waiting
+from shardflow.engine.records import StepRecord
 from shardflow.errors import WorkflowError
 
 _STATES = tuple(s.value for s in WorkflowState)
@@ -157,28 +158,45 @@ def _print_status(status: WorkflowStatus, *, json: bool, cluster: Cluster) -> No
 def _steps(cluster: Cluster, args: argparse.Namespace) -> int:
     steps = cluster.steps(args.workflow_id)
     if args.json:
-        print_json(
-            {"workflow_id": args.workflow_id, "steps": [dataclasses.asdict(s) for s in steps]}
-        )
+        print_json({"workflow_id": args.workflow_id, "steps": [s.to_dict() for s in steps]})
         return 0
     if not steps:
         print(f"workflow {args.workflow_id} has no recorded steps")
         return 0
     print_table(
-        ("step", "name", "result"),
+        ("step", "name", "attempt", "started", "ms", "result"),
         [
             (
                 s.step_no,
                 s.name,
-                f"error: {compact_json(s.error, _CELL_LIMIT)}"
-                if s.error is not None
-                else compact_json(s.output, _CELL_LIMIT),
+                s.attempt,
+                _iso(s.started_at),
+                None if s.duration_ms is None else f"{s.duration_ms:.1f}",
+                _step_result(s),
             )
             for s in steps
         ],
-        numeric=("step",),
+        numeric=("step", "attempt", "ms"),
+        # Narrow terminals wrap the result, never the name or the timing.
+        keep=("name", "attempt", "started", "ms"),
     )
     return 0
+
+
+def _iso(at: datetime | None) -> str | None:
+    """UTC, to the second: ``2026-01-02T03:04:05Z``."""
+    if at is None:
+        return None
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _step_result(step: StepRecord) -> str:
+    if step.error is not None:
+        return f"error: {compact_json(step.error, _CELL_LIMIT)}"
+    if step.name == "shardflow.sleep" and isinstance(step.output, int | float):
+        # Recorded as the wake time in epoch seconds (database clock).
+        return f"wakes {_iso(datetime.fromtimestamp(step.output, UTC))}"
+    return compact_json(step.output, _CELL_LIMIT)
 
 
 def _report_control(

@@ -42,6 +42,9 @@ class StepWrite:
     name: str
     output: str | None
     error: dict[str, Any] | None
+    # Epoch seconds on the database clock; how long the step ran (None: not a step).
+    started_at: float | None = None
+    duration_ms: float | None = None
     done: Future[bool] = field(default_factory=Future)
 
 
@@ -201,6 +204,8 @@ class ShardCommitter:
                         "name": w.name,
                         "output": w.output,
                         "error": w.error,
+                        "started_at": w.started_at,
+                        "duration_ms": w.duration_ms,
                     }
                     for w in steps
                 ]
@@ -257,10 +262,13 @@ class GroupWriter:
         name: str,
         output: str | None,
         error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
     ) -> StepRecord | None:
-        written = self.committers[shard].record_step(
-            StepWrite(workflow_id, attempt, step_no, name, output, error), self.answer_timeout
+        write = StepWrite(
+            workflow_id, attempt, step_no, name, output, error, started_at, duration_ms
         )
+        written = self.committers[shard].record_step(write, self.answer_timeout)
         if written:
             return None
         return self.store.resolve_unwritten_step(shard, workflow_id, attempt, step_no)

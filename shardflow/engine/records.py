@@ -70,6 +70,22 @@ class StepRecord:
     name: str
     output: Any
     error: dict[str, Any] | None
+    # When the step started (database clock), how long it ran (its retries included) and
+    # the attempt that ran it; None for records written without them.
+    started_at: datetime | None = None
+    duration_ms: float | None = None
+    attempt: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step_no": self.step_no,
+            "name": self.name,
+            "output": self.output,
+            "error": self.error,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "duration_ms": self.duration_ms,
+            "attempt": self.attempt,
+        }
 
 
 @dataclass(frozen=True, slots=True)

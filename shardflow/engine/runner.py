@@ -62,6 +62,8 @@ class RunWriter(Protocol):
         name: str,
         output: str | None,
         error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
     ) -> StepRecord | None: ...
 
     def finish(
@@ -170,11 +172,12 @@ class WorkflowRun:
             recorded: T = self._replay(record, name)
             return recorded
         self.check_live()
+        started_at = self.db_time()
         value = compute()
         # A wait inside compute() may have ended because the run was interrupted: never
         # record what it returned then.
         self.check_live()
-        committed: T = self._commit_value(step_no, name, value, "value")
+        committed: T = self._commit_value(step_no, name, value, "value", started_at)
         return committed
 
     def record_raw(
@@ -215,6 +218,7 @@ class WorkflowRun:
         self.check_live()
         failures = 0
         started = time.monotonic()
+        started_at = self.db_time()
         while True:
             try:
                 value = fn()
@@ -222,7 +226,8 @@ class WorkflowRun:
             except Exception as exc:
                 failures += 1
                 if failures >= retry.max_attempts:
-                    self._record(step_no, name, None, error_record(exc))
+                    elapsed_ms = (time.monotonic() - started) * 1000.0
+                    self._record(step_no, name, None, error_record(exc), started_at, elapsed_ms)
                     raise
                 delay = retry.delay(failures, random.random())
                 log.info(
@@ -236,16 +241,27 @@ class WorkflowRun:
                 )
                 if self.interrupted.wait(delay):
                     raise RunInterrupted(self.interrupt_reason) from exc
+        elapsed = time.monotonic() - started
         if self.observe_step is not None:
-            self.observe_step(self.shard, name, time.monotonic() - started)
-        committed: T = self._commit_value(step_no, name, value, "output")
+            self.observe_step(self.shard, name, elapsed)
+        committed: T = self._commit_value(
+            step_no, name, value, "output", started_at, elapsed * 1000.0
+        )
         return committed
 
-    def _commit_value(self, step_no: int, name: str, value: Any, what: str) -> Any:
+    def _commit_value(
+        self,
+        step_no: int,
+        name: str,
+        value: Any,
+        what: str,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> Any:
         """Record ``value`` as step ``step_no`` and return what replay will return: the
         value round-tripped through the serializer, or the record another run won with."""
         output = self.store.codec.dumps(value, f"{what} of step {name!r}")
-        winner = self._record(step_no, name, output, None)
+        winner = self._record(step_no, name, output, None, started_at, duration_ms)
         if winner is not None:
             return self._replay(winner, name)
         return self.store.codec.loads(output)
@@ -261,7 +277,13 @@ class WorkflowRun:
         return record.output
 
     def _record(
-        self, step_no: int, name: str, output: str | None, error: dict[str, Any] | None
+        self,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
     ) -> StepRecord | None:
         with _owned():
             return self.writer.record_step(
@@ -272,6 +294,9 @@ class WorkflowRun:
                 name=name,
                 output=output,
                 error=error,
+                # Recorded without a start, a record still says which attempt wrote it.
+                started_at=self.db_time() if started_at is None else started_at,
+                duration_ms=duration_ms,
             )
 
 

@@ -209,7 +209,10 @@ class Store(WaitStore, RegistryStore):
     def steps(self, shard: str, workflow_id: str) -> list[StepRecord]:
         with self._conn(shard) as conn:
             rows = conn.execute(query("load_steps"), {"workflow_id": workflow_id}).fetchall()
-        return [StepRecord(int(r[0]), str(r[1]), self.codec.loads(r[2]), r[3]) for r in rows]
+        return [
+            StepRecord(int(r[0]), str(r[1]), self.codec.loads(r[2]), r[3], r[4], r[5], r[6])
+            for r in rows
+        ]
 
     # -- claims and leases ----------------------------------------------------------------
 
@@ -327,9 +330,14 @@ class Store(WaitStore, RegistryStore):
         name: str,
         output: str | None,
         error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
     ) -> StepRecord | None:
         """Record a step. Returns None if written; the winning record if another run wrote
-        this step first. Raises :class:`Fenced` if this run no longer owns the workflow."""
+        this step first. Raises :class:`Fenced` if this run no longer owns the workflow.
+
+        ``started_at`` is epoch seconds on the database clock; ``duration_ms`` how long
+        the step ran (None for records that are not steps: sleep, recv, events)."""
         params = {
             "workflow_id": workflow_id,
             "attempt": attempt,
@@ -337,6 +345,8 @@ class Store(WaitStore, RegistryStore):
             "name": name,
             "output": output,
             "error": Jsonb(error) if error is not None else None,
+            "started_at": started_at,
+            "duration_ms": duration_ms,
         }
         with self._conn(shard) as conn:
             if conn.execute(query("record_step"), params).fetchone() is not None:

@@ -128,3 +128,17 @@ def big(size: int) -> int:
 @app.workflow(name="basic.echo")
 def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return {"args": list(args), "kwargs": kwargs}
+
+
+@app.step()
+def slow_step(seconds: float) -> str:
+    time.sleep(seconds)  # the work itself takes this long: what the step timing records
+    return "slept"
+
+
+@app.workflow(name="basic.step_then_sleep")
+def step_then_sleep(seconds: float) -> str:
+    """A step that takes ``seconds``, then a durable sleep of a tenth of a second."""
+    out = slow_step(seconds)
+    shardflow.sleep(0.1)
+    return out

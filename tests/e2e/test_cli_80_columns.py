@@ -4,6 +4,10 @@ flagged by ``status`` and ``workflows list``."""
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import datetime
+
 import pytest
 
 import shardflow
@@ -71,3 +75,47 @@ def test_status_list_show_and_topology_at_80_columns(
     for shard in ("shard0", "shard1", "shard2"):
         assert f"\n{shard} " in out
     assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_workflows_steps_shows_start_duration_attempt_and_wake_time(
+    test_cluster: TestCluster,
+    cluster: Cluster,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with shardflow.Worker(cluster, app, concurrency=2):
+        handle = cluster.submit(basic.step_then_sleep, 0.2, workflow_id="timed-1")
+        assert handle.result(timeout=30) == "slept"
+    monkeypatch.setenv("COLUMNS", "80")
+    config = str(test_cluster.path)
+
+    out, _ = render(capsys, "--config", config, "workflows", "steps", "timed-1")
+    assert_fits(out)
+    header = ["step", "name", "attempt", "started", "ms", "result"]
+    assert out.splitlines()[0].split() == header  # at 80 columns the result may wrap
+
+    monkeypatch.setenv("COLUMNS", "120")
+    out, _ = render(capsys, "--config", config, "workflows", "steps", "timed-1")
+    lines = out.splitlines()
+    assert lines[0].split() == header
+    step = next(line.split() for line in lines if "slow_step" in line)
+    sleep = next(line.split() for line in lines if "shardflow.sleep" in line)
+    assert step[:3] == ["0", "slow_step", "1"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", step[3])
+    assert float(step[4]) >= 200 and step[5] == '"slept"'
+    # The sleep: its attempt and start, no duration, and the wake time as ISO, not epoch.
+    assert sleep[:3] == ["1", "shardflow.sleep", "1"]
+    assert sleep[4] == "-" and sleep[5] == "wakes"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", sleep[6])
+    assert sleep[6] >= sleep[3]
+
+    out, _ = render(capsys, "--config", config, "workflows", "steps", "timed-1", "--json")
+    steps = json.loads(out)["steps"]
+    assert [(s["name"], s["attempt"]) for s in steps] == [
+        ("slow_step", 1),
+        ("shardflow.sleep", 1),
+    ]
+    assert steps[0]["duration_ms"] >= 200 and steps[1]["duration_ms"] is None
+    started = datetime.fromisoformat(steps[0]["started_at"])
+    assert started.tzinfo is not None
+    assert steps[1]["output"] >= started.timestamp() + 0.1 - 0.01

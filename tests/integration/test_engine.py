@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -47,6 +48,25 @@ def test_three_step_workflows_complete_once_on_every_shard(cluster: Cluster) -> 
     status = handles[5].status()
     assert status.state is WorkflowState.SUCCESS and status.attempt == 1
     assert status.finished_at is not None and status.started_at is not None
+
+
+def test_steps_record_start_duration_and_attempt(cluster: Cluster) -> None:
+    handle = cluster.submit(basic.step_then_sleep, 0.3)
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert handle.result(timeout=30) == "slept"
+    status = handle.status()
+    assert status.started_at is not None and status.finished_at is not None
+    step, sleep = cluster.steps(handle.workflow_id)
+    assert (step.name, step.attempt) == ("slow_step", 1)
+    assert step.duration_ms is not None and step.duration_ms >= 300
+    assert step.started_at is not None
+    assert status.started_at <= step.started_at + timedelta(seconds=1)
+    assert step.started_at <= status.finished_at
+    # A sleep is not a step: its start and attempt are recorded, its duration is not.
+    assert (sleep.name, sleep.attempt, sleep.duration_ms) == ("shardflow.sleep", 1, None)
+    assert sleep.started_at is not None and sleep.started_at >= step.started_at
+    # The wake time (epoch seconds) is at least the sleep's length after its start.
+    assert sleep.output >= sleep.started_at.timestamp() + 0.1 - 0.01
 
 
 def test_submit_is_idempotent_and_checks_the_name(cluster: Cluster) -> None:

@@ -146,7 +146,8 @@ WHERE workflow_id = ANY(%(workflow_ids)s) AND lease_owner = %(owner)s AND state 
 RETURNING workflow_id
 
 -- name: load_steps
-SELECT step_no, name, output, error FROM shardflow.step_outputs
+SELECT step_no, name, output, error, started_at, duration_ms, attempt
+FROM shardflow.step_outputs
 WHERE workflow_id = %(workflow_id)s ORDER BY step_no
 
 -- name: record_step
@@ -157,8 +158,12 @@ WITH fence AS (
     WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING'
     FOR SHARE
 )
-INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
-SELECT fence.workflow_id, %(step_no)s, %(name)s, %(output)s, %(error)s FROM fence
+INSERT INTO shardflow.step_outputs
+    (workflow_id, step_no, name, output, error, started_at, duration_ms, attempt)
+SELECT fence.workflow_id, %(step_no)s, %(name)s, %(output)s, %(error)s,
+       to_timestamp(%(started_at)s::double precision), %(duration_ms)s::double precision,
+       %(attempt)s
+FROM fence
 ON CONFLICT (workflow_id, step_no) DO NOTHING
 RETURNING step_no
 
@@ -249,17 +254,21 @@ LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 -- run that step again. (FOR KEY SHARE would not conflict with an UPDATE of non-key
 -- columns, so it would not fence.)
 WITH fence AS (
-    SELECT w.workflow_id, t.step_no, t.name, t.output, t.error
+    SELECT w.workflow_id, t.step_no, t.name, t.output, t.error, t.started_at, t.duration_ms,
+           t.attempt
     FROM json_to_recordset(%(steps)s::json)
          AS t(workflow_id text, attempt integer, step_no integer, name text, output text,
-              error jsonb)
+              error jsonb, started_at double precision, duration_ms double precision)
     JOIN shardflow.workflow_status w
       ON w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
     ORDER BY w.workflow_id
     FOR SHARE OF w
 ), steps AS (
-    INSERT INTO shardflow.step_outputs (workflow_id, step_no, name, output, error)
-    SELECT workflow_id, step_no, name, output, error FROM fence
+    INSERT INTO shardflow.step_outputs
+        (workflow_id, step_no, name, output, error, started_at, duration_ms, attempt)
+    SELECT workflow_id, step_no, name, output, error, to_timestamp(started_at), duration_ms,
+           attempt
+    FROM fence
     ON CONFLICT (workflow_id, step_no) DO NOTHING
     RETURNING workflow_id, step_no
 ), finished AS (
