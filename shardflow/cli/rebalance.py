@@ -249,7 +249,7 @@ def _apply(config: ClusterConfig, args: argparse.Namespace) -> int:
     )
     console = Console(stderr=True, highlight=False)
     bar = _ProgressBar(console)
-    with Rebalancer(config, on_progress=bar.update) as rebalancer:
+    with Rebalancer(config, on_progress=bar.update, on_wait=bar.say) as rebalancer:
         prepared = rebalancer.prepare()
         if not args.json:
             _print_plan(config, prepared, _touched(rebalancer, prepared), json=False)
@@ -303,6 +303,7 @@ class _ProgressBar:
     """Slots settled as the bar; workflows moved, rate and ETA beside it."""
 
     def __init__(self, console: Console) -> None:
+        self._console = console
         self._progress = Progress(
             TextColumn("{task.description:<8}"),
             BarColumn(),
@@ -321,6 +322,10 @@ class _ProgressBar:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
+
+    def say(self, line: str) -> None:
+        """One line on stderr (above the bar while it is shown), whole, never wrapped."""
+        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def update(self, report: RebalanceProgress) -> None:
         fields: dict[str, Any] = {

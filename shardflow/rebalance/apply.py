@@ -44,7 +44,14 @@ from shardflow.rebalance.planner import (
     plan_rebalance,
     resume_plan,
 )
-from shardflow.rebalance.progress import Progress, ProgressHook, RateMeter, Throttle
+from shardflow.rebalance.progress import (
+    Progress,
+    ProgressHook,
+    RateMeter,
+    Throttle,
+    WaitHook,
+    WaitNotices,
+)
 from shardflow.router.slotmap import SlotMap
 
 log = logging.getLogger(__name__)
@@ -110,10 +117,13 @@ class Rebalancer:
         *,
         on_progress: ProgressHook | None = None,
         on_step: StepHook | None = None,
+        on_wait: WaitHook | None = None,
         lock_timeout: float = 30.0,
     ) -> None:
         self.config = config
         self.lock_timeout = lock_timeout
+        # Waits longer than a second (the lock, running workflows) are said, not silent.
+        self.waits = WaitNotices(on_wait)
         self.slots = config.hash.slots
         self.on_progress = on_progress
         self.on_step = on_step
@@ -277,13 +287,19 @@ class Rebalancer:
                 return True
             if began or moved or settled:
                 waited_since = None
+                self.waits.done()
                 continue
             # Only rows that are running (or briefly locked by someone) hold the rest.
             now = time.monotonic()
             waited_since = waited_since or now
             self._report("waiting", total, target, result.moved, running, running, meter, started)
+            self.waits.waiting(
+                f"{running} running workflow(s) to become idle"
+                f" ({len(self._migrating)} slot(s) in motion)"
+            )
             limit = options.wait_running_seconds
             if limit is not None and now - waited_since >= limit:
+                self.waits.done()
                 return False
             time.sleep(options.poll_seconds)
 
@@ -443,11 +459,17 @@ class Rebalancer:
             for link in self.links.values():
                 while not link.try_lock():
                     if time.monotonic() >= deadline:
+                        self.waits.done()
                         raise RebalanceError(
                             f"another rebalance holds the lock on shard {link.name!r}"
                             " (a killed one releases it as soon as its connections close)"
                         )
+                    self.waits.waiting(
+                        f"the rebalance lock on shard {link.name!r}, held by another"
+                        f" rebalance; giving up after {self.lock_timeout:.0f}s"
+                    )
                     time.sleep(0.2)
+        self.waits.done()
         self._locked = True
 
     def _pairs(self) -> dict[tuple[str, str], list[int]]:

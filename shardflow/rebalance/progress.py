@@ -37,6 +37,47 @@ class Progress:
 
 
 ProgressHook = Callable[[Progress], None]
+# Told one line saying what a rebalance is waiting for (see WaitNotices).
+WaitHook = Callable[[str], None]
+
+
+class WaitNotices:
+    """Says what a wait is for once it has lasted ``first`` seconds, then again every
+    ``every`` seconds while it lasts, so that a waiting ``apply`` is never silent.
+
+    ``waiting(what)`` is called on every poll of a wait; ``done()`` when it ends.
+    """
+
+    def __init__(
+        self,
+        say: WaitHook | None,
+        *,
+        first: float = 1.0,
+        every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._say = say
+        self._first = first
+        self._every = every
+        self._clock = clock
+        self._since: float | None = None
+        self._said: float | None = None
+
+    def waiting(self, what: str) -> None:
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        waited = now - self._since
+        due = self._first if self._said is None else self._said - self._since + self._every
+        if waited < due:
+            return
+        self._said = now
+        if self._say is not None:
+            self._say(f"waiting for {what} ({waited:.0f}s so far)")
+
+    def done(self) -> None:
+        self._since = None
+        self._said = None
 
 
 class RateMeter:

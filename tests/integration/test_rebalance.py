@@ -272,12 +272,13 @@ def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(grown: TestClu
     started, gate = threading.Event(), threading.Event()
     basic.CONTROL.update(started=started, gate=gate)
     reports: list[Progress] = []
+    said: list[str] = []
     with shardflow.connect(config) as cluster:
         source = cluster.route(wid)
         handle = cluster.submit(basic.gated, "k", workflow_id=wid)
         with shardflow.Worker(cluster, basic.app, concurrency=2):
             assert started.wait(30)
-            rebalancer = Rebalancer(config, on_progress=reports.append)
+            rebalancer = Rebalancer(config, on_progress=reports.append, on_wait=said.append)
             rebalancer.connect()
             outcome: list[object] = []
             thread = threading.Thread(
@@ -292,6 +293,9 @@ def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(grown: TestClu
                 assert status.live.migrating == {hasher.slot(wid): source}
                 assert cluster.get(wid).state is WorkflowState.RUNNING
                 assert cluster.get(wid).shard == source
+                # A wait of over a second is said in one line (the CLI prints it).
+                wait_until(lambda: said, message="the rebalancer to say what it waits for")
+                assert said[0].startswith("waiting for 1 running workflow(s) to become idle")
             finally:
                 gate.set()
                 thread.join(60)

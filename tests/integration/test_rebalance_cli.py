@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 import shardflow
 from shardflow.cli.main import main
-from shardflow.testing.servers import ClusterFactory, TestCluster
+from shardflow.sql import query
+from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
 from tests.apps import basic
 
 
@@ -82,3 +85,33 @@ def test_plan_refuses_a_config_without_a_shard_that_owns_slots(
     status, _, err = run(capsys, "--config", str(without.path), "rebalance", "plan")
     assert status == 2
     assert "shard1" in err and "draining" in err
+
+
+def test_apply_says_it_waits_for_the_lock_another_rebalance_holds(
+    grown: TestCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result: list[int] = []
+    apply = threading.Thread(
+        target=lambda: result.append(
+            main(["--config", str(grown.path), "rebalance", "apply", "--yes", "--json"])
+        )
+    )
+    with psycopg.connect(grown.config.shards[0].dsn, autocommit=True) as holder:
+        # What another `rebalance apply` holds: the same session advisory lock.
+        assert holder.execute(query("rebalance_try_lock")).fetchone() == (True,)
+        apply.start()
+        err = ""
+
+        def said_waiting() -> bool:
+            nonlocal err
+            err += capsys.readouterr().err
+            return "waiting for the rebalance lock on shard 'shard0'" in err
+
+        wait_until(said_waiting, timeout=20, message="apply to say it waits for the lock")
+        assert apply.is_alive() and not result
+        assert "held by another rebalance" in err and "s so far)" in err
+    # Closing the holder's session releases the lock: the waiting apply goes ahead.
+    apply.join(timeout=60)
+    assert result == [0]
+    out, _ = capsys.readouterr()
+    assert json.loads(out)["complete"]

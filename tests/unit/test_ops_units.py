@@ -25,6 +25,7 @@ from shardflow.engine.blobs import (
 from shardflow.engine.serialization import Codec, JsonSerializer
 from shardflow.engine.timings import StepTimes
 from shardflow.errors import ConfigError, PayloadTooLarge, SerializationError, ShardUnavailable
+from shardflow.rebalance.progress import WaitNotices
 
 BASE = "name: c\nshards: [{name: s0, dsn: 'host=h dbname=d'}]\n"
 
@@ -231,3 +232,23 @@ def test_json_logs_and_redaction() -> None:
     assert "attempt" not in first
     assert "RuntimeError" in second["exception"]
     assert "hunter2" not in stream.getvalue()
+
+
+def test_wait_notices_say_a_wait_after_a_second_then_every_ten_seconds() -> None:
+    now = [100.0]
+    said: list[str] = []
+    notices = WaitNotices(said.append, clock=lambda: now[0])
+    for t in (100.0, 100.5, 101.2, 105.0, 110.0, 111.3, 121.3):
+        now[0] = t
+        notices.waiting("the lock")
+    assert said == [
+        "waiting for the lock (1s so far)",
+        "waiting for the lock (11s so far)",
+        "waiting for the lock (21s so far)",
+    ]
+    notices.done()  # a new wait starts silent again
+    now[0] = 200.0
+    notices.waiting("2 running workflow(s)")
+    now[0] = 200.9
+    notices.waiting("2 running workflow(s)")
+    assert len(said) == 3
