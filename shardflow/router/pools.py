@@ -116,6 +116,8 @@ class ShardPools:
         # Shards to probe with one direct connection before waiting on their pool: new
         # pools, and pools whose shard failed. A refused shard then fails at once.
         self._unproven: set[str] = set()
+        # Shards reached since they were last marked down: losing one is news (WARNING).
+        self._reached: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -190,6 +192,7 @@ class ShardPools:
             self._mark_down(name, exc.reason)
             raise
         self._unproven.discard(name)
+        self._reached.add(name)
 
     def connect(self, name: str, *, autocommit: bool = True) -> Conn:
         """A dedicated connection to shard ``name`` (LISTEN, session locks), opened with
@@ -209,7 +212,12 @@ class ShardPools:
             raise ShardUnavailable(name, reason) from None
 
     def _mark_down(self, name: str, reason: str) -> None:
-        log.warning("shard %s unavailable: %s", name, reason)
+        # A shard that was reachable going down is logged once, as a warning. One never
+        # reached (or still down) only fails the call, whose caller reports it: a CLI
+        # command would otherwise say the same thing twice.
+        level = logging.WARNING if name in self._reached else logging.INFO
+        self._reached.discard(name)
+        log.log(level, "shard %s unavailable: %s", name, reason)
         self._unproven.add(name)
         self._down_reason[name] = reason
         self._down_until[name] = time.monotonic() + self._cooldown

@@ -357,6 +357,30 @@ def test_route_without_a_reachable_shard_uses_the_config_weights(
     assert SECRET not in out + err
 
 
+def test_an_unreachable_shard_is_reported_once(
+    test_cluster: TestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    only = tmp_path / "only-down.yaml"
+    only.write_text(
+        f"name: down\nhash: {{slots: 64}}\nshards:\n  - {{name: only, dsn: '{UNREACHABLE_DSN}'}}\n",
+        encoding="utf-8",
+    )
+    for command in (("workflows", "list"), ("workflows", "show", "x"), ("status",)):
+        code, _, err = run_main(capsys, "--config", str(only), *command)
+        # The error line alone: no log line saying the same thing before it.
+        assert_one_line_error(code, err, "shard 'only' is unavailable")
+        assert SECRET not in err
+
+    def break_shard1(document: dict[str, Any]) -> None:
+        document["shards"][1]["dsn"] = UNREACHABLE_DSN
+
+    path = rewrite_config(test_cluster.path, tmp_path / "down.yaml", break_shard1)
+    code, _, err = run_main(capsys, "--config", str(path), "workflows", "list")
+    assert code == 0, err
+    assert err.count("shard1") == 1, err
+    assert SECRET not in err
+
+
 # -- topology -------------------------------------------------------------------------------
 
 
