@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         )
         server: MetricsServer | None = None
         if args.metrics_port is not None:
-            server = serve_metrics(worker, args.metrics_port, args.metrics_host)
+            server = _serve_metrics(worker, args.metrics_port, args.metrics_host)
         try:
             worker.run()
         finally:
@@ -132,6 +132,19 @@ def run(args: argparse.Namespace) -> int:
                 server.close()
     log.info("worker %s exited", worker.worker_id)
     return 0
+
+
+def _serve_metrics(worker: Worker, port: int, host: str) -> MetricsServer:
+    """Start the metrics server; a port that cannot be bound (in use, not allowed) is a
+    mistake in how the worker was called, said in one line before any work starts."""
+    try:
+        return serve_metrics(worker, port, host)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CliError(
+            f"--metrics-port {port}: cannot listen on {host}:{port}: {reason.lower()}"
+            " (pick another port, or 0 for any free one)"
+        ) from None
 
 
 def port_number(text: str) -> int:

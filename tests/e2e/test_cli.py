@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -545,6 +546,19 @@ def test_worker_runs_workflows_and_stops_on_sigterm(
     assert process.returncode == 0, err
     assert "worker cli-worker-1 starting" in err
     assert "Traceback" not in err
+
+
+def test_worker_with_a_busy_metrics_port_says_so_in_one_line(test_cluster: TestCluster) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(
+            *("--config", str(test_cluster.path), "worker", "--app", "tests.apps.cli_app:app"),
+            *("--metrics-host", "127.0.0.1", "--metrics-port", str(port)),
+            timeout=60,
+        )
+    assert_one_line_error(done.returncode, done.stderr, f"--metrics-port {port}", "in use")
 
 
 def test_worker_refuses_an_app_that_is_not_one(capsys: pytest.CaptureFixture[str]) -> None:
