@@ -227,14 +227,18 @@ class _Walker:
             raise _error(root, "", f"expected a mapping at the top level, got {_describe(root)}")
         top = self._mapping(root, "", _TOP_KEYS)
         limits = self._limits(top.get("limits"))
+        name = self._name(top.require("name"), "name", _CLUSTER_NAME)
+        hash_config = self._hash(top.get("hash"))
+        shards = self._shards(top.require("shards"))
+        queues = self._queues(top.get("queues"))
         return ClusterConfig(
-            name=self._name(top.require("name"), "name", _CLUSTER_NAME),
-            hash=self._hash(top.get("hash")),
-            shards=self._shards(top.require("shards")),
-            queues=self._queues(top.get("queues")),
+            name=name,
+            hash=hash_config,
+            shards=shards,
+            queues=queues,
             worker=self._worker(top.get("worker")),
             limits=limits,
-            schedules=self._schedules(top.get("schedules")),
+            schedules=self._schedules(top.get("schedules"), queues),
             retention=self._retention(top.get("retention")),
             payloads=self._payloads(top.get("payloads"), limits),
             source=source,
@@ -353,7 +357,9 @@ class _Walker:
             ),
         )
 
-    def _schedules(self, node: Node | None) -> tuple[ScheduleConfig, ...]:
+    def _schedules(
+        self, node: Node | None, queues: Mapping[str, QueueConfig]
+    ) -> tuple[ScheduleConfig, ...]:
         fields = self._section(node, "schedules", _QUEUE_NAME)
         out = []
         for name in fields.entries:
@@ -366,13 +372,18 @@ class _Walker:
             problem = cron_problem(cron)
             if problem:
                 raise item.error("cron", problem)
-            queue = item.get("queue")
+            queue_node = item.get("queue")
+            queue = None if queue_node is None else self._str(queue_node, item.path_of("queue"))
+            if queue is not None and queue not in queues:
+                # Submit refuses an undeclared queue: every tick would fail at run time.
+                known = ", ".join(sorted(queues))
+                raise item.error("queue", f"must be declared under queues: (known: {known})")
             out.append(
                 ScheduleConfig(
                     name=name,
                     workflow=self._str(item.require("workflow"), item.path_of("workflow")),
                     cron=cron,
-                    queue=None if queue is None else self._str(queue, item.path_of("queue")),
+                    queue=queue,
                 )
             )
         return tuple(out)

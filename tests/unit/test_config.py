@@ -358,6 +358,14 @@ MALFORMED = [
     _bad("rate-limit-missing-limit",
          [*HEAD, "queues:", "  emails:", "    rate_limit:", "      period_seconds: 1"],
          "queues.emails.rate_limit.limit", 8, "missing required key"),
+    # A schedule's queue must be declared: submit refuses an undeclared one.
+    _bad("schedule-queue-undeclared",
+         [*HEAD, "queues: {emails: {}}", "schedules:", "  nightly:",
+          "    workflow: w", "    cron: '0 3 * * *'", "    queue: reports"],
+         "schedules.nightly.queue", 10,
+         "must be declared under queues: (known: default, emails)"),
+    _bad("weight-zero", [*HEAD, "    weight: 0"],
+         "shards[0].weight", 5, "must be > 0, got 0"),
     # Not a usable document.
     _bad("bad-yaml", ["name: c", "shards:", "  - name: s0", "    dsn: [host=a"],
          "", 5, "invalid YAML"),
