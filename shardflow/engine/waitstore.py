@@ -152,6 +152,9 @@ class WaitStore:
                     "name": "shardflow.recv",
                     "output": row[1],
                     "error": None,
+                    # Received, not timed: the receipt's own time is its commit.
+                    "started_at": None,
+                    "duration_ms": None,
                 },
             )
         return True, self.codec.loads(row[1])
@@ -174,6 +177,8 @@ class WaitStore:
                     "name": "shardflow.set_event",
                     "output": value,
                     "error": None,
+                    "started_at": None,
+                    "duration_ms": None,
                 },
             )
 
