@@ -11,9 +11,12 @@ import pytest
 
 import shardflow
 from shardflow import WorkflowState
+from shardflow.engine.cluster import Cluster
+from shardflow.errors import WorkflowConflict
 from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.rebalance.mover import MoveStep
 from shardflow.testing.servers import TestCluster
+from tests.apps import basic
 from tests.integration.test_rebalance import live_rows
 from tests.integration.test_rebalance_crash import (
     Crash,
@@ -62,3 +65,19 @@ def test_get_reports_a_decided_staged_copy_without_writing_and_a_write_activates
     assert result.complete
     assert result.recovered.activated == staged - 1
     assert live_rows(config) == {wid: 1 for wid in ids}
+
+
+def test_fork_goes_through_the_placement_loop_and_never_reuses_an_id(cluster: Cluster) -> None:
+    original = cluster.submit(basic.three_steps, 1, workflow_id="loc-original")
+    other = cluster.submit(basic.three_steps, 2, workflow_id="loc-other")
+    for taken in (other.workflow_id, original.workflow_id):
+        with pytest.raises(WorkflowConflict, match="exists already"):
+            cluster.fork(original.workflow_id, from_step=0, new_workflow_id=taken)
+    fork = cluster.fork(original.workflow_id, from_step=0, new_workflow_id="loc-fork")
+    assert fork.shard == cluster.route("loc-fork")
+    status = cluster.get("loc-fork")
+    assert (status.name, status.state, status.shard) == (
+        "basic.three_steps",
+        WorkflowState.ENQUEUED,
+        fork.shard,
+    )
