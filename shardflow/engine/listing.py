@@ -55,9 +55,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise TypeError("not a cursor")
         return after, wid
     except (ValueError, TypeError, binascii.Error):
-        raise ValueError(
-            "invalid cursor: pass the next_cursor of a previous page unchanged"
-        ) from None
+        raise ValueError("invalid cursor: use one a previous page returned, unchanged") from None
 
 
 def merge_pages(pages: Sequence[Sequence[L]], limit: int) -> tuple[list[L], str | None]:

@@ -348,7 +348,7 @@ def test_one_million_ids_spread_by_quota() -> None:
     ]
 
 
-def test_router_locate_matches_the_vectors() -> None:
+def test_router_hash_and_route_matches_the_vectors() -> None:
     slot_map = initial_map([("s0", 1), ("s1", 1), ("s2", 2)], 4096)
     router = Router(Hasher(4096, 0), slot_map)
     for v in VECTORS:
