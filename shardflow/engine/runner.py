@@ -33,6 +33,9 @@ from shardflow.errors import (
     ValueRejected,
 )
 
+# The run's protocols and signals are also importable from here, where they are used.
+__all__ = ["RunClient", "RunInterrupted", "RunWriter", "Suspend", "WorkflowRun", "execute"]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
