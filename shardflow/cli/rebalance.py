@@ -31,6 +31,7 @@ from shardflow.config import ClusterConfig
 from shardflow.rebalance import ApplyOptions, Prepared, Rebalancer
 from shardflow.rebalance import Progress as RebalanceProgress
 from shardflow.rebalance.status import RebalanceStatus, gather_status
+from shardflow.router.moves import SlotState
 
 DEFAULT_GRACE = 3600.0
 _DEFAULTS = ApplyOptions()
@@ -391,8 +392,8 @@ def _status(config: ClusterConfig, args: argparse.Namespace) -> int:
                 s.reachable,
                 s.map_epoch,
                 counts.get(s.name, 0),
-                s.ownership.get("IMPORTING", 0),
-                s.ownership.get("MIGRATING_OUT", 0),
+                s.ownership.get(SlotState.IMPORTING, 0),
+                s.ownership.get(SlotState.MIGRATING_OUT, 0),
                 s.staged,
                 s.tombstones,
                 s.purgeable,

@@ -52,6 +52,7 @@ from shardflow.rebalance.progress import (
     WaitHook,
     WaitNotices,
 )
+from shardflow.router.moves import STAGED
 from shardflow.router.slotmap import SlotMap
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,7 @@ class Rebalancer:
             throttle.pace(outcome.moved)
             if outcome.refused:
                 states = self.links[dest].states_of(outcome.refused)
-                live = sorted(w for w, state in states.items() if state != "IMPORTING")
+                live = sorted(w for w, state in states.items() if state != STAGED)
                 if live:
                     raise RebalanceError(
                         f"workflow {live[0]!r} is live on both {source} and {dest}; it"
@@ -348,7 +349,7 @@ class Rebalancer:
                     )
                 recover_staged(self.links[dest], self.links, slots)
                 still = self.links[dest].states_of(outcome.refused)
-                later.update(w for w, state in still.items() if state == "IMPORTING")
+                later.update(w for w, state in still.items() if state == STAGED)
                 continue
             if outcome.moved + outcome.deferred < batch:
                 return moved

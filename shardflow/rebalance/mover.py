@@ -34,6 +34,7 @@ from shardflow.config.redaction import scrub_dsns
 from shardflow.errors import ConfigError, RebalanceError, ShardUnavailable
 from shardflow.rebalance.live import Ownership
 from shardflow.retry import first_line
+from shardflow.router.moves import SlotState, SourceRow, Verdict, copy_verdict
 from shardflow.router.pools import SessionLimits, connect_kwargs
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
@@ -158,7 +159,7 @@ class ShardLink:
 
     def ownership(self) -> list[Ownership]:
         rows = self.conn.execute(query("slot_ownership")).fetchall()
-        return [Ownership(self.name, int(r[0]), str(r[1]), r[2], int(r[3])) for r in rows]
+        return [Ownership(self.name, int(r[0]), SlotState(r[1]), r[2], int(r[3])) for r in rows]
 
     def slot_map(self, slots: int) -> SlotMap | None:
         row = self.conn.execute(query("get_slot_map_full")).fetchone()
@@ -429,22 +430,21 @@ def recover_staged(
 def _resolve(target: ShardLink, source: ShardLink, copies: list[tuple[str, str]]) -> Recovery:
     ids = [workflow_id for workflow_id, _ in copies]
     with source.conn.transaction():
-        verdicts = {
-            str(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
+        rows = {
+            str(r[0]): SourceRow(str(r[1]), None if r[2] is None else str(r[2]))
             for r in source.conn.execute(query("source_rows_for_recovery"), {"ids": ids})
         }
     activate_ids: list[tuple[str, str]] = []
     discard_ids: list[tuple[str, str]] = []
     unresolved = 0
     for workflow_id, move_id in copies:
-        verdict = verdicts.get(workflow_id)
-        if verdict is None or verdict[0] == "IMPORTING":
-            unresolved += 1  # busy now, absent, or moving in itself: keep the copy
-        elif verdict == ("MOVED", move_id):
+        verdict = copy_verdict(move_id, rows.get(workflow_id))
+        if verdict is Verdict.ACTIVATE:
             activate_ids.append((workflow_id, move_id))
-        else:
-            # A live row (or a tombstone of another move): this move was not decided.
+        elif verdict is Verdict.DISCARD:
             discard_ids.append((workflow_id, move_id))
+        else:
+            unresolved += 1  # busy now, absent, or moving in itself: keep the copy
     if unresolved:
         log.info(
             "%d staged copies on %s have no verdict on %s yet; left in place",

@@ -13,6 +13,7 @@ from shardflow.errors import RebalanceError, ShardflowError
 from shardflow.rebalance.live import LiveMap, Ownership, reconcile
 from shardflow.rebalance.mover import PlanRecord, ShardLink
 from shardflow.rebalance.planner import owners_from_ranges
+from shardflow.router.moves import SlotState
 
 
 @dataclass(slots=True)
@@ -24,7 +25,7 @@ class ShardStatus:
     reachable: bool
     problem: str | None = None
     map_epoch: int | None = None
-    ownership: Counter[str] = field(default_factory=Counter)
+    ownership: Counter[SlotState] = field(default_factory=Counter)
     staged: int = 0
     tombstones: int = 0
     purgeable: int = 0
