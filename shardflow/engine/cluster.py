@@ -44,6 +44,7 @@ from shardflow.router.moves import SourceRow, Verdict, copy_verdict
 from shardflow.router.pools import SessionLimits, ShardPools
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap, desired_map
+from shardflow.sql.identity import Identity, check_identity
 
 log = logging.getLogger(__name__)
 
@@ -175,23 +176,8 @@ class Cluster(WaitsClient):
         """Refuse a shard whose recorded identity disagrees with the config."""
         if shard in self._checked:
             return
-        identity = self.store.identity(shard)
-        if identity is None:
-            raise IdentityMismatch(
-                f"shard {shard!r} has no shardflow schema; run `shardflow migrate` first"
-            )
-        cluster_name, shard_name, slots, seed = identity
-        for what, recorded, configured in (
-            ("cluster name", cluster_name, self.config.name),
-            ("shard name", shard_name, shard),
-            ("hash.slots", slots, self.config.hash.slots),
-            ("hash.seed", seed, self.config.hash.seed),
-        ):
-            if recorded != configured:
-                raise IdentityMismatch(
-                    f"shard {shard!r}: {what} is {configured!r} in the config but"
-                    f" {recorded!r} on the server"
-                )
+        found = self.store.identity(shard)
+        check_identity(self.config, shard, None if found is None else Identity(*found))
         self._checked.add(shard)
 
     def refresh_topology(self) -> SlotMap:

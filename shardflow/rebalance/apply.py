@@ -52,6 +52,7 @@ from shardflow.rebalance.progress import (
     WaitHook,
     WaitNotices,
 )
+from shardflow.retry import first_line
 from shardflow.router.moves import STAGED
 from shardflow.router.slotmap import SlotMap
 
@@ -537,9 +538,8 @@ class Rebalancer:
         try:
             yield
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()
             raise RebalanceError(
-                f"a shard failed mid-rebalance ({first[0] if first else type(exc).__name__});"
+                f"a shard failed mid-rebalance ({first_line(exc)});"
                 " nothing is lost: run `shardflow rebalance apply` again to resume"
             ) from exc
 

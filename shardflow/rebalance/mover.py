@@ -17,6 +17,7 @@ SQL statement the rebalancer runs is here, as a named query.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import uuid
@@ -30,15 +31,14 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from shardflow.config.model import ClusterConfig, ShardConfig
-from shardflow.config.redaction import scrub_dsns
-from shardflow.errors import ConfigError, RebalanceError, ShardUnavailable
+from shardflow.errors import RebalanceError
 from shardflow.rebalance.live import Ownership
-from shardflow.retry import first_line
 from shardflow.router.moves import SlotState, SourceRow, Verdict, copy_verdict
-from shardflow.router.pools import SessionLimits, connect_kwargs
+from shardflow.router.pools import REBALANCER_LIMITS, dedicated
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
-from shardflow.sql.migrator import check_identity, read_identity
+from shardflow.sql.identity import check_identity
+from shardflow.sql.migrator import read_identity
 
 log = logging.getLogger(__name__)
 
@@ -110,29 +110,17 @@ class ShardLink:
     """One shard as the rebalancer uses it: a connection for its work, and (after
     :meth:`try_lock`) a second one that holds the cluster-wide rebalance lock."""
 
-    def __init__(self, shard: ShardConfig, *, connect_timeout: int = 10) -> None:
+    def __init__(
+        self, shard: ShardConfig, *, purpose: str = "rebalance", connect_timeout: int = 10
+    ) -> None:
         self.shard = shard
         self.name = shard.name
-        self._connect_timeout = connect_timeout
-        self.conn = self._connect()
+        self._purpose = purpose
+        # Keepalives and tcp_user_timeout (a black-holed shard is noticed), a bounded
+        # lock wait and idle transaction, no statement timeout.
+        self._limits = dataclasses.replace(REBALANCER_LIMITS, connect_timeout=connect_timeout)
+        self.conn = dedicated(shard, purpose, self._limits)
         self._lock_conn: Conn | None = None
-
-    def _connect(self) -> Conn:
-        # Keepalives and tcp_user_timeout (a black-holed shard is noticed); the session's
-        # own timeouts are set by configure_rebalancer_session.
-        kwargs = {k: v for k, v in connect_kwargs(SessionLimits()).items() if k != "options"}
-        kwargs["connect_timeout"] = self._connect_timeout
-        try:
-            conn = psycopg.connect(self.shard.dsn, autocommit=True, **kwargs)
-        except psycopg.ProgrammingError:
-            # Its text may quote the DSN, password included.
-            raise ConfigError(f"shard {self.name!r}: invalid DSN") from None
-        except psycopg.Error as exc:
-            raise ShardUnavailable(
-                self.name, scrub_dsns(first_line(exc), [self.shard.dsn])
-            ) from None
-        conn.execute(query("configure_rebalancer_session"))
-        return conn
 
     def close(self) -> None:
         for conn in (self.conn, self._lock_conn):
@@ -141,17 +129,12 @@ class ShardLink:
         self._lock_conn = None
 
     def check_identity(self, config: ClusterConfig) -> None:
-        identity = read_identity(self.conn)
-        if identity is None:
-            raise RebalanceError(
-                f"shard {self.name!r} has no shardflow identity; run `shardflow migrate` first"
-            )
-        check_identity(config, self.shard, identity)
+        check_identity(config, self.name, read_identity(self.conn))
 
     def try_lock(self) -> bool:
         """Take the rebalance lock of this shard (a session lock on its own connection)."""
         if self._lock_conn is None:
-            self._lock_conn = self._connect()
+            self._lock_conn = dedicated(self.shard, f"{self._purpose}-lock", self._limits)
         row = self._lock_conn.execute(query("rebalance_try_lock")).fetchone()
         return bool(row and row[0])
 
