@@ -10,8 +10,8 @@ import psycopg
 
 from shardflow.config.model import ClusterConfig
 from shardflow.errors import RebalanceError, ShardflowError
+from shardflow.rebalance.link import PlanRecord, ShardLink
 from shardflow.rebalance.live import LiveMap, Ownership, reconcile
-from shardflow.rebalance.mover import PlanRecord, ShardLink
 from shardflow.rebalance.planner import owners_from_ranges
 from shardflow.retry import first_line
 from shardflow.router.moves import SlotState
