@@ -38,10 +38,14 @@ def test_a_copy_whose_source_moved_the_workflow_elsewhere_is_not_the_workflow(
             # A stale copy on B claims to come from A under another move.
             row = links[c].conn.execute(query("status_rows"), {"ids": ["w-1"]}).fetchone()
             assert row is not None
-            staged = links[b].conn.execute(
-                query("stage_workflows"),
-                {"rows": f"[{row[0]}]", "move_id": str(uuid.uuid4()), "source": a},
-            ).fetchall()
+            staged = (
+                links[b]
+                .conn.execute(
+                    query("stage_workflows"),
+                    {"rows": f"[{row[0]}]", "move_id": str(uuid.uuid4()), "source": a},
+                )
+                .fetchall()
+            )
             assert staged == [("w-1",)]
 
             # The client: the copy is not the workflow; follow A's tombstone to C.
