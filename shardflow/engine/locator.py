@@ -26,6 +26,7 @@ from shardflow.engine.store import DedupConflict, Located, Store
 from shardflow.engine.topology import Topology
 from shardflow.errors import RoutingError, WorkflowConflict, WorkflowDeduplicated, WorkflowNotFound
 from shardflow.retry import idempotent
+from shardflow.router.moves import SourceRow, Verdict, copy_verdict
 from shardflow.router.router import Router
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,11 @@ class Locator:
                     candidates = [found.moved_to]
                 continue
             if found.status.state is WorkflowState.IMPORTING:
-                return self._staged(found, settle)
+                staged = self._staged(found, settle)
+                if not isinstance(staged, str):
+                    return staged
+                candidates = [staged]
+                continue
             return found.status
         raise WorkflowNotFound(workflow_id)
 
@@ -103,27 +108,27 @@ class Locator:
         owner = slot_map.owner(slot)
         return [source, owner] if source is not None and source != owner else [owner]
 
-    def _staged(self, copy: Located, settle: bool) -> WorkflowStatus:
-        """The status of a workflow found as a staged copy (a move in progress).
+    def _staged(self, copy: Located, settle: bool) -> WorkflowStatus | str:
+        """The status of a workflow found as a staged copy (a move in progress), or the
+        shard to look on next.
 
-        The source decides: its live row is the workflow if the move was not decided;
-        its tombstone of this very move means the copy is the workflow, with the state
-        it will have once activated. With ``settle`` the copy is activated now.
+        The source decides (:func:`~shardflow.router.moves.copy_verdict`): its live row
+        is the workflow if the move was not decided (a tombstone of another move points
+        to where the workflow went); its tombstone of this very move means the copy is
+        the workflow, reported with the state it has once activated. Activating it
+        (step 4, safe for anyone) is a write: only with ``settle``. Unsure: the copy's
+        own state.
         """
         status = copy.status
         source = self.store.locate(copy.moved_from, status.workflow_id) if copy.moved_from else None
-        if source is not None and source.status.state not in (
-            WorkflowState.MOVED,
-            WorkflowState.IMPORTING,
-        ):
-            return source.status
-        decided = (
-            source is not None
-            and source.status.state is WorkflowState.MOVED
-            and source.move_id is not None
-            and source.move_id == copy.move_id
-        )
-        if settle and decided and copy.move_id is not None:
+        row = None if source is None else SourceRow(source.status.state.value, source.move_id)
+        verdict = copy_verdict(copy.move_id, row)
+        if verdict is Verdict.DISCARD and source is not None and row is not None:
+            if row.is_live:
+                return source.status
+            if source.moved_to:
+                return source.moved_to  # a tombstone of another move: follow it
+        if settle and verdict is Verdict.ACTIVATE and copy.move_id is not None:
             self.store.finish_move(status.shard, status.workflow_id, copy.move_id)
             after = self.store.locate(status.shard, status.workflow_id)
             if after is not None and after.status.state is not WorkflowState.IMPORTING:

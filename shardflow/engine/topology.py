@@ -11,6 +11,7 @@ from shardflow.engine.store import Store
 from shardflow.errors import IdentityMismatch, RoutingError, ShardUnavailable
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap
+from shardflow.sql.identity import Identity, check_identity
 
 
 class Topology:
@@ -27,23 +28,8 @@ class Topology:
         """Refuse a shard whose recorded identity disagrees with the config."""
         if shard in self._checked:
             return
-        identity = self.store.identity(shard)
-        if identity is None:
-            raise IdentityMismatch(
-                f"shard {shard!r} has no shardflow schema; run `shardflow migrate` first"
-            )
-        cluster_name, shard_name, slots, seed = identity
-        for what, recorded, configured in (
-            ("cluster name", cluster_name, self.config.name),
-            ("shard name", shard_name, shard),
-            ("hash.slots", slots, self.config.hash.slots),
-            ("hash.seed", seed, self.config.hash.seed),
-        ):
-            if recorded != configured:
-                raise IdentityMismatch(
-                    f"shard {shard!r}: {what} is {configured!r} in the config but"
-                    f" {recorded!r} on the server"
-                )
+        found = self.store.identity(shard)
+        check_identity(self.config, shard, None if found is None else Identity(*found))
         with self._lock:
             self._checked.add(shard)
 
