@@ -24,7 +24,13 @@ from shardflow.engine.coverage import warn_unserved, why_waiting
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer, is_storable_text
 from shardflow.engine.states import RESUMABLE, WorkflowState
-from shardflow.engine.store import DedupConflict, Located, Store, TransientStoreError
+from shardflow.engine.store import (
+    NO_HOLDING,
+    DedupConflict,
+    Located,
+    Store,
+    TransientStoreError,
+)
 from shardflow.engine.typed import SubmitOptions, Submitter
 from shardflow.errors import (
     IdentityMismatch,
@@ -179,12 +185,11 @@ class Cluster(WaitsClient):
             raise IdentityMismatch(
                 f"shard {shard!r} has no shardflow schema; run `shardflow migrate` first"
             )
-        cluster_name, shard_name, slots, seed = identity
         for what, recorded, configured in (
-            ("cluster name", cluster_name, self.config.name),
-            ("shard name", shard_name, shard),
-            ("hash.slots", slots, self.config.hash.slots),
-            ("hash.seed", seed, self.config.hash.seed),
+            ("cluster name", identity.cluster_name, self.config.name),
+            ("shard name", identity.shard_name, shard),
+            ("hash.slots", identity.slots, self.config.hash.slots),
+            ("hash.seed", identity.hash_seed, self.config.hash.seed),
         ):
             if recorded != configured:
                 raise IdentityMismatch(
@@ -408,7 +413,7 @@ class Cluster(WaitsClient):
                     # slot (the target marks IMPORTING first), another client may create
                     # the same ID there, so such rows go to the source instead.
                     owned = self.store.slot_states(source, sorted({r.slot for r in group}))
-                    back = [r for r in group if owned.get(r.slot, ("", None))[0] == "OWNED"]
+                    back = [r for r in group if owned.get(r.slot, NO_HOLDING).state == "OWNED"]
                     for r in back:
                         redirects[r.workflow_id] = (source, None)
                     sent_back = {r.workflow_id for r in back}
@@ -430,7 +435,8 @@ class Cluster(WaitsClient):
                 again: list[NewWorkflow] = []
                 group_stale = False
                 for r in refused:
-                    state, peer = states.get(r.slot, ("", None))
+                    held = states.get(r.slot, NO_HOLDING)
+                    state, peer = held.state, held.peer
                     if state == "MIGRATING_OUT" and peer:
                         redirects[r.workflow_id] = (peer, shard)
                     elif state == "IMPORTING" and peer:
@@ -477,7 +483,7 @@ class Cluster(WaitsClient):
             if found is None:
                 missing.append(r)
                 continue
-            name, state, moved_to = found
+            name, state, moved_to = found.name, found.state, found.moved_to
             if name != r.name:
                 raise WorkflowConflict(
                     f"workflow id {r.workflow_id!r} exists with workflow {name!r}, not {r.name!r}"
@@ -527,9 +533,10 @@ class Cluster(WaitsClient):
                     break
             shard = candidates.pop(0)
             tried.add(shard)
-            found = self.store.locate(shard, workflow_id)
+            found = self.store.find_copy(shard, workflow_id)
             if found is None:
-                state, peer = self.store.slot_states(shard, [slot]).get(slot, ("", None))
+                held = self.store.slot_states(shard, [slot]).get(slot, NO_HOLDING)
+                state, peer = held.state, held.peer
                 if peer and state != "OWNED" and peer not in tried and peer not in candidates:
                     candidates.append(peer)
                 continue
@@ -557,7 +564,9 @@ class Cluster(WaitsClient):
         the move (activating the copy, step 4) is then safe for anyone, so this does it.
         """
         status = copy.status
-        source = self.store.locate(copy.moved_from, status.workflow_id) if copy.moved_from else None
+        source = (
+            self.store.find_copy(copy.moved_from, status.workflow_id) if copy.moved_from else None
+        )
         if source is not None and source.status.state not in (
             WorkflowState.MOVED,
             WorkflowState.IMPORTING,
@@ -571,7 +580,7 @@ class Cluster(WaitsClient):
         )
         if decided and copy.move_id is not None:
             self.store.finish_move(status.shard, status.workflow_id, copy.move_id)
-            after = self.store.locate(status.shard, status.workflow_id)
+            after = self.store.find_copy(status.shard, status.workflow_id)
             if after is not None and after.status.state is not WorkflowState.IMPORTING:
                 return after.status
         return dataclasses.replace(status, state=WorkflowState(copy.import_state or "ENQUEUED"))

@@ -15,7 +15,8 @@ import pytest
 
 import shardflow
 from shardflow import WorkflowState
-from shardflow.engine.batcher import ShardCommitter, StepWrite
+from shardflow.engine.batcher import ShardCommitter
+from shardflow.engine.store import StepWrite
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.runner import WorkflowRun
 from shardflow.errors import ValueRejected
@@ -74,7 +75,7 @@ def test_defect01_committer_fails_only_the_bad_write_and_keeps_running(
     (claim,) = cluster.store.claim_enqueued(
         "shard1", queue="default", names=["faults.two_args"], owner="t", lease_seconds=30, limit=1
     )
-    committer = ShardCommitter(cluster.pools, "shard1")
+    committer = ShardCommitter(cluster.store, "shard1")
     try:
         bad = StepWrite(wid, claim.attempt, 0, "s", "\ud800", None)
         with pytest.raises(ValueRejected):
