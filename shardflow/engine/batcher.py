@@ -97,6 +97,11 @@ class ShardCommitter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def queued(self) -> int:
+        """Writes waiting for the thread (not counting the batch it is writing now)."""
+        with self._cond:
+            return len(self._queue)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then end the thread; writes queued later are refused.
         Writes still queued after ``timeout`` (a shard that does not answer) fail with

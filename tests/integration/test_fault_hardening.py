@@ -16,9 +16,9 @@ import pytest
 import shardflow
 from shardflow import WorkflowState
 from shardflow.engine.batcher import ShardCommitter
-from shardflow.engine.store import StepWrite
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.runner import WorkflowRun
+from shardflow.engine.store import StepWrite
 from shardflow.errors import ValueRejected
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
@@ -116,7 +116,7 @@ def test_defect03_checkpoint_fence_locks_the_status_row(cluster: Cluster) -> Non
     zombie = psycopg.connect(_dsn(cluster, "shard2"))
     try:
         written = zombie.execute(query("commit_batch"), {"steps": steps, "finishes": "[]"})
-        assert written.fetchall() == [(wid, 0)]  # in flight, not yet committed
+        assert written.fetchall() == [(wid, 0, claim.attempt)]  # in flight, uncommitted
         stolen = cluster.store.claim_expired(
             "shard2", names=["faults.two_args"], queues=["default"], owner="thief",
             lease_seconds=30, limit=10, max_recoveries=10,
@@ -296,7 +296,7 @@ def test_defect15_lease_renewals_are_hot_updates(cluster: Cluster) -> None:
         "shard0", queue="default", names=["faults.two_args"], owner="w", lease_seconds=30, limit=10
     )
     assert len(claims) == 10
-    params = {"workflow_ids": ids, "owner": "w", "lease_seconds": 30}
+    params = {"workflow_ids": ids, "owner": "w", "lease_seconds": 30, "now": None}
     with psycopg.connect(_dsn(cluster, "shard0"), autocommit=True) as conn:
         conn.execute("SELECT pg_stat_force_next_flush()")
         before = _update_counts(conn)
@@ -335,7 +335,7 @@ def test_defect16_delayed_backlog_stays_out_of_the_claim_path(cluster: Cluster) 
         plan = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("claim_enqueued"),
             {"queue": "default", "names": ["faults.two_args"], "owner": "w",
-             "lease_seconds": 30, "limit": 32},
+             "lease_seconds": 30, "limit": 32, "now": None},
         ).fetchone()  # fmt: skip
         conn.rollback()
     assert plan is not None

@@ -55,15 +55,21 @@ class FinishWrite:
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     """What a batch wrote. A write missing here was fenced off (its run no longer owns
-    the workflow) or, for a step, lost to a record another run wrote first."""
+    the workflow) or, for a step, lost to a record another write made first."""
 
-    steps: frozenset[tuple[str, int]]
-    finished: frozenset[str]
+    # (workflow_id, step_no, attempt) of each step written.
+    steps: frozenset[tuple[str, int, int]]
+    # (workflow_id, attempt) of each final state written.
+    finished: frozenset[tuple[str, int]]
+    # Writes of the batch that repeated an earlier write's key: they lost to it.
+    repeated: frozenset[int] = frozenset()
 
     def written(self, write: StepWrite | FinishWrite) -> bool:
+        if id(write) in self.repeated:
+            return False
         if isinstance(write, StepWrite):
-            return (write.workflow_id, write.step_no) in self.steps
-        return write.workflow_id in self.finished
+            return (write.workflow_id, write.step_no, write.attempt) in self.steps
+        return (write.workflow_id, write.attempt) in self.finished
 
 
 def _batch_params(writes: Sequence[StepWrite | FinishWrite]) -> dict[str, str]:
@@ -108,15 +114,25 @@ def _batch_params(writes: Sequence[StepWrite | FinishWrite]) -> dict[str, str]:
 
 def write_in(conn: Conn, writes: Sequence[StepWrite | FinishWrite]) -> BatchResult:
     """Run the fenced write statement for ``writes`` on ``conn`` (inside the caller's
-    transaction, if it has one)."""
+    transaction, if it has one). Of several writes with one key (a step of one attempt,
+    a final state of one attempt) the first is sent and the others lose to it."""
+    unique: dict[tuple[str, int | None, int], StepWrite | FinishWrite] = {}
+    repeated: set[int] = set()
+    for w in writes:
+        key = (w.workflow_id, w.step_no if isinstance(w, StepWrite) else None, w.attempt)
+        if key in unique:
+            repeated.add(id(w))
+        else:
+            unique[key] = w
 
-    def make(*, workflow_id: str, step_no: int | None) -> tuple[str, int | None]:
-        return workflow_id, step_no
+    def make(*, workflow_id: str, step_no: int | None, attempt: int) -> tuple[str, int | None, int]:
+        return workflow_id, step_no, attempt
 
-    rows = fetch_all(conn, "commit_batch", _batch_params(writes), kwargs_row(make))
+    rows = fetch_all(conn, "commit_batch", _batch_params(list(unique.values())), kwargs_row(make))
     return BatchResult(
-        steps=frozenset((w, s) for w, s in rows if s is not None),
-        finished=frozenset(w for w, s in rows if s is None),
+        steps=frozenset((w, s, a) for w, s, a in rows if s is not None),
+        finished=frozenset((w, a) for w, s, a in rows if s is None),
+        repeated=frozenset(repeated),
     )
 
 

@@ -216,8 +216,10 @@ LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 -- name: commit_batch
 -- The one fenced write: many runs' step checkpoints and final states in one statement
 -- (one round trip, one commit), each fenced on its attempt. A single write is a batch of
--- one (shardflow/engine/store/steps.py). Rows missing from the result were
--- fenced off, or (steps) lost to a record written earlier.
+-- one (shardflow/engine/store/steps.py). Returns (workflow_id, step_no, attempt) of each
+-- step written and (workflow_id, NULL, attempt) of each final state written; a write
+-- missing from the result was fenced off, or (a step) lost to a record written earlier.
+-- The attempt tells apart two attempts' writes of one step in the same batch.
 --
 -- The fence locks what it reads. A checkpoint takes FOR SHARE on its workflow's status
 -- row: a claim (claim_expired, cancel, a move) updates that row, so it either waits for
@@ -244,7 +246,7 @@ WITH fence AS (
            attempt
     FROM fence
     ON CONFLICT (workflow_id, step_no) DO NOTHING
-    RETURNING workflow_id, step_no
+    RETURNING workflow_id, step_no, attempt
 ), finished AS (
     UPDATE shardflow.workflow_status AS w
     SET state = t.state, output = t.output, error = t.error, reason = t.reason,
@@ -253,8 +255,8 @@ WITH fence AS (
          AS t(workflow_id text, attempt integer, state text, output text, error jsonb,
               reason text)
     WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
-    RETURNING w.workflow_id
+    RETURNING w.workflow_id, w.attempt
 )
-SELECT workflow_id, step_no FROM steps
+SELECT workflow_id, step_no, attempt FROM steps
 UNION ALL
-SELECT workflow_id, NULL FROM finished
+SELECT workflow_id, NULL, attempt FROM finished
