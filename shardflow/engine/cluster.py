@@ -24,13 +24,7 @@ from shardflow.engine.coverage import warn_unserved, why_waiting
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer, is_storable_text
 from shardflow.engine.states import RESUMABLE, WorkflowState
-from shardflow.engine.store import (
-    NO_HOLDING,
-    DedupConflict,
-    Located,
-    Store,
-    TransientStoreError,
-)
+from shardflow.engine.store import NO_HOLDING, DedupConflict, Located, Store, TransientStoreError
 from shardflow.engine.typed import SubmitOptions, Submitter
 from shardflow.errors import (
     IdentityMismatch,
