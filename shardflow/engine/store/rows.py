@@ -18,16 +18,6 @@ from shardflow.engine.states import WorkflowState
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
-    """What a shard records about the cluster it belongs to (``cluster_identity``)."""
-
-    cluster_name: str
-    shard_name: str
-    slots: int
-    hash_seed: int
-
-
-@dataclass(frozen=True, slots=True)
 class SlotOwnership:
     """One ``slot_ownership`` row of a shard."""
 

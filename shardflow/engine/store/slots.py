@@ -13,7 +13,6 @@ from psycopg.rows import class_row, kwargs_row
 
 from shardflow.engine.store._conn import ShardAccess, fetch_all, fetch_one, returns_row, run
 from shardflow.engine.store.rows import (
-    Identity,
     Located,
     SlotHolding,
     SlotOwnership,
@@ -21,6 +20,7 @@ from shardflow.engine.store.rows import (
 )
 from shardflow.engine.store_errors import StoreError
 from shardflow.router.slotmap import SlotMap
+from shardflow.sql.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 class SlotQueries(ShardAccess):
     def identity(self, shard: str) -> Identity | None:
         """The shard's recorded identity; None if it was never migrated."""
+
+        def make(*, cluster_name: str, shard_name: str, slots: int, hash_seed: int) -> Identity:
+            return Identity(cluster_name, shard_name, slots, hash_seed)
+
         with self._conn(shard) as conn:
             try:
-                return fetch_one(conn, "get_identity", None, class_row(Identity))
+                return fetch_one(conn, "get_identity", None, kwargs_row(make))
             except psycopg.errors.UndefinedTable:
                 return None
 
