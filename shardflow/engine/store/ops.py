@@ -114,7 +114,7 @@ class OpsQueries(ShardAccess):
         """The retention leader's session on ``shard`` if this process can lead it now
         (a session-level advisory lock, held while the session lives); None if another
         process leads it. Raises :class:`ShardUnavailable`."""
-        conn = self.pools.connect(shard)
+        conn = self.pools.dedicated(shard, "retention")
         session = RetentionSession(shard, conn)
         try:
             led = session.try_lead()

@@ -237,7 +237,7 @@ class WorkflowQueries(ShardAccess):
         Uses a dedicated connection (LISTEN needs one). Yields ``("", "")`` every
         ``timeout`` seconds of silence so the caller can check ``stop``.
         """
-        conn = self.pools.connect(shard)
+        conn = self.pools.dedicated(shard, "listen")
         with conn:
             try:
                 conn.execute(query("listen"))
