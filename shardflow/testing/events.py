@@ -17,17 +17,23 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
-from shardflow.engine.worker import EventKind, Worker, WorkerEvent
+from shardflow.engine.worker import EventKind, WorkerEvent, WorkerEvents
 
 Predicate = Callable[[WorkerEvent], bool]
 Kinds = EventKind | tuple[EventKind, ...]
 
 
+class _HasEvents(Protocol):
+    @property
+    def events(self) -> WorkerEvents: ...
+
+
 class EventRecorder:
     """Records the events of ``worker`` (until :meth:`close`); tests wait on them."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: _HasEvents) -> None:
         self._cond = threading.Condition()
         self._events: list[WorkerEvent] = []
         self._unsubscribe = worker.events.subscribe(self._record)
