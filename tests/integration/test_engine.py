@@ -269,7 +269,7 @@ def test_a_late_finish_never_overwrites_cancelled(cluster: Cluster) -> None:
 
 def test_priority_order(cluster: Cluster) -> None:
     # One shard, one at a time, so order is observable.
-    wid = {p: [] for p in (0, 5, 10)}
+    wid: dict[int, list[str]] = {p: [] for p in (0, 5, 10)}
     i = 0
     while any(len(v) < 3 for v in wid.values()):
         candidate = f"prio-{i}"
@@ -415,7 +415,9 @@ def test_rate_limit_windows(cluster_factory: ClusterFactory) -> None:
             assert elapsed >= 2.0
             for shard in client.config.shard_names:
                 starts = sorted(
-                    s.started_at for s in client.list_workflows(limit=50).items if s.shard == shard
+                    s.started_at
+                    for s in client.list_workflows(limit=50).items
+                    if s.shard == shard and s.started_at is not None
                 )
                 assert len(starts) == 3
                 for a, b in itertools.pairwise(starts):
