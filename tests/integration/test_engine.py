@@ -52,6 +52,33 @@ def test_three_step_workflows_complete_once_on_every_shard(cluster: Cluster) -> 
     assert status.finished_at is not None and status.started_at is not None
 
 
+def test_worker_reports_each_claim_checkpoint_renewal_and_end(cluster: Cluster) -> None:
+    basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
+    handles = [cluster.submit(basic.three_steps, i) for i in range(6)]
+    gated = cluster.submit(basic.gated, "e")
+    worker = shardflow.Worker(cluster, app, concurrency=8, lease_seconds=3)
+    with EventRecorder(worker) as events, worker:
+        ends = events.wait_for(EventKind.FINISHED, count=6)
+        assert basic.CONTROL["started"].wait(20)
+        # A run in progress has its lease renewed (every lease / 3 seconds).
+        [renewed] = events.wait_for(EventKind.RENEWED, lambda e: e.workflow_id == gated.workflow_id)
+        assert (renewed.shard, renewed.attempt) == (gated.shard, 1)
+        basic.CONTROL["gate"].set()
+        assert gated.result(timeout=20) == "e"
+    ids = {h.workflow_id: h for h in handles}
+    assert {e.workflow_id for e in ends} == set(ids)
+    assert all(e.detail == "SUCCESS" and e.shard == ids[e.workflow_id].shard for e in ends)
+    claims = events.events(EventKind.CLAIMED, lambda e: e.workflow_id in ids)
+    assert sorted((e.workflow_id, e.detail, e.attempt) for e in claims) == sorted(
+        (wid, "new", 1) for wid in ids
+    )
+    committed = events.events(EventKind.COMMITTED)
+    for wid in ids:
+        steps = [(e.step_no, e.detail, e.attempt) for e in committed if e.workflow_id == wid]
+        assert steps == [(0, "add", 1), (1, "add", 1), (2, "add", 1)]
+    assert events.count((EventKind.INTERRUPTED, EventKind.SUSPENDED, EventKind.RELEASED)) == 0
+
+
 def test_steps_record_start_duration_and_attempt(cluster: Cluster) -> None:
     handle = cluster.submit(basic.step_then_sleep, 0.3)
     with shardflow.Worker(cluster, app, concurrency=2):
