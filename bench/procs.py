@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shardflow.retry import Backoff
-from shardflow.testing.processes import ChildProcess, ProcessFailed, child_env
+from shardflow.testing.processes import ChildProcess, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOG_TAIL = 40
@@ -72,7 +72,7 @@ class Runner:
     def wait_ready(self, timeout: float = 120) -> None:
         try:
             self.proc.wait_until(lambda: "READY" in self._lines(), timeout=timeout, what="ready")
-        except ProcessFailed as exc:
+        except AssertionError as exc:  # exited, or not ready in time
             if self.proc.poll() is None:
                 self.kill()
             raise RunnerFailed(f"runner {self.name}: {exc}") from None

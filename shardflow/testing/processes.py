@@ -4,7 +4,7 @@ shard, stop it gracefully, kill or freeze it.
 
 A child's output goes to a log file (or nowhere); the parent's handle on that file is
 closed at once, the child keeps its own. A child that exits early or does not get ready
-in time fails with the tail of its log (:class:`ProcessFailed`).
+in time fails like a test assertion (``AssertionError``), with the tail of its log.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from shardflow.engine.cluster import Cluster
 
 LOG_TAIL_LINES = 15
-
-
-class ProcessFailed(RuntimeError):
-    """A child process exited too early or did not get ready in time."""
 
 
 def child_env(
@@ -105,9 +101,9 @@ class ChildProcess(subprocess.Popen[bytes]):
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def fail(self, what: str) -> ProcessFailed:
+    def fail(self, what: str) -> AssertionError:
         where = f"; log {self.log_path}:\n{self.log_tail()}" if self.log_path else ""
-        return ProcessFailed(f"process {self.pid} ({' '.join(self.command[:4])}...) {what}{where}")
+        return AssertionError(f"process {self.pid} ({' '.join(self.command[:4])}...) {what}{where}")
 
     def wait_until(self, condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
         """Poll ``condition`` (with backoff) until it is truthy and return its value; fail
