@@ -26,7 +26,7 @@ from shardflow.demo.checks import wait_for_worker
 from shardflow.engine.store import EffectsLog
 from shardflow.local import LocalCluster, LocalServer
 from shardflow.local.cluster import DATABASE
-from shardflow.local.cluster import _create_database as create_database
+from shardflow.local.provision import create_database
 from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.rebalance import Progress as RebalanceProgress
 from shardflow.rebalance.status import gather_status
