@@ -13,25 +13,25 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import shardflow
-from shardflow.demo.app import EFFECTS_TABLE, STEPS, process_document
+from shardflow.demo.app import STEPS, process_document
 from shardflow.demo.checks import clean_up as _clean_up
 from shardflow.demo.checks import dead_worker, wait_for_workers
 from shardflow.demo.rebalance_act import run_rebalance_act
+from shardflow.engine.store import EffectsLog
 from shardflow.local import LocalCluster
+from shardflow.testing.processes import WorkerProcess, spawn_worker, stop_process
 
 
 @dataclass(slots=True)
@@ -57,32 +57,18 @@ def _demo_config(cluster_yaml: Path, lease_seconds: float) -> Path:
 
 def _start_worker(
     config: Path, index: int, concurrency: int, env: dict[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shardflow",
-                "--config",
-                str(config),
-                "--log-level",
-                "INFO",
-                "worker",
-                "--app",
-                "shardflow.demo.app:app",
-                "--concurrency",
-                str(concurrency),
-                "--worker-id",
-                f"demo-worker-{index}",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # Not the caller's folder: a `shardflow` folder there (a clone's, run from its
-            # parent) would shadow the installed package for `python -m shardflow`.
-            cwd=log.parent,
-        )
+) -> WorkerProcess:
+    return spawn_worker(
+        config,
+        "shardflow.demo.app:app",
+        worker_id=f"demo-worker-{index}",
+        concurrency=concurrency,
+        env=env,
+        log_path=log,
+        # Not the caller's folder: a `shardflow` folder there (a clone's, run from its
+        # parent) would shadow the installed package for `python -m shardflow`.
+        cwd=log.parent,
+    )
 
 
 def run_demo(
@@ -106,7 +92,7 @@ def run_demo(
     console.print(f"[bold]1.[/] Starting {shards} PostgreSQL shards under {workdir} ...")
     started = time.monotonic()
     config_path = _demo_config(local.up(shards=shards, name="demo"), lease_seconds)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[bytes]] = []  # WorkerProcess, and the 4th act's
     outcome: list[DemoResult] = []
 
     def ok_so_far() -> bool:
@@ -115,9 +101,7 @@ def run_demo(
     try:
         config = shardflow.load(config_path)
         effects_dsn = config.shards[0].dsn
-        with psycopg.connect(effects_dsn, autocommit=True) as conn:
-            conn.execute(EFFECTS_TABLE)
-            conn.execute("TRUNCATE demo_effects")
+        EffectsLog(effects_dsn).reset()
         env = dict(os.environ)
         env.update(SHARDFLOW_DEMO_EFFECTS_DSN=effects_dsn, SHARDFLOW_DEMO_STEP_MS=str(step_ms))
         console.print(
@@ -146,10 +130,7 @@ def run_demo(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 30)
         if keep:
             console.print(f"Cluster left running: shardflow --config {config_path} topology show")
         else:
@@ -243,11 +224,7 @@ def _verify(
 ) -> DemoResult:
     problems: list[str] = []
     counts = _counts(cluster)
-    with psycopg.connect(effects_dsn) as conn:
-        effects = conn.execute(
-            "SELECT workflow_id, step, count(*) FROM demo_effects GROUP BY 1, 2"
-        ).fetchall()
-    runs_per_step = {(str(r[0]), str(r[1])): int(r[2]) for r in effects}
+    runs_per_step = EffectsLog(effects_dsn).runs_per_step()
     recovered_by_shard: Counter[str] = Counter()
     steps_by_shard: Counter[str] = Counter()
     recovered_ids: set[str] = set()

@@ -29,6 +29,11 @@ class ActiveRun(Protocol):
     @property
     def attempt(self) -> int: ...
 
+    @property
+    def next_step(self) -> int:
+        """The position the next step call takes (a step's body sees its own + 1)."""
+        ...
+
     def run_step(self, name: str, retry: RetryPolicy, fn: Callable[[], T]) -> T:
         """Replay step ``name`` from its record, or run ``fn`` and record it."""
         ...

@@ -22,8 +22,8 @@ from typing import Protocol
 
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.records import WorkflowStatus
-from shardflow.engine.registrystore import WorkerRecord
 from shardflow.engine.store import Store
+from shardflow.engine.store.rows import WorkerRecord
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def unserved(
             log.debug("could not read the workers of %s: %s", shard, exc)
             failed.append(shard)
             continue
-        for name, queue, count in sorted(enqueued):
+        for name, queue, count in sorted((e.name, e.queue, e.count) for e in enqueued):
             reason = diagnose(name, queue, shard, workers, window)
             if reason is not None:
                 found.append(Unserved(shard, name, queue, count, reason))

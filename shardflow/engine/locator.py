@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import DedupConflict, Located, Store
+from shardflow.engine.store import NO_HOLDING, DedupConflict, Located, Store
 from shardflow.engine.topology import Topology
 from shardflow.errors import RoutingError, WorkflowConflict, WorkflowDeduplicated, WorkflowNotFound
 from shardflow.retry import idempotent
@@ -82,9 +82,10 @@ class Locator:
                     break
             shard = candidates.pop(0)
             tried.add(shard)
-            found = self.store.locate(shard, workflow_id)
+            found = self.store.find_copy(shard, workflow_id)
             if found is None:
-                state, peer = self.store.slot_states(shard, [slot]).get(slot, ("", None))
+                held = self.store.slot_states(shard, [slot]).get(slot, NO_HOLDING)
+                state, peer = held.state, held.peer
                 if peer and state != "OWNED" and peer not in tried and peer not in candidates:
                     candidates.append(peer)
                 continue
@@ -120,7 +121,9 @@ class Locator:
         own state.
         """
         status = copy.status
-        source = self.store.locate(copy.moved_from, status.workflow_id) if copy.moved_from else None
+        source = (
+            self.store.find_copy(copy.moved_from, status.workflow_id) if copy.moved_from else None
+        )
         row = None if source is None else SourceRow(source.status.state.value, source.move_id)
         verdict = copy_verdict(copy.move_id, row)
         if verdict is Verdict.DISCARD and source is not None and row is not None:
@@ -130,7 +133,7 @@ class Locator:
                 return source.moved_to  # a tombstone of another move: follow it
         if settle and verdict is Verdict.ACTIVATE and copy.move_id is not None:
             self.store.finish_move(status.shard, status.workflow_id, copy.move_id)
-            after = self.store.locate(status.shard, status.workflow_id)
+            after = self.store.find_copy(status.shard, status.workflow_id)
             if after is not None and after.status.state is not WorkflowState.IMPORTING:
                 return after.status
         return dataclasses.replace(status, state=WorkflowState(copy.import_state or "ENQUEUED"))
@@ -191,7 +194,7 @@ class Locator:
                     # slot (the target marks IMPORTING first), another client may create
                     # the same ID there, so such rows go to the source instead.
                     owned = self.store.slot_states(source, sorted({r.slot for r in group}))
-                    back = [r for r in group if owned.get(r.slot, ("", None))[0] == "OWNED"]
+                    back = [r for r in group if owned.get(r.slot, NO_HOLDING).state == "OWNED"]
                     for r in back:
                         redirects[r.workflow_id] = (source, None)
                     sent_back = {r.workflow_id for r in back}
@@ -213,7 +216,8 @@ class Locator:
                 again: list[NewWorkflow] = []
                 stale = wait = False
                 for r in refused:
-                    state, peer = states.get(r.slot, ("", None))
+                    held = states.get(r.slot, NO_HOLDING)
+                    state, peer = held.state, held.peer
                     if state == "IMPORTING" and not creates_while_importing:
                         redirects.pop(r.workflow_id, None)
                         wait = True
@@ -271,7 +275,7 @@ class Locator:
                 continue
             if not exists_ok:
                 raise WorkflowConflict(f"workflow id {r.workflow_id!r} exists already")
-            name, state, moved_to = found
+            name, state, moved_to = found.name, found.state, found.moved_to
             if name != r.name:
                 raise WorkflowConflict(
                     f"workflow id {r.workflow_id!r} exists with workflow {name!r}, not {r.name!r}"

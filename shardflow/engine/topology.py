@@ -11,7 +11,7 @@ from shardflow.engine.store import Store
 from shardflow.errors import IdentityMismatch, RoutingError, ShardUnavailable
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap
-from shardflow.sql.identity import Identity, check_identity
+from shardflow.sql.identity import check_identity
 
 
 class Topology:
@@ -28,8 +28,7 @@ class Topology:
         """Refuse a shard whose recorded identity disagrees with the config."""
         if shard in self._checked:
             return
-        found = self.store.identity(shard)
-        check_identity(self.config, shard, None if found is None else Identity(*found))
+        check_identity(self.config, shard, self.store.identity(shard))
         with self._lock:
             self._checked.add(shard)
 
