@@ -26,7 +26,7 @@ from shardflow.engine.store import NO_HOLDING, DedupConflict, Located, Store
 from shardflow.engine.topology import Topology
 from shardflow.errors import RoutingError, WorkflowConflict, WorkflowDeduplicated, WorkflowNotFound
 from shardflow.retry import idempotent
-from shardflow.router.moves import SourceRow, Verdict, copy_verdict
+from shardflow.router.moves import SlotState, SourceRow, Verdict, copy_verdict
 from shardflow.router.router import Router
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ class Locator:
             if found is None:
                 held = self.store.slot_states(shard, [slot]).get(slot, NO_HOLDING)
                 state, peer = held.state, held.peer
-                if peer and state != "OWNED" and peer not in tried and peer not in candidates:
+                moving = state != SlotState.OWNED
+                if peer and moving and peer not in tried and peer not in candidates:
                     candidates.append(peer)
                 continue
             if found.status.state is WorkflowState.MOVED:
@@ -194,7 +195,9 @@ class Locator:
                     # slot (the target marks IMPORTING first), another client may create
                     # the same ID there, so such rows go to the source instead.
                     owned = self.store.slot_states(source, sorted({r.slot for r in group}))
-                    back = [r for r in group if owned.get(r.slot, NO_HOLDING).state == "OWNED"]
+                    back = [
+                        r for r in group if owned.get(r.slot, NO_HOLDING).state == SlotState.OWNED
+                    ]
                     for r in back:
                         redirects[r.workflow_id] = (source, None)
                     sent_back = {r.workflow_id for r in back}
@@ -218,12 +221,12 @@ class Locator:
                 for r in refused:
                     held = states.get(r.slot, NO_HOLDING)
                     state, peer = held.state, held.peer
-                    if state == "IMPORTING" and not creates_while_importing:
+                    if state == SlotState.IMPORTING and not creates_while_importing:
                         redirects.pop(r.workflow_id, None)
                         wait = True
-                    elif state == "MIGRATING_OUT" and peer:
+                    elif state == SlotState.MIGRATING_OUT and peer:
                         redirects[r.workflow_id] = (peer, shard)
-                    elif state == "IMPORTING" and peer:
+                    elif state == SlotState.IMPORTING and peer:
                         redirects[r.workflow_id] = (shard, peer)
                     else:
                         redirects.pop(r.workflow_id, None)
