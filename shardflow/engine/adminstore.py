@@ -99,6 +99,20 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredStep:
+    """A recorded step with its output as stored (at most ``max_chars`` characters)."""
+
+    step_no: int
+    name: str
+    output: str | None
+    size: int
+    error: dict[str, Any] | None
+    started_at: datetime | None
+    duration_ms: float | None
+    attempt: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Cancelled:
     """One workflow a bulk cancel ended, with what the client must do after it."""
 
@@ -244,6 +258,17 @@ class AdminStore:
         with self._conn(shard) as conn:
             rows = conn.execute(query("admin_events"), params).fetchall()
         return [EventRecord(str(r[0]), str(r[1]), int(r[2]), r[3]) for r in rows]
+
+    def stored_steps(
+        self, shard: str, workflow_id: str, *, limit: int, max_chars: int
+    ) -> list[StoredStep]:
+        params = {"workflow_id": workflow_id, "limit": limit, "max_chars": max_chars}
+        with self._conn(shard) as conn:
+            rows = conn.execute(query("admin_steps"), params).fetchall()
+        return [
+            StoredStep(int(r[0]), str(r[1]), r[2], int(r[3] or 0), r[4], r[5], r[6], r[7])
+            for r in rows
+        ]
 
     def _status(self, shard: str, row: Sequence[Any]) -> WorkflowStatus:
         # Columns as in list_workflows (workflows.sql); row[16] (moved_to) is unused here.

@@ -150,3 +150,10 @@ ORDER BY seq LIMIT %(limit)s
 SELECT key, left(value, %(max_chars)s), length(value), updated_at
 FROM shardflow.events WHERE workflow_id = %(workflow_id)s
 ORDER BY key LIMIT %(limit)s
+
+-- name: admin_steps
+-- A workflow's steps with their stored output text (a claim-check reference stays one).
+SELECT step_no, name, left(output, %(max_chars)s), length(output), error, started_at,
+       duration_ms, attempt
+FROM shardflow.step_outputs WHERE workflow_id = %(workflow_id)s
+ORDER BY step_no LIMIT %(limit)s
