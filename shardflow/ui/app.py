@@ -49,6 +49,21 @@ DONE_MESSAGES = {
     "resumed": "Workflow resumed: it is queued again.",
     "forked": "Fork created: this is the new workflow.",
 }
+# Links are built from these and the mount point (``root_path``), not with url_for: in
+# an app mounted inside another, url_for would look names up in the outer app's routes.
+PATHS = {
+    "overview": "/",
+    "workflows": "/workflows",
+    "workflow": "/workflow",
+    "failures": "/failures",
+    "confirm": "/confirm",
+    "action": "/action",
+    "bulk": "/bulk",
+    "bulk_run": "/bulk",
+    "login_page": "/login",
+    "login": "/login",
+    "static": "/static",
+}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -91,15 +106,15 @@ def create_app(
         browser_id = request.cookies.get(security.CSRF_COOKIE) or security.new_browser_id()
         request.state.browser_id = browser_id
 
-        def url(name: str, **params: Any) -> str:
-            base = str(request.url_for(name).path)
+        def url(route: str, /, **params: Any) -> str:
+            base = _path(request, route)
             query = {k: v for k, v in params.items() if v is not None and v != ""}
             return base + ("?" + urlencode(query) if query else "")
 
         body = env.get_template(template).render(
             request=request,
             url=url,
-            static=lambda path: str(request.url_for("static", path=path).path),
+            static=lambda path: _path(request, "static") + "/" + path,
             csrf_field=security.CSRF_FIELD,
             csrf_token=security.csrf_token(key, browser_id),
             read_only=read_only,
@@ -210,9 +225,7 @@ def create_app(
             target, done = handle.workflow_id, "forked"
         else:
             raise _Refused(400, "Unknown action: choose cancel, resume or fork.")
-        location = (
-            str(request.url_for("workflow").path) + "?" + urlencode({"id": target, "done": done})
-        )
+        location = _path(request, "workflow") + "?" + urlencode({"id": target, "done": done})
         return RedirectResponse(location, status_code=303)
 
     def bulk_preview(request: Request) -> Response:
@@ -283,7 +296,7 @@ def create_app(
             raise _Refused(403, "Refused: missing or wrong CSRF token. Reload the page and retry.")
         if not auth.token_matches(form.get("token", "")):
             return await run_sync(lambda: render(request, "login.html", 401, failed=True))
-        response = RedirectResponse(str(request.url_for("overview").path), status_code=303)
+        response = RedirectResponse(_path(request, "overview"), status_code=303)
         response.set_cookie(
             security.AUTH_COOKIE,
             auth.cookie_value(key),
@@ -319,17 +332,17 @@ def create_app(
 
     static_dir = resources.files("shardflow.ui").joinpath("static")
     routes = [
-        Route("/", page(overview), name="overview"),
-        Route("/workflows", page(workflows), name="workflows"),
-        Route("/workflow", page(workflow), name="workflow"),
-        Route("/failures", page(failures_page), name="failures"),
-        Route("/confirm", page(confirm), name="confirm"),
-        Route("/action", page(action), methods=["POST"], name="action"),
-        Route("/bulk", page(bulk_preview), name="bulk"),
-        Route("/bulk", page(bulk_run), methods=["POST"], name="bulk_run"),
-        Route("/login", page(login_page), name="login_page"),
-        Route("/login", page(login), methods=["POST"], name="login"),
-        Mount("/static", StaticFiles(directory=str(static_dir)), name="static"),
+        Route(PATHS["overview"], page(overview)),
+        Route(PATHS["workflows"], page(workflows)),
+        Route(PATHS["workflow"], page(workflow)),
+        Route(PATHS["failures"], page(failures_page)),
+        Route(PATHS["confirm"], page(confirm)),
+        Route(PATHS["action"], page(action), methods=["POST"]),
+        Route(PATHS["bulk"], page(bulk_preview)),
+        Route(PATHS["bulk_run"], page(bulk_run), methods=["POST"]),
+        Route(PATHS["login_page"], page(login_page)),
+        Route(PATHS["login"], page(login), methods=["POST"]),
+        Mount(PATHS["static"], StaticFiles(directory=str(static_dir))),
     ]
     app = Starlette(routes=routes)
     app.state.cluster = cluster
@@ -427,6 +440,12 @@ async def run_sync(call: Any) -> Response:
 
 def _is_coroutine(endpoint: Any) -> bool:
     return inspect.iscoroutinefunction(endpoint)
+
+
+def _path(request: Request, route: str) -> str:
+    root: str = request.scope.get("root_path", "")
+    path = PATHS[route]
+    return root + path if root and path != "/" else (root + "/" if root else path)
 
 
 def _cookie_path(request: Request) -> str:
