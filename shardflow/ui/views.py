@@ -26,10 +26,11 @@ from shardflow.engine.blobs import BlobRef, is_reference
 from shardflow.engine.bulk import admin_store, list_workflows
 from shardflow.engine.cluster import Cluster, Page
 from shardflow.engine.filters import WorkflowFilter
-from shardflow.engine.metrics import ShardSnapshot, read_snapshot
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.registrystore import WorkerRecord
-from shardflow.errors import ShardflowError
+from shardflow.engine.store_errors import StoreError
+from shardflow.errors import ShardflowError, ShardUnavailable
+from shardflow.retry import with_retries
 from shardflow.router.slotmap import SlotMap
 
 T = TypeVar("T")
@@ -57,18 +58,11 @@ class ShardView:
     color: str
     problem: str | None = None
     info: ShardInfo | None = None
-    snapshot: ShardSnapshot | None = None
     workers: tuple[WorkerRecord, ...] = ()
 
     @property
     def reachable(self) -> bool:
         return self.problem is None
-
-    @property
-    def throughput_per_minute(self) -> int:
-        if self.snapshot is None:
-            return 0
-        return sum(self.snapshot.finished_recently.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +86,7 @@ class QueueView:
     concurrency: int | None
     worker_concurrency: int | None
     rate_limit: str | None
-    enqueued: int
+    ready: int
     running: int
 
 
@@ -118,7 +112,15 @@ class Overview:
     in_motion: int
     queues: list[QueueView]
     rebalance: RebalanceView | None
-    states: tuple[str, ...] = ("ENQUEUED", "RUNNING", "SUSPENDED", "SUCCESS", "ERROR", "DEAD")
+    states: tuple[str, ...] = (
+        "ENQUEUED",
+        "RUNNING",
+        "SUSPENDED",
+        "SUCCESS",
+        "ERROR",
+        "CANCELLED",
+        "DEAD",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,19 +160,17 @@ def overview(cluster: Cluster) -> Overview:
     store = admin_store(cluster)
 
     def read(shard: str) -> tuple[ShardView, LatestPlan | None]:
-        snapshot = read_snapshot(cluster, shard, recent_seconds=RECENT_SECONDS)
-        if not snapshot.reachable:
-            problem = scrub_dsns(snapshot.problem or "unreachable", dsns)
-            return ShardView(shard, colors[shard], problem=problem), None
         try:
-            info = store.shard_info(shard)
+            # A shard that does not answer is reported at once, not retried for long.
+            info = with_retries(lambda: store.shard_info(shard, RECENT_SECONDS), 1.0)
             workers: list[WorkerRecord] = []
             if cluster.store.has_worker_registry(shard):
                 workers = cluster.store.live_workers(shard, WORKERS_WITHIN_SECONDS)
             plan = store.latest_plan(shard)
-        except ShardflowError as exc:
-            return ShardView(shard, colors[shard], problem=scrub_dsns(_one_line(exc), dsns)), None
-        return ShardView(shard, colors[shard], None, info, snapshot, tuple(workers)), plan
+        except (ShardflowError, StoreError) as exc:
+            problem = exc.reason if isinstance(exc, ShardUnavailable) else _one_line(exc)
+            return ShardView(shard, colors[shard], problem=scrub_dsns(problem, dsns)), None
+        return ShardView(shard, colors[shard], None, info, tuple(workers)), plan
 
     read_all = _parallel(names, read)
     shards = [view for view, _ in read_all]
@@ -285,15 +285,7 @@ def _strip(slot_map: SlotMap, colors: dict[str, str]) -> list[StripRun]:
 def _queues(cluster: Cluster, shards: list[ShardView]) -> list[QueueView]:
     views = []
     for name, queue in sorted(cluster.config.queues.items()):
-        enqueued = running = 0
-        for shard in shards:
-            for depth in shard.snapshot.depths if shard.snapshot else ():
-                if depth.queue != name:
-                    continue
-                if depth.state == "ENQUEUED":
-                    enqueued += depth.workflows
-                elif depth.state == "RUNNING":
-                    running += depth.workflows
+        loads = [s.info.queues[name] for s in shards if s.info and name in s.info.queues]
         rate = queue.rate_limit
         views.append(
             QueueView(
@@ -301,8 +293,8 @@ def _queues(cluster: Cluster, shards: list[ShardView]) -> list[QueueView]:
                 queue.concurrency,
                 queue.worker_concurrency,
                 None if rate is None else f"{rate.limit} per {rate.period_seconds:g}s",
-                enqueued,
-                running,
+                sum(q.ready for q in loads),
+                sum(q.running for q in loads),
             )
         )
     return views

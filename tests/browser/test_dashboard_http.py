@@ -160,3 +160,16 @@ def test_cli_refuses_a_network_address_without_auth(
     assert "pass --auth token:VARIABLE" in capsys.readouterr().err
     assert main([*config, "ui", "--host", "0.0.0.0", "--auth", "token:NOT_SET_ANYWHERE"]) == 2
     assert "NOT_SET_ANYWHERE is not set" in capsys.readouterr().err
+
+
+def test_the_docs_mount_example(test_cluster: TestCluster) -> None:
+    # docs/dashboard.md's example, line for line (tests/unit/test_doc_examples.py).
+    config_path = str(test_cluster.path)
+    cluster = shardflow.connect(config_path)
+    app = Starlette(routes=[Mount("/ops/shardflow", app=create_app(cluster, read_only=True))])
+    try:
+        page = TestClient(app).get("/ops/shardflow/")
+        assert page.status_code == 200 and 'id="read-only"' in page.text
+        assert page.text.count('class="shard"') == 3
+    finally:
+        cluster.close()

@@ -104,15 +104,43 @@ WITH picked AS (
 SELECT workflow_id, pg_notify('shardflow_work', queue) FROM resumed
 
 -- name: admin_shard_info
--- The server's version, this shard's copy of the map epoch and the slots it owns.
+-- The server's version, this shard's copy of the map epoch, the slots it owns and the
+-- workflows that ended in the last %(seconds)s seconds (the finished_at index).
 SELECT current_setting('server_version'),
        (SELECT epoch FROM shardflow.slot_map),
-       (SELECT count(*) FROM shardflow.slot_ownership WHERE state = 'OWNED')
+       (SELECT count(*) FROM shardflow.slot_ownership WHERE state = 'OWNED'),
+       (SELECT count(*) FROM shardflow.workflow_status
+        WHERE finished_at > now() - make_interval(secs => %(seconds)s)
+          AND state IN ('SUCCESS', 'ERROR', 'CANCELLED', 'DEAD'))
 
--- name: admin_count_by_state
-SELECT state, count(*) FROM shardflow.workflow_status
-WHERE state NOT IN ('MOVED', 'IMPORTING')
-GROUP BY state
+-- name: admin_state_counts
+-- Exact counts of the given states, each read from the (state, created_at, workflow_id)
+-- index (0007), index-only where pages are all-visible. SUCCESS, usually most of the
+-- table, is left to admin_row_estimate: counting it exactly reads every row.
+SELECT s.state,
+       (SELECT count(*) FROM shardflow.workflow_status w WHERE w.state = s.state)
+FROM unnest(%(states)s::text[]) AS s(state)
+
+-- name: admin_row_estimate
+-- The planner's row count of workflow_status (kept by autovacuum and ANALYZE).
+SELECT greatest(reltuples, 0)::bigint FROM pg_class
+WHERE oid = to_regclass('shardflow.workflow_status')
+
+-- name: admin_queue_ready
+-- Per queue: ENQUEUED workflows that are ready to run and the age of the oldest, from
+-- the claim index (index-only); delayed ones are counted apart (admin_delayed).
+SELECT queue, count(*), extract(epoch FROM now() - min(created_at))::float8
+FROM shardflow.workflow_status
+WHERE state = 'ENQUEUED' AND wake_at IS NULL
+GROUP BY queue
+
+-- name: admin_delayed
+SELECT count(*) FROM shardflow.workflow_status WHERE state = 'ENQUEUED' AND wake_at IS NOT NULL
+
+-- name: admin_queue_running
+SELECT queue, count(*), count(*) FILTER (WHERE lease_expires_at < now())
+FROM shardflow.workflow_status WHERE state = 'RUNNING'
+GROUP BY queue
 
 -- name: admin_latest_plan
 SELECT plan_id, target, moves, created_at, finished_at, outcome
