@@ -35,6 +35,7 @@ from shardflow.router.slotmap import SlotMap
 
 T = TypeVar("T")
 
+MAX_ID_CHARS = 512  # the longest workflow ID (and ID prefix filter)
 VALUE_MAX_CHARS = 4000  # of a value shown on the workflow page; the rest is cut
 WORKERS_WITHIN_SECONDS = 120.0
 RECENT_SECONDS = 60.0
@@ -203,9 +204,13 @@ def workflow_view(cluster: Cluster, workflow_id: str) -> WorkflowView:
     children = list_workflows(
         cluster, WorkflowFilter(parent_id=workflow_id), limit=50, skip_unavailable=True
     )
-    # Forks are named "<source>:fork:<random>" unless the caller named them.
-    forks = list_workflows(
-        cluster, WorkflowFilter(id_prefix=f"{workflow_id}:fork:"), limit=50, skip_unavailable=True
+    # Forks are named "<source>:fork:<random>" unless the caller named them; an ID too
+    # long to have such forks has none to list.
+    prefix = f"{workflow_id}:fork:"
+    forks = (
+        list_workflows(cluster, WorkflowFilter(id_prefix=prefix), limit=50, skip_unavailable=True)
+        if len(prefix) <= MAX_ID_CHARS
+        else Page([], None)
     )
     forked_from = workflow_id.rsplit(":fork:", 1)[0] if ":fork:" in workflow_id else None
     error = status.error or {}

@@ -46,6 +46,13 @@ def test_hostile_id_is_escaped_and_url_encoded(cluster: Cluster) -> None:
     assert page.headers["referrer-policy"] == "no-referrer"
 
 
+def test_longest_workflow_id_has_a_page(cluster: Cluster) -> None:
+    longest = "L" * 512
+    cluster.submit("ui.pending", workflow_id=longest)
+    page = TestClient(create_app(cluster)).get("/workflow", params={"id": longest})
+    assert page.status_code == 200 and longest in page.text
+
+
 def test_no_dsn_or_password_in_any_page(cluster: Cluster, test_cluster: TestCluster) -> None:
     cluster.submit("ui.pending", workflow_id="w-1")
     client = TestClient(create_app(cluster))
