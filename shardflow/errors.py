@@ -1,12 +1,20 @@
 """Every exception shardflow raises on purpose.
 
-The tree::
+The tree (tests/unit/test_error_tree.py checks it against every exception class defined
+in the package, so a new class must be added here)::
 
     ShardflowError
     ├── ConfigError            bad YAML or values; carries the YAML path and line
     ├── IdentityMismatch       a shard's recorded cluster identity differs from the config
     ├── RoutingError           an ID cannot be routed (no owner, too many redirects)
     ├── ShardUnavailable       a shard cannot be reached now (retryable)
+    │   └── BlobStoreUnavailable   the blob store cannot be reached now (retryable)
+    ├── StoreError             a shard refused a statement (not a connectivity problem)
+    │   └── TransientStoreError    ... in a way worth retrying: deadlock, lock or statement
+    │                              timeout, serialization failure
+    ├── LeaseLost              a fenced write was refused: this run no longer owns the
+    │                          workflow (cancelled, finished, or claimed by another)
+    ├── DedupConflict          an insert met a dedup key held by an active workflow
     ├── MigrationError         a schema migration failed
     ├── RebalanceError         a rebalance cannot be planned or carried out as asked
     ├── EmbeddedServerError    a local PostgreSQL server (dev, demo, tests) failed
@@ -19,10 +27,23 @@ The tree::
     │   ├── WorkflowTimeout        waiting for a result timed out (the workflow goes on)
     │   ├── NonDeterminismError    replay reached another step than the one recorded
     │   └── UnknownWorkflow        no registered code for a workflow name
-    ├── SerializationError     a value cannot be serialized or deserialized
-    │   ├── PayloadTooLarge        a serialized value exceeds limits.max_payload_bytes
-    │   └── ValueRejected          the database refuses a value (NUL, invalid text, size)
-    └── LeaseLost              a worker lost its claim on a workflow (fenced write refused)
+    ├── StepFailed             a replayed step error whose type cannot be rebuilt
+    └── SerializationError     a value cannot be serialized or deserialized
+        ├── PayloadTooLarge        a serialized value exceeds limits.max_payload_bytes
+        ├── ValueRejected          the database refuses a value (NUL, invalid text, size)
+        └── BlobMissing            a referenced blob is gone or its content changed
+
+    Exception
+    └── CliError               how a command was called is wrong (exit status 2)
+
+    BaseException              control flow inside a run; never reaches a caller
+    ├── RunInterrupted         stop at the next step boundary (cancelled, fenced, stopping)
+    └── Suspend                park the run (durable sleep, wait for a message or child)
+
+Where the classes live: this module, except ``BlobStoreUnavailable`` and ``BlobMissing``
+(:mod:`shardflow.engine.blobs`), ``StepFailed`` (:mod:`shardflow.engine.serialization`),
+``CliError`` (:mod:`shardflow.cli.options`), ``RunInterrupted`` and ``Suspend``
+(:mod:`shardflow.engine.runner`). Private subclasses (a leading underscore) are not shown.
 
 Driver errors are wrapped at the storage boundary (``raise ... from exc``), so callers
 catch these classes, never psycopg's.
@@ -162,12 +183,35 @@ class ValueRejected(SerializationError):
     valid UTF-8 (a lone surrogate), a value over a server limit. Not retryable."""
 
 
+class StoreError(ShardflowError):
+    """A shard refused a statement for a reason other than connectivity (which is
+    :class:`ShardUnavailable`)."""
+
+
+class TransientStoreError(StoreError):
+    """A statement failed in a way worth retrying: deadlock, lock or statement timeout,
+    serialization failure. The shard itself is fine."""
+
+
 class LeaseLost(ShardflowError):
-    """A fenced write was refused: another worker owns the workflow now."""
+    """A fenced write was refused: this run no longer owns the workflow (cancelled,
+    finished, or claimed by another worker after its lease lapsed). ``state`` is the
+    workflow's state as found, None if its row was not found."""
+
+    def __init__(self, workflow_id: str, state: str | None) -> None:
+        self.workflow_id = workflow_id
+        self.state = state
+        super().__init__(f"workflow {workflow_id!r} is no longer ours (state {state})")
+
+
+class DedupConflict(ShardflowError):
+    """An insert met a dedup key already held by an active workflow of the queue (the
+    client reports it as :class:`WorkflowDeduplicated`)."""
 
 
 __all__ = [
     "ConfigError",
+    "DedupConflict",
     "EmbeddedServerError",
     "IdentityMismatch",
     "LeaseLost",
@@ -179,6 +223,8 @@ __all__ = [
     "SerializationError",
     "ShardUnavailable",
     "ShardflowError",
+    "StoreError",
+    "TransientStoreError",
     "UnknownWorkflow",
     "ValueRejected",
     "WorkflowCancelled",

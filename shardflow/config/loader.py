@@ -15,21 +15,13 @@ DSNs are secrets: no error message quotes one.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple, TypeVar
 
-import psycopg
 import yaml
-from psycopg.conninfo import conninfo_to_dict
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.resolver import Resolver
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from shardflow.config.cron import cron_problem
 from shardflow.config.model import (
@@ -49,28 +41,23 @@ from shardflow.config.model import (
     ShardState,
     WorkerConfig,
 )
+from shardflow.config.nodes import (
+    MAP,
+    MAX_MAPPING_WORK,
+    NULL,
+    SEQ,
+    Fields,
+    NameRule,
+    NodeReader,
+    describe,
+    expect,
+    node_error,
+    shorten,
+)
+from shardflow.config.redaction import dsn_problem
 from shardflow.errors import ConfigError
 
-__all__ = ["load", "parse"]
-
-_D = TypeVar("_D")
-_N = TypeVar("_N", bound=Node)
-
-_STR = "tag:yaml.org,2002:str"
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-_NULL = "tag:yaml.org,2002:null"
-_MAP = "tag:yaml.org,2002:map"
-_SEQ = "tag:yaml.org,2002:seq"
-_MERGE = "tag:yaml.org,2002:merge"
-_KINDS = {
-    _STR: "string",
-    _INT: "integer",
-    _FLOAT: "number",
-    _NULL: "null",
-    "tag:yaml.org,2002:bool": "boolean",
-    "tag:yaml.org,2002:timestamp": "date",
-}
+__all__ = ["MAX_MAPPING_WORK", "load", "parse"]
 
 _TOP_KEYS = (
     "name",
@@ -113,39 +100,16 @@ _RETENTION_DEFAULTS = RetentionConfig(keep_finished_days=7)
 _PAYLOADS_DEFAULTS = PayloadsConfig()
 
 
-class _NameRule(NamedTuple):
-    what: str
-    pattern: re.Pattern[str]
-    spelled: str
-
-    def problem(self, name: str) -> str | None:
-        if self.pattern.fullmatch(name):
-            return None
-        return f"invalid {self.what} {_shorten(name)!r}: use {self.spelled}"
-
-
-_CLUSTER_NAME = _NameRule(
+_CLUSTER_NAME = NameRule(
     "cluster name", re.compile(r"[A-Za-z0-9_.-]{1,63}"), "1-63 characters from A-Z a-z 0-9 _ . -"
 )
-_SHARD_NAME = _NameRule(
+_SHARD_NAME = NameRule(
     "shard name", re.compile(r"[A-Za-z0-9_-]{1,63}"), "1-63 characters from A-Z a-z 0-9 _ -"
 )
-_QUEUE_NAME = _NameRule(
+_QUEUE_NAME = NameRule(
     "queue name", re.compile(r"[A-Za-z0-9_.:-]{1,100}"), "1-100 characters from A-Z a-z 0-9 _ . : -"
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# `$${` (a literal), `${NAME}`, `${NAME:-default}`; a bare `${` is a malformed reference.
-_REFERENCE = re.compile(
-    r"\$\$\{|\$\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?"
-)
-MAX_MAPPING_WORK = 100_000
-"""Most mapping entries (own and merged through ``<<``) one document may make the loader
-look at. A real cluster file needs a few hundred; an alias "bomb" would need billions."""
-
-_IN_PROGRESS: Mapping[str, Node] = MappingProxyType({})
-"""Marks a merge source being read, to catch a mapping that merges itself."""
-_RESOLVER = Resolver()
-_CONSTRUCTOR = SafeConstructor()
 
 
 def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> ClusterConfig:
@@ -185,46 +149,14 @@ def parse(
     return _Walker(os.environ if env is None else env).cluster(root, source)
 
 
-@dataclass(frozen=True, slots=True)
-class _Fields:
-    """The entries of one YAML mapping, and where it is, for error messages."""
-
-    path: str
-    line: int | None
-    entries: dict[str, Node]
-
-    def path_of(self, key: str) -> str:
-        return _join(self.path, key)
-
-    def get(self, key: str) -> Node | None:
-        """The value under ``key``, or None if absent or null (both mean: the default)."""
-        node = self.entries.get(key)
-        return None if node is None or node.tag == _NULL else node
-
-    def require(self, key: str) -> Node:
-        if key not in self.entries:
-            raise ConfigError("missing required key", path=self.path_of(key), line=self.line)
-        return self.entries[key]
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return _error(self.entries[key], self.path_of(key), message)
-
-
-class _Walker:
+class _Walker(NodeReader):
     """Converts the composed YAML tree into the model, checking every node on the way."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-        # Merge sources already read, by node identity (the tree outlives the walk).
-        self._merged: dict[int, Mapping[str, Node]] = {}
-        self.work = 0
-        """Mapping entries looked at so far; bounded by :data:`MAX_MAPPING_WORK`."""
-
     def cluster(self, root: Node | None, source: str | None) -> ClusterConfig:
-        if root is None or root.tag == _NULL:
+        if root is None or root.tag == NULL:
             raise ConfigError("the file is empty; expected a mapping with 'name' and 'shards'")
-        if not isinstance(root, MappingNode) or root.tag != _MAP:
-            raise _error(root, "", f"expected a mapping at the top level, got {_describe(root)}")
+        if not isinstance(root, MappingNode) or root.tag != MAP:
+            raise node_error(root, "", f"expected a mapping at the top level, got {describe(root)}")
         top = self._mapping(root, "", _TOP_KEYS)
         limits = self._limits(top.get("limits"))
         name = self._name(top.require("name"), "name", _CLUSTER_NAME)
@@ -255,9 +187,9 @@ class _Walker:
         return HashConfig(slots=slots, seed=seed)
 
     def _shards(self, node: Node) -> tuple[ShardConfig, ...]:
-        shards = _expect(node, "shards", SequenceNode, (_SEQ,), "a list of shards")
+        shards = expect(node, "shards", SequenceNode, (SEQ,), "a list of shards")
         if not shards.value:
-            raise _error(node, "shards", "must list at least one shard")
+            raise node_error(node, "shards", "must list at least one shard")
         names: dict[str, str] = {}  # shard name -> path of the shard that has it
         dsns: dict[str, str] = {}  # DSN -> name of the shard that uses it
         return tuple(
@@ -285,30 +217,30 @@ class _Walker:
             pool=self._pool(fields.get("pool"), fields.path_of("pool")),
         )
 
-    def _dsn(self, fields: _Fields) -> tuple[str, str]:
+    def _dsn(self, fields: Fields) -> tuple[str, str]:
         """The shard's DSN and the key it came from (``dsn`` or ``dsn_env``)."""
         has_dsn, has_env = "dsn" in fields.entries, "dsn_env" in fields.entries
         if has_dsn and has_env:
             raise fields.error("dsn_env", "set either dsn or dsn_env, not both")
         if has_dsn:
             dsn = self._str(fields.entries["dsn"], fields.path_of("dsn"), secret=True)
-            if problem := _dsn_problem(dsn):
+            if problem := dsn_problem(dsn):
                 raise fields.error("dsn", f"DSN {problem}")
             return "dsn", dsn
         if has_env:
             variable = self._str(fields.entries["dsn_env"], fields.path_of("dsn_env"))
             if not _ENV_NAME.fullmatch(variable):
-                message = f"must be an environment variable name, got {_shorten(variable)!r}"
+                message = f"must be an environment variable name, got {shorten(variable)!r}"
                 raise fields.error("dsn_env", message)
             value = self._env.get(variable)
             if value is None:
                 raise fields.error("dsn_env", f"environment variable {variable} is not set")
-            if problem := _dsn_problem(value):
+            if problem := dsn_problem(value):
                 raise fields.error("dsn_env", f"the DSN in {variable} {problem}")
             return "dsn_env", value
         raise ConfigError("needs a dsn or a dsn_env key", path=fields.path, line=fields.line)
 
-    def _state(self, fields: _Fields) -> ShardState:
+    def _state(self, fields: Fields) -> ShardState:
         node = fields.get("state")
         if node is None:
             return ShardState.ACTIVE
@@ -317,7 +249,7 @@ class _Walker:
             return ShardState(text)
         except ValueError:
             allowed = ", ".join(state.value for state in ShardState)
-            message = f"must be one of {allowed}, got {_shorten(text)!r}"
+            message = f"must be one of {allowed}, got {shorten(text)!r}"
             raise fields.error("state", message) from None
 
     def _pool(self, node: Node | None, path: str) -> PoolConfig:
@@ -419,7 +351,7 @@ class _Walker:
 
     def _retention(self, node: Node | None) -> RetentionConfig | None:
         """Absent or null: finished workflows are kept for ever."""
-        if node is None or node.tag == _NULL:
+        if node is None or node.tag == NULL:
             return None
         fields = self._mapping(node, "retention", _RETENTION_KEYS)
         defaults = _RETENTION_DEFAULTS
@@ -458,7 +390,7 @@ class _Walker:
             kind = BlobStoreKind(text)
         except ValueError:
             allowed = ", ".join(k.value for k in BlobStoreKind)
-            message = f"must be one of {allowed}, got {_shorten(text)!r}"
+            message = f"must be one of {allowed}, got {shorten(text)!r}"
             raise fields.error("kind", message) from None
         own = _FILESYSTEM_KEYS if kind is BlobStoreKind.FILESYSTEM else _S3_KEYS
         for key in fields.entries:
@@ -484,240 +416,3 @@ class _Walker:
             endpoint_url=text_of("endpoint_url"),
             region=text_of("region"),
         )
-
-    # -- nodes ----------------------------------------------------------------------------
-
-    def _section(self, node: Node | None, path: str, keys: tuple[str, ...] | _NameRule) -> _Fields:
-        """An optional mapping: absent or null reads as empty (all defaults)."""
-        if node is None:
-            return _Fields(path, None, {})
-        return self._mapping(node, path, keys)
-
-    def _mapping(self, node: Node, path: str, keys: tuple[str, ...] | _NameRule) -> _Fields:
-        """The entries of a mapping node, refusing duplicate and unexpected keys.
-
-        ``keys`` is the fixed set of keys allowed, or the rule the keys follow when they
-        are names (queues). ``<<`` merge keys are honoured; explicit keys win.
-        """
-        mapping = _expect(node, path, MappingNode, (_MAP,), "a mapping")
-        entries: dict[str, Node] = {}
-        merged: dict[str, Node] = {}
-        lines: dict[str, int] = {}
-        for key_node, value_node in mapping.value:
-            if key_node.tag == _MERGE:
-                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
-                for source in sources:
-                    source_entries = self._merge_source(source, path, keys)
-                    self._count_work(len(source_entries), source, path)
-                    for key, value in source_entries.items():
-                        merged.setdefault(key, value)
-                continue
-            self._count_work(1, key_node, path)
-            if not isinstance(key_node, ScalarNode):
-                raise _error(key_node, path, "keys must be plain strings")
-            key = key_node.value
-            if key in lines:
-                message = f"duplicate key; first set on line {lines[key]}"
-                raise _error(key_node, _join(path, key), message)
-            _check_key(key_node, path, keys)
-            lines[key] = _line(key_node)
-            entries[key] = value_node
-        return _Fields(path, _line(node), merged | entries)
-
-    def _merge_source(
-        self, node: Node, path: str, keys: tuple[str, ...] | _NameRule
-    ) -> Mapping[str, Node]:
-        """The entries a ``<<`` merge takes from ``node``, each node read once.
-
-        An alias makes one node appear in many places; without this memo, a mapping that
-        merges two aliases of one that merges two aliases of ... costs 2**depth.
-        """
-        known = self._merged.get(id(node))
-        if known is _IN_PROGRESS:
-            raise _error(node, path, "a merge key (<<) includes the mapping that holds it")
-        if known is not None:
-            return known
-        self._merged[id(node)] = _IN_PROGRESS
-        entries = self._mapping(node, path, keys).entries
-        self._merged[id(node)] = entries
-        return entries
-
-    def _count_work(self, amount: int, node: Node, path: str) -> None:
-        self.work += amount
-        if self.work > MAX_MAPPING_WORK:
-            raise _error(
-                node,
-                path,
-                f"the document expands to more than {MAX_MAPPING_WORK} mapping entries"
-                " through aliases and merge keys (<<); write the values out instead",
-            )
-
-    def _name(self, node: Node, path: str, rule: _NameRule) -> str:
-        name = self._str(node, path)
-        if problem := rule.problem(name):
-            raise _error(node, path, problem)
-        return name
-
-    def _str(self, node: Node, path: str, *, secret: bool = False) -> str:
-        scalar = _expect(node, path, ScalarNode, (_STR,), "a string", secret=secret)
-        return self._interpolate(scalar, path)
-
-    def _int(self, node: Node, path: str, *, minimum: int = 1, maximum: int | None = None) -> int:
-        scalar = _expect(
-            self._substituted(node, path), path, ScalarNode, (_INT,), "an integer", shown=node
-        )
-        value = _CONSTRUCTOR.construct_yaml_int(scalar)
-        if value < minimum or (maximum is not None and value > maximum):
-            if maximum is not None:
-                bounds = f"between {minimum} and {maximum}"
-            else:
-                bounds = "> 0" if minimum == 1 else f">= {minimum}"
-            raise _error(node, path, f"must be {bounds}, got {value}")
-        return value
-
-    def _number(self, node: Node, path: str) -> float:
-        """A positive, finite number of seconds."""
-        scalar = _expect(
-            self._substituted(node, path), path, ScalarNode, (_INT, _FLOAT), "a number", shown=node
-        )
-        if scalar.tag == _INT:
-            value = float(_CONSTRUCTOR.construct_yaml_int(scalar))
-        else:
-            value = _CONSTRUCTOR.construct_yaml_float(scalar)
-        if not math.isfinite(value):
-            raise _error(node, path, "must be a finite number")
-        if value <= 0:
-            raise _error(node, path, f"must be > 0, got {value:g}")
-        return value
-
-    def _int_field(
-        self,
-        fields: _Fields,
-        key: str,
-        default: _D,
-        *,
-        minimum: int = 1,
-        maximum: int | None = None,
-    ) -> int | _D:
-        node = fields.get(key)
-        if node is None:
-            return default
-        return self._int(node, fields.path_of(key), minimum=minimum, maximum=maximum)
-
-    def _number_field(self, fields: _Fields, key: str, default: float) -> float:
-        node = fields.get(key)
-        return default if node is None else self._number(node, fields.path_of(key))
-
-    def _substituted(self, node: Node, path: str) -> Node:
-        """For a number field: ``${VAR}`` substituted, and the result read as a YAML scalar."""
-        if not isinstance(node, ScalarNode) or node.tag != _STR or "${" not in node.value:
-            return node
-        text = self._interpolate(node, path)
-        # (True, False): resolve as a plain scalar would be, e.g. "8" -> int.
-        tag: str = _RESOLVER.resolve(ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
-        return ScalarNode(tag, text, node.start_mark, node.end_mark)
-
-    def _interpolate(self, node: ScalarNode, path: str) -> str:
-        def substitute(match: re.Match[str]) -> str:
-            if match.group(0) == "$${":
-                return "${"
-            name, default = match.group("name", "default")
-            if name is None:
-                hint = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
-                raise _error(node, path, f"malformed ${{...}} reference; {hint}")
-            value = self._env.get(name)
-            if default is not None and not value:
-                return default
-            if value is None:
-                raise _error(node, path, f"environment variable {name} is not set")
-            return value
-
-        text: str = node.value
-        return _REFERENCE.sub(substitute, text) if "${" in text else text
-
-
-def _check_key(key_node: ScalarNode, path: str, keys: tuple[str, ...] | _NameRule) -> None:
-    key = key_node.value
-    if isinstance(keys, _NameRule):
-        if problem := keys.problem(key):
-            raise _error(key_node, path, problem)
-    elif key not in keys:
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(keys)}"
-        raise _error(key_node, _join(path, key), f"unknown key; {hint}")
-
-
-def _expect(
-    node: Node,
-    path: str,
-    kind: type[_N],
-    tags: tuple[str, ...],
-    expected: str,
-    *,
-    shown: Node | None = None,
-    secret: bool = False,
-) -> _N:
-    """``node`` if it is a ``kind`` tagged with one of ``tags``; else a ConfigError.
-
-    The message describes ``shown`` (the node as written, before substitution) so that it
-    quotes the file, never the environment; with ``secret`` it quotes nothing.
-    """
-    if isinstance(node, kind) and node.tag in tags:
-        return node
-    got = _describe(shown or node, secret=secret)
-    raise _error(node, path, f"must be {expected}, got {got}")
-
-
-def _describe(node: Node, *, secret: bool = False) -> str:
-    if isinstance(node, MappingNode) and node.tag == _MAP:
-        return "a mapping"
-    if isinstance(node, SequenceNode) and node.tag == _SEQ:
-        return "a list"
-    kind = _KINDS.get(node.tag) if isinstance(node, ScalarNode) else None
-    if kind is None:
-        return f"a value tagged {node.tag!r}"
-    if secret or node.tag == _NULL:
-        return kind
-    text = _shorten(node.value)
-    return f"{kind} {text!r}" if node.tag == _STR else f"{kind} {text}"
-
-
-def _dsn_problem(dsn: str) -> str | None:
-    """What is wrong with ``dsn``, worded without quoting it; None if libpq can parse it.
-
-    libpq's own parse errors quote the offending token (a password, often), so they are
-    replaced, never passed on.
-    """
-    if not dsn.strip():
-        return "is empty"
-    if "://" in dsn and dsn.split("://", 1)[0] not in ("postgresql", "postgres"):
-        return "must start with postgresql:// or postgres://"
-    try:
-        conninfo_to_dict(dsn)
-    except (psycopg.Error, ValueError):
-        if "://" in dsn:
-            return (
-                "is not a valid postgresql:// URL (percent-encode special characters in"
-                " the user name and password, e.g. % as %25)"
-            )
-        return (
-            "is not a valid key=value connection string (known libpq keywords only;"
-            " quote values with spaces in single quotes)"
-        )
-    return None
-
-
-def _error(node: Node, path: str, message: str) -> ConfigError:
-    return ConfigError(message, path=path, line=_line(node))
-
-
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _shorten(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

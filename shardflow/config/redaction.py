@@ -1,4 +1,5 @@
-"""Keeping DSN secrets out of output: :func:`redact_dsn` and :func:`scrub_dsns`.
+"""Keeping DSN secrets out of output: :func:`redact_dsn`, :func:`scrub_dsns`, and
+:func:`dsn_problem` (what is wrong with a DSN, said without quoting it).
 
 A secret is the value of every connection parameter whose name ends in ``password``
 (``password``, ``sslpassword``, and any such parameter a later libpq adds), wherever it
@@ -13,6 +14,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 MASK = "***"
@@ -100,3 +102,28 @@ def scrub_dsns(text: str, dsns: Iterable[str] = ()) -> str:
                 text = text.replace(secret, MASK)
     text = _URL_USERINFO.sub(rf"\g<head>{MASK}@", text)
     return _KEYWORD_SECRET.sub(rf"\g<key>{MASK}", text)
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """What is wrong with ``dsn``, worded without quoting it; None if libpq can parse it.
+
+    libpq's own parse errors quote the offending token (a password, often), so they are
+    replaced, never passed on.
+    """
+    if not dsn.strip():
+        return "is empty"
+    if "://" in dsn and dsn.split("://", 1)[0] not in ("postgresql", "postgres"):
+        return "must start with postgresql:// or postgres://"
+    try:
+        conninfo_to_dict(dsn)
+    except (psycopg.Error, ValueError):
+        if "://" in dsn:
+            return (
+                "is not a valid postgresql:// URL (percent-encode special characters in"
+                " the user name and password, e.g. % as %25)"
+            )
+        return (
+            "is not a valid key=value connection string (known libpq keywords only;"
+            " quote values with spaces in single quotes)"
+        )
+    return None

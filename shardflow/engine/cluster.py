@@ -42,9 +42,11 @@ from shardflow.errors import (
 )
 from shardflow.retry import budget, idempotent, with_retries
 from shardflow.router.hashing import Hasher
+from shardflow.router.moves import SourceRow, Verdict, copy_verdict
 from shardflow.router.pools import SessionLimits, ShardPools
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap, desired_map
+from shardflow.sql.identity import Identity, check_identity
 
 log = logging.getLogger(__name__)
 
@@ -176,23 +178,8 @@ class Cluster(WaitsClient):
         """Refuse a shard whose recorded identity disagrees with the config."""
         if shard in self._checked:
             return
-        identity = self.store.identity(shard)
-        if identity is None:
-            raise IdentityMismatch(
-                f"shard {shard!r} has no shardflow schema; run `shardflow migrate` first"
-            )
-        cluster_name, shard_name, slots, seed = identity
-        for what, recorded, configured in (
-            ("cluster name", cluster_name, self.config.name),
-            ("shard name", shard_name, shard),
-            ("hash.slots", slots, self.config.hash.slots),
-            ("hash.seed", seed, self.config.hash.seed),
-        ):
-            if recorded != configured:
-                raise IdentityMismatch(
-                    f"shard {shard!r}: {what} is {configured!r} in the config but"
-                    f" {recorded!r} on the server"
-                )
+        found = self.store.identity(shard)
+        check_identity(self.config, shard, None if found is None else Identity(*found))
         self._checked.add(shard)
 
     def refresh_topology(self) -> SlotMap:
@@ -540,7 +527,11 @@ class Cluster(WaitsClient):
                     candidates = [found.moved_to]
                 continue
             if found.status.state is WorkflowState.IMPORTING:
-                return self._staged(found)
+                staged = self._staged(found)
+                if not isinstance(staged, str):
+                    return staged
+                candidates = [staged]
+                continue
             return found.status
         raise WorkflowNotFound(workflow_id)
 
@@ -551,27 +542,26 @@ class Cluster(WaitsClient):
         owner = slot_map.owner(slot)
         return [source, owner] if source is not None and source != owner else [owner]
 
-    def _staged(self, copy: Located) -> WorkflowStatus:
-        """The status of a workflow found as a staged copy (a move in progress).
+    def _staged(self, copy: Located) -> WorkflowStatus | str:
+        """The status of a workflow found as a staged copy (a move in progress), or the
+        shard to look on next.
 
-        The source decides: its live row is the workflow if the move was not decided;
-        its tombstone of this very move means the copy is the workflow, and finishing
-        the move (activating the copy, step 4) is then safe for anyone, so this does it.
+        The source decides (:func:`~shardflow.router.moves.copy_verdict`): its live row
+        is the workflow if the move was not decided (a tombstone of another move points
+        to where the workflow went); its tombstone of this very move means the copy is
+        the workflow, and finishing the move (activating the copy, step 4) is then safe
+        for anyone, so this does it. Unsure: the copy's own state.
         """
         status = copy.status
         source = self.store.locate(copy.moved_from, status.workflow_id) if copy.moved_from else None
-        if source is not None and source.status.state not in (
-            WorkflowState.MOVED,
-            WorkflowState.IMPORTING,
-        ):
-            return source.status
-        decided = (
-            source is not None
-            and source.status.state is WorkflowState.MOVED
-            and source.move_id is not None
-            and source.move_id == copy.move_id
-        )
-        if decided and copy.move_id is not None:
+        row = None if source is None else SourceRow(source.status.state.value, source.move_id)
+        verdict = copy_verdict(copy.move_id, row)
+        if verdict is Verdict.DISCARD and source is not None and row is not None:
+            if row.is_live:
+                return source.status
+            if source.moved_to:
+                return source.moved_to  # a tombstone of another move: follow it
+        if verdict is Verdict.ACTIVATE and copy.move_id is not None:
             self.store.finish_move(status.shard, status.workflow_id, copy.move_id)
             after = self.store.locate(status.shard, status.workflow_id)
             if after is not None and after.status.state is not WorkflowState.IMPORTING:

@@ -19,7 +19,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardflow.engine.blobs import BLOB_MARKER, BlobMissing, BlobRef, BlobStore, open_blob_store
-from shardflow.errors import PayloadTooLarge, SerializationError, ValueRejected
+from shardflow.errors import PayloadTooLarge, SerializationError, ShardflowError, ValueRejected
 
 if TYPE_CHECKING:
     from shardflow.config.model import ClusterConfig
@@ -214,7 +214,7 @@ def _text_of(exc: BaseException) -> str:
         return f"<{type(exc).__name__}: str() failed>"
 
 
-class StepFailed(Exception):
+class StepFailed(ShardflowError):
     """A recorded step error replayed whose original exception type cannot be rebuilt."""
 
     def __init__(self, error: dict[str, Any]) -> None:

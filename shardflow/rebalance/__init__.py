@@ -2,7 +2,8 @@
 
 - :mod:`~shardflow.rebalance.planner`: desired topology vs. live map -> minimal plan (pure).
 - :mod:`~shardflow.rebalance.live`: slot-ownership rows -> live map and repairs (pure).
-- :mod:`~shardflow.rebalance.mover`: the per-workflow move protocol; all rebalance SQL.
+- :mod:`~shardflow.rebalance.mover`: the per-workflow move protocol and recovery (SQL).
+- :mod:`~shardflow.rebalance.link`: one shard as the rebalancer reaches it (SQL).
 - :mod:`~shardflow.rebalance.apply`: :class:`Rebalancer`, which carries a plan out.
 - :mod:`~shardflow.rebalance.status`: what is in motion, staged, tombstoned.
 

@@ -8,7 +8,9 @@ slots that hold only tombstones on their source (target OWNED, source drops the 
 epoch). A slot whose workflows are running stays split until they are idle.
 
 Every step is safe to cut short at any point: the next run reconciles ownership, resolves
-staged copies by the recovery rule and resumes the plan recorded on the shards.
+staged copies by the recovery rule and resumes the plan recorded on the shards. The slot
+transitions are :mod:`shardflow.rebalance.transitions`; moving workflows is
+:mod:`shardflow.rebalance.mover`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import psycopg
 
 from shardflow.config.model import ClusterConfig
 from shardflow.errors import RebalanceError
-from shardflow.rebalance.live import LiveMap, Repair, reconcile
+from shardflow.rebalance.live import LiveMap, reconcile
 from shardflow.rebalance.mover import (
     BATCH_BYTES,
     PAGE_BYTES,
@@ -34,7 +36,7 @@ from shardflow.rebalance.mover import (
     PlanRecord,
     Recovery,
     ShardLink,
-    move_batch,
+    move_slots,
     recover_staged,
 )
 from shardflow.rebalance.planner import (
@@ -52,6 +54,8 @@ from shardflow.rebalance.progress import (
     WaitHook,
     WaitNotices,
 )
+from shardflow.rebalance.transitions import SlotMotion
+from shardflow.retry import first_line
 from shardflow.router.slotmap import SlotMap
 
 log = logging.getLogger(__name__)
@@ -130,9 +134,6 @@ class Rebalancer:
         self.links: dict[str, ShardLink] = {}
         self._locked = False
         # The live state as this process drives it (loaded by run()).
-        self._owners: list[str] = []
-        self._migrating: dict[int, str] = {}
-        self._epoch = 0
 
     def __enter__(self) -> Rebalancer:
         self.connect()
@@ -229,13 +230,11 @@ class Rebalancer:
         options = options or ApplyOptions()
         started = time.monotonic()
         live = prepared.live
-        self._owners = list(live.owners)
-        self._migrating = dict(live.migrating)
-        self._epoch = live.epoch
+        motion = SlotMotion(self.links, live, self.on_step)
         result = ApplyResult(prepared.plan, prepared.resumed, complete=False)
         with self._driver_errors():
-            self._repair(live.repairs)
-            self._publish_if_stale()
+            motion.repair(live.repairs)
+            motion.publish_if_stale()
             for link in self.links.values():
                 result.recovered += recover_staged(link, self.links)
             if prepared.superseded is not None:
@@ -244,13 +243,13 @@ class Rebalancer:
             if prepared.has_work:
                 for link in self.links.values():
                     link.record_plan(prepared.record)
-            result.complete = self._drive(prepared, options, result, started)
+            result.complete = self._drive(motion, prepared, options, result, started)
             if result.complete and prepared.has_work:
                 for link in self.links.values():
                     link.finish_plan(prepared.record, "done")
             if result.complete:
                 result.purged = self.purge(options.tombstone_grace_seconds)
-        result.epoch = self._epoch
+        result.epoch = motion.epoch
         result.seconds = time.monotonic() - started
         return result
 
@@ -260,30 +259,53 @@ class Rebalancer:
             return sum(link.purge_tombstones(grace_seconds) for link in self.links.values())
 
     def _drive(
-        self, prepared: Prepared, options: ApplyOptions, result: ApplyResult, started: float
+        self,
+        motion: SlotMotion,
+        prepared: Prepared,
+        options: ApplyOptions,
+        result: ApplyResult,
+        started: float,
     ) -> bool:
         target = prepared.plan.target
         throttle = Throttle(options.rate)
         meter = RateMeter()
-        total = max(prepared.record.moves, self._unsettled(target))
-        left = self._workflows_left(target)
+        total = max(prepared.record.moves, motion.unsettled(target))
+        left = motion.workflows_left(target)
         waited_since: float | None = None
         while True:
-            began = self._start_wave(target, options.wave_slots)
+            began = motion.start_wave(target, options.wave_slots)
             if began:
-                left = self._workflows_left(target)
+                left = motion.workflows_left(target)
             moved = 0
-            for (source, dest), slots in self._pairs().items():
-                count = self._move_slots(source, dest, slots, options, throttle, meter)
+            for (source, dest), slots in motion.pairs().items():
+                count = move_slots(
+                    self.links[source],
+                    self.links[dest],
+                    self.links,
+                    slots,
+                    _batch_size(options),
+                    self.on_step,
+                    max_bytes=options.batch_bytes,
+                    page_bytes=options.page_bytes,
+                    on_moved=lambda n: _paced(n, meter, throttle),
+                )
                 moved += count
                 result.moved += count
                 self._report(
-                    "moving", total, target, result.moved, left - result.moved, 0, meter, started
+                    motion,
+                    "moving",
+                    total,
+                    target,
+                    result.moved,
+                    left - result.moved,
+                    0,
+                    meter,
+                    started,
                 )
-            settled, running = self._finalize()
+            settled, running = motion.finalize()
             result.slots_settled += settled
-            if not self._migrating and self._unsettled(target) == 0:
-                self._report("done", total, target, result.moved, 0, 0, meter, started)
+            if not motion.migrating and motion.unsettled(target) == 0:
+                self._report(motion, "done", total, target, result.moved, 0, 0, meter, started)
                 return True
             if began or moved or settled:
                 waited_since = None
@@ -292,160 +314,18 @@ class Rebalancer:
             # Only rows that are running (or briefly locked by someone) hold the rest.
             now = time.monotonic()
             waited_since = waited_since or now
-            self._report("waiting", total, target, result.moved, running, running, meter, started)
+            self._report(
+                motion, "waiting", total, target, result.moved, running, running, meter, started
+            )
             self.waits.waiting(
                 f"{running} running workflow(s) to become idle"
-                f" ({len(self._migrating)} slot(s) in motion)"
+                f" ({len(motion.migrating)} slot(s) in motion)"
             )
             limit = options.wait_running_seconds
             if limit is not None and now - waited_since >= limit:
                 self.waits.done()
                 return False
             time.sleep(options.poll_seconds)
-
-    def _move_slots(
-        self,
-        source: str,
-        dest: str,
-        slots: list[int],
-        options: ApplyOptions,
-        throttle: Throttle,
-        meter: RateMeter,
-    ) -> int:
-        """Move the idle workflows of ``slots`` in batches until none is left idle.
-
-        A locked row the target refuses has a staged copy there already (an earlier run
-        died after step 2 or 3): the recovery rule resolves it, or, if its source row is
-        busy right now, it is left for a later pass. A refused row that is live on the
-        target would be a duplicate, which no protocol step produces: that stops the run.
-        """
-        moved = 0
-        later: set[str] = set()
-        while True:
-            batch = options.batch
-            if options.rate is not None:
-                batch = max(1, min(batch, int(options.rate)))
-            outcome = move_batch(
-                self.links[source],
-                self.links[dest],
-                slots,
-                batch,
-                self.on_step,
-                later,
-                max_bytes=options.batch_bytes,
-                page_bytes=options.page_bytes,
-            )
-            moved += outcome.moved
-            meter.add(outcome.moved)
-            throttle.pace(outcome.moved)
-            if outcome.refused:
-                states = self.links[dest].states_of(outcome.refused)
-                live = sorted(w for w, state in states.items() if state != "IMPORTING")
-                if live:
-                    raise RebalanceError(
-                        f"workflow {live[0]!r} is live on both {source} and {dest}; it"
-                        " cannot move until an operator resolves the duplicate"
-                    )
-                recover_staged(self.links[dest], self.links, slots)
-                still = self.links[dest].states_of(outcome.refused)
-                later.update(w for w, state in still.items() if state == "IMPORTING")
-                continue
-            if outcome.moved + outcome.deferred < batch:
-                return moved
-
-    def _start_wave(self, target: tuple[str, ...], wave_slots: int) -> int:
-        """Put up to ``wave_slots - in motion`` pending slots in motion (step 0)."""
-        room = wave_slots - len(self._migrating)
-        if room <= 0:
-            return 0
-        chosen = [
-            slot
-            for slot in range(self.slots)
-            if self._owners[slot] != target[slot] and slot not in self._migrating
-        ][:room]
-        if not chosen:
-            return 0
-        epoch = self._epoch + 1
-        pairs: dict[tuple[str, str], list[int]] = {}
-        for slot in chosen:
-            pairs.setdefault((self._owners[slot], target[slot]), []).append(slot)
-        for (source, dest), slots in pairs.items():
-            _expect(self.links[dest].mark_importing(slots, source, epoch), slots, dest, "import")
-            self._hook(MoveStep.IMPORTING_MARKED)
-            marked = self.links[source].mark_migrating_out(slots, dest, epoch)
-            _expect(marked, slots, source, "migrate out")
-            for slot in slots:
-                self._owners[slot] = dest
-                self._migrating[slot] = source
-            log.info("slots in motion %s -> %s: %d", source, dest, len(slots))
-        self._publish(epoch)
-        return len(chosen)
-
-    def _finalize(self) -> tuple[int, int]:
-        """Settle the slots in motion whose source holds only tombstones. Returns
-        ``(slots settled, workflows still running in slots in motion)``."""
-        epoch = self._epoch + 1
-        settled = 0
-        running = 0
-        for (source, dest), slots in self._pairs().items():
-            live = self.links[source].live_rows_by_slot(slots)
-            running += sum(r for _, r in live.values())
-            empty = [slot for slot in slots if slot not in live]
-            if not empty:
-                continue
-            if self.links[dest].staged_slots(empty):
-                recover_staged(self.links[dest], self.links, empty)
-            staged = self.links[dest].staged_slots(empty)
-            ready = [slot for slot in empty if slot not in staged]
-            if not ready:
-                continue
-            _expect(self.links[dest].mark_owned(ready, epoch), ready, dest, "own")
-            self._hook(MoveStep.OWNED_MARKED)
-            _expect(self.links[source].drop_migrated(ready), ready, source, "drop")
-            for slot in ready:
-                del self._migrating[slot]
-            settled += len(ready)
-            log.info("slots settled %s -> %s: %d", source, dest, len(ready))
-        if settled:
-            self._publish(epoch)
-        return settled, running
-
-    def _repair(self, repairs: tuple[Repair, ...]) -> None:
-        """Finish the slot transitions a killed run left half done."""
-        if not repairs:
-            return
-        epoch = self._epoch + 1
-        groups: dict[tuple[str, str, str], list[int]] = {}
-        for repair in repairs:
-            groups.setdefault((repair.kind, repair.source, repair.target), []).append(repair.slot)
-        for (kind, source, dest), slots in groups.items():
-            link = self.links[source]
-            if kind == "start":
-                _expect(link.mark_migrating_out(slots, dest, epoch), slots, source, "migrate out")
-            else:
-                _expect(link.drop_migrated(slots), slots, source, "drop")
-            log.info("repaired %d half-done %s(s) %s -> %s", len(slots), kind, source, dest)
-        self._publish(epoch)
-
-    def _publish_if_stale(self) -> None:
-        for link in self.links.values():
-            copy = link.slot_map(self.slots)
-            if (
-                copy is None
-                or copy.epoch != self._epoch
-                or list(copy.owners) != self._owners
-                or dict(copy.migrating) != self._migrating
-            ):
-                self._publish(self._epoch + 1)
-                return
-
-    def _publish(self, epoch: int) -> None:
-        """Write the map at ``epoch`` to every shard's copy (routers adopt the newest)."""
-        self._epoch = max(self._epoch, epoch)
-        slot_map = SlotMap(self._epoch, tuple(self._owners), dict(self._migrating))
-        for link in self.links.values():
-            link.publish_map(slot_map)
-        self._hook(MoveStep.PUBLISHED)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -472,35 +352,9 @@ class Rebalancer:
         self.waits.done()
         self._locked = True
 
-    def _pairs(self) -> dict[tuple[str, str], list[int]]:
-        out: dict[tuple[str, str], list[int]] = {}
-        for slot in sorted(self._migrating):
-            out.setdefault((self._migrating[slot], self._owners[slot]), []).append(slot)
-        return out
-
-    def _unsettled(self, target: tuple[str, ...]) -> int:
-        return sum(
-            1
-            for slot in range(self.slots)
-            if self._owners[slot] != target[slot] or slot in self._migrating
-        )
-
-    def _workflows_left(self, target: tuple[str, ...]) -> int:
-        """Live workflows in slots still to move, on the shards holding them now."""
-        holding: dict[str, list[int]] = {}
-        for slot in range(self.slots):
-            source = self._migrating.get(slot)
-            if source is not None:
-                holding.setdefault(source, []).append(slot)
-            elif self._owners[slot] != target[slot]:
-                holding.setdefault(self._owners[slot], []).append(slot)
-        return sum(
-            sum(self.links[shard].workflows_in_slots(slots).values())
-            for shard, slots in holding.items()
-        )
-
     def _report(
         self,
+        motion: SlotMotion,
         phase: str,
         total: int,
         target: tuple[str, ...],
@@ -515,10 +369,10 @@ class Rebalancer:
         self.on_progress(
             Progress(
                 phase=phase,
-                epoch=self._epoch,
+                epoch=motion.epoch,
                 slots_total=total,
-                slots_done=max(total - self._unsettled(target), 0),
-                slots_in_motion=len(self._migrating),
+                slots_done=max(total - motion.unsettled(target), 0),
+                slots_in_motion=len(motion.migrating),
                 workflows_moved=moved,
                 workflows_left=max(left, running, 0),
                 waiting_running=running,
@@ -536,17 +390,19 @@ class Rebalancer:
         try:
             yield
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()
             raise RebalanceError(
-                f"a shard failed mid-rebalance ({first[0] if first else type(exc).__name__});"
+                f"a shard failed mid-rebalance ({first_line(exc)});"
                 " nothing is lost: run `shardflow rebalance apply` again to resume"
             ) from exc
 
 
-def _expect(done: set[int], wanted: list[int], shard: str, what: str) -> None:
-    missing = sorted(set(wanted) - done)
-    if missing:
-        raise RebalanceError(
-            f"shard {shard!r} could not {what} slot {missing[0]} (and {len(missing) - 1}"
-            " more): its ownership changed under the rebalancer; run apply again"
-        )
+def _batch_size(options: ApplyOptions) -> int:
+    """Workflows per transaction pair: ``batch``, and at most a second's worth at ``rate``."""
+    if options.rate is None:
+        return options.batch
+    return max(1, min(options.batch, int(options.rate)))
+
+
+def _paced(moved: int, meter: RateMeter, throttle: Throttle) -> None:
+    meter.add(moved)
+    throttle.pace(moved)

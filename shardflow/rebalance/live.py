@@ -23,11 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shardflow.errors import RebalanceError
+from shardflow.router.moves import SlotState
 from shardflow.router.slotmap import SlotMap
-
-OWNED = "OWNED"
-IMPORTING = "IMPORTING"
-MIGRATING_OUT = "MIGRATING_OUT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +33,7 @@ class Ownership:
 
     shard: str
     slot: int
-    state: str
+    state: SlotState
     peer: str | None
     epoch: int
 
@@ -105,9 +102,9 @@ def _read_slot(slot: int, rows: list[Ownership]) -> tuple[str, str | None, Repai
     states = {row.state: row for row in rows}
     if len(states) != len(rows):
         raise _inconsistent(slot, rows)
-    owned = states.get(OWNED)
-    importing = states.get(IMPORTING)
-    leaving = states.get(MIGRATING_OUT)
+    owned = states.get(SlotState.OWNED)
+    importing = states.get(SlotState.IMPORTING)
+    leaving = states.get(SlotState.MIGRATING_OUT)
     if owned and not importing and not leaving:
         return owned.shard, None, None
     if (

@@ -1,4 +1,4 @@
-"""The rebalancer's storage boundary: slot transitions and the per-workflow move protocol.
+"""The per-workflow move protocol, run over two :class:`ShardLink` s.
 
 Moving a batch of idle workflows of some slots from shard A to shard B (design guide §5,
 docs/rebalancing.md has the crash table)::
@@ -11,8 +11,10 @@ docs/rebalancing.md has the crash table)::
 
 Recovery for a staged copy on B looks at A's row: a tombstone of the same move ->
 activate; a live row -> discard the copy; no row, or a row someone holds right now ->
-leave it (never delete data when unsure; never wait on a workflow's row lock). Every
-SQL statement the rebalancer runs is here, as a named query.
+leave it (never delete data when unsure; never wait on a workflow's row lock): the rule
+is :func:`shardflow.router.moves.copy_verdict`. Every SQL statement the rebalancer runs is
+here or in :mod:`shardflow.rebalance.link` (slot ownership, the map copy, plans, counts),
+as a named query.
 """
 
 from __future__ import annotations
@@ -20,28 +22,32 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from shardflow.config.model import ClusterConfig, ShardConfig
-from shardflow.config.redaction import scrub_dsns
-from shardflow.errors import ConfigError, RebalanceError, ShardUnavailable
-from shardflow.rebalance.live import Ownership
-from shardflow.retry import first_line
-from shardflow.router.pools import SessionLimits, connect_kwargs
-from shardflow.router.slotmap import SlotMap
+from shardflow.errors import RebalanceError
+from shardflow.rebalance.link import Conn, PlanRecord, ShardLink
+from shardflow.router.moves import STAGED, SourceRow, Verdict, copy_verdict
 from shardflow.sql import query
-from shardflow.sql.migrator import check_identity, read_identity
 
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[tuple[Any, ...]]
+__all__ = [  # PlanRecord and ShardLink: where they were before rebalance.link
+    "BATCH_BYTES",
+    "PAGE_BYTES",
+    "BatchOutcome",
+    "MoveStep",
+    "PlanRecord",
+    "Recovery",
+    "ShardLink",
+    "StepHook",
+    "activate",
+    "move_batch",
+    "move_slots",
+    "recover_staged",
+]
 
 
 class MoveStep(str, enum.Enum):
@@ -63,19 +69,6 @@ StepHook = Callable[[MoveStep], None]
 # about PAGE_BYTES, one staging statement each (see move_batch).
 BATCH_BYTES = 64 * 1024 * 1024
 PAGE_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class PlanRecord:
-    """A plan as recorded on the shards (``rebalance_plans``)."""
-
-    plan_id: str
-    base_epoch: int
-    target: list[list[int | str]]
-    moves: int
-    created_at: datetime
-    finished_at: datetime | None = None
-    outcome: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,154 +96,6 @@ class Recovery:
         self.discarded += other.discarded
         self.unresolved += other.unresolved
         return self
-
-
-class ShardLink:
-    """One shard as the rebalancer uses it: a connection for its work, and (after
-    :meth:`try_lock`) a second one that holds the cluster-wide rebalance lock."""
-
-    def __init__(self, shard: ShardConfig, *, connect_timeout: int = 10) -> None:
-        self.shard = shard
-        self.name = shard.name
-        self._connect_timeout = connect_timeout
-        self.conn = self._connect()
-        self._lock_conn: Conn | None = None
-
-    def _connect(self) -> Conn:
-        # Keepalives and tcp_user_timeout (a black-holed shard is noticed); the session's
-        # own timeouts are set by configure_rebalancer_session.
-        kwargs = {k: v for k, v in connect_kwargs(SessionLimits()).items() if k != "options"}
-        kwargs["connect_timeout"] = self._connect_timeout
-        try:
-            conn = psycopg.connect(self.shard.dsn, autocommit=True, **kwargs)
-        except psycopg.ProgrammingError:
-            # Its text may quote the DSN, password included.
-            raise ConfigError(f"shard {self.name!r}: invalid DSN") from None
-        except psycopg.Error as exc:
-            raise ShardUnavailable(
-                self.name, scrub_dsns(first_line(exc), [self.shard.dsn])
-            ) from None
-        conn.execute(query("configure_rebalancer_session"))
-        return conn
-
-    def close(self) -> None:
-        for conn in (self.conn, self._lock_conn):
-            if conn is not None:
-                conn.close()
-        self._lock_conn = None
-
-    def check_identity(self, config: ClusterConfig) -> None:
-        identity = read_identity(self.conn)
-        if identity is None:
-            raise RebalanceError(
-                f"shard {self.name!r} has no shardflow identity; run `shardflow migrate` first"
-            )
-        check_identity(config, self.shard, identity)
-
-    def try_lock(self) -> bool:
-        """Take the rebalance lock of this shard (a session lock on its own connection)."""
-        if self._lock_conn is None:
-            self._lock_conn = self._connect()
-        row = self._lock_conn.execute(query("rebalance_try_lock")).fetchone()
-        return bool(row and row[0])
-
-    # -- ownership and the map copy ---------------------------------------------------------
-
-    def ownership(self) -> list[Ownership]:
-        rows = self.conn.execute(query("slot_ownership")).fetchall()
-        return [Ownership(self.name, int(r[0]), str(r[1]), r[2], int(r[3])) for r in rows]
-
-    def slot_map(self, slots: int) -> SlotMap | None:
-        row = self.conn.execute(query("get_slot_map_full")).fetchone()
-        if row is None:
-            return None
-        return SlotMap.from_ranges(int(row[0]), row[1], slots, migrating=row[2])
-
-    def publish_map(self, slot_map: SlotMap) -> None:
-        self.conn.execute(
-            query("put_slot_map_full"),
-            {
-                "epoch": slot_map.epoch,
-                "ranges": Jsonb(slot_map.to_json()),
-                "migrating": Jsonb(slot_map.migrating_json()),
-            },
-        )
-
-    def mark_importing(self, slots: Sequence[int], peer: str, epoch: int) -> set[int]:
-        params = {"slots": list(slots), "peer": peer, "epoch": epoch}
-        return _slots(self.conn.execute(query("mark_importing"), params))
-
-    def mark_migrating_out(self, slots: Sequence[int], peer: str, epoch: int) -> set[int]:
-        params = {"slots": list(slots), "peer": peer, "epoch": epoch}
-        return _slots(self.conn.execute(query("mark_migrating_out"), params))
-
-    def mark_owned(self, slots: Sequence[int], epoch: int) -> set[int]:
-        params = {"slots": list(slots), "epoch": epoch}
-        return _slots(self.conn.execute(query("mark_owned"), params))
-
-    def drop_migrated(self, slots: Sequence[int]) -> set[int]:
-        return _slots(self.conn.execute(query("drop_migrated_slots"), {"slots": list(slots)}))
-
-    # -- the recorded plan ------------------------------------------------------------------
-
-    def record_plan(self, plan: PlanRecord) -> None:
-        self.conn.execute(query("record_plan"), _plan_params(plan))
-
-    def finish_plan(self, plan: PlanRecord, outcome: str) -> None:
-        self.conn.execute(query("finish_plan"), {**_plan_params(plan), "outcome": outcome})
-
-    def plans(self, limit: int = 10) -> list[PlanRecord]:
-        rows = self.conn.execute(query("list_plans"), {"limit": limit}).fetchall()
-        return [
-            PlanRecord(str(r[0]), int(r[1]), list(r[2]), int(r[3]), r[4], r[5], r[6]) for r in rows
-        ]
-
-    # -- counts -----------------------------------------------------------------------------
-
-    def workflows_in_slots(self, slots: Sequence[int]) -> Counter[str]:
-        rows = self.conn.execute(query("workflows_in_slots"), {"slots": list(slots)}).fetchall()
-        return Counter({str(r[0]): int(r[1]) for r in rows})
-
-    def row_counts(self, grace_seconds: float) -> tuple[int, int, int]:
-        """``(staged copies, tombstones, tombstones past the grace period)``."""
-        row = self.conn.execute(
-            query("rebalance_row_counts"), {"grace_seconds": grace_seconds}
-        ).fetchone()
-        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
-
-    def live_rows_by_slot(self, slots: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """``{slot: (live rows, RUNNING rows)}`` for the slots that still hold any."""
-        rows = self.conn.execute(query("live_rows_by_slot"), {"slots": list(slots)}).fetchall()
-        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
-
-    def staged_slots(self, slots: Sequence[int]) -> set[int]:
-        return _slots(self.conn.execute(query("staged_slots"), {"slots": list(slots)}))
-
-    def states_of(self, workflow_ids: Sequence[str]) -> dict[str, str]:
-        rows = self.conn.execute(
-            query("workflow_states_among"), {"ids": list(workflow_ids)}
-        ).fetchall()
-        return {str(r[0]): str(r[1]) for r in rows}
-
-    def staged_copies(
-        self, slots: Sequence[int] | None, limit: int = 10_000
-    ) -> list[tuple[str, str, str | None]]:
-        """``(workflow_id, move_id, source)`` of staged copies (of ``slots``, or all)."""
-        params = {"slots": None if slots is None else list(slots), "limit": limit}
-        rows = self.conn.execute(query("staged_copies"), params).fetchall()
-        return [(str(r[0]), str(r[1]), r[2]) for r in rows]
-
-    def purge_tombstones(self, grace_seconds: float, limit: int = 5000) -> int:
-        """Delete tombstones past the grace period, ``limit`` per statement; returns how
-        many went."""
-        purged = 0
-        while True:
-            rows = self.conn.execute(
-                query("purge_tombstones"), {"grace_seconds": grace_seconds, "limit": limit}
-            ).fetchall()
-            purged += len(rows)
-            if len(rows) < limit:
-                return purged
 
 
 def move_batch(
@@ -309,6 +154,60 @@ def move_batch(
     _hook(on_step, MoveStep.ACTIVATED)
     refused = tuple(sorted(set(ids) - set(staged)))
     return BatchOutcome(len(staged), refused, deferred=len(locked) - len(ids))
+
+
+def move_slots(
+    source: ShardLink,
+    target: ShardLink,
+    links: Mapping[str, ShardLink],
+    slots: Sequence[int],
+    batch: int,
+    on_step: StepHook | None = None,
+    *,
+    max_bytes: int = BATCH_BYTES,
+    page_bytes: int = PAGE_BYTES,
+    on_moved: Callable[[int], object] | None = None,
+) -> int:
+    """Move the idle workflows of ``slots`` from ``source`` to ``target`` in batches of
+    ``batch`` (:func:`move_batch`) until none is left idle; returns how many moved.
+    ``on_moved`` hears each batch's count (progress, throttling).
+
+    A locked row the target refuses has a staged copy there already (an earlier run
+    died after step 2 or 3): the recovery rule resolves it (asking its source among
+    ``links``), or, if its source row is busy right now, it is left for a later pass. A
+    refused row that is live on the target would be a duplicate, which no protocol step
+    produces: that stops the run.
+    """
+    moved = 0
+    later: set[str] = set()
+    while True:
+        outcome = move_batch(
+            source,
+            target,
+            slots,
+            batch,
+            on_step,
+            later,
+            max_bytes=max_bytes,
+            page_bytes=page_bytes,
+        )
+        moved += outcome.moved
+        if on_moved is not None:
+            on_moved(outcome.moved)
+        if outcome.refused:
+            states = target.states_of(outcome.refused)
+            live = sorted(w for w, state in states.items() if state != STAGED)
+            if live:
+                raise RebalanceError(
+                    f"workflow {live[0]!r} is live on both {source.name} and {target.name};"
+                    " it cannot move until an operator resolves the duplicate"
+                )
+            recover_staged(target, links, slots)
+            still = target.states_of(outcome.refused)
+            later.update(w for w, state in still.items() if state == STAGED)
+            continue
+        if outcome.moved + outcome.deferred < batch:
+            return moved
 
 
 # Child tables: (query reading them on the source, query staging them on the target).
@@ -429,22 +328,21 @@ def recover_staged(
 def _resolve(target: ShardLink, source: ShardLink, copies: list[tuple[str, str]]) -> Recovery:
     ids = [workflow_id for workflow_id, _ in copies]
     with source.conn.transaction():
-        verdicts = {
-            str(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
+        rows = {
+            str(r[0]): SourceRow(str(r[1]), None if r[2] is None else str(r[2]))
             for r in source.conn.execute(query("source_rows_for_recovery"), {"ids": ids})
         }
     activate_ids: list[tuple[str, str]] = []
     discard_ids: list[tuple[str, str]] = []
     unresolved = 0
     for workflow_id, move_id in copies:
-        verdict = verdicts.get(workflow_id)
-        if verdict is None or verdict[0] == "IMPORTING":
-            unresolved += 1  # busy now, absent, or moving in itself: keep the copy
-        elif verdict == ("MOVED", move_id):
+        verdict = copy_verdict(move_id, rows.get(workflow_id))
+        if verdict is Verdict.ACTIVATE:
             activate_ids.append((workflow_id, move_id))
-        else:
-            # A live row (or a tombstone of another move): this move was not decided.
+        elif verdict is Verdict.DISCARD:
             discard_ids.append((workflow_id, move_id))
+        else:
+            unresolved += 1  # busy now, absent, or moving in itself: keep the copy
     if unresolved:
         log.info(
             "%d staged copies on %s have no verdict on %s yet; left in place",
@@ -474,20 +372,6 @@ def _unzip(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return firsts, seconds
 
 
-def _slots(cursor: psycopg.Cursor[tuple[Any, ...]]) -> set[int]:
-    return {int(r[0]) for r in cursor.fetchall()}
-
-
 def _hook(on_step: StepHook | None, step: MoveStep) -> None:
     if on_step is not None:
         on_step(step)
-
-
-def _plan_params(plan: PlanRecord) -> dict[str, Any]:
-    return {
-        "plan_id": plan.plan_id,
-        "base_epoch": plan.base_epoch,
-        "target": Jsonb(plan.target),
-        "moves": plan.moves,
-        "created_at": plan.created_at,
-    }

@@ -10,9 +10,11 @@ import psycopg
 
 from shardflow.config.model import ClusterConfig
 from shardflow.errors import RebalanceError, ShardflowError
+from shardflow.rebalance.link import PlanRecord, ShardLink
 from shardflow.rebalance.live import LiveMap, Ownership, reconcile
-from shardflow.rebalance.mover import PlanRecord, ShardLink
 from shardflow.rebalance.planner import owners_from_ranges
+from shardflow.retry import first_line
+from shardflow.router.moves import SlotState
 
 
 @dataclass(slots=True)
@@ -24,7 +26,7 @@ class ShardStatus:
     reachable: bool
     problem: str | None = None
     map_epoch: int | None = None
-    ownership: Counter[str] = field(default_factory=Counter)
+    ownership: Counter[SlotState] = field(default_factory=Counter)
     staged: int = 0
     tombstones: int = 0
     purgeable: int = 0
@@ -74,7 +76,7 @@ def gather_status(config: ClusterConfig, *, grace_seconds: float = 3600.0) -> Re
         report = ShardStatus(shard.name, reachable=False)
         reports.append(report)
         try:
-            link = ShardLink(shard, connect_timeout=5)
+            link = ShardLink(shard, purpose="rebalance-status", connect_timeout=5)
         except ShardflowError as exc:
             report.problem = str(exc)
             continue
@@ -92,7 +94,7 @@ def gather_status(config: ClusterConfig, *, grace_seconds: float = 3600.0) -> Re
                 if seen is None or (seen.finished_at is None and record.finished_at):
                     plans[record.plan_id] = record
         except psycopg.Error as exc:
-            report.problem = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
+            report.problem = first_line(exc)
         finally:
             link.close()
     status = RebalanceStatus(epoch or None, config.hash.slots, reports)

@@ -5,11 +5,17 @@ Driver errors that mean the shard is gone become :class:`ShardUnavailable` (see
 fast for a short cool-down instead of each waiting for the pool timeout, so one dead
 shard slows nobody down; the next call after the cool-down tries again.
 
-Every connection, pooled or dedicated (LISTEN, leader locks), is opened with
-:func:`connect_kwargs`: TCP keepalives and ``tcp_user_timeout`` so that a black-holed
-network is noticed by the kernel, and session ``statement_timeout``, ``lock_timeout`` and
+Every connection, pooled or dedicated, is opened with :func:`connect_kwargs`: TCP
+keepalives and ``tcp_user_timeout`` so that a black-holed network is noticed by the
+kernel, and session ``statement_timeout``, ``lock_timeout`` and
 ``idle_in_transaction_session_timeout`` so that a statement stuck behind a DDL lock or a
 frozen peer ends well before a lease does.
+
+A connection outside the pool (LISTEN, a leader's session lock, the rebalancer, the
+migrator) is opened only by :func:`dedicated` (or :meth:`ShardPools.dedicated`): it names
+its purpose in ``application_name`` (``shardflow-<purpose>``, seen in
+``pg_stat_activity``) and turns driver errors into :class:`ShardUnavailable` once, with a
+first line that carries no secret.
 """
 
 from __future__ import annotations
@@ -34,21 +40,31 @@ log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-__all__ = ["Conn", "SessionLimits", "ShardPools", "connect_kwargs", "is_connection_failure"]
+__all__ = [
+    "MIGRATOR_LIMITS",
+    "REBALANCER_LIMITS",
+    "Conn",
+    "SessionLimits",
+    "ShardPools",
+    "connect_kwargs",
+    "dedicated",
+    "is_connection_failure",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
-    """Timeouts every shard connection is opened with (seconds).
+    """Timeouts every shard connection is opened with (seconds). A session timeout of
+    None leaves the server's setting (the migrator's index builds may rightly take long).
 
     ``for_lease`` fits them to a worker lease: any one statement, lock wait or silent
     network ends in a fraction of the lease, so a stuck call on one shard fails (and is
     retried) long before the leases it should renew lapse.
     """
 
-    statement_timeout: float = 10.0
-    lock_timeout: float = 5.0
-    idle_in_transaction_timeout: float = 20.0
+    statement_timeout: float | None = 10.0
+    lock_timeout: float | None = 5.0
+    idle_in_transaction_timeout: float | None = 20.0
     tcp_user_timeout: float = 10.0
     keepalives_idle: int = 5
     keepalives_interval: int = 2
@@ -70,25 +86,72 @@ class SessionLimits:
         )
 
 
+# The rebalancer never waits long on a lock, and one that stops answering in the middle
+# of a transaction (frozen, partitioned) has it rolled back by the server, releasing the
+# rows it locked. Its statements (a page of rows) have no time limit.
+REBALANCER_LIMITS = SessionLimits(
+    statement_timeout=None, lock_timeout=30.0, idle_in_transaction_timeout=60.0, connect_timeout=10
+)
+
+# Migrations: no session timeouts (an index build may take long), a patient network.
+MIGRATOR_LIMITS = SessionLimits(
+    statement_timeout=None,
+    lock_timeout=None,
+    idle_in_transaction_timeout=None,
+    tcp_user_timeout=60.0,
+    keepalives_idle=10,
+    keepalives_interval=5,
+    keepalives_count=3,
+    connect_timeout=10,
+)
+
+
 def connect_kwargs(limits: SessionLimits) -> dict[str, Any]:
     """libpq connection parameters for ``limits`` (merged over the DSN's own)."""
-    options = " ".join(
-        (
-            f"-c statement_timeout={int(limits.statement_timeout * 1000)}",
-            f"-c lock_timeout={int(limits.lock_timeout * 1000)}",
-            "-c idle_in_transaction_session_timeout="
-            f"{int(limits.idle_in_transaction_timeout * 1000)}",
-        )
+    settings = (
+        ("statement_timeout", limits.statement_timeout),
+        ("lock_timeout", limits.lock_timeout),
+        ("idle_in_transaction_session_timeout", limits.idle_in_transaction_timeout),
     )
-    return {
+    options = " ".join(
+        f"-c {name}={int(seconds * 1000)}" for name, seconds in settings if seconds is not None
+    )
+    kwargs: dict[str, Any] = {
         "connect_timeout": limits.connect_timeout,
         "keepalives": 1,
         "keepalives_idle": limits.keepalives_idle,
         "keepalives_interval": limits.keepalives_interval,
         "keepalives_count": limits.keepalives_count,
         "tcp_user_timeout": int(limits.tcp_user_timeout * 1000),
-        "options": options,
     }
+    if options:
+        kwargs["options"] = options
+    return kwargs
+
+
+def dedicated(
+    shard: ShardConfig, purpose: str, limits: SessionLimits, *, autocommit: bool = True
+) -> Conn:
+    """A connection to ``shard`` of its own (not pooled), opened with ``limits`` and
+    ``application_name`` ``shardflow-<purpose>``. The caller closes it (``with`` does).
+
+    Any driver error, a malformed DSN included, becomes :class:`ShardUnavailable` whose
+    reason is the driver's first line with the DSN's secrets masked (libpq quotes the
+    token it cannot parse, a password as often as not).
+    """
+    try:
+        return psycopg.connect(
+            shard.dsn,
+            autocommit=autocommit,
+            application_name=f"shardflow-{purpose}",
+            **connect_kwargs(limits),
+        )
+    except psycopg.Error as exc:
+        reason = scrub_dsns(first_line(exc), [shard.dsn])
+        if isinstance(exc, psycopg.ProgrammingError):
+            reason = f"invalid DSN: {reason}"
+        # Not `from exc`: the driver's full text may quote the DSN, password included.
+        raise ShardUnavailable(shard.name, reason) from None
 
 
 class ShardPools:
@@ -187,29 +250,21 @@ class ShardPools:
         connection: a refused shard fails now with its real reason, instead of after the
         whole pool timeout."""
         try:
-            self.connect(name).close()
+            self.dedicated(name, "probe").close()
         except ShardUnavailable as exc:
             self._mark_down(name, exc.reason)
             raise
         self._unproven.discard(name)
         self._reached.add(name)
 
+    def dedicated(self, name: str, purpose: str, *, autocommit: bool = True) -> Conn:
+        """A connection to shard ``name`` outside the pool (LISTEN, session locks),
+        opened with the pool's limits: see :func:`dedicated`."""
+        return dedicated(self.shard(name), purpose, self.limits, autocommit=autocommit)
+
     def connect(self, name: str, *, autocommit: bool = True) -> Conn:
-        """A dedicated connection to shard ``name`` (LISTEN, session locks), opened with
-        the same limits as the pooled ones. Any driver error, a malformed DSN included,
-        becomes :class:`ShardUnavailable` with a first line that carries no secret."""
-        try:
-            return psycopg.connect(
-                self.shard(name).dsn, autocommit=autocommit, **connect_kwargs(self.limits)
-            )
-        except psycopg.Error as exc:
-            # A malformed DSN raises ProgrammingError whose text may quote the DSN.
-            reason = (
-                first_line(exc)
-                if isinstance(exc, psycopg.OperationalError)
-                else (f"cannot connect ({type(exc).__name__}; check the shard's DSN)")
-            )
-            raise ShardUnavailable(name, reason) from None
+        """Kept for callers not yet converted: ``dedicated(name, "dedicated")``."""
+        return self.dedicated(name, "dedicated", autocommit=autocommit)
 
     def _mark_down(self, name: str, reason: str) -> None:
         # A shard that was reachable going down is logged once, as a warning. One never

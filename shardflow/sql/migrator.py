@@ -20,10 +20,12 @@ from psycopg.types.json import Jsonb
 
 from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.config.redaction import scrub_dsns
-from shardflow.errors import ConfigError, IdentityMismatch, MigrationError, ShardUnavailable
-from shardflow.retry import Backoff
+from shardflow.errors import MigrationError
+from shardflow.retry import Backoff, first_line
+from shardflow.router.pools import MIGRATOR_LIMITS, dedicated
 from shardflow.router.slotmap import SlotMap, desired_map
 from shardflow.sql import SCHEMA, Migration, migrations, query
+from shardflow.sql.identity import Identity, check_identity
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +40,12 @@ class ShardMigration:
     version: int = 0
 
 
-def connect(
-    shard: ShardConfig, *, connect_timeout: int = 10
-) -> psycopg.Connection[tuple[object, ...]]:
-    """A plain connection to one shard, with driver errors turned into shardflow errors.
-
-    A DSN libpq cannot parse is a :class:`ConfigError` (the loader refuses those, so only
-    a config built by hand gets here); any other driver error is
-    :class:`ShardUnavailable`. Either way the message is scrubbed of the DSN's secrets:
-    libpq quotes the token it cannot parse, a password as often as not.
-    """
-    try:
-        # Keepalives and tcp_user_timeout, no statement timeout: a migration's index
-        # build may rightly take long.
-        return psycopg.connect(
-            shard.dsn,
-            connect_timeout=connect_timeout,
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
-            tcp_user_timeout=60_000,
-        )
-    except psycopg.ProgrammingError as exc:
-        message = f"shard {shard.name!r}: invalid DSN: {first_line(exc, shard.dsn)}"
-        raise ConfigError(message) from None  # not `from exc`: its text holds the secret
-    except psycopg.Error as exc:
-        raise ShardUnavailable(shard.name, first_line(exc, shard.dsn)) from exc
-
-
-def first_line(exc: BaseException, *dsns: str) -> str:
-    """The first line of ``exc``'s message, scrubbed of the secrets of ``dsns``."""
-    text = str(exc).strip().splitlines()
-    return scrub_dsns(text[0], dsns) if text else type(exc).__name__
+def connect(shard: ShardConfig, purpose: str = "migrate") -> psycopg.Connection[tuple[object, ...]]:
+    """A connection of the migrator's own to one shard: no session timeouts (an index
+    build may rightly take long), keepalives and ``tcp_user_timeout`` all the same.
+    Driver errors become :class:`ShardUnavailable` without secrets (see
+    :func:`~shardflow.router.pools.dedicated`)."""
+    return dedicated(shard, purpose, MIGRATOR_LIMITS, autocommit=False)
 
 
 def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
@@ -167,35 +142,14 @@ def _statements(text: str) -> list[str]:
     return [part.strip() for part in body.split(";\n") if part.strip().rstrip(";").strip()]
 
 
-def read_identity(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[str, str, int, int] | None:
+def read_identity(conn: psycopg.Connection[tuple[object, ...]]) -> Identity | None:
+    """The shard's recorded identity; None if it has none (or no schema yet)."""
     try:
         with conn.transaction():
             row = conn.execute(query("get_identity")).fetchone()
     except psycopg.errors.UndefinedTable:
         return None
-    if row is None:
-        return None
-    return str(row[0]), str(row[1]), int(str(row[2])), int(str(row[3]))
-
-
-def check_identity(
-    config: ClusterConfig, shard: ShardConfig, identity: tuple[str, str, int, int]
-) -> None:
-    """Refuse a shard whose recorded identity disagrees with the config."""
-    cluster_name, shard_name, slots, seed = identity
-    expected = (
-        ("cluster name", cluster_name, config.name),
-        ("shard name", shard_name, shard.name),
-        ("hash.slots", slots, config.hash.slots),
-        ("hash.seed", seed, config.hash.seed),
-    )
-    for what, recorded, configured in expected:
-        if recorded != configured:
-            raise IdentityMismatch(
-                f"shard {shard.name!r}: {what} is {configured!r} in the config but"
-                f" {recorded!r} on the server; this database belongs to another cluster"
-                " or shard"
-            )
+    return None if row is None else Identity.from_row(row)
 
 
 def _existing_map(
@@ -232,11 +186,13 @@ def migrate_cluster(config: ClusterConfig) -> list[ShardMigration]:
             # Refuse another cluster's database before touching its schema.
             identity = read_identity(conn)
             if identity is not None:
-                check_identity(config, shard, identity)
+                check_identity(config, shard.name, identity)
             try:
                 report.applied = apply_migrations(conn)
             except psycopg.Error as exc:
-                raise MigrationError(f"shard {shard.name!r}: {first_line(exc, shard.dsn)}") from exc
+                raise MigrationError(
+                    f"shard {shard.name!r}: {scrub_dsns(first_line(exc), [shard.dsn])}"
+                ) from exc
             reports.append(report)
 
         live = _existing_map(config, conns)
@@ -248,10 +204,10 @@ def migrate_cluster(config: ClusterConfig) -> list[ShardMigration]:
             report.version = int(str(row[0])) if row else 0
         return reports
     except psycopg.OperationalError as exc:
-        message = first_line(exc, *(shard.dsn for shard in config.shards))
+        message = scrub_dsns(first_line(exc), [shard.dsn for shard in config.shards])
         raise MigrationError(f"lost a shard during migration: {message}") from exc
     except psycopg.Error as exc:
-        message = first_line(exc, *(shard.dsn for shard in config.shards))
+        message = scrub_dsns(first_line(exc), [shard.dsn for shard in config.shards])
         raise MigrationError(f"migration failed: {message}") from exc
     finally:
         for conn in conns.values():
@@ -267,9 +223,7 @@ def _record_identity(
     with schema_lock(conn), conn.transaction():
         row = conn.execute(query("get_identity")).fetchone()
         if row is not None:
-            check_identity(
-                config, shard, (str(row[0]), str(row[1]), int(str(row[2])), int(str(row[3])))
-            )
+            check_identity(config, shard.name, Identity.from_row(row))
             return False
         conn.execute(
             query("insert_identity"),

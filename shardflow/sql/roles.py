@@ -27,9 +27,11 @@ import psycopg
 from psycopg import sql
 
 from shardflow.config.model import ClusterConfig, ShardConfig
+from shardflow.config.redaction import scrub_dsns
 from shardflow.errors import MigrationError
+from shardflow.retry import first_line
 from shardflow.sql import query
-from shardflow.sql.migrator import connect, first_line
+from shardflow.sql.migrator import connect
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +112,14 @@ def ensure_worker_role(
             except psycopg.errors.InsufficientPrivilege as exc:
                 raise MigrationError(
                     f"shard {shard.name!r}: not allowed to manage role {role!r}"
-                    f" ({first_line(exc, shard.dsn)}); run migrate as the schema owner with"
-                    " CREATEROLE, or create the role yourself and run again without a password"
-                    " to grant only"
+                    f" ({scrub_dsns(first_line(exc), [shard.dsn])}); run migrate as the schema"
+                    " owner with CREATEROLE, or create the role yourself and run again without a"
+                    " password to grant only"
                 ) from exc
             except psycopg.Error as exc:
-                raise MigrationError(f"shard {shard.name!r}: {first_line(exc, shard.dsn)}") from exc
+                raise MigrationError(
+                    f"shard {shard.name!r}: {scrub_dsns(first_line(exc), [shard.dsn])}"
+                ) from exc
     return reports
 
 

@@ -312,13 +312,6 @@ FOR SHARE SKIP LOCKED
 -- name: workflow_states_among
 SELECT workflow_id, state FROM shardflow.workflow_status WHERE workflow_id = ANY(%(ids)s)
 
--- name: configure_rebalancer_session
--- The rebalancer never waits long on a lock, and a rebalancer that stops answering in
--- the middle of a transaction (frozen, partitioned) has it rolled back by the server,
--- releasing the rows it locked.
-SELECT set_config('lock_timeout', '30s', false),
-       set_config('idle_in_transaction_session_timeout', '60s', false)
-
 -- name: purge_tombstones
 -- Tombstones older than the grace period, of slots this shard no longer has any part in
 -- (so no insert of their IDs can land here, and no staged copy still needs the verdict).
