@@ -61,17 +61,12 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from shardflow.ui import Auth, create_app
-        from shardflow.ui.security import LOOPBACK_HOSTS, AuthError
+        from shardflow.ui.security import LOOPBACK_HOSTS
     except ImportError as exc:
         raise CliError(
             f"the dashboard needs the ui extra ({exc.name} is missing): pip install 'shardflow[ui]'"
         ) from None
-    auth = None
-    if args.auth:
-        try:
-            auth = Auth.from_spec(args.auth)
-        except AuthError as exc:
-            raise CliError(str(exc)) from None
+    auth = Auth.from_spec(args.auth) if args.auth else None
     if auth is None and not is_loopback(args.host):
         raise CliError(
             f"--host {args.host} would open the dashboard beyond this machine:"

@@ -22,14 +22,12 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shardflow.errors import ConfigError
+
 CSRF_COOKIE = "shardflow_ui_csrf"
 AUTH_COOKIE = "shardflow_ui_auth"
 CSRF_FIELD = "csrf_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
-class AuthError(ValueError):
-    """A bad ``--auth`` setting; the message names the variable, never its value."""
 
 
 @dataclass(frozen=True)
@@ -41,21 +39,25 @@ class Auth:
 
     @classmethod
     def from_spec(cls, spec: str, environ: Mapping[str, str] | None = None) -> Auth:
-        """``token:VARIABLE`` or ``basic:VARIABLE`` (the variable holds ``user:password``)."""
+        """``token:VARIABLE`` or ``basic:VARIABLE`` (the variable holds ``user:password``).
+
+        Raises ConfigError naming the variable, never its value."""
         env = os.environ if environ is None else environ
         kind, sep, variable = spec.partition(":")
         if not sep or kind not in ("token", "basic") or not variable:
-            raise AuthError(
+            raise ConfigError(
                 f"--auth {spec[:60]!r}: expected token:VARIABLE or basic:VARIABLE"
                 " (the environment variable holding the token or user:password)"
             )
         value = env.get(variable, "")
         if not value:
-            raise AuthError(f"--auth {kind}: environment variable {variable} is not set or empty")
+            raise ConfigError(f"--auth {kind}: environment variable {variable} is not set or empty")
         if kind == "basic" and ":" not in value:
-            raise AuthError(f"--auth basic: {variable} must hold user:password")
+            raise ConfigError(f"--auth basic: {variable} must hold user:password")
         if kind == "token" and len(value) < 16:
-            raise AuthError(f"--auth token: the token in {variable} is shorter than 16 characters")
+            raise ConfigError(
+                f"--auth token: the token in {variable} is shorter than 16 characters"
+            )
         return cls(kind, value)
 
     def allows(self, headers: Mapping[str, str], cookies: Mapping[str, str], key: bytes) -> bool:

@@ -15,9 +15,10 @@ from starlette.testclient import TestClient
 import shardflow
 from shardflow.cli.main import main
 from shardflow.engine.cluster import Cluster
+from shardflow.errors import ConfigError
 from shardflow.testing.servers import TestCluster
 from shardflow.ui import Auth, create_app
-from shardflow.ui.security import LOOPBACK_HOSTS, AuthError
+from shardflow.ui.security import LOOPBACK_HOSTS
 from tests.browser.conftest import HOSTILE_ID
 
 TOKEN = "t0ken-for-the-dashboard-tests"
@@ -113,7 +114,7 @@ def test_basic_auth(cluster: Cluster) -> None:
     ],
 )
 def test_bad_auth_settings(spec: str, env: dict[str, str], message: str) -> None:
-    with pytest.raises(AuthError, match=message) as caught:
+    with pytest.raises(ConfigError, match=message) as caught:
         Auth.from_spec(spec, env)
     for value in env.values():
         assert value not in str(caught.value)
