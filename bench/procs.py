@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shardflow.retry import Backoff
+from shardflow.testing.processes import ChildProcess, child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 _LOG_TAIL = 40
 _counter = itertools.count()
@@ -28,10 +31,8 @@ class RunnerFailed(RuntimeError):
 
 
 def runner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDFLOW_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env.update(extra or {})
-    return env
+    # A runner reads its settings from its spec only, never from SHARDFLOW_* variables.
+    return child_env(extra, python_path=[ROOT], drop_prefix="SHARDFLOW_")
 
 
 class Runner:
@@ -52,22 +53,13 @@ class Runner:
         self.stdout_path = workdir / f"{self.name}.out"
         self.stderr_path = workdir / f"{self.name}.log"
         self.rusage: Any = None
-        self._stdout = self.stdout_path.open("wb")
-        self._stderr = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                *python_args,
-                "-m",
-                f"bench.runners.{module}",
-                mode,
-                json.dumps(spec),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=self._stdout,
-            stderr=self._stderr,
-            cwd=ROOT,
+        self.proc = ChildProcess(
+            [sys.executable, *python_args, "-m", f"bench.runners.{module}", mode, json.dumps(spec)],
             env=runner_env(env),
+            cwd=ROOT,
+            log_path=self.stderr_path,
+            stdout_path=self.stdout_path,
+            stdin=subprocess.PIPE,
         )
 
     @property
@@ -75,17 +67,15 @@ class Runner:
         return self.proc.pid
 
     def _lines(self) -> list[str]:
-        return self.stdout_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return self.proc.stdout_lines()
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while "READY" not in self._lines():
-            if self.proc.poll() is not None:
-                self._fail("exited before it was ready")
-            if time.monotonic() > deadline:
+        try:
+            self.proc.wait_until(lambda: "READY" in self._lines(), timeout=timeout, what="ready")
+        except AssertionError as exc:  # exited, or not ready in time
+            if self.proc.poll() is None:
                 self.kill()
-                self._fail(f"not ready after {timeout:.0f}s")
-            time.sleep(0.01)
+            raise RunnerFailed(f"runner {self.name}: {exc}") from None
 
     def go(self) -> None:
         assert self.proc.stdin is not None
@@ -101,9 +91,11 @@ class Runner:
         self._reap(30)
 
     def _reap(self, timeout: float) -> None:
+        """Wait for exit with ``os.wait4``: that one child's resource usage too."""
         if self.proc.returncode is not None:
             return
         deadline = time.monotonic() + timeout
+        backoff = Backoff(0.002, 0.01)
         while True:
             pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
             if pid:
@@ -117,12 +109,10 @@ class Runner:
                 self.rusage = usage
                 self._close()
                 self._fail(f"timed out after {timeout:.0f}s")
-            time.sleep(0.005)
+            time.sleep(backoff.next())
         self._close()
 
     def _close(self) -> None:
-        for handle in (self._stdout, self._stderr):
-            handle.close()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
 
@@ -141,11 +131,7 @@ class Runner:
         raise AssertionError("unreachable")
 
     def _fail(self, what: str) -> None:
-        try:
-            log = self.stderr_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            log = ""
-        tail = "\n".join(log.strip().splitlines()[-_LOG_TAIL:])
+        tail = self.proc.log_tail(_LOG_TAIL)
         raise RunnerFailed(f"runner {self.name} {what}; log {self.stderr_path}:\n{tail}")
 
 

@@ -9,7 +9,6 @@ workflow exists once, completed once, and the slots are spread evenly over four 
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.rebalance import Progress as RebalanceProgress
 from shardflow.rebalance.status import gather_status
 from shardflow.sql.migrator import migrate_cluster
+from shardflow.testing.processes import spawn_worker
 
 NEW_SHARD = "shard3"
 
@@ -101,15 +101,15 @@ def _grow_config(config_path: Path, server: LocalServer) -> Path:
 def _start_worker(
     config: Path, concurrency: int, env: dict[str, str], log: Path
 ) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable, "-m", "shardflow", "--config", str(config), "--log-level", "INFO",
-        "worker", "--app", "shardflow.demo.app:app", "--concurrency", str(concurrency),
-        "--worker-id", "demo-worker-4",
-    ]  # fmt: skip
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
-        )
+    return spawn_worker(
+        config,
+        "shardflow.demo.app:app",
+        worker_id="demo-worker-4",
+        concurrency=concurrency,
+        env=env,
+        log_path=log,
+        cwd=log.parent,
+    )
 
 
 def _rebalance_under_load(

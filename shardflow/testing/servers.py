@@ -20,6 +20,7 @@ import yaml
 from psycopg import sql
 
 from shardflow.config import ClusterConfig, parse
+from shardflow.retry import Backoff
 from shardflow.sql.migrator import migrate_cluster
 
 FAST_SETTINGS = {
@@ -276,17 +277,22 @@ def wait_until(
     interval: float = 0.02,
     message: str = "",
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``.
+
+    Polls every ``interval`` at first, then less often (the one :class:`Backoff`, at
+    most every 0.25 s): a slow condition does not hammer the database meanwhile."""
     import time
 
     deadline = time.monotonic() + timeout
+    backoff = Backoff(interval, max(interval, 0.25))
     while True:
         value = condition()
         if value:
             return value
-        if time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
-        time.sleep(interval)
+        time.sleep(min(backoff.next(), remaining))
 
 
 def id_on(cluster: Any, shard: str, prefix: str) -> str:

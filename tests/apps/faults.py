@@ -128,7 +128,7 @@ def two_args(a: int, b: int = 0) -> int:
 
 @app.workflow(name="faults.bad_child_call")
 def bad_child_call() -> str:
-    shardflow.start_child(two_args, 1, bogus=2)  # type: ignore[call-arg]
+    shardflow.start_child(two_args, 1, bogus=2)
     return "unreachable"
 
 

@@ -14,6 +14,7 @@ or more), seeded by ``SHARDFLOW_CHAOS_SEED``.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -195,8 +196,8 @@ def test_rebalancer_sigkilled_at_random_moments_loses_and_duplicates_nothing(
         assert sum(len(v) for v in load.sent.values()) == RECEIVERS * MESSAGES_PER_RECEIVER
     # Nothing staged, nothing split, and the live map is the plan.
     assert_settled_on_plan(config)
-    status = gather_status(config)
-    assert status.slots_per_shard == Counter(
+    progress = gather_status(config)
+    assert progress.slots_per_shard == Counter(
         {s: SLOTS // 4 for s in ("shard0", "shard1", "shard2", "shard3")}
     )
     print(f"iteration {iteration}: kills at {', '.join(kills)}; {len(everything)} workflows")
@@ -242,7 +243,7 @@ def _rebalance_with_kills(
         else:
             # Somewhere in the work: once it holds the lock, within its expected run time.
             wait_until(
-                lambda p=proc: p.poll() is not None or _rebalancer_running(shard0_dsn),
+                functools.partial(_exited_or_running, proc, shard0_dsn),
                 timeout=60,
                 interval=0.01,
                 message="rebalancer started",
@@ -259,6 +260,10 @@ def _rebalance_with_kills(
         in_motion = len(status.live.migrating) if status.live is not None else -1
         interrupted.append(f"{in_motion} slots in motion/{staged} staged")
     return interrupted
+
+
+def _exited_or_running(proc: subprocess.Popen[bytes], dsn: str) -> bool:
+    return proc.poll() is not None or _rebalancer_running(dsn)
 
 
 def _rebalancer_running(dsn: str) -> bool:

@@ -10,7 +10,9 @@ import pytest
 import shardflow
 from shardflow import WorkflowState
 from shardflow.demo.app import app
+from shardflow.engine.worker import EventKind
 from shardflow.local import LocalCluster
+from shardflow.testing.events import EventRecorder
 from shardflow.testing.servers import wait_until
 
 pytestmark = pytest.mark.chaos
@@ -48,9 +50,10 @@ def test_a_stopped_shard_fails_only_its_own_work(tmp_path: Path) -> None:
                 )
             down = local.servers[1]
             assert config.shard_names[1] == "shard1"
-            with shardflow.Worker(cluster, app, concurrency=12) as worker:
+            worker = shardflow.Worker(cluster, app, concurrency=12)
+            with EventRecorder(worker) as events, worker:
                 # Stop shard1 while workflows run on it.
-                wait_until(lambda: worker.stats.claimed >= 10, message="work started")
+                events.wait_for(EventKind.CLAIMED, count=10)
                 down.stop("immediate")
                 started = time.monotonic()
                 with pytest.raises(shardflow.ShardUnavailable):

@@ -11,6 +11,7 @@ when the Docker CLI has its compose plugin (it needs no engine).
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import shlex
 import shutil
@@ -348,6 +349,7 @@ def test_compose_services_match_the_shards_they_mount() -> None:
             pg_env = postgres[parts.hostname]["environment"]
             assert parts.path.lstrip("/") == pg_env["POSTGRES_DB"]
             assert parts.port == 5432
+            assert parts.hostname is not None
             hosts[shard.name] = parts.hostname
             if name == "migrate":
                 assert parts.username == pg_env["POSTGRES_USER"]
@@ -426,7 +428,7 @@ def cnpg_clusters() -> dict[str, dict[str, Any]]:
 def k8s_config_path() -> Path:
     (generator,) = kustomization()["configMapGenerator"]
     (file,) = generator["files"]
-    return K8S / file
+    return K8S / str(file)
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -691,6 +693,10 @@ def env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def _variable(env: dict[str, str], match: re.Match[str]) -> str:
+    return env[match[1]]
+
+
 def unit_env(service: list[tuple[str, str]], specifiers: dict[str, str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for key, value in service:
@@ -727,7 +733,7 @@ def test_systemd_units_run_commands_the_cli_accepts() -> None:
         assert service["User"] != "root" and service["NoNewPrivileges"] == "yes"
 
         exec_start = expand_specifiers(service["ExecStart"], specifiers)
-        exec_start = re.sub(r"\$\{(\w+)\}", lambda m, env=env: env[m[1]], exec_start)
+        exec_start = re.sub(r"\$\{(\w+)\}", functools.partial(_variable, env), exec_start)
         program, *argv = shlex.split(exec_start)
         assert Path(program).name == next(iter(PYPROJECT["project"]["scripts"]))
         args = parse_command(argv)

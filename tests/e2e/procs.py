@@ -1,22 +1,21 @@
-"""Worker subprocesses for end-to-end tests."""
+"""Worker subprocesses for end-to-end tests: :mod:`shardflow.testing.processes`, run from
+the repository root with it on ``PYTHONPATH`` (so that ``tests.apps`` imports)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from shardflow.testing.processes import WorkerProcess, child_env, spawn_worker, stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
+
+# SIGTERM, wait, then SIGKILL: the exit status.
+stop = stop_process
 
 
 def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra or {})
-    return env
+    return child_env(extra, python_path=[ROOT])
 
 
 def start_worker(
@@ -25,35 +24,6 @@ def start_worker(
     *args: str,
     env: Mapping[str, str] | None = None,
     log: Path | None = None,
-) -> subprocess.Popen[bytes]:
+) -> WorkerProcess:
     """``python -m shardflow --config CONFIG worker --app APP ARGS...``."""
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shardflow",
-            "--config",
-            str(config),
-            "--log-level",
-            "INFO",
-            "worker",
-            "--app",
-            app,
-            *args,
-        ],
-        env=worker_env(env),
-        stdout=out,
-        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
+    return spawn_worker(config, app, *args, env=worker_env(env), log_path=log, cwd=ROOT)

@@ -119,4 +119,4 @@ def test_testing_plugin_in_a_users_project(shard_servers: list[str], tmp_path: P
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    assert "2 passed" in done.stdout

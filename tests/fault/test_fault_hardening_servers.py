@@ -13,7 +13,9 @@ import pytest
 
 import shardflow
 from shardflow import WorkflowState
+from shardflow.engine.worker import EventKind
 from shardflow.local import LocalCluster
+from shardflow.testing.events import EventRecorder
 from shardflow.testing.faults import ProxiedCluster, restart_server
 from shardflow.testing.servers import (
     ClusterFactory,
@@ -58,8 +60,12 @@ def test_defect11_a_down_shard_parks_the_workflows_that_talk_to_it(
     with shardflow.connect(config, retry_seconds=2) as cluster:
         target = cluster.submit(faults.listener, workflow_id=id_on(cluster, "shard1", "rx"))
         sender_id = id_on(cluster, "shard0", "tx")
-        with shardflow.Worker(cluster, app, concurrency=4, lease_seconds=3) as worker:
-            wait_until(lambda: target.status().state is WorkflowState.SUSPENDED, timeout=30)
+        worker = shardflow.Worker(cluster, app, concurrency=4, lease_seconds=3)
+        with EventRecorder(worker) as events, worker:
+            events.wait_for(
+                EventKind.SUSPENDED, lambda e: e.workflow_id == target.workflow_id, timeout=30
+            )
+            assert target.status().state is WorkflowState.SUSPENDED
             proxied.proxies["shard1"].blackhole()
             proxied.proxies["shard1"].reset()
             sender = cluster.submit(faults.talker, "tx", target.workflow_id, workflow_id=sender_id)
@@ -79,6 +85,7 @@ def test_defect11_a_down_shard_parks_the_workflows_that_talk_to_it(
             assert sender.result(timeout=60) == "after_send:tx"
             assert target.result(timeout=60) == "hello from tx"
             assert worker.stats.dead_lettered == 0
+            assert events.count(EventKind.DEAD_LETTERED) == 0
     assert _state_row(direct0, sender_id) == ("SUCCESS", None, 0)
     assert faults.started("before_send", "tx") == 1
 

@@ -14,6 +14,8 @@ import pytest
 import shardflow
 from shardflow import WorkflowState
 from shardflow.engine.cluster import Cluster
+from shardflow.engine.worker import EventKind
+from shardflow.testing.events import EventRecorder
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
 from tests.apps import basic
 from tests.apps.basic import app
@@ -48,6 +50,33 @@ def test_three_step_workflows_complete_once_on_every_shard(cluster: Cluster) -> 
     status = handles[5].status()
     assert status.state is WorkflowState.SUCCESS and status.attempt == 1
     assert status.finished_at is not None and status.started_at is not None
+
+
+def test_worker_reports_each_claim_checkpoint_renewal_and_end(cluster: Cluster) -> None:
+    basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
+    handles = [cluster.submit(basic.three_steps, i) for i in range(6)]
+    gated = cluster.submit(basic.gated, "e")
+    worker = shardflow.Worker(cluster, app, concurrency=8, lease_seconds=3)
+    with EventRecorder(worker) as events, worker:
+        ends = events.wait_for(EventKind.FINISHED, count=6)
+        assert basic.CONTROL["started"].wait(20)
+        # A run in progress has its lease renewed (every lease / 3 seconds).
+        [renewed] = events.wait_for(EventKind.RENEWED, lambda e: e.workflow_id == gated.workflow_id)
+        assert (renewed.shard, renewed.attempt) == (gated.shard, 1)
+        basic.CONTROL["gate"].set()
+        assert gated.result(timeout=20) == "e"
+    ids = {h.workflow_id: h for h in handles}
+    assert {e.workflow_id for e in ends} == set(ids)
+    assert all(e.detail == "SUCCESS" and e.shard == ids[e.workflow_id].shard for e in ends)
+    claims = events.events(EventKind.CLAIMED, lambda e: e.workflow_id in ids)
+    assert sorted((e.workflow_id, e.detail, e.attempt) for e in claims) == sorted(
+        (wid, "new", 1) for wid in ids
+    )
+    committed = events.events(EventKind.COMMITTED)
+    for wid in ids:
+        steps = [(e.step_no, e.detail, e.attempt) for e in committed if e.workflow_id == wid]
+        assert steps == [(0, "add", 1), (1, "add", 1), (2, "add", 1)]
+    assert events.count((EventKind.INTERRUPTED, EventKind.SUSPENDED, EventKind.RELEASED)) == 0
 
 
 def test_steps_record_start_duration_and_attempt(cluster: Cluster) -> None:
@@ -135,7 +164,8 @@ def test_step_error_after_last_attempt_fails_the_workflow(cluster: Cluster) -> N
 
 def test_non_determinism_ends_in_error(cluster: Cluster) -> None:
     handle = cluster.submit(basic.changing)
-    with shardflow.Worker(cluster, app, concurrency=2) as worker:
+    worker = shardflow.Worker(cluster, app, concurrency=2)
+    with EventRecorder(worker) as events, worker:
         with pytest.raises(shardflow.WorkflowFailed):
             handle.result(timeout=20)
         assert basic.CALLS["first_step"] == 1
@@ -144,8 +174,10 @@ def test_non_determinism_ends_in_error(cluster: Cluster) -> None:
         cluster.resume(handle.workflow_id)
         with pytest.raises(shardflow.WorkflowFailed) as info:
             handle.result(timeout=20)
-        # The worker counts a run once its thread returns, just after the commit.
-        wait_until(lambda: worker.stats.finished["ERROR"] == 2, timeout=10)
+        # The worker reports a run's end once its thread returns, just after the commit.
+        ended = events.wait_for(EventKind.FINISHED, count=2, timeout=10)
+        assert [(e.detail, e.attempt) for e in ended] == [("ERROR", 1), ("ERROR", 2)]
+        assert worker.stats.finished["ERROR"] == 2
     assert info.value.error["type"] == "NonDeterminismError"
     status = handle.status()
     assert status.reason == "non-determinism"
@@ -177,8 +209,11 @@ def test_dead_letter_after_max_recoveries_then_resume(cluster: Cluster) -> None:
         )
     status = handle.status()
     assert status.state is WorkflowState.RUNNING and status.recoveries == 2
-    with shardflow.Worker(cluster, app, concurrency=2, max_recoveries=2) as worker:
-        wait_until(lambda: handle.status().state is WorkflowState.DEAD, message="dead letter")
+    worker = shardflow.Worker(cluster, app, concurrency=2, max_recoveries=2)
+    with EventRecorder(worker) as events, worker:
+        [dead] = events.wait_for(EventKind.DEAD_LETTERED)
+        assert (dead.workflow_id, dead.attempt) == ("crashy", 4)
+        assert handle.status().state is WorkflowState.DEAD
         assert worker.stats.dead_lettered == 1
         with pytest.raises(shardflow.WorkflowFailed):
             handle.result(timeout=1)
@@ -208,14 +243,21 @@ def test_cancel_a_queued_workflow(cluster: Cluster) -> None:
 def test_cancel_a_running_workflow_stops_at_the_next_step(cluster: Cluster) -> None:
     basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
     handle = cluster.submit(basic.gated, "g")
-    with shardflow.Worker(cluster, app, concurrency=2) as worker:
+    worker = shardflow.Worker(cluster, app, concurrency=2)
+    heard = (EventKind.CANCEL_OBSERVED, EventKind.LEASE_LOST)
+    with EventRecorder(worker) as events, worker:
         assert basic.CONTROL["started"].wait(20)
         assert cluster.cancel(handle.workflow_id, reason="user").state is WorkflowState.CANCELLED
         # The worker hears of the cancellation (notification, else next heartbeat) ...
-        wait_until(lambda: worker.stats.cancels_observed + worker.stats.leases_lost == 1)
+        events.wait_for(heard)
         # ... and the run stops at its next step boundary.
         basic.CONTROL["gate"].set()
-        wait_until(lambda: worker.stats.interrupted == 1, message="run interrupted")
+        [stopped] = events.wait_for(EventKind.INTERRUPTED)
+        assert stopped.workflow_id == handle.workflow_id
+    assert len(events.events(heard)) == 1
+    assert events.count(EventKind.INTERRUPTED) == 1
+    assert worker.stats.cancels_observed + worker.stats.leases_lost == 1
+    assert worker.stats.interrupted == 1
     status = handle.status()
     assert status.state is WorkflowState.CANCELLED and status.reason == "user"
     assert basic.CALLS["gate:before"] == 1 and basic.CALLS["gate:after"] == 0
@@ -254,7 +296,7 @@ def test_a_late_finish_never_overwrites_cancelled(cluster: Cluster) -> None:
 
 def test_priority_order(cluster: Cluster) -> None:
     # One shard, one at a time, so order is observable.
-    wid = {p: [] for p in (0, 5, 10)}
+    wid: dict[int, list[str]] = {p: [] for p in (0, 5, 10)}
     i = 0
     while any(len(v) < 3 for v in wid.values()):
         candidate = f"prio-{i}"
@@ -268,8 +310,9 @@ def test_priority_order(cluster: Cluster) -> None:
     for p in (0, 5, 10):
         for w in wid[p]:
             cluster.submit(basic.record_order, f"p{p}", workflow_id=w, priority=p)
-    with shardflow.Worker(cluster, app, shards=["shard0"], concurrency=1, claim_batch=1):
-        wait_until(lambda: len(basic.ORDER) == 9, message="9 runs")
+    worker = shardflow.Worker(cluster, app, shards=["shard0"], concurrency=1, claim_batch=1)
+    with EventRecorder(worker) as events, worker:
+        events.wait_for(EventKind.FINISHED, count=9)
     assert basic.ORDER == ["p10"] * 3 + ["p5"] * 3 + ["p0"] * 3
 
 
@@ -399,7 +442,9 @@ def test_rate_limit_windows(cluster_factory: ClusterFactory) -> None:
             assert elapsed >= 2.0
             for shard in client.config.shard_names:
                 starts = sorted(
-                    s.started_at for s in client.list_workflows(limit=50).items if s.shard == shard
+                    s.started_at
+                    for s in client.list_workflows(limit=50).items
+                    if s.shard == shard and s.started_at is not None
                 )
                 assert len(starts) == 3
                 for a, b in itertools.pairwise(starts):
@@ -425,20 +470,24 @@ def test_worker_releases_unfinished_work_on_stop(cluster: Cluster) -> None:
     basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
     handle = cluster.submit(basic.gated, "r")
     worker = shardflow.Worker(cluster, app, concurrency=2)
+    events = EventRecorder(worker)
     worker.start()
     assert basic.CONTROL["started"].wait(20)
     # stop() interrupts the run after the grace period and hands it back only once its
     # thread has stopped (at its next step boundary): open the gate once it is told.
     stopper = threading.Thread(target=worker.stop, kwargs={"grace_seconds": 0.2})
     stopper.start()
-    deadline = time.monotonic() + 20
-    while not (worker.stats.released or _interrupted(worker)):
-        assert time.monotonic() < deadline, "stop() never interrupted the run"
-        time.sleep(0.01)
+    wait_until(
+        lambda: worker.stats.released or _interrupted(worker),
+        timeout=20,
+        message="stop() interrupting the run",
+    )
     assert handle.status().state is WorkflowState.RUNNING  # its thread still runs
     basic.CONTROL["gate"].set()
     stopper.join(20)
     assert not stopper.is_alive()
+    [released] = events.events(EventKind.RELEASED)
+    assert (released.workflow_id, released.attempt) == (handle.workflow_id, 1)
     status = handle.status()
     assert status.state is WorkflowState.ENQUEUED
     basic.CONTROL["gate"].set()

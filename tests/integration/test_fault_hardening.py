@@ -398,7 +398,7 @@ def _exists(cluster: Cluster, workflow_id: str) -> bool:
 
 def test_defect20_unknown_arguments_fail_at_the_call(cluster: Cluster) -> None:
     with pytest.raises(TypeError, match="bogus"):
-        cluster.submit(faults.two_args, 1, bogus=2, workflow_id="typo")  # type: ignore[call-arg]
+        cluster.submit(faults.two_args, 1, bogus=2, workflow_id="typo")
     with pytest.raises(shardflow.WorkflowNotFound):
         cluster.get("typo")
     handle = cluster.submit(faults.bad_child_call)

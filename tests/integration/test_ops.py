@@ -131,7 +131,7 @@ def parked_client(parked_cluster: TestCluster) -> Iterator[Cluster]:
         yield client
 
 
-def run_all(cluster: Cluster, handles: list[shardflow.WorkflowHandle], **worker: Any) -> None:
+def run_all(cluster: Cluster, handles: list[shardflow.WorkflowHandle[Any]], **worker: Any) -> None:
     worker.setdefault("queues", ["default"])
     with shardflow.Worker(cluster, ops.app, retention=False, **worker):
         for handle in handles:

@@ -303,8 +303,8 @@ def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(grown: TestClu
             assert handle.result(timeout=30) == "k"
     assert outcome and getattr(outcome[0], "complete", False)
     with shardflow.connect(config) as cluster:
-        status = cluster.get(wid)
-        assert status.shard == "shard3" and status.state is WorkflowState.SUCCESS
+        moved = cluster.get(wid)
+        assert moved.shard == "shard3" and moved.state is WorkflowState.SUCCESS
         assert [s.name for s in cluster.steps(wid)] == ["gate_step", "gate_step"]
     assert_settled_on_plan(config)
 

@@ -12,6 +12,8 @@ import shardflow
 from shardflow import WorkflowState
 from shardflow.demo.app import EFFECTS_TABLE
 from shardflow.engine.cluster import Cluster
+from shardflow.engine.worker import EventKind
+from shardflow.testing.events import EventRecorder
 from shardflow.testing.servers import TestCluster, wait_until
 from tests.apps import waits
 from tests.apps.waits import app
@@ -43,10 +45,12 @@ def test_sleeping_workflows_hold_no_thread_and_wake_on_time(cluster: Cluster) ->
     handles = cluster.submit_many([shardflow.Submission(waits.sleeper, (2.0,)) for _ in range(200)])
     started = time.monotonic()
     worker = shardflow.Worker(cluster, app, concurrency=4)
+    events = EventRecorder(worker)
     worker.start()
     try:
         # All 200 park within moments although only 4 threads exist.
-        wait_until(lambda: worker.stats.suspended == 200, timeout=30, message="200 suspended")
+        parked = events.wait_for(EventKind.SUSPENDED, count=200, timeout=30)
+        assert sorted(e.workflow_id for e in parked) == sorted(h.workflow_id for h in handles)
         assert worker.running == 0
         # Restart the worker while they sleep: a new one still wakes them.
         worker.stop()
@@ -121,14 +125,22 @@ def test_child_on_another_shard_returns_its_result(cluster: Cluster, effects: st
 
 def test_timeout_cancels_a_running_workflow_and_its_child(cluster: Cluster) -> None:
     handle = cluster.submit(waits.slow_parent, timeout_seconds=1.5)
-    with shardflow.Worker(cluster, app, concurrency=4) as worker:
+    worker = shardflow.Worker(cluster, app, concurrency=4)
+    with EventRecorder(worker) as events, worker:
         with pytest.raises(shardflow.WorkflowCancelled) as info:
             handle.result(timeout=30)
         assert info.value.reason == "timeout"
         child_id = f"{handle.workflow_id}:child:0"
         wait_until(lambda: cluster.get(child_id).state is WorkflowState.CANCELLED)
         assert cluster.get(child_id).reason == "timeout"
-        wait_until(lambda: worker.running == 0, message="both runs stopped")
+        # Both runs stop at their next step boundary without recording an end.
+        stopped = events.wait_for(
+            EventKind.INTERRUPTED,
+            lambda e: e.workflow_id in (handle.workflow_id, child_id),
+            count=2,
+        )
+        assert {e.workflow_id for e in stopped} == {handle.workflow_id, child_id}
+        assert worker.running == 0
     steps = cluster.steps(handle.workflow_id)
     assert len(steps) < 20  # stopped well before its 100 steps
 

@@ -24,7 +24,7 @@ def _admins(test_cluster: TestCluster) -> list[str]:
     return list(dict.fromkeys(admin for admin, _ in test_cluster.databases))
 
 
-def _execute_everywhere(test_cluster: TestCluster, statement: sql.Composable) -> None:
+def _execute_everywhere(test_cluster: TestCluster, statement: sql.Composed) -> None:
     for admin in _admins(test_cluster):
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(statement)

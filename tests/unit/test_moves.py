@@ -87,11 +87,13 @@ RECOVERY_RULE: dict[str, tuple[list[SourceRow | None], Verdict]] = {
     "tombstone with the same `move_id`": ([SourceRow(TOMBSTONE, MOVE)], Verdict.ACTIVATE),
     "live (or a tombstone of another move)": (
         [
-            SourceRow(state.value)
-            for state in WorkflowState
-            if state.value not in (TOMBSTONE, STAGED)
-        ]
-        + [SourceRow(TOMBSTONE, "move-2")],
+            *(
+                SourceRow(state.value)
+                for state in WorkflowState
+                if state.value not in (TOMBSTONE, STAGED)
+            ),
+            SourceRow(TOMBSTONE, "move-2"),
+        ],
         Verdict.DISCARD,
     ),
     # The rebalancer reads the source FOR SHARE SKIP LOCKED: a held row is not returned.

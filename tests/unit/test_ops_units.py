@@ -203,8 +203,10 @@ def test_step_times_buckets_by_upper_bound() -> None:
         times.observe("s0", "fetch", seconds)
     times.observe("s1", "fetch", 0.2)
     snapshot = times.snapshot()
-    assert snapshot[("s0", "fetch")] == ([2, 1, 1], pytest.approx(3.65))
-    assert snapshot[("s1", "fetch")] == ([0, 1, 0], pytest.approx(0.2))
+    counts, total = snapshot[("s0", "fetch")]
+    assert counts == [2, 1, 1] and total == pytest.approx(3.65)
+    counts, total = snapshot[("s1", "fetch")]
+    assert counts == [0, 1, 0] and total == pytest.approx(0.2)
 
 
 # -- logs ---------------------------------------------------------------------------------------

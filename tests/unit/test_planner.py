@@ -18,6 +18,7 @@ from shardflow.rebalance.planner import (
     slot_moves,
 )
 from shardflow.rebalance.progress import RateMeter, Throttle
+from shardflow.router.moves import SlotState
 from shardflow.router.slotmap import SlotMap, initial_map, quotas
 
 
@@ -120,7 +121,7 @@ def test_slot_moves_groups_runs() -> None:
 def own(
     shard: str, slot: int, state: str = "OWNED", peer: str | None = None, epoch: int = 1
 ) -> Ownership:
-    return Ownership(shard, slot, state, peer, epoch)
+    return Ownership(shard, slot, SlotState(state), peer, epoch)
 
 
 def test_reconcile_reads_settled_and_moving_slots() -> None:

@@ -1,46 +1,21 @@
-"""Fault injection for tests: a TCP proxy per shard, and server-level faults.
-
-:class:`FaultProxy` sits between clients and one PostgreSQL server and can delay, freeze,
-reset or black-hole the traffic. One thread per proxy runs a ``selectors`` loop; control
-calls are thread-safe and take effect before they return.
-
-What a frozen proxy looks like to a client: its kernel still accepts and ACKs bytes (the
-proxy's socket buffers fill, then the window closes), so the peer is silent but alive at the
-TCP level, exactly like a SIGSTOPped server. TCP keepalives and ``tcp_user_timeout`` cannot
-notice that; only application-level deadlines can. (Dropping packets outright needs
-netfilter in a network namespace, which a test suite on a shared machine should not touch.)
-
-Server-level faults for servers on this machine (test clusters started by
-:mod:`shardflow.local`): :func:`stopped_server` (SIGSTOP/SIGCONT the postmaster and every
-backend), :func:`read_only_window` (the server refuses writes and drops its sessions, as
-after a failover), :func:`held_lock` (a long transaction holding a table lock) and
-:func:`restart_server` (``pg_ctl restart -m fast``).
-"""
+"""A TCP proxy that delays, freezes, resets or black-holes the traffic to one server
+(see :mod:`shardflow.testing.faults`)."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import logging
-import os
 import selectors
-import signal
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
-import yaml
-from psycopg import sql
 
 if TYPE_CHECKING:
-    from shardflow.local.server import LocalServer
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -325,196 +300,3 @@ class FaultProxy:
 
 def _size(queue: collections.deque[tuple[float, bytes]]) -> int:
     return sum(len(chunk) for _, chunk in queue)
-
-
-# -- clusters behind proxies -----------------------------------------------------------
-
-
-def via_proxy(dsn: str, proxy: FaultProxy) -> str:
-    """``dsn`` (URL form) with its host and port replaced by the proxy's."""
-    parts = urlsplit(dsn)
-    if not parts.scheme:
-        raise ValueError("via_proxy() needs a URL DSN (postgresql://...)")
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def dsn_address(dsn: str) -> tuple[str, int]:
-    """Host and port of a URL DSN."""
-    parts = urlsplit(dsn)
-    return parts.hostname or "127.0.0.1", parts.port or 5432
-
-
-@dataclass
-class ProxiedCluster:
-    """A cluster YAML whose shard DSNs go through one :class:`FaultProxy` per shard."""
-
-    path: Path
-    proxies: dict[str, FaultProxy]  # shard name -> proxy
-    direct_dsns: dict[str, str]  # shard name -> the real DSN, for checks and admin work
-
-    def heal_all(self) -> None:
-        for proxy in self.proxies.values():
-            proxy.heal()
-
-    def close(self) -> None:
-        for proxy in self.proxies.values():
-            proxy.close()
-
-
-def proxied_cluster(config_path: Path, out_path: Path) -> ProxiedCluster:
-    """Write ``out_path``: the cluster YAML at ``config_path`` with every shard behind a
-    new proxy. Close the result to stop the proxies."""
-    doc = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    proxies: dict[str, FaultProxy] = {}
-    direct: dict[str, str] = {}
-    try:
-        for shard in doc["shards"]:
-            host, port = dsn_address(shard["dsn"])
-            proxy = FaultProxy(host, port, name=shard["name"])
-            proxies[shard["name"]] = proxy
-            direct[shard["name"]] = shard["dsn"]
-            shard["dsn"] = via_proxy(shard["dsn"], proxy)
-    except BaseException:
-        for proxy in proxies.values():
-            proxy.close()
-        raise
-    out_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return ProxiedCluster(out_path, proxies, direct)
-
-
-# -- server-level faults -------------------------------------------------------------------
-
-
-def data_directory(dsn: str) -> Path:
-    """The data directory of the server behind ``dsn`` (needs a superuser)."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        row = conn.execute("SHOW data_directory").fetchone()
-    assert row is not None
-    return Path(str(row[0]))
-
-
-def postmaster_pid(data_dir: Path) -> int:
-    """The postmaster's pid: the first line of ``postmaster.pid``."""
-    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-
-
-def server_processes(postmaster: int) -> list[int]:
-    """The postmaster and its children (backends, checkpointer, WAL writer, ...)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the ")" that ends the command name: state, ppid, ...
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) > 1 and int(fields[1]) == postmaster:
-            children.append(int(entry.name))
-    return [postmaster, *children]
-
-
-@contextlib.contextmanager
-def stopped_server(data_dir: Path) -> Iterator[list[int]]:
-    """SIGSTOP the server (postmaster first, so it forks nothing new, then its children)
-    for the duration of the block; SIGCONT everything on exit."""
-    postmaster = postmaster_pid(data_dir)
-    os.kill(postmaster, signal.SIGSTOP)
-    stopped = [postmaster]
-    try:
-        for pid in server_processes(postmaster)[1:]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-        yield stopped
-    finally:
-        for pid in reversed(stopped):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-
-def terminate_sessions(admin_dsn: str) -> int:
-    """Terminate every client backend but this one; returns how many."""
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-        row = conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def set_read_only(admin_dsn: str, read_only: bool) -> None:
-    """Make every new transaction on the server read-only (or not again)."""
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-        if read_only:
-            conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        else:
-            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
-        conn.execute("SELECT pg_reload_conf()")
-
-
-@contextlib.contextmanager
-def read_only_window(admin_dsn: str) -> Iterator[None]:
-    """The server is read-only for the block, as a promoted replica may be for a moment:
-    existing sessions are terminated (a failover drops them), new transactions are
-    read-only. On exit it takes writes again and sessions are terminated once more, so
-    no pooled session keeps a read-only default it picked up meanwhile."""
-    set_read_only(admin_dsn, True)
-    try:
-        terminate_sessions(admin_dsn)
-        yield
-    finally:
-        set_read_only(admin_dsn, False)
-        terminate_sessions(admin_dsn)
-
-
-@contextlib.contextmanager
-def held_lock(
-    dsn: str, table: str = "shardflow.workflow_status", mode: str = "SHARE"
-) -> Iterator[psycopg.Connection[Any]]:
-    """Hold ``LOCK TABLE <table> IN <mode> MODE`` in an open transaction on a separate
-    connection for the block, like DDL or a long transaction would."""
-    allowed = {"ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE",
-               "SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"}  # fmt: skip
-    if mode not in allowed:
-        raise ValueError(f"unknown lock mode {mode!r}")
-    schema, _, name = table.rpartition(".")
-    ident = sql.Identifier(schema, name) if schema else sql.Identifier(name)
-    conn = psycopg.connect(dsn, connect_timeout=10)
-    try:
-        conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(ident, sql.SQL(mode)))
-        yield conn
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            conn.rollback()
-        conn.close()
-
-
-def restart_server(server: LocalServer) -> None:
-    """Fast restart (``pg_ctl stop -m fast``, then start) of a server started by
-    :mod:`shardflow.local`, on the same port with the settings it remembers. Every session
-    is dropped; committed work survives."""
-    server.stop("fast")
-    server.start(port_fallback=False)
-
-
-def wait_for_server(dsn: str, timeout: float = 30.0) -> None:
-    """Wait until the server behind ``dsn`` accepts a query."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
-def live_threads(prefix: str = "shardflow-fault-") -> Sequence[threading.Thread]:
-    """Proxy threads still running (tests assert none leak)."""
-    return [t for t in threading.enumerate() if t.name.startswith(prefix)]

@@ -1,0 +1,287 @@
+"""Claiming and running: each shard's claim loop (new, woken and expired work, per queue
+within its limits), one thread per claimed run, and what happens when a run returns."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shardflow.config.model import QueueConfig
+from shardflow.engine.records import Claim, StepRecord
+from shardflow.engine.runner import RunWriter, WorkflowRun, execute
+from shardflow.engine.states import WorkflowState
+from shardflow.engine.worker.base import WorkerBase, log
+from shardflow.engine.worker.events import EventKind, WorkerEvents
+from shardflow.retry import Backoff, first_line
+
+# Why stop() interrupts a run: such a run hands its workflow back when its thread stops.
+STOPPING = "worker stopping"
+
+
+class ClaimLoops(WorkerBase):
+    """The claim side of a worker (a part of :class:`~shardflow.engine.worker.Worker`)."""
+
+    def _claim_loop(self, shard: str) -> None:
+        name = f"claim-{shard}"
+        next_recovery = 0.0
+        next_wakeable = 0.0
+        backoff = Backoff(self.poll_interval, 5.0)
+        while not self._stopping.is_set():
+            self._progress[name] = time.monotonic()
+            claimed = 0
+            try:
+                now = time.monotonic()
+                if now >= next_recovery:
+                    claimed += self._claim_expired(shard)
+                    next_recovery = now + self.heartbeat_seconds
+                # Wake-ups are due on a timer, or announced (a message, a child's end):
+                # look for them once per poll tick or after a notification.
+                if now >= next_wakeable or self._notified[shard].is_set():
+                    self._notified[shard].clear()
+                    claimed += self._claim_wakeable(shard)
+                    self.cluster.store.promote_delayed(shard)
+                    next_wakeable = now + self.poll_interval
+                for queue in self.queues:
+                    if self._stopping.is_set():
+                        break
+                    claimed += self._claim_queue(shard, queue)
+                backoff.reset()
+            except Exception as exc:
+                self._loop_error(name, exc)
+                self._stopping.wait(backoff.next())
+                continue
+            if claimed == 0:
+                # Nothing to do, or no capacity: sleep until a run ends or the poll tick.
+                self._wake[shard].wait(self.poll_interval)
+                self._wake[shard].clear()
+
+    def _claim_queue(self, shard: str, queue: QueueConfig) -> int:
+        n = self._reserve(queue, min(self.claim_batch, self._claim_share))
+        if n == 0:
+            return 0
+        global_limit, rate_limit = self._shares[queue.name][shard]
+        claims: list[Claim] = []
+        try:
+            claims = self.cluster.store.claim_enqueued(
+                shard,
+                queue=queue.name,
+                names=self._names,
+                owner=self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=n,
+                global_limit=global_limit,
+                rate_limit=rate_limit,
+            )
+        finally:
+            self._unreserve(queue, n - len(claims))
+        with self._lock:  # several claim threads count here
+            self.stats.claimed += len(claims)
+            self.stats.claimed_by[(shard, queue.name)] += len(claims)
+        for claim in claims:
+            self._launch(claim, queue, reserved=True, how="new")
+        return len(claims)
+
+    def _claim_groups(self) -> list[tuple[QueueConfig | None, list[str]]]:
+        """Queues to claim resumed work for: the queues without a per-worker limit
+        together, then each limited queue alone, so that its limit holds exactly."""
+        unlimited = [q.name for q in self.queues if q.worker_concurrency is None]
+        groups: list[tuple[QueueConfig | None, list[str]]] = (
+            [(None, unlimited)] if unlimited else []
+        )
+        groups.extend((q, [q.name]) for q in self.queues if q.worker_concurrency is not None)
+        return groups
+
+    def _claim_wakeable(self, shard: str) -> int:
+        """Resume suspended workflows whose wait is over (they replay to the wait)."""
+        return self._claim_resumed(shard, self.cluster.store.claim_wakeable, recovery=False)
+
+    def _claim_expired(self, shard: str) -> int:
+        """Crash recovery: claim workflows whose lease expired (dead-letter repeaters)."""
+        claim_fn = functools.partial(
+            self.cluster.store.claim_expired, max_recoveries=self.max_recoveries
+        )
+        return self._claim_resumed(shard, claim_fn, recovery=True)
+
+    def _claim_resumed(
+        self, shard: str, claim_fn: Callable[..., list[Claim]], *, recovery: bool
+    ) -> int:
+        """Claim work that was already started (woken or recovered), per queue group."""
+        total = 0
+        for queue, names in self._claim_groups():
+            n = self._reserve(queue, min(self.claim_batch, self._claim_share))
+            if n == 0:
+                continue
+            claims: list[Claim] = []
+            try:
+                claims = claim_fn(
+                    shard,
+                    names=self._names,
+                    queues=names,
+                    owner=self.worker_id,
+                    lease_seconds=self.lease_seconds,
+                    limit=n,
+                )
+            finally:
+                self._unreserve(queue, n - len(claims))
+            for claim in claims:
+                if claim.state is WorkflowState.DEAD:
+                    with self._lock:
+                        self.stats.dead_lettered += 1
+                    self._unreserve(queue, 1)
+                    log.warning(
+                        "workflow %s dead-lettered after %d recoveries",
+                        claim.workflow_id,
+                        claim.recoveries - 1,
+                    )
+                    self.events.emit(
+                        EventKind.DEAD_LETTERED, claim.workflow_id, shard, claim.attempt
+                    )
+                    if claim.parent_id:
+                        self._wake_parent(claim.parent_id)
+                    continue
+                if recovery:
+                    with self._lock:
+                        self.stats.recovered += 1
+                        self.stats.recovered_by[(shard, claim.queue)] += 1
+                    log.info(
+                        "recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard
+                    )
+                else:
+                    with self._lock:
+                        self.stats.woken += 1
+                self._launch(claim, queue, reserved=True, how="recovered" if recovery else "woken")
+            total += len(claims)
+        return total
+
+    def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool, how: str) -> None:
+        assert self._writer is not None
+        writer = _ReportingWriter(self._writer, self.events)
+        run = WorkflowRun(claim, self.cluster.store, self.lease_seconds, self.cluster, writer)
+        run.observe_step = self.stats.step_seconds.observe
+        with self._lock:
+            self._running[claim.workflow_id] = run
+            if reserved:
+                self._reserved -= 1
+        self.events.emit(EventKind.CLAIMED, claim.workflow_id, claim.shard, claim.attempt, how)
+        assert self._executor is not None
+        self._executor.submit(self._execute, run, queue)
+
+    def _execute(self, run: WorkflowRun, queue: QueueConfig | None) -> None:
+        state: WorkflowState | None = None
+        try:
+            state = execute(run, self.app)
+            if state is None and run.interrupt_reason == STOPPING:
+                self._release(run)
+        except Exception:
+            log.exception("unexpected failure running %s", run.workflow_id)
+        finally:
+            with self._lock:
+                # A newer run of the same workflow (recovered here) keeps its entry.
+                if self._running.get(run.workflow_id) is run:
+                    del self._running[run.workflow_id]
+                if queue is not None:
+                    self._per_queue[queue.name] -= 1
+                if state is None:
+                    self.stats.interrupted += 1
+                elif state is WorkflowState.SUSPENDED:
+                    self.stats.suspended += 1
+                else:
+                    self.stats.finished[state.value] += 1
+                    self.stats.finished_by[(run.shard, run.claim.queue, state.value)] += 1
+                self._lock.notify_all()
+                free = self.concurrency - len(self._running) - self._reserved
+                limited = queue is not None and queue.worker_concurrency is not None
+            if free >= self._wake_threshold or limited or not self._running:
+                self._wake_all()
+            if self.events:
+                self._report_end(run, state)
+
+    def _report_end(self, run: WorkflowRun, state: WorkflowState | None) -> None:
+        if state is None:
+            kind, detail = EventKind.INTERRUPTED, run.interrupt_reason or "abandoned"
+        elif state is WorkflowState.SUSPENDED:
+            kind, detail = EventKind.SUSPENDED, ""
+        else:
+            kind, detail = EventKind.FINISHED, state.value
+        self.events.emit(kind, run.workflow_id, run.shard, run.attempt, detail)
+
+    def _wake_parent(self, parent_id: str) -> None:
+        try:
+            self.cluster.wake(parent_id, wait_for="child")
+        except Exception as exc:
+            log.info("could not wake parent %s: %s", parent_id, first_line(exc))
+
+    def _release(self, run: WorkflowRun) -> None:
+        """Hand back a run stopped by stop(): its thread has returned, so nothing of it
+        runs any more, and any worker may claim it at once (fenced on the attempt)."""
+        try:
+            released = self.cluster.store.release(run.shard, [(run.workflow_id, run.attempt)])
+        except Exception as exc:
+            log.warning("could not release %s: %s", run.workflow_id, first_line(exc))
+            return
+        if released:
+            with self._lock:
+                self.stats.released += 1
+            log.info("released %s (attempt %d) on %s", run.workflow_id, run.attempt, run.shard)
+            self.events.emit(EventKind.RELEASED, run.workflow_id, run.shard, run.attempt)
+
+
+class _ReportingWriter:
+    """The worker's group writer, telling subscribers of each checkpoint it committed."""
+
+    __slots__ = ("_events", "_writer")
+
+    def __init__(self, writer: RunWriter, events: WorkerEvents) -> None:
+        self._writer = writer
+        self._events = events
+
+    def record_step(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> StepRecord | None:
+        winner = self._writer.record_step(
+            shard,
+            workflow_id=workflow_id,
+            attempt=attempt,
+            step_no=step_no,
+            name=name,
+            output=output,
+            error=error,
+            started_at=started_at,
+            duration_ms=duration_ms,
+        )
+        if winner is None:  # None: this run's record is the one committed
+            self._events.emit(EventKind.COMMITTED, workflow_id, shard, attempt, name, step_no)
+        return winner
+
+    def finish(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool:
+        return self._writer.finish(
+            shard,
+            workflow_id=workflow_id,
+            attempt=attempt,
+            state=state,
+            output=output,
+            error=error,
+            reason=reason,
+        )
