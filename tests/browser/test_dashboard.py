@@ -91,7 +91,12 @@ def test_bulk_resume_acts_on_exactly_the_filtered_set(seeded: Seeded, page: Any)
 
 def test_hostile_workflow_id_renders_as_text(seeded: Seeded, page: Any) -> None:
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.goto(seeded.url + "/workflows?id_prefix=" + quote("<script>", safe=""))
     link = page.locator("#workflow-list tr.wf td.id a")
     assert link.count() == 1
