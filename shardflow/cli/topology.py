@@ -93,7 +93,7 @@ def _probe_all(cluster: Cluster) -> dict[str, dict[str, int] | ShardUnavailable]
 
     def probe(shard: str) -> dict[str, int] | ShardUnavailable:
         try:
-            return dict(Counter(state for _, state, _, _ in cluster.store.owned_slots(shard)))
+            return dict(Counter(row.state for row in cluster.store.owned_slots(shard)))
         except ShardUnavailable as exc:
             return exc
 

@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from typing import Any
 
-import psycopg
-
 import shardflow
+from shardflow.engine.store import EffectsLog
+from shardflow.sql import query
 
 app = shardflow.App("demo")
 
-_local = threading.local()
-EFFECTS_TABLE = """
-CREATE TABLE IF NOT EXISTS demo_effects (
-    workflow_id text NOT NULL,
-    step        text NOT NULL,
-    pid         integer NOT NULL,
-    at          timestamptz NOT NULL DEFAULT clock_timestamp()
-)
-"""
+# The side-effect log's table (the tests create it too).
+EFFECTS_TABLE = query("demo_effects_table")
+_logs: dict[str, EffectsLog] = {}
 
 
 def _step_seconds() -> float:
@@ -39,14 +32,10 @@ def record_effect(step: str) -> None:
     dsn = os.environ.get("SHARDFLOW_DEMO_EFFECTS_DSN")
     if not dsn:
         return
-    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
-    if conn is None or conn.closed:
-        conn = psycopg.connect(dsn, autocommit=True)
-        _local.conn = conn
-    conn.execute(
-        "INSERT INTO demo_effects (workflow_id, step, pid) VALUES (%s, %s, %s)",
-        (shardflow.current_workflow_id(), step, os.getpid()),
-    )
+    log = _logs.get(dsn)
+    if log is None:
+        log = _logs.setdefault(dsn, EffectsLog(dsn))
+    log.record(shardflow.current_workflow_id(), step, os.getpid())
 
 
 @app.step(max_attempts=3, backoff_seconds=0.05)

@@ -15,9 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import yaml
-from psycopg import sql
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -25,8 +23,10 @@ from rich.table import Table
 import shardflow
 from shardflow.demo.app import STEPS, process_document
 from shardflow.demo.checks import wait_for_worker
+from shardflow.engine.store import EffectsLog
 from shardflow.local import LocalCluster, LocalServer
 from shardflow.local.cluster import DATABASE
+from shardflow.local.provision import create_database
 from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.rebalance import Progress as RebalanceProgress
 from shardflow.rebalance.status import gather_status
@@ -86,10 +86,7 @@ def run_rebalance_act(
 
 
 def _grow_config(config_path: Path, server: LocalServer) -> Path:
-    with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-        if found.fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+    create_database(server)
     doc = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     doc["shards"] = [s for s in doc["shards"] if s["name"] != NEW_SHARD]
     doc["shards"].append({"name": NEW_SHARD, "dsn": server.dsn(DATABASE), "weight": 1})
@@ -203,23 +200,14 @@ def _wait_and_verify(
         problems.append(f"{len(pending)} workflow(s) submitted mid-rebalance did not finish")
     copies: Counter[str] = Counter()
     for shard in client.config.shards:
-        with psycopg.connect(shard.dsn) as conn:
-            for (wid,) in conn.execute(
-                "SELECT workflow_id FROM shardflow.workflow_status WHERE state <> 'MOVED'"
-            ):
-                copies[str(wid)] += 1
+        for wid in client.store.live_workflow_ids(shard.name):
+            copies[wid] += 1
     twice = [w for w, n in copies.items() if n > 1]
     if twice:
         problems.append(f"{len(twice)} workflow(s) exist twice, e.g. {twice[0]}")
     effects_dsn = env.get("SHARDFLOW_DEMO_EFFECTS_DSN")
     if effects_dsn:
-        with psycopg.connect(effects_dsn) as conn:
-            rows = conn.execute(
-                "SELECT workflow_id, count(*) FROM demo_effects"
-                " WHERE workflow_id = ANY(%s) GROUP BY 1",
-                (submitted,),
-            ).fetchall()
-        runs = {str(r[0]): int(r[1]) for r in rows}
+        runs = EffectsLog(effects_dsn).runs_of(submitted)
         wrong = [w for w in submitted if runs.get(w, 0) != len(STEPS)]
         if wrong:
             problems.append(f"{len(wrong)} workflow(s) did not run each step once, e.g. {wrong[0]}")

@@ -19,17 +19,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import shardflow
-from shardflow.demo.app import EFFECTS_TABLE, STEPS, process_document
+from shardflow.demo.app import STEPS, process_document
 from shardflow.demo.checks import clean_up as _clean_up
 from shardflow.demo.checks import dead_worker, wait_for_workers
 from shardflow.demo.rebalance_act import run_rebalance_act
+from shardflow.engine.store import EffectsLog
 from shardflow.local import LocalCluster
 from shardflow.testing.processes import WorkerProcess, spawn_worker, stop_process
 
@@ -101,9 +101,7 @@ def run_demo(
     try:
         config = shardflow.load(config_path)
         effects_dsn = config.shards[0].dsn
-        with psycopg.connect(effects_dsn, autocommit=True) as conn:
-            conn.execute(EFFECTS_TABLE)
-            conn.execute("TRUNCATE demo_effects")
+        EffectsLog(effects_dsn).reset()
         env = dict(os.environ)
         env.update(SHARDFLOW_DEMO_EFFECTS_DSN=effects_dsn, SHARDFLOW_DEMO_STEP_MS=str(step_ms))
         console.print(
@@ -226,11 +224,7 @@ def _verify(
 ) -> DemoResult:
     problems: list[str] = []
     counts = _counts(cluster)
-    with psycopg.connect(effects_dsn) as conn:
-        effects = conn.execute(
-            "SELECT workflow_id, step, count(*) FROM demo_effects GROUP BY 1, 2"
-        ).fetchall()
-    runs_per_step = {(str(r[0]), str(r[1])): int(r[2]) for r in effects}
+    runs_per_step = EffectsLog(effects_dsn).runs_per_step()
     recovered_by_shard: Counter[str] = Counter()
     steps_by_shard: Counter[str] = Counter()
     recovered_ids: set[str] = set()

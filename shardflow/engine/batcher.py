@@ -1,15 +1,15 @@
 """Group commit for a worker's writes to one shard.
 
 Runs hand their step checkpoints and final states to the shard's committer thread and
-wait. The committer writes everything queued so far in one transaction (one statement
-per kind), commits, and answers each waiter. A step still returns only after its own
-checkpoint is committed; under load, many checkpoints share one commit. At light load a
-batch holds one write and nothing waits for company.
+wait. The committer writes everything queued so far in one transaction (the store's one
+fenced write statement, :meth:`Store.write_batch`), commits, and answers each waiter. A
+step still returns only after its own checkpoint is committed; under load, many
+checkpoints share one commit. At light load a batch holds one write and nothing waits
+for company.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,46 +21,28 @@ from typing import Any
 
 from shardflow.engine.records import StepRecord
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Store
+from shardflow.engine.store import FinishWrite, StepWrite, Store
 from shardflow.engine.store_errors import StoreError, TransientStoreError
 from shardflow.errors import ShardUnavailable, ValueRejected
 from shardflow.retry import Backoff, Failure, classify, first_line
-from shardflow.router.pools import ShardPools
-from shardflow.sql import query
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+__all__ = ["MAX_BATCH", "FinishWrite", "GroupWriter", "ShardCommitter", "StepWrite"]
 
 
 @dataclass(slots=True)
-class StepWrite:
-    workflow_id: str
-    attempt: int
-    step_no: int
-    name: str
-    output: str | None
-    error: dict[str, Any] | None
-    # Epoch seconds on the database clock; how long the step ran (None: not a step).
-    started_at: float | None = None
-    duration_ms: float | None = None
-    done: Future[bool] = field(default_factory=Future)
+class _Queued:
+    """A write waiting for its commit, and the answer its run waits for."""
 
-
-@dataclass(slots=True)
-class FinishWrite:
-    workflow_id: str
-    attempt: int
-    state: str
-    output: str | None
-    error: dict[str, Any] | None
-    reason: str | None
+    write: StepWrite | FinishWrite
     done: Future[bool] = field(default_factory=Future)
 
 
 class ShardCommitter:
-    """One thread and one connection per shard that commit queued writes together.
+    """One thread per shard that commits queued writes together.
 
     The thread never dies of an error: a shard that cannot be reached fails the writes
     queued for it (their runs stop; their leases lapse and any worker resumes them); a
@@ -70,11 +52,11 @@ class ShardCommitter:
     like the last case. ``last_progress`` feeds the worker's watchdog.
     """
 
-    def __init__(self, pools: ShardPools, shard: str, *, retry_seconds: float = 5.0) -> None:
-        self.pools = pools
+    def __init__(self, store: Store, shard: str, *, retry_seconds: float = 5.0) -> None:
+        self.store = store
         self.shard = shard
         self.retry_seconds = retry_seconds
-        self._queue: list[StepWrite | FinishWrite] = []
+        self._queue: list[_Queued] = []
         self._cond = threading.Condition()
         self._stopped = False
         self.batches = 0
@@ -92,32 +74,47 @@ class ShardCommitter:
         return self._wait(write, timeout)
 
     def finish(self, write: FinishWrite, timeout: float | None = None) -> bool:
+        """Queue a final state and wait until it is committed. False if fenced off."""
         return self._wait(write, timeout)
 
     def _wait(self, write: StepWrite | FinishWrite, timeout: float | None) -> bool:
-        self._put(write)
+        queued = _Queued(write)
+        self._put(queued)
         try:
-            return write.done.result(timeout)
+            return queued.done.result(timeout)
         except FutureTimeout:
             # The outcome is unknown (the commit may still land): the caller must not
             # write again under this attempt. Its lease decides what happens next.
             raise ShardUnavailable(self.shard, f"no commit answer within {timeout:.1f}s") from None
 
-    def _put(self, write: StepWrite | FinishWrite) -> None:
+    def _put(self, queued: _Queued) -> None:
         with self._cond:
             if self._stopped:
                 raise ShardUnavailable(self.shard, "the worker is stopping")
-            self._queue.append(write)
+            self._queue.append(queued)
             self._cond.notify()
 
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self) -> None:
+    def queued(self) -> int:
+        """Writes waiting for the thread (not counting the batch it is writing now)."""
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then end the thread; writes queued later are refused.
+        Writes still queued after ``timeout`` (a shard that does not answer) fail with
+        :class:`ShardUnavailable`: no waiter is left hanging."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout)
+        with self._cond:
+            left, self._queue = self._queue, []
+        for q in left:
+            if not q.done.done():
+                q.done.set_exception(ShardUnavailable(self.shard, "the worker stopped"))
 
     def _loop(self) -> None:
         while True:
@@ -132,19 +129,19 @@ class ShardCommitter:
                 self._commit(batch)
             except BaseException as exc:  # never leave a waiter hanging, never die
                 log.exception("committer of %s failed on a batch of %d", self.shard, len(batch))
-                for w in batch:
-                    if not w.done.done():
-                        w.done.set_exception(
+                for q in batch:
+                    if not q.done.done():
+                        q.done.set_exception(
                             exc if isinstance(exc, Exception) else StoreError(str(exc))
                         )
             self.last_progress = time.monotonic()
 
-    def _commit(self, batch: Sequence[StepWrite | FinishWrite]) -> None:
+    def _commit(self, batch: Sequence[_Queued]) -> None:
         backoff = Backoff(0.05, 1.0)
         deadline = time.monotonic() + self.retry_seconds
         while True:
             try:
-                rows = self._execute(batch)
+                result = self.store.write_batch(self.shard, [q.write for q in batch])
                 break
             except Exception as exc:
                 kind = classify(exc)
@@ -160,8 +157,8 @@ class ShardCommitter:
                         if isinstance(exc, ShardUnavailable)
                         else ShardUnavailable(self.shard, first_line(exc))
                     )
-                    for w in batch:
-                        w.done.set_exception(error)
+                    for q in batch:
+                        q.done.set_exception(error)
                     return
                 if len(batch) > 1:
                     # One bad row must not fail the others: retry each write on its own.
@@ -170,78 +167,31 @@ class ShardCommitter:
                         self.shard,
                         first_line(exc),
                     )
-                    for w in batch:
-                        self._commit([w])
+                    for q in batch:
+                        self._commit([q])
                     return
                 batch[0].done.set_exception(_write_error(self.shard, kind, exc))
                 return
         self.batches += 1
         self.writes += len(batch)
-        written_steps = {(str(r[0]), int(r[1])) for r in rows if r[1] is not None}
-        finished = {str(r[0]) for r in rows if r[1] is None}
-        for w in batch:
-            if isinstance(w, StepWrite):
-                w.done.set_result((w.workflow_id, w.step_no) in written_steps)
-            else:
-                w.done.set_result(w.workflow_id in finished)
-
-    def _execute(self, batch: Sequence[StepWrite | FinishWrite]) -> list[tuple[Any, ...]]:
-        steps = [w for w in batch if isinstance(w, StepWrite)]
-        # One lock order for the status rows a batch locks or updates.
-        steps.sort(key=lambda w: w.workflow_id)
-        finishes = sorted(
-            (w for w in batch if isinstance(w, FinishWrite)), key=lambda f: f.workflow_id
-        )
-        # Both lists travel as JSON documents: one C-encoded string each, where a dozen
-        # Python-built arrays would cost more than the statement.
-        params = {
-            "steps": _encode(
-                [
-                    {
-                        "workflow_id": w.workflow_id,
-                        "attempt": w.attempt,
-                        "step_no": w.step_no,
-                        "name": w.name,
-                        "output": w.output,
-                        "error": w.error,
-                        "started_at": w.started_at,
-                        "duration_ms": w.duration_ms,
-                    }
-                    for w in steps
-                ]
-            ),
-            "finishes": _encode(
-                [
-                    {
-                        "workflow_id": w.workflow_id,
-                        "attempt": w.attempt,
-                        "state": w.state,
-                        "output": w.output,
-                        "error": w.error,
-                        "reason": w.reason,
-                    }
-                    for w in finishes
-                ]
-            ),
-        }
-        # Autocommit: the single statement is its own transaction.
-        with self.pools.connection(self.shard) as conn:
-            return conn.execute(query("commit_batch"), params).fetchall()
+        for q in batch:
+            q.done.set_result(result.written(q.write))
 
 
 def _write_error(shard: str, kind: Failure, exc: Exception) -> Exception:
-    """What the run that queued a failed write is told."""
+    """What the run that queued a failed write is told (the store has classified it
+    already; anything else is wrapped here)."""
     text = f"shard {shard!r}: {first_line(exc)}"
     if kind is Failure.BAD_VALUE:
         return exc if isinstance(exc, ValueRejected) else ValueRejected(text)
     if kind is Failure.RETRY:
-        return TransientStoreError(text)
-    return StoreError(text)
+        return exc if isinstance(exc, TransientStoreError) else TransientStoreError(text)
+    return exc if isinstance(exc, StoreError) else StoreError(text)
 
 
 class GroupWriter:
-    """A run's step and final-state writes through per-shard committers (same contract as
-    ``Store.record_step`` and ``Store.finish``)."""
+    """A run's step and final-state writes through per-shard committers (the contract of
+    ``Store.record_step`` and ``Store.finish``, which write a batch of one)."""
 
     def __init__(
         self, store: Store, shards: Sequence[str], *, answer_timeout: float | None = None
@@ -250,7 +200,7 @@ class GroupWriter:
         # How long a run waits for its commit before giving up on it (unknown outcome).
         self.answer_timeout = answer_timeout
         retry = (answer_timeout or 10.0) / 2
-        self.committers = {s: ShardCommitter(store.pools, s, retry_seconds=retry) for s in shards}
+        self.committers = {s: ShardCommitter(store, s, retry_seconds=retry) for s in shards}
 
     def record_step(
         self,
@@ -265,6 +215,11 @@ class GroupWriter:
         started_at: float | None = None,
         duration_ms: float | None = None,
     ) -> StepRecord | None:
+        """Record a step. Returns None if written; the winning record if another run wrote
+        this step first. Raises :class:`Fenced` if this run no longer owns the workflow.
+
+        ``started_at`` is epoch seconds on the database clock; ``duration_ms`` how long
+        the step ran (None for records that are not steps: sleep, recv, events)."""
         write = StepWrite(
             workflow_id, attempt, step_no, name, output, error, started_at, duration_ms
         )
@@ -284,6 +239,7 @@ class GroupWriter:
         error: dict[str, Any] | None,
         reason: str | None = None,
     ) -> bool:
+        """Record the final state once. False if this run was fenced off."""
         return self.committers[shard].finish(
             FinishWrite(workflow_id, attempt, state.value, output, error, reason),
             self.answer_timeout,

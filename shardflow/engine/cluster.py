@@ -26,7 +26,7 @@ from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer, is_storable_text
 from shardflow.engine.states import RESUMABLE, WorkflowState
-from shardflow.engine.store import DedupConflict, Located, Store, TransientStoreError
+from shardflow.engine.store import NO_HOLDING, DedupConflict, Located, Store, TransientStoreError
 from shardflow.engine.typed import SubmitOptions, Submitter
 from shardflow.errors import (
     IdentityMismatch,
@@ -46,7 +46,7 @@ from shardflow.router.moves import SourceRow, Verdict, copy_verdict
 from shardflow.router.pools import SessionLimits, ShardPools
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap, desired_map
-from shardflow.sql.identity import Identity, check_identity
+from shardflow.sql.identity import check_identity
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ class Cluster(WaitsClient):
         """Refuse a shard whose recorded identity disagrees with the config."""
         if shard in self._checked:
             return
-        found = self.store.identity(shard)
-        check_identity(self.config, shard, None if found is None else Identity(*found))
+        check_identity(self.config, shard, self.store.identity(shard))
         self._checked.add(shard)
 
     def refresh_topology(self) -> SlotMap:
@@ -397,7 +396,7 @@ class Cluster(WaitsClient):
                     # slot (the target marks IMPORTING first), another client may create
                     # the same ID there, so such rows go to the source instead.
                     owned = self.store.slot_states(source, sorted({r.slot for r in group}))
-                    back = [r for r in group if owned.get(r.slot, ("", None))[0] == "OWNED"]
+                    back = [r for r in group if owned.get(r.slot, NO_HOLDING).state == "OWNED"]
                     for r in back:
                         redirects[r.workflow_id] = (source, None)
                     sent_back = {r.workflow_id for r in back}
@@ -419,7 +418,8 @@ class Cluster(WaitsClient):
                 again: list[NewWorkflow] = []
                 group_stale = False
                 for r in refused:
-                    state, peer = states.get(r.slot, ("", None))
+                    held = states.get(r.slot, NO_HOLDING)
+                    state, peer = held.state, held.peer
                     if state == "MIGRATING_OUT" and peer:
                         redirects[r.workflow_id] = (peer, shard)
                     elif state == "IMPORTING" and peer:
@@ -466,7 +466,7 @@ class Cluster(WaitsClient):
             if found is None:
                 missing.append(r)
                 continue
-            name, state, moved_to = found
+            name, state, moved_to = found.name, found.state, found.moved_to
             if name != r.name:
                 raise WorkflowConflict(
                     f"workflow id {r.workflow_id!r} exists with workflow {name!r}, not {r.name!r}"
@@ -516,9 +516,10 @@ class Cluster(WaitsClient):
                     break
             shard = candidates.pop(0)
             tried.add(shard)
-            found = self.store.locate(shard, workflow_id)
+            found = self.store.find_copy(shard, workflow_id)
             if found is None:
-                state, peer = self.store.slot_states(shard, [slot]).get(slot, ("", None))
+                held = self.store.slot_states(shard, [slot]).get(slot, NO_HOLDING)
+                state, peer = held.state, held.peer
                 if peer and state != "OWNED" and peer not in tried and peer not in candidates:
                     candidates.append(peer)
                 continue
@@ -553,7 +554,9 @@ class Cluster(WaitsClient):
         for anyone, so this does it. Unsure: the copy's own state.
         """
         status = copy.status
-        source = self.store.locate(copy.moved_from, status.workflow_id) if copy.moved_from else None
+        source = (
+            self.store.find_copy(copy.moved_from, status.workflow_id) if copy.moved_from else None
+        )
         row = None if source is None else SourceRow(source.status.state.value, source.move_id)
         verdict = copy_verdict(copy.move_id, row)
         if verdict is Verdict.DISCARD and source is not None and row is not None:
@@ -563,7 +566,7 @@ class Cluster(WaitsClient):
                 return source.moved_to  # a tombstone of another move: follow it
         if verdict is Verdict.ACTIVATE and copy.move_id is not None:
             self.store.finish_move(status.shard, status.workflow_id, copy.move_id)
-            after = self.store.locate(status.shard, status.workflow_id)
+            after = self.store.find_copy(status.shard, status.workflow_id)
             if after is not None and after.status.state is not WorkflowState.IMPORTING:
                 return after.status
         return dataclasses.replace(status, state=WorkflowState(copy.import_state or "ENQUEUED"))

@@ -82,16 +82,16 @@ class WaitsClient:
     def _send(self, workflow_id: str, topic: str, message_id: str, payload: str) -> bool:
         shard = self.get(workflow_id).shard
         for _ in range(MAX_HOPS):
-            outcome, moved_to = self.store.send_message(
+            delivery = self.store.send_message(
                 shard,
                 workflow_id=workflow_id,
                 topic=topic,
                 message_id=message_id,
                 payload=payload,
             )
-            if outcome != "moved":
-                return outcome == "sent"
-            shard = moved_to or self.get(workflow_id).shard
+            if delivery.outcome != "moved":
+                return delivery.outcome == "sent"
+            shard = delivery.moved_to or self.get(workflow_id).shard
         raise RoutingError(f"workflow {workflow_id!r} kept moving while a message was sent")
 
     def get_event(
@@ -186,7 +186,7 @@ class WaitsClient:
         source = self.store.fork_source(status.shard, workflow_id)
         if source is None:
             raise WorkflowNotFound(workflow_id)
-        name, queue, priority, inputs = source
+        name, queue, priority, inputs = source.name, source.queue, source.priority, source.inputs
         new_id = new_workflow_id or f"{workflow_id}:fork:{uuid.uuid4().hex[:12]}"
         from shardflow.engine.cluster import WorkflowHandle, _check_id
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shardflow.engine.registrystore import WorkerRecord
+from shardflow.engine.store.rows import WorkerRecord
 
 if TYPE_CHECKING:
     from shardflow.config.model import ClusterConfig
@@ -129,7 +129,7 @@ def unserved(
             log.debug("could not read the workers of %s: %s", shard, exc)
             failed.append(shard)
             continue
-        for name, queue, count in sorted(enqueued):
+        for name, queue, count in sorted((e.name, e.queue, e.count) for e in enqueued):
             reason = diagnose(name, queue, shard, workers, window)
             if reason is not None:
                 found.append(Unserved(shard, name, queue, count, reason))

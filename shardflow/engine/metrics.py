@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -35,8 +34,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from shardflow.errors import ShardUnavailable
-from shardflow.sql import query
+from shardflow.engine.store import QueueDepth
+from shardflow.errors import ShardflowError, ShardUnavailable
+from shardflow.retry import first_line
 
 if TYPE_CHECKING:
     from shardflow.engine.cluster import Cluster
@@ -44,30 +44,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "QueueDepth",
+    "ShardSnapshot",
+    "read_snapshot",
+    "read_snapshots",
+    "serve_metrics",
+]
+
 DEFAULT_SNAPSHOT_INTERVAL = 5.0
 SNAPSHOT_TIMEOUT_MS = 2000
 ACTIVE_STATES = ("ENQUEUED", "RUNNING", "SUSPENDED")
 
 
 # -- per-shard snapshots --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepth:
-    """Workflows of one queue in one state on one shard.
-
-    ``oldest_seconds``: age of the oldest (since created for ENQUEUED, started for
-    RUNNING, suspended for SUSPENDED). ``due``: ENQUEUED ones past any delay, SUSPENDED
-    ones whose wake-up time has come. ``expired_leases``: RUNNING ones whose lease ran
-    out (a worker died; any worker recovers them).
-    """
-
-    queue: str
-    state: str
-    workflows: int
-    oldest_seconds: float
-    due: int
-    expired_leases: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +93,16 @@ def read_snapshot(cluster: Cluster, shard: str, *, recent_seconds: float = 60.0)
     """Queue depth, slot states and recent outcomes of ``shard``; never raises for a shard
     that cannot answer (the snapshot says why instead)."""
     try:
-        with cluster.pools.connection(shard) as conn, conn.transaction():
-            conn.execute(query("ops_statement_timeout"), {"timeout": str(SNAPSHOT_TIMEOUT_MS)})
-            depths = tuple(
-                QueueDepth(str(r[0]), str(r[1]), int(r[2]), float(r[3]), int(r[4]), int(r[5]))
-                for r in conn.execute(query("ops_queue_depth")).fetchall()
-            )
-            slots = {str(r[0]): int(r[1]) for r in conn.execute(query("ops_slot_states"))}
-            finished = {
-                str(r[0]): int(r[1])
-                for r in conn.execute(query("ops_recently_finished"), {"seconds": recent_seconds})
-            }
+        counts = cluster.store.shard_counts(
+            shard, recent_seconds=recent_seconds, timeout_ms=SNAPSHOT_TIMEOUT_MS
+        )
     except ShardUnavailable as exc:
         return ShardSnapshot(shard, problem=exc.reason)
-    except psycopg.Error as exc:
-        lines = str(exc).strip().splitlines()
-        return ShardSnapshot(shard, problem=lines[0] if lines else type(exc).__name__)
-    return ShardSnapshot(shard, None, depths, slots, finished, recent_seconds)
+    except ShardflowError as exc:
+        return ShardSnapshot(shard, problem=first_line(exc.__cause__ or exc))
+    return ShardSnapshot(
+        shard, None, counts.depths, counts.slots, counts.finished_recently, recent_seconds
+    )
 
 
 def read_snapshots(

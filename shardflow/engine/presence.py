@@ -20,7 +20,7 @@ from collections import Counter
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from shardflow.engine.registrystore import WorkerRecord
+from shardflow.engine.store.rows import WorkerRecord
 from shardflow.engine.store_errors import StoreError
 
 if TYPE_CHECKING:

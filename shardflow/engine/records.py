@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NewType
@@ -125,21 +123,3 @@ class NewWorkflow:
     timeout_seconds: float | None
     dedup_key: str | None
     parent_id: str | None
-
-
-def claim_from_row(shard: str, row: Sequence[Any], sent: float | None = None) -> Claim:
-    """A :class:`Claim` from a claim query's ``RETURNING`` row (see workflows.sql);
-    ``sent`` is ``time.monotonic()`` taken before the claim statement was sent."""
-    return Claim(
-        workflow_id=row[0],
-        shard=shard,
-        name=row[1],
-        queue=row[2],
-        inputs=row[3],
-        attempt=row[4],
-        recoveries=row[5],
-        parent_id=row[6],
-        state=WorkflowState(row[7]),
-        clock_offset=float(row[8]) - time.time() if len(row) > 8 else 0.0,
-        lease_from=sent,
-    )

@@ -22,13 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import psycopg
-
 from shardflow.config.model import RetentionConfig
 from shardflow.engine.blobs import references
+from shardflow.engine.store import RetentionSession
 from shardflow.errors import ShardflowError, ShardUnavailable
-from shardflow.retry import first_line
-from shardflow.sql import query
 
 if TYPE_CHECKING:
     from shardflow.engine.cluster import Cluster
@@ -69,7 +66,7 @@ class RetentionLeader:
         self._stop = stop
         # None means the database's now(); tests pass a clock.
         self._now: Clock = now or (lambda: None)
-        self._sessions: dict[str, psycopg.Connection[tuple[object, ...]]] = {}
+        self._sessions: dict[str, RetentionSession] = {}
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -101,28 +98,32 @@ class RetentionLeader:
         with self._lock:
             sessions, self._sessions = self._sessions, {}
             self.stats.leading.clear()
-        for conn in sessions.values():
-            _resign(conn)
+        for session in sessions.values():
+            session.close()
 
     # -- one shard --------------------------------------------------------------------
 
     def _round(self, shard: str) -> int:
-        conn = self._lead(shard)
-        if conn is None:
+        session = self._lead(shard)
+        if session is None:
             return 0
         batches: list[int] = []
         try:
             while not self._stop.is_set():
-                deleted, refs = self._delete_batch(conn)
-                batches.append(deleted)
-                self.stats.deleted[shard] += deleted
-                self._delete_blobs(refs)
-                if deleted < self.config.batch_size:
+                batch = session.delete_batch(
+                    now=self._now(),
+                    keep_seconds=self.config.keep_finished_seconds,
+                    limit=self.config.batch_size,
+                )
+                batches.append(batch.workflows)
+                self.stats.deleted[shard] += batch.workflows
+                self._delete_blobs(list(batch.blob_refs))
+                if batch.workflows < self.config.batch_size:
                     break
                 # Let the shard breathe (and autovacuum catch up) between batches.
                 self._stop.wait(self.config.batch_pause_seconds)
-        except psycopg.OperationalError as exc:
-            log.warning("retention on %s lost its connection: %s", shard, first_line(exc))
+        except ShardUnavailable as exc:
+            log.warning("retention on %s lost its connection: %s", shard, exc.reason)
             self._drop(shard)
         finally:
             self.stats.last_batches[shard] = batches
@@ -136,53 +137,32 @@ class RetentionLeader:
             )
         return deleted_total
 
-    def _lead(self, shard: str) -> psycopg.Connection[tuple[object, ...]] | None:
+    def _lead(self, shard: str) -> RetentionSession | None:
         """The session holding ``shard``'s retention lock, taking it if it is free."""
         with self._lock:
-            conn = self._sessions.get(shard)
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            session = self._sessions.get(shard)
+        if session is not None and session.usable:
+            return session
         self._drop(shard)
         try:
-            conn = self.cluster.pools.connect(shard)
+            session = self.cluster.store.retention_session(shard)
         except ShardUnavailable as exc:
             log.debug("retention: shard %s unreachable: %s", shard, exc.reason)
             return None
-        try:
-            row = conn.execute(query("retention_try_lead")).fetchone()
-        except psycopg.Error:
-            conn.close()
-            raise
-        if not row or not row[0]:
-            conn.close()
+        if session is None:
             return None
         with self._lock:
-            self._sessions[shard] = conn
+            self._sessions[shard] = session
             self.stats.leading.add(shard)
         log.info("retention: leading shard %s", shard)
-        return conn
+        return session
 
     def _drop(self, shard: str) -> None:
         with self._lock:
-            conn = self._sessions.pop(shard, None)
+            session = self._sessions.pop(shard, None)
             self.stats.leading.discard(shard)
-        if conn is not None:
-            _resign(conn)
-
-    def _delete_batch(self, conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, list[str]]:
-        row = conn.execute(
-            query("retention_delete_batch"),
-            {
-                "now": self._now(),
-                "keep_seconds": self.config.keep_finished_seconds,
-                "limit": self.config.batch_size,
-            },
-        ).fetchone()
-        if row is None:
-            return 0, []
-        refs = row[1]
-        assert isinstance(refs, list)
-        return int(str(row[0])), [str(r) for r in refs]
+        if session is not None:
+            session.close()
 
     def _delete_blobs(self, texts: list[str]) -> None:
         """Remove the blobs of rows just deleted. Best effort: a blob left behind is
@@ -197,14 +177,3 @@ class RetentionLeader:
             log.warning("retention could not delete %d blob(s): %s", len(refs), exc)
             return
         self.stats.blobs_deleted += len(refs)
-
-
-def _resign(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Release the leader lock, then close: another leader can take the shard at once."""
-    try:
-        if not conn.closed and not conn.broken:
-            conn.execute(query("retention_resign"))
-    except psycopg.Error:
-        pass  # the connection is going away, and its lock with it
-    finally:
-        conn.close()

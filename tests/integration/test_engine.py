@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -190,23 +190,26 @@ def test_dead_letter_after_max_recoveries_then_resume(cluster: Cluster) -> None:
     names = ["basic.three_steps"]
     store = cluster.store
     # A "worker" that claims and dies, max_recoveries + 1 times.
+    # The ghost's clock runs ten minutes behind, so each of its 30 s leases has run out
+    # by the next claim (a minute later on its clock) and, in the end, for real.
+    clock = datetime.now(UTC) - timedelta(minutes=10)
     claims = store.claim_enqueued(
-        shard, queue="default", names=names, owner="ghost", lease_seconds=0.05, limit=1
+        shard, queue="default", names=names, owner="ghost", lease_seconds=30, limit=1, now=clock
     )
     assert [c.workflow_id for c in claims] == ["crashy"]
     for attempt in range(2, 4):
-        wait_until(
-            lambda: store.claim_expired(
-                shard,
-                names=names,
-                queues=["default"],
-                owner="ghost",
-                lease_seconds=0.05,
-                limit=1,
-                max_recoveries=2,
-            ),
-            message=f"expired claim {attempt}",
+        clock += timedelta(minutes=1)
+        recovered = store.claim_expired(
+            shard,
+            names=names,
+            queues=["default"],
+            owner="ghost",
+            lease_seconds=30,
+            limit=1,
+            max_recoveries=2,
+            now=clock,
         )
+        assert [(c.workflow_id, c.attempt) for c in recovered] == [("crashy", attempt)]
     status = handle.status()
     assert status.state is WorkflowState.RUNNING and status.recoveries == 2
     worker = shardflow.Worker(cluster, app, concurrency=2, max_recoveries=2)
@@ -317,12 +320,17 @@ def test_priority_order(cluster: Cluster) -> None:
 
 
 def test_delayed_start(cluster: Cluster) -> None:
-    handle = cluster.submit(basic.three_steps, 1, delay_seconds=1.5)
+    handle = cluster.submit(basic.three_steps, 1, delay_seconds=3600)
+    created = handle.status().created_at
+    # Not claimable before its delay has passed (the clock is moved, not waited for) ...
+    assert cluster.store.promote_delayed(handle.shard, now=created + timedelta(seconds=3599)) == 0
+    assert handle.status().state is WorkflowState.ENQUEUED
+    # ... and runs once it has.
+    assert cluster.store.promote_delayed(handle.shard, now=created + timedelta(seconds=3601)) == 1
     with shardflow.Worker(cluster, app, concurrency=2):
         handle.result(timeout=20)
     status = handle.status()
-    assert status.started_at is not None
-    assert (status.started_at - status.created_at).total_seconds() >= 1.5
+    assert status.started_at is not None and status.started_at >= created
 
 
 def test_dedup_key_is_unique_among_active_workflows(cluster: Cluster) -> None:

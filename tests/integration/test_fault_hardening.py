@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -15,9 +16,10 @@ import pytest
 
 import shardflow
 from shardflow import WorkflowState
-from shardflow.engine.batcher import ShardCommitter, StepWrite
+from shardflow.engine.batcher import ShardCommitter
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.runner import WorkflowRun
+from shardflow.engine.store import StepWrite
 from shardflow.errors import ValueRejected
 from shardflow.router.slotmap import SlotMap
 from shardflow.sql import query
@@ -74,7 +76,7 @@ def test_defect01_committer_fails_only_the_bad_write_and_keeps_running(
     (claim,) = cluster.store.claim_enqueued(
         "shard1", queue="default", names=["faults.two_args"], owner="t", lease_seconds=30, limit=1
     )
-    committer = ShardCommitter(cluster.pools, "shard1")
+    committer = ShardCommitter(cluster.store, "shard1")
     try:
         bad = StepWrite(wid, claim.attempt, 0, "s", "\ud800", None)
         with pytest.raises(ValueRejected):
@@ -115,7 +117,7 @@ def test_defect03_checkpoint_fence_locks_the_status_row(cluster: Cluster) -> Non
     zombie = psycopg.connect(_dsn(cluster, "shard2"))
     try:
         written = zombie.execute(query("commit_batch"), {"steps": steps, "finishes": "[]"})
-        assert written.fetchall() == [(wid, 0)]  # in flight, not yet committed
+        assert written.fetchall() == [(wid, 0, claim.attempt)]  # in flight, uncommitted
         stolen = cluster.store.claim_expired(
             "shard2", names=["faults.two_args"], queues=["default"], owner="thief",
             lease_seconds=30, limit=10, max_recoveries=10,
@@ -295,7 +297,7 @@ def test_defect15_lease_renewals_are_hot_updates(cluster: Cluster) -> None:
         "shard0", queue="default", names=["faults.two_args"], owner="w", lease_seconds=30, limit=10
     )
     assert len(claims) == 10
-    params = {"workflow_ids": ids, "owner": "w", "lease_seconds": 30}
+    params = {"workflow_ids": ids, "owner": "w", "lease_seconds": 30, "now": None}
     with psycopg.connect(_dsn(cluster, "shard0"), autocommit=True) as conn:
         conn.execute("SELECT pg_stat_force_next_flush()")
         before = _update_counts(conn)
@@ -334,19 +336,20 @@ def test_defect16_delayed_backlog_stays_out_of_the_claim_path(cluster: Cluster) 
         plan = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("claim_enqueued"),
             {"queue": "default", "names": ["faults.two_args"], "owner": "w",
-             "lease_seconds": 30, "limit": 32},
+             "lease_seconds": 30, "limit": 32, "now": None},
         ).fetchone()  # fmt: skip
         conn.rollback()
     assert plan is not None
     top = plan[0][0]["Plan"]
     blocks = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
     assert blocks < 50, f"a claim read {blocks} blocks past a delayed backlog"
-    # Delayed work still runs once it is due.
-    due = cluster.submit(faults.two_args, 5, delay_seconds=1.0)
-    started = time.monotonic()
+    # Delayed work still runs once it is due (the clock is moved, not waited for).
+    due = cluster.submit(faults.two_args, 5, delay_seconds=60)
+    created = due.status().created_at
+    assert cluster.store.promote_delayed(due.shard, now=created + timedelta(seconds=59)) == 0
+    assert cluster.store.promote_delayed(due.shard, now=created + timedelta(seconds=61)) == 1
     with shardflow.Worker(cluster, app, concurrency=2, poll_interval_seconds=0.1):
         assert due.result(timeout=30) == 5
-    assert time.monotonic() - started >= 0.9
 
 
 # -- defect 20: waits and calls behave as documented ----------------------------------------

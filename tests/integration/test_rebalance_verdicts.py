@@ -49,7 +49,7 @@ def test_a_copy_whose_source_moved_the_workflow_elsewhere_is_not_the_workflow(
             assert staged == [("w-1",)]
 
             # The client: the copy is not the workflow; follow A's tombstone to C.
-            copy = cluster.store.locate(b, "w-1")
+            copy = cluster.store.find_copy(b, "w-1")
             assert copy is not None and copy.status.state is WorkflowState.IMPORTING
             assert cluster._staged(copy) == c
             status = cluster.get("w-1")
@@ -58,7 +58,7 @@ def test_a_copy_whose_source_moved_the_workflow_elsewhere_is_not_the_workflow(
 
             # The rebalancer: the same verdict, so it discards the copy.
             assert recover_staged(links[b], links) == Recovery(discarded=1)
-            assert cluster.store.locate(b, "w-1") is None
+            assert cluster.store.find_copy(b, "w-1") is None
             assert cluster.get("w-1").shard == c
     finally:
         for link in links.values():

@@ -16,9 +16,6 @@ ON CONFLICT (singleton) DO UPDATE
         updated_at = now()
     WHERE shardflow.slot_map.epoch < excluded.epoch
 
--- name: max_ownership_epoch
-SELECT coalesce(max(epoch), 0) FROM shardflow.slot_ownership
-
 -- Slot transitions and inserts (docs/rebalancing.md, "Inserts and slot transitions"):
 -- every insert of a workflow holds its slot_ownership row FOR SHARE until it commits
 -- (insert_workflows, insert_fork); every transition below writes those rows, so it waits

@@ -24,7 +24,7 @@ RETURNING workflow_id
 -- name: claim_wakeable
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
-    WHERE state = 'SUSPENDED' AND wake_at <= now() AND name = ANY(%(names)s)
+    WHERE state = 'SUSPENDED' AND wake_at <= coalesce(%(now)s::timestamptz, now()) AND name = ANY(%(names)s)
       AND queue = ANY(%(queues)s)
     ORDER BY wake_at
     LIMIT %(limit)s
@@ -32,11 +32,11 @@ WITH picked AS (
 )
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
     wake_at = NULL, wait_for = NULL, updated_at = now()
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp())
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
 
 -- name: wake_workflow
 -- Wake a suspended workflow now (a message arrived, a child finished).
@@ -99,7 +99,7 @@ WITH expired AS (
         finished_at = now(), updated_at = now()
     WHERE workflow_id IN (
         SELECT workflow_id FROM shardflow.workflow_status
-        WHERE deadline < now() AND state IN ('ENQUEUED', 'RUNNING', 'SUSPENDED')
+        WHERE deadline < coalesce(%(now)s::timestamptz, now()) AND state IN ('ENQUEUED', 'RUNNING', 'SUSPENDED')
         LIMIT 1000 FOR UPDATE SKIP LOCKED)
     RETURNING workflow_id
 )

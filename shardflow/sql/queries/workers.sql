@@ -14,14 +14,15 @@ SET last_seen = now(), workflows = excluded.workflows, queues = excluded.queues
 DELETE FROM shardflow.workers WHERE worker_id = %(worker_id)s
 
 -- name: workers_purge_stale
-DELETE FROM shardflow.workers WHERE last_seen < now() - make_interval(secs => %(seconds)s)
+DELETE FROM shardflow.workers
+WHERE last_seen < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s)
 
 -- name: workers_live
 -- Workers seen within the window, newest first; age_seconds on the database clock.
 SELECT worker_id, host, pid, version, app, workflows, queues,
-       extract(epoch FROM now() - last_seen)::float8 AS age_seconds
+       extract(epoch FROM coalesce(%(now)s::timestamptz, now()) - last_seen)::float8 AS age_seconds
 FROM shardflow.workers
-WHERE last_seen > now() - make_interval(secs => %(seconds)s)
+WHERE last_seen > coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(seconds)s)
 ORDER BY last_seen DESC, worker_id
 
 -- name: workers_table_exists

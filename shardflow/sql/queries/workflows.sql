@@ -55,10 +55,6 @@ SELECT workflow_id, pg_notify('shardflow_work', queue) FROM created
 SELECT workflow_id, name, state, moved_to FROM shardflow.workflow_status
 WHERE workflow_id = ANY(%(workflow_ids)s)
 
--- name: owned_slots_among
-SELECT slot FROM shardflow.slot_ownership
-WHERE slot = ANY(%(slots)s) AND state IN ('OWNED', 'IMPORTING')
-
 -- name: get_workflow
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
@@ -68,7 +64,8 @@ FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 -- name: claim_enqueued
 -- The next runnable workflows of one queue, highest priority first, then oldest. Only
 -- ready rows (wake_at IS NULL, the workflow_status_claim_ready index): delayed ones join
--- them when promote_delayed finds them due.
+-- them when promote_delayed finds them due. ``now`` (NULL: the database's now()) lets
+-- tests move the clock; the same holds for every query that takes it.
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
     WHERE state = 'ENQUEUED' AND wake_at IS NULL AND queue = %(queue)s
@@ -79,18 +76,18 @@ WITH picked AS (
 )
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
     started_at = coalesce(w.started_at, now()), updated_at = now()
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp())
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
 
 -- name: promote_delayed
 -- Delayed workflows whose time has come become ready for claim_enqueued (a few at a
 -- time; workers of the shard share the work through SKIP LOCKED).
 WITH due AS (
     SELECT workflow_id FROM shardflow.workflow_status
-    WHERE state = 'ENQUEUED' AND wake_at IS NOT NULL AND wake_at <= now()
+    WHERE state = 'ENQUEUED' AND wake_at IS NOT NULL AND wake_at <= coalesce(%(now)s::timestamptz, now())
     ORDER BY wake_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -104,7 +101,7 @@ RETURNING w.workflow_id
 -- is dead-lettered instead of run again.
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
-    WHERE state = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+    WHERE state = 'RUNNING' AND lease_expires_at < coalesce(%(now)s::timestamptz, now()) AND name = ANY(%(names)s)
       AND queue = ANY(%(queues)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
@@ -118,12 +115,13 @@ SET state = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN 'DEAD' ELSE 'RU
     lease_owner = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
                        ELSE %(owner)s END,
     lease_expires_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
-                       ELSE now() + make_interval(secs => %(lease_seconds)s) END,
+                       ELSE coalesce(%(now)s::timestamptz, now())
+                            + make_interval(secs => %(lease_seconds)s) END,
     finished_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN now() END,
     updated_at = now()
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp())
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
 
 -- name: lock_queue
 -- Serializes claims of one queue on this shard while its limits are checked.
@@ -134,14 +132,14 @@ SELECT
     (SELECT count(*) FROM shardflow.workflow_status
      WHERE queue = %(queue)s AND state = 'RUNNING') AS running,
     (SELECT count(*) FROM shardflow.workflow_status
-     WHERE queue = %(queue)s AND started_at > now() - make_interval(secs => %(period)s))
+     WHERE queue = %(queue)s AND started_at > coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(period)s))
         AS started
 
 -- name: renew_leases
 -- One statement per shard per heartbeat. IDs missing from the result lost their lease
 -- (cancelled, or claimed by another worker after expiry).
 UPDATE shardflow.workflow_status
-SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
 WHERE workflow_id = ANY(%(workflow_ids)s) AND lease_owner = %(owner)s AND state = 'RUNNING'
 RETURNING workflow_id
 
@@ -150,37 +148,12 @@ SELECT step_no, name, output, error, started_at, duration_ms, attempt
 FROM shardflow.step_outputs
 WHERE workflow_id = %(workflow_id)s ORDER BY step_no
 
--- name: record_step
--- Fenced on the claimed attempt, locking the status row like commit_batch (see there);
--- a recorded step is never overwritten.
-WITH fence AS (
-    SELECT workflow_id FROM shardflow.workflow_status
-    WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING'
-    FOR SHARE
-)
-INSERT INTO shardflow.step_outputs
-    (workflow_id, step_no, name, output, error, started_at, duration_ms, attempt)
-SELECT fence.workflow_id, %(step_no)s, %(name)s, %(output)s, %(error)s,
-       to_timestamp(%(started_at)s::double precision), %(duration_ms)s::double precision,
-       %(attempt)s
-FROM fence
-ON CONFLICT (workflow_id, step_no) DO NOTHING
-RETURNING step_no
-
 -- name: get_step
 SELECT step_no, name, output, error FROM shardflow.step_outputs
 WHERE workflow_id = %(workflow_id)s AND step_no = %(step_no)s
 
 -- name: run_state
 SELECT state, attempt FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
-
--- name: finish_workflow
--- The final result, recorded once: only the run holding the current attempt may write it.
-UPDATE shardflow.workflow_status
-SET state = %(state)s, output = %(output)s, error = %(error)s, reason = %(reason)s,
-    lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-WHERE workflow_id = %(workflow_id)s AND attempt = %(attempt)s AND state = 'RUNNING'
-RETURNING workflow_id
 
 -- name: release_workflows
 -- A stopping worker hands back what it has not finished.
@@ -241,9 +214,12 @@ SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
 LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 
 -- name: commit_batch
--- Group commit: many runs' step checkpoints and final states in one statement (one round
--- trip, one commit), each fenced on its attempt. Rows missing from the result were
--- fenced off, or (steps) lost to a record written earlier.
+-- The one fenced write: many runs' step checkpoints and final states in one statement
+-- (one round trip, one commit), each fenced on its attempt. A single write is a batch of
+-- one (shardflow/engine/store/steps.py). Returns (workflow_id, step_no, attempt) of each
+-- step written and (workflow_id, NULL, attempt) of each final state written; a write
+-- missing from the result was fenced off, or (a step) lost to a record written earlier.
+-- The attempt tells apart two attempts' writes of one step in the same batch.
 --
 -- The fence locks what it reads. A checkpoint takes FOR SHARE on its workflow's status
 -- row: a claim (claim_expired, cancel, a move) updates that row, so it either waits for
@@ -270,7 +246,7 @@ WITH fence AS (
            attempt
     FROM fence
     ON CONFLICT (workflow_id, step_no) DO NOTHING
-    RETURNING workflow_id, step_no
+    RETURNING workflow_id, step_no, attempt
 ), finished AS (
     UPDATE shardflow.workflow_status AS w
     SET state = t.state, output = t.output, error = t.error, reason = t.reason,
@@ -279,8 +255,8 @@ WITH fence AS (
          AS t(workflow_id text, attempt integer, state text, output text, error jsonb,
               reason text)
     WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
-    RETURNING w.workflow_id
+    RETURNING w.workflow_id, w.attempt
 )
-SELECT workflow_id, step_no FROM steps
+SELECT workflow_id, step_no, attempt FROM steps
 UNION ALL
-SELECT workflow_id, NULL FROM finished
+SELECT workflow_id, NULL, attempt FROM finished

@@ -1,0 +1,254 @@
+"""Workflow rows on one shard: submit, read, claim, lease, release, cancel, resume, and
+the notifications workers listen to."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Collection, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row, kwargs_row, scalar_row
+
+from shardflow.engine.records import Claim, NewWorkflow, WorkflowStatus
+from shardflow.engine.store._conn import ShardAccess, at, fetch_all, fetch_one, returns_row, run
+from shardflow.engine.store.rows import Existing, QueueUsage, claim_rows, located_rows
+from shardflow.engine.store_errors import DedupConflict, StoreError
+from shardflow.errors import ShardUnavailable
+from shardflow.sql import query
+
+
+class WorkflowQueries(ShardAccess):
+    # -- submit and read ----------------------------------------------------------------
+
+    def insert_workflows(
+        self, shard: str, rows: Sequence[NewWorkflow], source_checked: Collection[str] = ()
+    ) -> set[str]:
+        """Insert ``rows`` where this shard owns the slot; returns the IDs created.
+
+        In a slot this shard is importing, only IDs in ``source_checked`` (looked up on
+        the slot's source first, and absent there) are created."""
+        document = json.dumps(
+            [
+                {
+                    "workflow_id": r.workflow_id,
+                    "slot": r.slot,
+                    "route_hash": r.route_hash,
+                    "name": r.name,
+                    "queue": r.queue,
+                    "priority": r.priority,
+                    "inputs": r.inputs,
+                    "delay_seconds": r.delay_seconds,
+                    "timeout_seconds": r.timeout_seconds,
+                    "dedup_key": r.dedup_key,
+                    "parent_id": r.parent_id,
+                    "source_checked": r.workflow_id in source_checked,
+                }
+                for r in rows
+            ],
+            separators=(",", ":"),
+        )
+        with self._conn(shard) as conn:
+            try:
+                created = fetch_all(conn, "insert_workflows", {"rows": document}, scalar_row)
+            except psycopg.errors.UniqueViolation as exc:
+                raise DedupConflict(str(exc).splitlines()[0]) from exc
+        return {str(c) for c in created}
+
+    def existing(self, shard: str, workflow_ids: Sequence[str]) -> dict[str, Existing]:
+        """The given IDs present on ``shard`` (tombstones included)."""
+
+        def make(*, workflow_id: str, name: str, state: str, moved_to: str | None) -> Any:
+            return workflow_id, Existing(name, state, moved_to)
+
+        with self._conn(shard) as conn:
+            rows = fetch_all(
+                conn, "existing_workflows", {"workflow_ids": list(workflow_ids)}, kwargs_row(make)
+            )
+        return dict(rows)
+
+    def list_page(
+        self,
+        shard: str,
+        *,
+        state: str | None,
+        name: str | None,
+        queue: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[WorkflowStatus]:
+        params = {
+            "state": state,
+            "name": name,
+            "queue": queue,
+            "after_created": after[0] if after else None,
+            "after_id": after[1] if after else None,
+            "limit": limit,
+        }
+        with self._conn(shard) as conn:
+            rows = fetch_all(conn, "list_workflows", params, located_rows(shard, self.codec))
+        return [r.status for r in rows]
+
+    def count_by_state(self, shard: str) -> dict[str, int]:
+        def make(*, state: str, count: int) -> tuple[str, int]:
+            return state, int(count)
+
+        with self._conn(shard) as conn:
+            return dict(fetch_all(conn, "count_by_state", None, kwargs_row(make)))
+
+    # -- claims and leases ----------------------------------------------------------------
+
+    def claim_enqueued(
+        self,
+        shard: str,
+        *,
+        queue: str,
+        names: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        global_limit: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
+        now: datetime | None = None,
+    ) -> list[Claim]:
+        """Claim up to ``limit`` ENQUEUED workflows of ``queue``.
+
+        With a global concurrency share or a rate limit, the claim is serialized per queue
+        on this shard (advisory lock) so the limits hold exactly on it. ``now`` replaces
+        the database clock (tests).
+        """
+        params: dict[str, Any] = {
+            "queue": queue,
+            "names": list(names),
+            "owner": owner,
+            "lease_seconds": lease_seconds,
+            "limit": limit,
+            **at(now),
+        }
+        sent = time.monotonic()
+        claims = claim_rows(shard, sent)
+        with self._conn(shard) as conn:
+            if global_limit is None and rate_limit is None:
+                return fetch_all(conn, "claim_enqueued", params, claims)
+            with conn.transaction():
+                run(conn, "lock_queue", {"queue": queue})
+                period = rate_limit[1] if rate_limit else 1.0
+                usage = fetch_one(
+                    conn,
+                    "queue_usage",
+                    {"queue": queue, "period": period, **at(now)},
+                    class_row(QueueUsage),
+                ) or QueueUsage(0, 0)
+                budget = limit
+                if global_limit is not None:
+                    budget = min(budget, global_limit - usage.running)
+                if rate_limit is not None:
+                    budget = min(budget, rate_limit[0] - usage.started)
+                if budget <= 0:
+                    return []
+                params["limit"] = budget
+                return fetch_all(conn, "claim_enqueued", params, claims)
+
+    def promote_delayed(self, shard: str, limit: int = 1000, now: datetime | None = None) -> int:
+        """Make delayed workflows that are due claimable; returns how many."""
+        with self._conn(shard) as conn:
+            return len(fetch_all(conn, "promote_delayed", {"limit": limit, **at(now)}, scalar_row))
+
+    def claim_expired(
+        self,
+        shard: str,
+        *,
+        names: Sequence[str],
+        queues: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        max_recoveries: int,
+        now: datetime | None = None,
+    ) -> list[Claim]:
+        """Claim RUNNING workflows whose lease expired (dead-lettering repeat offenders)."""
+        params = {
+            "names": list(names),
+            "queues": list(queues),
+            "owner": owner,
+            "lease_seconds": lease_seconds,
+            "limit": limit,
+            "max_recoveries": max_recoveries,
+            **at(now),
+        }
+        claims = claim_rows(shard, time.monotonic())
+        with self._conn(shard) as conn:
+            return fetch_all(conn, "claim_expired", params, claims)
+
+    def renew_leases(
+        self,
+        shard: str,
+        *,
+        owner: str,
+        workflow_ids: Sequence[str],
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> set[str]:
+        params = {
+            "workflow_ids": list(workflow_ids),
+            "owner": owner,
+            "lease_seconds": lease_seconds,
+            **at(now),
+        }
+        with self._conn(shard) as conn:
+            return {str(w) for w in fetch_all(conn, "renew_leases", params, scalar_row)}
+
+    def release(self, shard: str, runs: Sequence[tuple[str, int]]) -> set[str]:
+        """Hand back ``(workflow_id, attempt)`` runs a stopping worker has not finished."""
+        params = {"workflow_ids": [r[0] for r in runs], "attempts": [r[1] for r in runs]}
+        with self._conn(shard) as conn:
+            return {str(w) for w in fetch_all(conn, "release_workflows", params, scalar_row)}
+
+    # -- control --------------------------------------------------------------------------
+
+    def cancel(self, shard: str, workflow_id: str, reason: str) -> bool:
+        with self._conn(shard) as conn:
+            return returns_row(
+                conn, "cancel_workflow", {"workflow_id": workflow_id, "reason": reason}
+            )
+
+    def resume(self, shard: str, workflow_id: str) -> bool:
+        try:
+            with self._conn(shard) as conn, conn.transaction():
+                resumed = returns_row(conn, "resume_workflow", {"workflow_id": workflow_id})
+                if resumed:
+                    run(conn, "drop_failed_last_step", {"workflow_id": workflow_id})
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise DedupConflict(str(exc)) from exc
+            raise
+        return resumed
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def listen(
+        self, shard: str, timeout: float, stop: threading.Event
+    ) -> Iterator[tuple[str, str]]:
+        """Yield ``(channel, payload)`` notifications of one shard until ``stop`` is set.
+
+        Uses a dedicated connection (LISTEN needs one). Yields ``("", "")`` every
+        ``timeout`` seconds of silence so the caller can check ``stop``.
+        """
+        conn = self.pools.dedicated(shard, "listen")
+        with conn:
+            try:
+                conn.execute(query("listen"))
+                while not stop.is_set():
+                    got = False
+                    for note in conn.notifies(timeout=timeout):
+                        got = True
+                        yield note.channel, note.payload
+                        if stop.is_set():
+                            return
+                    if not got:
+                        yield "", ""
+            except psycopg.OperationalError as exc:
+                raise ShardUnavailable(shard, str(exc).strip().splitlines()[0]) from exc

@@ -1,0 +1,209 @@
+"""The group committer (``ShardCommitter``) against a real shard: the fence, a lost race,
+one bad row in a batch, and stopping with writes queued."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from shardflow.engine.batcher import GroupWriter, ShardCommitter
+from shardflow.engine.cluster import Cluster
+from shardflow.engine.records import Claim
+from shardflow.engine.states import WorkflowState
+from shardflow.engine.store import Fenced, FinishWrite, StepWrite
+from shardflow.errors import ShardUnavailable, ValueRejected
+from shardflow.testing.servers import id_on, wait_until
+from tests.apps import faults
+
+SHARD = "shard1"
+NAMES = ["faults.two_args"]
+LATER = timedelta(hours=1)
+
+
+def _claim(cluster: Cluster, prefix: str) -> Claim:
+    wid = id_on(cluster, SHARD, prefix)
+    cluster.submit(faults.two_args, 1, workflow_id=wid)
+    claims = cluster.store.claim_enqueued(
+        SHARD, queue="default", names=NAMES, owner="t", lease_seconds=30, limit=100
+    )
+    return next(c for c in claims if c.workflow_id == wid)
+
+
+def _take_over(cluster: Cluster, claim: Claim) -> Claim:
+    """The same workflow claimed again by another worker (as if its lease had expired:
+    the claim is told the time is an hour later)."""
+    claims = cluster.store.claim_expired(
+        SHARD,
+        names=NAMES,
+        queues=["default"],
+        owner="other",
+        lease_seconds=30,
+        limit=100,
+        max_recoveries=10,
+        now=datetime.now(UTC) + LATER,
+    )
+    again = next(c for c in claims if c.workflow_id == claim.workflow_id)
+    assert again.attempt == claim.attempt + 1
+    return again
+
+
+def _step(claim: Claim, output: str, step_no: int = 0) -> StepWrite:
+    return StepWrite(claim.workflow_id, claim.attempt, step_no, "s", output, None)
+
+
+@contextmanager
+def _committer(cluster: Cluster, retry_seconds: float = 5.0) -> Iterator[ShardCommitter]:
+    committer = ShardCommitter(cluster.store, SHARD, retry_seconds=retry_seconds)
+    try:
+        yield committer
+    finally:
+        committer.stop()
+
+
+@contextmanager
+def _row_locked(cluster: Cluster, workflow_id: str) -> Iterator[None]:
+    """Hold ``workflow_id``'s status row FOR UPDATE: a write fenced on it waits."""
+    with psycopg.connect(cluster.config.shard(SHARD).dsn) as admin:
+        admin.execute(
+            "SELECT 1 FROM shardflow.workflow_status WHERE workflow_id = %s FOR UPDATE",
+            (workflow_id,),
+        )
+        yield
+        admin.rollback()
+
+
+def _waiting_on_a_lock(cluster: Cluster) -> bool:
+    with psycopg.connect(cluster.config.shard(SHARD).dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_stale_attempt_is_fenced_off(cluster: Cluster) -> None:
+    stale = _claim(cluster, "fence")
+    current = _take_over(cluster, stale)
+    writer = GroupWriter(cluster.store, [SHARD])
+    try:
+        assert writer.committers[SHARD].record_step(_step(stale, '"zombie"')) is False
+        with pytest.raises(Fenced):
+            writer.record_step(
+                SHARD,
+                workflow_id=stale.workflow_id,
+                attempt=stale.attempt,
+                step_no=0,
+                name="s",
+                output='"zombie"',
+                error=None,
+            )
+        assert not writer.finish(
+            SHARD,
+            workflow_id=stale.workflow_id,
+            attempt=stale.attempt,
+            state=WorkflowState.SUCCESS,
+            output="1",
+            error=None,
+        )
+        # The current attempt writes and finishes.
+        assert writer.committers[SHARD].record_step(_step(current, '"live"')) is True
+        assert writer.finish(
+            SHARD,
+            workflow_id=current.workflow_id,
+            attempt=current.attempt,
+            state=WorkflowState.SUCCESS,
+            output="1",
+            error=None,
+        )
+    finally:
+        writer.close()
+    assert [s.output for s in cluster.store.steps(SHARD, stale.workflow_id)] == ["live"]
+    assert cluster.get(stale.workflow_id).state is WorkflowState.SUCCESS
+
+
+def test_a_lost_race_resolves_to_one_winner(cluster: Cluster) -> None:
+    first = _claim(cluster, "race")
+    # Two runs write the same step at once; the older attempt is a zombie.
+    second = _take_over(cluster, first)
+    with _committer(cluster) as committer, ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda w: committer.record_step(w, timeout=30),
+                [_step(first, f'"old{i}"') for i in range(4)]
+                + [_step(second, f'"new{i}"') for i in range(4)],
+            )
+        )
+    assert answers.count(True) == 1
+    assert answers[:4] == [False] * 4  # the fenced attempt never wins
+    (record,) = cluster.store.steps(SHARD, first.workflow_id)
+    assert record.attempt == second.attempt and record.output.startswith("new")
+    # The losers of the current attempt are told the winner's record.
+    winner = cluster.store.resolve_unwritten_step(SHARD, second.workflow_id, second.attempt, 0)
+    assert winner.output == record.output
+    with pytest.raises(Fenced):
+        cluster.store.resolve_unwritten_step(SHARD, first.workflow_id, first.attempt, 0)
+
+
+def test_one_bad_row_fails_only_its_own_write(cluster: Cluster) -> None:
+    blocker, *others = (_claim(cluster, f"bad{i}") for i in range(4))
+    bad, good1, good2 = others
+    with _committer(cluster) as committer, ThreadPoolExecutor(4) as pool:
+        with _row_locked(cluster, blocker.workflow_id):
+            # The first write waits on the lock, so the next three queue up behind it and
+            # are committed together as one batch.
+            first = pool.submit(committer.record_step, _step(blocker, '"b"'), 30)
+            wait_until(lambda: _waiting_on_a_lock(cluster), message="the first write waits")
+            futures = [
+                pool.submit(committer.record_step, _step(bad, '"a\x00b"'), 30),
+                pool.submit(committer.record_step, _step(good1, '"g1"'), 30),
+                pool.submit(
+                    committer.finish,
+                    FinishWrite(good2.workflow_id, good2.attempt, "SUCCESS", "2", None),
+                    30,
+                ),
+            ]
+            wait_until(lambda: committer.queued() == 3, message="three writes queued")
+        assert first.result(30) is True
+        with pytest.raises(ValueRejected):
+            futures[0].result(30)
+        assert futures[1].result(30) is True
+        assert futures[2].result(30) is True
+        # The batch of three failed once as a whole, then its bad write alone.
+        assert committer.errors == 2
+        assert committer.alive()
+    assert cluster.store.steps(SHARD, bad.workflow_id) == []
+    assert [s.output for s in cluster.store.steps(SHARD, good1.workflow_id)] == ["g1"]
+    assert cluster.get(good2.workflow_id).state is WorkflowState.SUCCESS
+
+
+def test_stop_with_writes_queued_answers_every_write(cluster: Cluster) -> None:
+    blocker, *rest = (_claim(cluster, f"stop{i}") for i in range(4))
+    committer = ShardCommitter(cluster.store, SHARD, retry_seconds=20)
+    pool = ThreadPoolExecutor(4)
+    try:
+        with _row_locked(cluster, blocker.workflow_id):
+            in_flight = pool.submit(committer.record_step, _step(blocker, '"b"'), 30)
+            wait_until(lambda: _waiting_on_a_lock(cluster), message="the first write waits")
+            queued: list[Future[bool]] = [
+                pool.submit(committer.record_step, _step(c, '"q"'), 30) for c in rest
+            ]
+            wait_until(lambda: committer.queued() == 3, message="three writes queued")
+            committer.stop(timeout=0.2)  # the thread is stuck on the lock
+            for future in queued:
+                with pytest.raises(ShardUnavailable):
+                    future.result(10)
+            with pytest.raises(ShardUnavailable):
+                committer.record_step(_step(rest[0], '"late"'), 10)
+        # The write that was in flight is answered once the shard answers.
+        assert in_flight.result(30) is True
+        committer.stop()
+        assert not committer.alive()
+    finally:
+        pool.shutdown()
+    for c in rest:
+        assert cluster.store.steps(SHARD, c.workflow_id) == []
