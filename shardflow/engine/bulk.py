@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from shardflow.engine.adminstore import ACTIVE, RESUMABLE, AdminStore, FailureGroup
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.store.admin import ACTIVE, RESUMABLE, AdminStore, FailureGroup
 from shardflow.engine.store_errors import DedupConflict
 from shardflow.errors import ShardUnavailable, WorkflowDeduplicated
 from shardflow.retry import with_retries

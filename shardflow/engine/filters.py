@@ -1,7 +1,7 @@
 """Which workflows a listing or a bulk action is about: :class:`WorkflowFilter`.
 
 Pure: no I/O. Every field is optional; the filter matches a workflow when every field
-that is set matches. Values go to SQL only as parameters (``adminstore.py``); a
+that is set matches. Values go to SQL only as parameters (``store/admin.py``); a
 workflow-ID prefix is turned into a ``LIKE`` pattern with its wildcards escaped here.
 Bad values raise :class:`ValueError` with a one-line message naming the field.
 """

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from shardflow.config.redaction import scrub_dsns
-from shardflow.engine.adminstore import (
+from shardflow.engine.blobs import BlobRef, is_reference
+from shardflow.engine.bulk import admin_store, list_workflows
+from shardflow.engine.cluster import Cluster, Page
+from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.store.admin import (
     EventRecord,
     LatestPlan,
     MessageRecord,
@@ -22,12 +27,7 @@ from shardflow.engine.adminstore import (
     StoredStep,
     WorkflowExtra,
 )
-from shardflow.engine.blobs import BlobRef, is_reference
-from shardflow.engine.bulk import admin_store, list_workflows
-from shardflow.engine.cluster import Cluster, Page
-from shardflow.engine.filters import WorkflowFilter
-from shardflow.engine.records import WorkflowStatus
-from shardflow.engine.registrystore import WorkerRecord
+from shardflow.engine.store.rows import WorkerRecord
 from shardflow.engine.store_errors import StoreError
 from shardflow.errors import ShardflowError, ShardUnavailable
 from shardflow.retry import with_retries

@@ -1,5 +1,5 @@
 -- Filtered listing, bulk actions and the dashboard's read-only views of one shard
--- (shardflow/engine/adminstore.py). The filter parameters are those of
+-- (shardflow/engine/store/admin.py). The filter parameters are those of
 -- WorkflowFilter.sql_params() (shardflow/engine/filters.py); a NULL parameter means
 -- "any". These statements run unprepared (a custom plan per call), so the planner sees
 -- which filters are set and picks the index for them (migration 0007).

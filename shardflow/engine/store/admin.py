@@ -1,15 +1,13 @@
-"""The storage boundary of filtered listing, bulk actions and the dashboard's views.
+"""Filtered listing, bulk actions and the dashboard's views, at the storage boundary.
 
 One method per named query (``shardflow/sql/queries/admin.sql``), each against one
 shard; :mod:`shardflow.engine.bulk` goes across shards. Driver errors leave classified
-as the engine's store does: :class:`ShardUnavailable` (from the pools),
-:class:`TransientStoreError` (retry in place) or :class:`StoreError`.
+as everywhere in the store (:mod:`~shardflow.engine.store._conn`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,12 +16,9 @@ import psycopg
 
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import WorkflowStatus
-from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store_errors import DedupConflict, StoreError, TransientStoreError
-from shardflow.errors import ShardUnavailable, ValueRejected
-from shardflow.retry import Failure, classify, first_line
-from shardflow.router.pools import Conn, ShardPools
+from shardflow.engine.store._conn import ShardAccess
+from shardflow.engine.store_errors import DedupConflict, StoreError
 from shardflow.sql import query
 
 ACTIVE = ("ENQUEUED", "RUNNING", "SUSPENDED")
@@ -151,32 +146,8 @@ class Cancelled:
     has_children: bool
 
 
-class AdminStore:
+class AdminStore(ShardAccess):
     """Named queries of the filtered, bulk and dashboard operations of one cluster."""
-
-    def __init__(self, pools: ShardPools, codec: Codec) -> None:
-        self.pools = pools
-        self.codec = codec
-
-    @contextmanager
-    def _conn(self, shard: str) -> Iterator[Conn]:
-        with self.pools.connection(shard) as conn:
-            try:
-                yield conn
-            except ShardUnavailable:
-                raise
-            except psycopg.Error as exc:
-                kind = classify(exc)
-                if kind is Failure.UNAVAILABLE:
-                    raise  # the pools turn it into ShardUnavailable
-                text = f"shard {shard!r}: {first_line(exc)}"
-                if kind is Failure.RETRY:
-                    raise TransientStoreError(text) from exc
-                if kind is Failure.BAD_VALUE:
-                    raise ValueRejected(text) from exc
-                if isinstance(exc, psycopg.errors.UniqueViolation):
-                    raise DedupConflict(text) from exc
-                raise StoreError(text) from exc
 
     # -- listing and counting -------------------------------------------------------------
 
@@ -226,8 +197,15 @@ class AdminStore:
         (the whole batch is then left as it was)."""
         params = filters.sql_params()
         params["batch"] = batch
-        with self._conn(shard) as conn:
-            rows = conn.execute(query("admin_resume_matching"), params, prepare=False).fetchall()
+        try:
+            with self._conn(shard) as conn:
+                rows = conn.execute(
+                    query("admin_resume_matching"), params, prepare=False
+                ).fetchall()
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise DedupConflict(str(exc)) from exc
+            raise
         return [str(r[0]) for r in rows]
 
     # -- the dashboard's views --------------------------------------------------------------
