@@ -30,6 +30,8 @@ from shardflow.config import ClusterConfig
 from shardflow.engine import Cluster, connect
 from shardflow.engine.coverage import unserved
 from shardflow.engine.metrics import ACTIVE_STATES, ShardSnapshot, read_snapshots
+from shardflow.engine.states import WorkflowState
+from shardflow.router.moves import SlotState
 
 RECENT_SECONDS = 60.0
 
@@ -96,22 +98,22 @@ def _render(
             rows.append([*first, *blank])
             continue
         moving = _moving(snap)
-        done = snap.finished_recently.get("SUCCESS", 0)
-        failed = sum(v for k, v in snap.finished_recently.items() if k != "SUCCESS")
+        done = snap.finished_recently.get(WorkflowState.SUCCESS, 0)
+        failed = sum(v for k, v in snap.finished_recently.items() if k != WorkflowState.SUCCESS)
         if not by_queue:
             rows.append(
                 list(
                     (
                         snap.shard,
                         "yes",
-                        snap.slots.get("OWNED", 0),
+                        snap.slots.get(SlotState.OWNED, 0),
                         moving,
-                        snap.count("ENQUEUED"),
-                        sum(d.due for d in snap.depths if d.state == "ENQUEUED"),
-                        snap.count("RUNNING"),
-                        snap.count("SUSPENDED"),
+                        snap.count(WorkflowState.ENQUEUED),
+                        sum(d.due for d in snap.depths if d.state == WorkflowState.ENQUEUED),
+                        snap.count(WorkflowState.RUNNING),
+                        snap.count(WorkflowState.SUSPENDED),
                         snap.expired_leases,
-                        _age(snap.oldest("ENQUEUED")),
+                        _age(snap.oldest(WorkflowState.ENQUEUED)),
                         done,
                         failed,
                     )
@@ -124,12 +126,14 @@ def _render(
                 state: sum(d.workflows for d in snap.depths if (d.queue, d.state) == (queue, state))
                 for state in ACTIVE_STATES
             }
-            due = sum(d.due for d in snap.depths if (d.queue, d.state) == (queue, "ENQUEUED"))
+            due = sum(
+                d.due for d in snap.depths if (d.queue, d.state) == (queue, WorkflowState.ENQUEUED)
+            )
             expired = sum(d.expired_leases for d in snap.depths if d.queue == queue)
             ages = [
                 d.oldest_seconds
                 for d in snap.depths
-                if (d.queue, d.state) == (queue, "ENQUEUED") and d.workflows
+                if (d.queue, d.state) == (queue, WorkflowState.ENQUEUED) and d.workflows
             ]
             first_row = i == 0
             rows.append(
@@ -138,12 +142,12 @@ def _render(
                         snap.shard if first_row else "",
                         queue,
                         "yes" if first_row else "",
-                        snap.slots.get("OWNED", 0) if first_row else "",
+                        snap.slots.get(SlotState.OWNED, 0) if first_row else "",
                         moving if first_row else "",
-                        counts["ENQUEUED"],
+                        counts[WorkflowState.ENQUEUED],
                         due,
-                        counts["RUNNING"],
-                        counts["SUSPENDED"],
+                        counts[WorkflowState.RUNNING],
+                        counts[WorkflowState.SUSPENDED],
                         expired,
                         _age(max(ages) if ages else None),
                         done if first_row else "",
@@ -175,7 +179,7 @@ _DROP_ORDER = ("failed/min", "due", "oldest", "moving", "expired", "suspended", 
 
 def _unserved_lines(cluster: Cluster, snapshots: list[ShardSnapshot]) -> list[Text]:
     """ENQUEUED work that no live worker can run, and why (see engine/coverage.py)."""
-    up = [snap.shard for snap in snapshots if snap.reachable and snap.count("ENQUEUED")]
+    up = [snap.shard for snap in snapshots if snap.reachable and snap.count(WorkflowState.ENQUEUED)]
     found, _ = unserved(cluster, up)
     lines = [Text("ENQUEUED work no live worker can run:", style="bold yellow")] if found else []
     for item in found:
@@ -187,11 +191,11 @@ def _unserved_lines(cluster: Cluster, snapshots: list[ShardSnapshot]) -> list[Te
 
 def _moving(snap: ShardSnapshot) -> str:
     parts = []
-    if snap.slots.get("MIGRATING_OUT"):
-        parts.append(f"{snap.slots['MIGRATING_OUT']} out")
-    if snap.slots.get("IMPORTING"):
-        parts.append(f"{snap.slots['IMPORTING']} in")
-    staged = snap.count("IMPORTING")
+    if snap.slots.get(SlotState.MIGRATING_OUT):
+        parts.append(f"{snap.slots[SlotState.MIGRATING_OUT]} out")
+    if snap.slots.get(SlotState.IMPORTING):
+        parts.append(f"{snap.slots[SlotState.IMPORTING]} in")
+    staged = snap.count(WorkflowState.IMPORTING)
     if staged:
         parts.append(f"{staged} staged")
     return ", ".join(parts) or "-"

@@ -15,6 +15,7 @@ from rich.markup import escape
 import shardflow
 from shardflow.engine import coverage
 from shardflow.local import LocalCluster
+from shardflow.retry import Backoff
 
 START_SECONDS = 60.0
 _TAIL_LINES = 15
@@ -45,6 +46,7 @@ def wait_for_workers(
     they have, or what went wrong (printed, with the worker's log path and its tail)."""
     wanted = {f"demo-worker-{i + 1}" for i in range(len(procs))}
     deadline = time.monotonic() + timeout
+    backoff = Backoff(initial=0.02, maximum=0.5)
     console.print(f"    waiting for the {len(procs)} workers to start (at most {timeout:.0f}s) ...")
     while True:
         for proc in procs:
@@ -75,7 +77,7 @@ def wait_for_workers(
                 f"{', '.join(missing)} did not register within {timeout:.0f}s",
                 log,
             )
-        time.sleep(0.1)
+        backoff.wait()
 
 
 def _failed(console: Console, problem: str, log: Path) -> str:
@@ -96,6 +98,7 @@ def wait_for_worker(
 ) -> str | None:
     """Wait until one worker process has registered on every shard of ``cluster``."""
     deadline = time.monotonic() + timeout
+    backoff = Backoff(initial=0.02, maximum=0.5)
     while True:
         if proc.poll() is not None:
             return _failed(
@@ -113,7 +116,7 @@ def wait_for_worker(
             pass
         if time.monotonic() >= deadline:
             return _failed(console, f"{worker_id} did not register within {timeout:.0f}s", log)
-        time.sleep(0.1)
+        backoff.wait()
 
 
 def dead_worker(procs: list[subprocess.Popen[bytes]], killed_pid: int | None) -> str | None:

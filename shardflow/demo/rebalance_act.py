@@ -30,6 +30,7 @@ from shardflow.local.provision import create_database
 from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.rebalance import Progress as RebalanceProgress
 from shardflow.rebalance.status import gather_status
+from shardflow.retry import Backoff
 from shardflow.sql.migrator import migrate_cluster
 from shardflow.testing.processes import spawn_worker
 
@@ -192,10 +193,11 @@ def _wait_and_verify(
     problems: list[str] = []
     deadline = time.monotonic() + 120
     pending = list(submitted)
+    backoff = Backoff(initial=0.02, maximum=0.5)
     while pending and time.monotonic() < deadline:
         pending = [w for w in pending if client.get(w).state is not shardflow.WorkflowState.SUCCESS]
         if pending:
-            time.sleep(0.2)
+            backoff.wait()
     if pending:
         problems.append(f"{len(pending)} workflow(s) submitted mid-rebalance did not finish")
     copies: Counter[str] = Counter()

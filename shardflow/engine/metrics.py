@@ -34,9 +34,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import QueueDepth
 from shardflow.errors import ShardflowError, ShardUnavailable
 from shardflow.retry import first_line
+from shardflow.router.moves import SlotState
 
 if TYPE_CHECKING:
     from shardflow.engine.cluster import Cluster
@@ -54,7 +56,9 @@ __all__ = [
 
 DEFAULT_SNAPSHOT_INTERVAL = 5.0
 SNAPSHOT_TIMEOUT_MS = 2000
-ACTIVE_STATES = ("ENQUEUED", "RUNNING", "SUSPENDED")
+ACTIVE_STATES = tuple(
+    s.value for s in (WorkflowState.ENQUEUED, WorkflowState.RUNNING, WorkflowState.SUSPENDED)
+)
 
 
 # -- per-shard snapshots --------------------------------------------------------------
@@ -185,7 +189,9 @@ class WorkerCollector:
             labels=["shard", "queue"],
         )
         for (shard, queue, state), value in sorted(dict(stats.finished_by).items()):
-            (completed if state == "SUCCESS" else failed).add_metric([shard, queue], value)
+            (completed if state == WorkflowState.SUCCESS else failed).add_metric(
+                [shard, queue], value
+            )
         yield completed
         yield failed
 
@@ -303,10 +309,10 @@ class WorkerCollector:
             for d in snap.depths:
                 depth.add_metric([snap.shard, d.queue, d.state], d.workflows)
                 oldest.add_metric([snap.shard, d.queue, d.state], d.oldest_seconds)
-                if d.state == "RUNNING":
+                if d.state == WorkflowState.RUNNING:
                     expired.add_metric([snap.shard, d.queue], d.expired_leases)
-            for state in ("OWNED", "IMPORTING", "MIGRATING_OUT"):
-                slots.add_metric([snap.shard, state], snap.slots.get(state, 0))
+            for state in SlotState:
+                slots.add_metric([snap.shard, state], snap.slots.get(state.value, 0))
         yield from (up, depth, oldest, expired, slots)
 
 

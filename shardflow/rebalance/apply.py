@@ -55,7 +55,7 @@ from shardflow.rebalance.progress import (
     WaitNotices,
 )
 from shardflow.rebalance.transitions import SlotMotion
-from shardflow.retry import first_line
+from shardflow.retry import Backoff, first_line
 from shardflow.router.slotmap import SlotMap
 
 log = logging.getLogger(__name__)
@@ -335,6 +335,7 @@ class Rebalancer:
         if self._locked:
             return
         deadline = time.monotonic() + self.lock_timeout
+        backoff = Backoff(initial=0.05, maximum=1.0)
         with self._driver_errors():
             for link in self.links.values():
                 while not link.try_lock():
@@ -348,7 +349,7 @@ class Rebalancer:
                         f"the rebalance lock on shard {link.name!r}, held by another"
                         f" rebalance; giving up after {self.lock_timeout:.0f}s"
                     )
-                    time.sleep(0.2)
+                    backoff.wait()
         self.waits.done()
         self._locked = True
 

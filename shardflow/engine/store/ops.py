@@ -3,6 +3,7 @@ read, retention's deletes, and what the demo checks."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -190,7 +191,8 @@ class EffectsLog:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
 
     def reset(self) -> None:
         """Create the table if needed and empty it."""
@@ -199,14 +201,24 @@ class EffectsLog:
             conn.execute(query("demo_effects_truncate"))
 
     def record(self, workflow_id: str | None, step: str, pid: int) -> None:
-        """Append one row, on this thread's own connection (kept open)."""
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = psycopg.connect(self.dsn, autocommit=True)
-            self._local.conn = conn
+        """Append one row, on the log's one connection (opened on first use, shared by
+        every thread: psycopg serialises its use; closed by :meth:`close` or at exit)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                if conn is None:
+                    atexit.register(self.close)
+                conn = self._conn = psycopg.connect(self.dsn, autocommit=True)
         conn.execute(
             query("demo_effects_insert"), {"workflow_id": workflow_id, "step": step, "pid": pid}
         )
+
+    def close(self) -> None:
+        """Close the shared connection, if open."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def runs_per_step(self) -> dict[tuple[str, str], int]:
         """How often each (workflow, step) ran."""

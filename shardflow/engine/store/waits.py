@@ -16,6 +16,7 @@ from psycopg.rows import class_row, scalar_row
 from psycopg.types.json import Jsonb
 
 from shardflow.engine.records import Claim, NewWorkflow
+from shardflow.engine.states import WorkflowState
 from shardflow.engine.store._conn import (
     ShardAccess,
     at,
@@ -129,9 +130,9 @@ class WaitQueries(ShardAccess):
                 return Delivery("duplicate")
             run(conn, "notify_message", {"workflow_id": workflow_id})
             wake = {"workflow_id": workflow_id, "wait_for": f"message:{topic}"}
-            if target.state == "SUSPENDED":
+            if target.state == WorkflowState.SUSPENDED:
                 run(conn, "wake_workflow", wake)
-            elif target.state == "IMPORTING":
+            elif target.state == WorkflowState.IMPORTING:
                 # A staged copy whose move is decided (the source's tombstone sent this
                 # here): it wakes when it is activated.
                 run(conn, "wake_staged_copy", wake)
