@@ -18,9 +18,11 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from shardflow.config.loader import load
 from shardflow.config.model import ClusterConfig
+from shardflow.engine import bulk
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster_waits import MAX_HOPS, REDIRECTS, WaitsClient
 from shardflow.engine.coverage import warn_unserved, why_waiting
+from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer, is_storable_text
 from shardflow.engine.states import RESUMABLE, WorkflowState
@@ -589,6 +591,12 @@ class Cluster(WaitsClient):
         limit: int = 100,
         cursor: str | None = None,
         skip_unavailable: bool = False,
+        *,
+        id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        parent_id: str | None = None,
+        filters: WorkflowFilter | None = None,
     ) -> Page:
         """Workflows of all shards, newest first, ``limit`` at a time.
 
@@ -596,7 +604,23 @@ class Cluster(WaitsClient):
         ``(created_at, workflow_id)``, never OFFSET); the pages are merged. A shard that
         is down raises ShardUnavailable, or with ``skip_unavailable`` is left out and
         named in ``Page.unavailable`` (its workflows are then missing from the pages).
+
+        Filters: ``state``, ``name``, ``queue``, a workflow-ID prefix, a creation-time
+        range (``created_after`` inclusive, ``created_before`` exclusive, time-zone
+        aware) and ``parent_id`` (the children of a workflow); or a whole
+        :class:`~shardflow.engine.filters.WorkflowFilter` as ``filters``.
         """
+        named = (state, name, queue, id_prefix, created_after, created_before, parent_id)
+        if filters is not None and any(v is not None for v in named):
+            raise ValueError("list_workflows: pass filters= or the single filters, not both")
+        if filters is None and any(v is not None for v in named[3:]):
+            filters = WorkflowFilter(
+                WorkflowState(state) if state is not None else None, *named[1:]
+            )
+        if filters is not None and not filters.is_empty:
+            return bulk.list_workflows(
+                self, filters, limit=limit, cursor=cursor, skip_unavailable=skip_unavailable
+            )
         if limit < 1:
             raise ValueError("limit must be >= 1")
         state_value = WorkflowState(state).value if state is not None else None
@@ -684,6 +708,25 @@ class Cluster(WaitsClient):
         if status.state not in RESUMABLE and not status.state.is_active:
             raise ShardflowError(f"workflow {workflow_id!r} is {status.state.value}; cannot resume")
         return self.get(workflow_id)
+
+    def cancel_many(
+        self,
+        filters: WorkflowFilter,
+        *,
+        reason: str = "cancelled",
+        batch: int = bulk.DEFAULT_BATCH,
+        dry_run: bool = False,
+    ) -> bulk.BulkResult:
+        """Cancel every active workflow matching ``filters`` (and their children), shard
+        by shard in batches; ``dry_run`` only counts them. See :mod:`shardflow.engine.bulk`."""
+        return bulk.cancel_many(self, filters, reason=reason, batch=batch, dry_run=dry_run)
+
+    def resume_many(
+        self, filters: WorkflowFilter, *, batch: int = bulk.DEFAULT_BATCH, dry_run: bool = False
+    ) -> bulk.BulkResult:
+        """Resume every CANCELLED, ERROR or DEAD workflow matching ``filters``, shard by
+        shard in batches; ``dry_run`` only counts them. See :mod:`shardflow.engine.bulk`."""
+        return bulk.resume_many(self, filters, batch=batch, dry_run=dry_run)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
