@@ -29,6 +29,7 @@ from shardflow.cli import (
     route,
     status,
     topology,
+    ui,
     worker,
     workflows,
 )
@@ -53,6 +54,7 @@ COMMANDS = (
     dev,
     demo,
     bench,
+    ui,
 )
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

@@ -1,4 +1,9 @@
-"""``shardflow workflows list|show|steps|cancel|resume``: look at and steer workflows."""
+"""``shardflow workflows list|show|steps|cancel|resume``: look at and steer workflows.
+
+``list`` filters by state, name, queue, ID prefix, creation time and parent.
+``cancel``/``resume`` take one workflow ID, or filters for a bulk action (shard by shard,
+in batches; ``--dry-run`` only counts).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 from datetime import UTC, datetime
 
 from shardflow.cli.options import (
+    CliError,
     Subparsers,
     add_command,
     add_json_option,
@@ -16,7 +22,9 @@ from shardflow.cli.options import (
 )
 from shardflow.cli.output import compact_json, note, print_fields, print_json, print_table
 from shardflow.engine import Cluster, WorkflowState, WorkflowStatus, connect
+from shardflow.engine.bulk import DEFAULT_BATCH
 from shardflow.engine.coverage import unserved, why_waiting
+from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import StepRecord
 from shardflow.errors import WorkflowError
 
@@ -32,6 +40,10 @@ def register(subparsers: Subparsers) -> None:
     add_option(listing, "--state", type=upper, choices=_STATES, help="only workflows in this state")
     add_option(listing, "--name", help="only workflows with this workflow name")
     add_option(listing, "--queue", help="only workflows of this queue")
+    add_option(listing, "--id-prefix", help="only workflows whose ID starts with this")
+    add_option(listing, "--created-after", help="only workflows created at or after (ISO 8601)")
+    add_option(listing, "--created-before", help="only workflows created before (ISO 8601)")
+    add_option(listing, "--parent", help="only the children of this workflow ID")
     add_option(listing, "--limit", type=positive_int, default=50, help="page size (default 50)")
     add_option(listing, "--cursor", help="continue after the page that printed this cursor")
     add_json_option(listing)
@@ -39,17 +51,41 @@ def register(subparsers: Subparsers) -> None:
     for name, text in (
         ("show", "one workflow's status, output and error"),
         ("steps", "one workflow's recorded steps"),
-        ("resume", "re-queue a cancelled, failed or dead-lettered workflow"),
     ):
         command = add_command(actions, name, help=text)
         command.add_argument("workflow_id", metavar="ID", help="workflow ID")
         add_json_option(command)
 
-    cancel = add_command(actions, "cancel", help="cancel a workflow that has not ended")
-    cancel.add_argument("workflow_id", metavar="ID", help="workflow ID")
+    resume = add_command(
+        actions,
+        "resume",
+        help="re-queue a cancelled, failed or dead-lettered workflow (or all matching filters)",
+    )
+    cancel = add_command(
+        actions, "cancel", help="cancel a workflow that has not ended (or all matching filters)"
+    )
+    for command in (cancel, resume):
+        command.add_argument("workflow_id", metavar="ID", nargs="?", help="workflow ID")
+        _add_bulk_filters(command)
     add_option(cancel, "--reason", default="cancelled by CLI", help="recorded reason")
     add_json_option(cancel)
+    add_json_option(resume)
     parser.set_defaults(run=run)
+
+
+def _add_bulk_filters(command: argparse.ArgumentParser) -> None:
+    # Plain options, unlike the others: what a bulk action touches is never taken from
+    # an environment variable left set for another command.
+    group = command.add_argument_group("bulk action (instead of an ID)")
+    group.add_argument("--state", type=upper, choices=_STATES, help="workflows in this state")
+    group.add_argument("--name", help="workflows with this workflow name")
+    group.add_argument("--queue", help="workflows of this queue")
+    group.add_argument("--id-prefix", help="workflows whose ID starts with this")
+    group.add_argument("--created-after", help="created at or after (ISO 8601)")
+    group.add_argument("--created-before", help="created before (ISO 8601)")
+    group.add_argument("--parent", help="the children of this workflow ID")
+    group.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, help="per statement")
+    group.add_argument("--dry-run", action="store_true", help="only count what would change")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +99,15 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if action == "steps":
             return _steps(cluster, args)
+        filters = _filters(args)
+        if args.workflow_id is not None and not filters.is_empty:
+            raise CliError(f"workflows {action}: give a workflow ID or filters, not both")
+        if args.workflow_id is None:
+            if filters.is_empty:
+                raise CliError(f"workflows {action}: give a workflow ID or at least one filter")
+            return _bulk(cluster, action, filters, args)
+        if args.dry_run:
+            raise CliError("--dry-run applies to a bulk action (filters), not to one ID")
         if action == "cancel":
             status = cluster.cancel(args.workflow_id, reason=args.reason)
             return _report_control(status, WorkflowState.CANCELLED, "cancel", json=args.json)
@@ -70,14 +115,55 @@ def run(args: argparse.Namespace) -> int:
         return _report_control(status, None, "resume", json=args.json)
 
 
+def _filters(args: argparse.Namespace) -> WorkflowFilter:
+    return WorkflowFilter.from_strings(
+        {
+            "state": args.state,
+            "name": args.name,
+            "queue": args.queue,
+            "id_prefix": args.id_prefix,
+            "created_after": args.created_after,
+            "created_before": args.created_before,
+            "parent_id": args.parent,
+        }
+    )
+
+
+def _bulk(cluster: Cluster, action: str, filters: WorkflowFilter, args: argparse.Namespace) -> int:
+    if action == "cancel":
+        result = cluster.cancel_many(
+            filters, reason=args.reason, batch=args.batch, dry_run=args.dry_run
+        )
+    else:
+        result = cluster.resume_many(filters, batch=args.batch, dry_run=args.dry_run)
+    if args.json:
+        print_json(
+            {
+                "action": result.action,
+                "dry_run": result.dry_run,
+                "filters": filters.to_strings(),
+                "total": result.total,
+                "per_shard": result.per_shard,
+                "skipped": result.skipped,
+            }
+        )
+        return 0
+    verb = {"cancel": "cancelled", "resume": "resumed"}[action]
+    shards = ", ".join(f"{shard}: {n}" for shard, n in result.per_shard.items())
+    head = f"would be {verb}" if result.dry_run else verb
+    print(f"{result.total} workflow(s) {head} matching {filters.describe()} ({shards})")
+    for workflow_id, why in sorted(result.skipped.items()):
+        note(f"skipped {workflow_id}: {why}")
+    return 0
+
+
 def _list(cluster: Cluster, args: argparse.Namespace) -> int:
+    filters = _filters(args)
     page = cluster.list_workflows(
-        state=args.state,
-        name=args.name,
-        queue=args.queue,
         limit=args.limit,
         cursor=args.cursor,
         skip_unavailable=True,
+        filters=filters,
     )
     if page.unavailable:
         # An operator listing during an outage still sees the healthy shards.

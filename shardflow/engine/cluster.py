@@ -6,6 +6,7 @@
 - :mod:`~shardflow.engine.listing`: the cross-shard listing and its page merge;
 - :mod:`~shardflow.engine.waits`: messages, events, wake-ups, children, fork;
 - :mod:`~shardflow.engine.control`: cancel and resume;
+- :mod:`~shardflow.engine.bulk`: filtered listing, cancel and resume by filter;
 - :mod:`~shardflow.engine.handles`: what the client hands out.
 
 :class:`Cluster` holds them and forwards to them; it adds no rule of its own.
@@ -16,13 +17,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar, Unpack, overload
 
 from shardflow.config.loader import load
 from shardflow.config.model import ClusterConfig
+from shardflow.engine import bulk
 from shardflow.engine.app import Workflow
 from shardflow.engine.control import Control
 from shardflow.engine.coverage import warn_unserved
+from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.handles import Page, Submission, WorkflowHandle
 from shardflow.engine.listing import list_workflows
 from shardflow.engine.locator import Locator
@@ -238,6 +242,12 @@ class Cluster:
         limit: int = 100,
         cursor: str | None = None,
         skip_unavailable: bool = False,
+        *,
+        id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        parent_id: str | None = None,
+        filters: WorkflowFilter | None = None,
     ) -> Page:
         """Workflows of all shards, newest first, ``limit`` at a time.
 
@@ -245,7 +255,23 @@ class Cluster:
         ``(created_at, workflow_id)``, never OFFSET); the pages are merged. A shard that
         is down raises ShardUnavailable, or with ``skip_unavailable`` is left out and
         named in ``Page.unavailable`` (its workflows are then missing from the pages).
+
+        Filters: ``state``, ``name``, ``queue``, a workflow-ID prefix, a creation-time
+        range (``created_after`` inclusive, ``created_before`` exclusive, time-zone
+        aware) and ``parent_id`` (the children of a workflow); or a whole
+        :class:`~shardflow.engine.filters.WorkflowFilter` as ``filters``.
         """
+        named = (state, name, queue, id_prefix, created_after, created_before, parent_id)
+        if filters is not None and any(v is not None for v in named):
+            raise ValueError("list_workflows: pass filters= or the single filters, not both")
+        if filters is None and any(v is not None for v in named[3:]):
+            filters = WorkflowFilter(
+                WorkflowState(state) if state is not None else None, *named[1:]
+            )
+        if filters is not None and not filters.is_empty:
+            return bulk.list_workflows(
+                self, filters, limit=limit, cursor=cursor, skip_unavailable=skip_unavailable
+            )
         return list_workflows(
             self.store,
             self.config.shard_names,
@@ -310,6 +336,25 @@ class Cluster:
     def resume(self, workflow_id: str) -> WorkflowStatus:
         """Re-queue a cancelled, failed or dead-lettered workflow from its last checkpoint."""
         return self.control.resume(workflow_id)
+
+    def cancel_many(
+        self,
+        filters: WorkflowFilter,
+        *,
+        reason: str = "cancelled",
+        batch: int = bulk.DEFAULT_BATCH,
+        dry_run: bool = False,
+    ) -> bulk.BulkResult:
+        """Cancel every active workflow matching ``filters`` (and their children), shard
+        by shard in batches; ``dry_run`` only counts them. See :mod:`shardflow.engine.bulk`."""
+        return bulk.cancel_many(self, filters, reason=reason, batch=batch, dry_run=dry_run)
+
+    def resume_many(
+        self, filters: WorkflowFilter, *, batch: int = bulk.DEFAULT_BATCH, dry_run: bool = False
+    ) -> bulk.BulkResult:
+        """Resume every CANCELLED, ERROR or DEAD workflow matching ``filters``, shard by
+        shard in batches; ``dry_run`` only counts them. See :mod:`shardflow.engine.bulk`."""
+        return bulk.resume_many(self, filters, batch=batch, dry_run=dry_run)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
