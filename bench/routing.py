@@ -73,7 +73,7 @@ def run(count: int, rounds: int, slots: int, seed: int, tagged: float) -> list[R
         ("bare mmh3.hash", mmh3.hash, (keys, repeat(seed), repeat(False))),
         ("Hasher.slot", hasher.slot, (ids,)),
         ("Router.route", router.route, (ids,)),
-        ("Router.locate", router.locate, (ids,)),
+        ("Router.hash_and_route", router.hash_and_route, (ids,)),
     ]
     time_rounds(router.route, (ids[:10_000],), 1)  # warm up
     results: list[Result] = []

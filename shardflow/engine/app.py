@@ -9,30 +9,18 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from shardflow.config.cron import cron_problem
 from shardflow.config.model import DEFAULT_QUEUE
 from shardflow.engine import context
+from shardflow.engine.policy import RetryPolicy
 from shardflow.errors import UnknownWorkflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits ``backoff * rate**(n-1)``, at most
-    ``max_backoff``, times a random factor in [0.5, 1.0]."""
-
-    max_attempts: int = 1
-    backoff_seconds: float = 1.0
-    backoff_rate: float = 2.0
-    max_backoff_seconds: float = 60.0
-
-    def delay(self, failed_attempts: int, jitter: float) -> float:
-        raw = self.backoff_seconds * self.backoff_rate ** (failed_attempts - 1)
-        return min(raw, self.max_backoff_seconds) * (0.5 + 0.5 * jitter)
+__all__ = ["App", "RetryPolicy", "Step", "Workflow"]
 
 
 class Step(Generic[P, R]):
@@ -126,10 +114,9 @@ class App:
         ``timeout_seconds`` is the default timeout of each run (submit may override);
         ``schedule`` is a cron expression (5 fields, or 6 with seconds last): workers
         start it once per tick with the tick time (ISO 8601, UTC) as its argument."""
-        if schedule is not None:
-            from shardflow.engine.schedules import validate_cron
-
-            validate_cron(schedule)
+        problem = None if schedule is None else cron_problem(schedule)
+        if problem:
+            raise ValueError(problem)
 
         def register(f: Callable[P, R]) -> Workflow[P, R]:
             wf_name = name or f"{f.__module__}.{f.__qualname__}"

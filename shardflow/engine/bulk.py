@@ -12,31 +12,52 @@ be missed: run the action again (it only touches what still matches).
 
 from __future__ import annotations
 
-import base64
 import functools
-import heapq
-import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
+from shardflow.config.model import ClusterConfig
 from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine.handles import Page
+from shardflow.engine.listing import decode_cursor, merge_pages
 from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.serialization import Codec
 from shardflow.engine.store.admin import ACTIVE, RESUMABLE, AdminStore, FailureGroup
 from shardflow.engine.store_errors import DedupConflict
 from shardflow.errors import ShardUnavailable, WorkflowDeduplicated
 from shardflow.retry import with_retries
-
-if TYPE_CHECKING:
-    from shardflow.engine.cluster import Cluster, Page
+from shardflow.router.pools import ShardPools
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 500
 T = TypeVar("T")
+
+
+class Cluster(Protocol):
+    """What bulk actions use of the client (:class:`~shardflow.engine.cluster.Cluster`)."""
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    @property
+    def pools(self) -> ShardPools: ...
+
+    @property
+    def codec(self) -> Codec: ...
+
+    @property
+    def retry_seconds(self) -> float: ...
+
+    def cancel_children(self, workflow_id: str, reason: str) -> int: ...
+
+    def wake_parent_of(self, workflow_id: str) -> bool: ...
+
+    def resume(self, workflow_id: str) -> WorkflowStatus: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +90,6 @@ def list_workflows(
     skip_unavailable: bool = False,
 ) -> Page:
     """Workflows of all shards matching ``filters``, newest first, ``limit`` at a time."""
-    from shardflow.engine.cluster import Page
-
     if limit < 1:
         raise ValueError("limit must be >= 1")
     after = decode_cursor(cursor) if cursor else None
@@ -91,15 +110,7 @@ def list_workflows(
             return []
 
     pages = _on_every_shard(cluster, page)
-
-    def key(s: WorkflowStatus) -> tuple[datetime, str]:
-        return (s.created_at, s.workflow_id)
-
-    merged = list(heapq.merge(*pages, key=key, reverse=True))[:limit]
-    # More may follow if the shards returned more than a page in all, or if one shard
-    # filled its page (it may hold more behind it).
-    more = sum(len(p) for p in pages) > limit or any(len(p) == limit for p in pages)
-    next_cursor = encode_cursor(merged[-1]) if merged and more else None
+    merged, next_cursor = merge_pages(pages, limit)
     return Page(merged, next_cursor, tuple(sorted(down)))
 
 
@@ -205,19 +216,6 @@ def failures(
     merged = [g for per_shard in groups for g in per_shard]
     merged.sort(key=lambda g: (-g.count, g.name, g.error_type, g.shard))
     return merged[:limit]
-
-
-def encode_cursor(status: WorkflowStatus) -> str:
-    raw = json.dumps([status.created_at.isoformat(), status.workflow_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, wid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(wid)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("invalid cursor") from exc
 
 
 def _check_bulk(filters: WorkflowFilter, batch: int) -> None:

@@ -1,27 +1,58 @@
-"""The run a thread is executing, if any: how step calls find their checkpoints."""
+"""The run a thread is executing, if any: how step calls find their checkpoints.
+
+The context knows a run only by the :class:`ActiveRun` protocol (what a step call and a
+log line need), so that it sits below both the registry (:mod:`~shardflow.engine.app`)
+and the runner (:mod:`~shardflow.engine.runner`), which sets it.
+"""
 
 from __future__ import annotations
 
 import contextvars
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from shardflow.engine.runner import WorkflowRun
+from shardflow.engine.policy import RetryPolicy
 
-_current: contextvars.ContextVar[WorkflowRun | None] = contextvars.ContextVar(
+T = TypeVar("T")
+
+
+class ActiveRun(Protocol):
+    """A workflow run in progress on this thread (a :class:`~shardflow.engine.runner.
+    WorkflowRun`)."""
+
+    @property
+    def workflow_id(self) -> str: ...
+
+    @property
+    def shard(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def next_step(self) -> int:
+        """The position the next step call takes (a step's body sees its own + 1)."""
+        ...
+
+    def run_step(self, name: str, retry: RetryPolicy, fn: Callable[[], T]) -> T:
+        """Replay step ``name`` from its record, or run ``fn`` and record it."""
+        ...
+
+
+_current: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar(
     "shardflow_run", default=None
 )
 
 
-def current_run() -> WorkflowRun | None:
+def current_run() -> ActiveRun | None:
     return _current.get()
 
 
-def enter(run: WorkflowRun) -> contextvars.Token[WorkflowRun | None]:
+def enter(run: ActiveRun) -> contextvars.Token[ActiveRun | None]:
     return _current.set(run)
 
 
-def leave(token: contextvars.Token[WorkflowRun | None]) -> None:
+def leave(token: contextvars.Token[ActiveRun | None]) -> None:
     _current.reset(token)
 
 

@@ -18,14 +18,12 @@ import time
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from shardflow.config.model import ClusterConfig
+from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.store import Store
 from shardflow.engine.store.rows import WorkerRecord
-
-if TYPE_CHECKING:
-    from shardflow.config.model import ClusterConfig
-    from shardflow.engine.cluster import Cluster
-    from shardflow.engine.records import WorkflowStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +31,16 @@ log = logging.getLogger(__name__)
 LIVE_FLOOR_SECONDS = 30.0
 # How long submit() trusts what it last read of a shard's live workers.
 _CACHE_SECONDS = 5.0
+
+
+class CoverageClient(Protocol):
+    """What these checks read through: the client's config and store."""
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    @property
+    def store(self) -> Store: ...
 
 
 def live_window(config: ClusterConfig) -> float:
@@ -51,7 +59,7 @@ class Unserved:
     reason: str
 
 
-def live_workers(cluster: Cluster, shard: str) -> list[WorkerRecord] | None:
+def live_workers(cluster: CoverageClient, shard: str) -> list[WorkerRecord] | None:
     """The live workers of ``shard``; None if the shard has no registry (not migrated to
     0005). Raises ShardUnavailable and store errors like any read."""
     store = cluster.store
@@ -95,7 +103,7 @@ def diagnose(
     return None
 
 
-def why_waiting(cluster: Cluster, status: WorkflowStatus) -> str | None:
+def why_waiting(cluster: CoverageClient, status: WorkflowStatus) -> str | None:
     """For an ENQUEUED workflow: why no live worker can run it (None if one can, or if
     nobody can tell). Never raises."""
     if status.state.value != "ENQUEUED":
@@ -112,7 +120,7 @@ def why_waiting(cluster: Cluster, status: WorkflowStatus) -> str | None:
 
 
 def unserved(
-    cluster: Cluster, shards: Iterable[str] | None = None
+    cluster: CoverageClient, shards: Iterable[str] | None = None
 ) -> tuple[list[Unserved], list[str]]:
     """ENQUEUED work no live worker can run, per shard, name and queue; and the shards
     that could not be asked."""
@@ -146,11 +154,11 @@ class _SubmitCheck:
         self.workers: dict[str, tuple[float, list[WorkerRecord] | None]] = {}
 
 
-_checks: weakref.WeakKeyDictionary[Cluster, _SubmitCheck] = weakref.WeakKeyDictionary()
+_checks: weakref.WeakKeyDictionary[CoverageClient, _SubmitCheck] = weakref.WeakKeyDictionary()
 _checks_lock = threading.Lock()
 
 
-def warn_unserved(cluster: Cluster, placed: Iterable[tuple[str, str, str]]) -> None:
+def warn_unserved(cluster: CoverageClient, placed: Iterable[tuple[str, str, str]]) -> None:
     """After a submit: log a warning, once per workflow name and client, if no live
     worker of the shard it landed on can run it. ``placed``: (name, queue, shard).
     Best effort and cheap: each (name, queue, shard) is checked once per client."""
@@ -188,7 +196,7 @@ def warn_unserved(cluster: Cluster, placed: Iterable[tuple[str, str, str]]) -> N
 
 
 def _cached_workers(
-    cluster: Cluster, check: _SubmitCheck, shard: str
+    cluster: CoverageClient, check: _SubmitCheck, shard: str
 ) -> tuple[bool, list[WorkerRecord] | None]:
     now = time.monotonic()
     with check.lock:

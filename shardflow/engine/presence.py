@@ -17,14 +17,70 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from shardflow.config.model import QueueConfig
+from shardflow.engine.app import App
+from shardflow.engine.store import Store
 from shardflow.engine.store.rows import WorkerRecord
 from shardflow.engine.store_errors import StoreError
 
-if TYPE_CHECKING:
-    from shardflow.engine.worker import Worker
+
+class _Client(Protocol):
+    @property
+    def store(self) -> Store: ...
+
+
+class _Counts(Protocol):
+    @property
+    def claimed(self) -> int: ...
+
+    @property
+    def recovered(self) -> int: ...
+
+    @property
+    def dead_lettered(self) -> int: ...
+
+    @property
+    def finished(self) -> Counter[str]: ...
+
+
+class Worker(Protocol):
+    """What presence reads of its :class:`~shardflow.engine.worker.Worker` (a protocol,
+    so that the worker, which owns a Presence, is not imported back from here)."""
+
+    _lock: threading.Condition
+    _closed: threading.Event
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def app(self) -> App: ...
+
+    @property
+    def queues(self) -> Sequence[QueueConfig]: ...
+
+    @property
+    def shards(self) -> Sequence[str]: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def lease_seconds(self) -> float: ...
+
+    @property
+    def stats(self) -> _Counts: ...
+
+    @property
+    def cluster(self) -> _Client: ...
+
+    @property
+    def running(self) -> int: ...
+
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from shardflow.engine import context
-from shardflow.engine.runner import Suspend, WorkflowRun
+from shardflow.engine.app import Workflow
+from shardflow.engine.ports import RunClient
+from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.serialization import rebuild_error
+from shardflow.engine.signals import Suspend
 from shardflow.errors import ShardflowError, WorkflowCancelled, WorkflowFailed
 
 P = ParamSpec("P")
@@ -28,9 +31,15 @@ CHILD_RECHECK_SECONDS = 30.0
 
 def _run(what: str) -> WorkflowRun:
     run = context.current_run()
-    if run is None or run.cluster is None:
+    if not isinstance(run, WorkflowRun) or run.client is None:
         raise ShardflowError(f"shardflow.{what}() can only be called inside a workflow")
     return run
+
+
+def _client(run: WorkflowRun) -> RunClient:
+    client = run.client
+    assert client is not None  # checked by _run()
+    return client
 
 
 def sleep(seconds: float) -> None:
@@ -59,12 +68,12 @@ def send(
 ) -> None:
     """Send a message to another workflow, exactly once even if this one replays."""
     run = _run("send")
-    assert run.cluster is not None
+    client = _client(run)
     # The message id is fixed by the first execution, so a replayed send is a duplicate.
     key = run.checkpoint(
         "shardflow.send", lambda: idempotency_key or f"{run.workflow_id}:{uuid.uuid4()}"
     )
-    run.cluster.send(workflow_id, message, topic=topic, idempotency_key=str(key))
+    client.send(workflow_id, message, topic=topic, idempotency_key=str(key))
 
 
 def recv(topic: str | None = None, timeout: float | None = 60.0) -> Any:
@@ -110,11 +119,10 @@ def get_event(workflow_id: str, key: str, timeout: float = 60.0) -> Any:
     """Another workflow's event ``key``, waiting up to ``timeout`` seconds (None if it
     is not set by then). Checkpointed: a replay sees the same answer."""
     run = _run("get_event")
-    assert run.cluster is not None
-    cluster = run.cluster
+    client = _client(run)
 
     def read() -> Any:
-        return cluster.get_event(workflow_id, key, timeout=timeout, interrupt=run.interrupted)
+        return client.get_event(workflow_id, key, timeout=timeout, interrupt=run.interrupted)
 
     return run.checkpoint("shardflow.get_event", read)
 
@@ -133,7 +141,7 @@ class ChildHandle(Generic[R]):
 
         Raises WorkflowFailed or WorkflowCancelled like ``WorkflowHandle.result``."""
         run = _run("ChildHandle.result")
-        assert run.cluster is not None
+        client = _client(run)
         step_no, record = run.take_step("shardflow.child_result")
         if record is not None:
             if record.error is not None:
@@ -141,7 +149,7 @@ class ChildHandle(Generic[R]):
             value: R = record.output
             return value
         run.check_live()
-        status = run.cluster.get(self.workflow_id)
+        status = client.get(self.workflow_id)
         if not status.state.is_terminal:
             raise Suspend(CHILD_RECHECK_SECONDS, "child", child_id=self.workflow_id)
         if status.state.value == "SUCCESS":
@@ -166,11 +174,8 @@ def _child_error(child_id: str, error: dict[str, Any]) -> Exception:
 def start_child(fn: Callable[P, R] | str, *args: Any, **kwargs: Any) -> ChildHandle[R]:
     """Start a child workflow. Its ID derives from the parent's ID and this call's
     position, so a replaying parent never starts a second child."""
-    from shardflow.engine.app import Workflow
-
     run = _run("start_child")
-    assert run.cluster is not None
-    cluster = run.cluster
+    client = _client(run)
     if not isinstance(fn, (Workflow, str)):
         raise TypeError("start_child() takes a registered workflow or a workflow name")
     if isinstance(fn, Workflow):
@@ -179,7 +184,7 @@ def start_child(fn: Callable[P, R] | str, *args: Any, **kwargs: Any) -> ChildHan
 
     def start() -> str:
         child_id = f"{run.workflow_id}:child:{step_no}"
-        cluster.submit_child(fn, args, kwargs, workflow_id=child_id, parent_id=run.workflow_id)
+        client.submit_child(fn, args, kwargs, workflow_id=child_id, parent_id=run.workflow_id)
         return child_id
 
     child_id = run.checkpoint("shardflow.start_child", start)

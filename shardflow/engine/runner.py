@@ -14,12 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from shardflow import retry
 from shardflow.engine import context
+from shardflow.engine.app import App
+from shardflow.engine.policy import RetryPolicy
+from shardflow.engine.ports import RunClient, RunWriter
 from shardflow.engine.records import Claim, StepRecord
 from shardflow.engine.serialization import error_record, rebuild_error
+from shardflow.engine.signals import RunInterrupted, Suspend
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Fenced, Store, StoreError, TransientStoreError
 from shardflow.errors import (
@@ -29,9 +33,8 @@ from shardflow.errors import (
     ValueRejected,
 )
 
-if TYPE_CHECKING:
-    from shardflow.engine.app import App, RetryPolicy
-    from shardflow.engine.cluster import Cluster
+# The run's protocols and signals are also importable from here, where they are used.
+__all__ = ["RunClient", "RunInterrupted", "RunWriter", "Suspend", "WorkflowRun", "execute"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,65 +45,6 @@ OTHER_SHARD_RETRY_SECONDS = 5.0
 RUN_RETRY_SECONDS = 2.0
 
 
-class RunInterrupted(BaseException):
-    """Stops a run at its next step boundary: cancelled, lease lost, or worker stopping.
-
-    A BaseException so that ``except Exception`` in workflow code cannot swallow it.
-    """
-
-
-class RunWriter(Protocol):
-    """Where a run's checkpoints and final state are written (fenced on the attempt)."""
-
-    def record_step(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None: ...
-
-    def finish(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool: ...
-
-
-class Suspend(BaseException):
-    """Parks the run: state SUSPENDED for ``delay_seconds`` (None: until woken).
-
-    The wake-up time is computed by the suspending statement on the database clock
-    (``now() + delay``), the clock that also fires it: a worker whose clock is off by
-    seconds neither spins nor oversleeps.
-    """
-
-    def __init__(
-        self,
-        delay_seconds: float | None,
-        wait_for: str,
-        topic: str | None = None,
-        child_id: str | None = None,
-    ) -> None:
-        self.delay_seconds = None if delay_seconds is None else max(delay_seconds, 0.0)
-        self.wait_for = wait_for
-        self.topic = topic
-        self.child_id = child_id
-        super().__init__(f"suspended waiting for {wait_for}")
-
-
 class WorkflowRun:
     """One attempt at running one workflow, on the thread that executes it."""
 
@@ -109,14 +53,15 @@ class WorkflowRun:
         claim: Claim,
         store: Store,
         lease_seconds: float,
-        cluster: Cluster | None = None,
+        client: RunClient | None = None,
         writer: RunWriter | None = None,
     ) -> None:
         self.claim = claim
         self.store = store
         # Where checkpoints and the final state go: the store, or a group committer.
         self.writer: RunWriter = writer or store
-        self.cluster = cluster
+        # How the workflow reaches other workflows (None: it cannot, e.g. in a test).
+        self.client = client
         # Set by the worker's listener when a message for this workflow arrives.
         self.message_arrived = threading.Event()
         self.workflow_id = claim.workflow_id
@@ -400,11 +345,11 @@ def _finish(
             (error or {}).get("type", "Error"),
             message if len(message) < 500 else message[:500] + "...",
         )
-    if run.claim.parent_id and run.cluster is not None:
+    if run.claim.parent_id and run.client is not None:
         # Best effort: a parent waiting for this child re-checks after it suspends, so a
         # wake-up lost here only delays it until its fallback wake time.
         try:
-            run.cluster.wake(run.claim.parent_id, wait_for="child")
+            run.client.wake(run.claim.parent_id, wait_for="child")
         except Exception as exc:
             log.info("could not wake parent %s: %s", run.claim.parent_id, exc)
     return state
@@ -425,10 +370,10 @@ def _suspend(run: WorkflowRun, wait: Suspend) -> WorkflowState | None:
         return None
     if not parked:
         return None
-    if wait.child_id is not None and run.cluster is not None:
+    if wait.child_id is not None and run.client is not None:
         # Close the race with a child that finished while this run was still RUNNING.
         try:
-            if run.cluster.get(wait.child_id).state.is_terminal:
+            if run.client.get(wait.child_id).state.is_terminal:
                 run.store.wake(run.shard, run.workflow_id)
         except Exception as exc:
             log.info("re-check of child %s failed: %s", wait.child_id, exc)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from shardflow.config.cron import cron_problem, next_tick, previous_tick
+from shardflow.config.cron import next_tick, previous_tick
 from shardflow.errors import ShardflowError
 
 if TYPE_CHECKING:
@@ -22,12 +22,6 @@ if TYPE_CHECKING:
     from shardflow.engine.cluster import Cluster
 
 log = logging.getLogger(__name__)
-
-
-def validate_cron(expression: str) -> None:
-    problem = cron_problem(expression)
-    if problem:
-        raise ValueError(problem)
 
 
 @dataclass(frozen=True, slots=True)

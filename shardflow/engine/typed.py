@@ -14,12 +14,12 @@ the options first and then the arguments alone, which a type checker verifies::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar
+from typing import Any, ParamSpec, Protocol, TypedDict, TypeVar
 
-if TYPE_CHECKING:
-    from shardflow.engine.app import Workflow
-    from shardflow.engine.cluster import Cluster, WorkflowHandle
+from shardflow.engine.app import Workflow
+from shardflow.engine.handles import Submission, WorkflowHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,19 +36,25 @@ class SubmitOptions(TypedDict, total=False):
     timeout_seconds: float | None
 
 
+class SubmitsMany(Protocol):
+    """The client call a :class:`Submitter` makes."""
+
+    def submit_many(
+        self, submissions: Iterable[Submission | tuple[Any, ...]]
+    ) -> list[WorkflowHandle[Any]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Submitter:
     """Submit options bound to a client; :meth:`submit` takes only the workflow's own
     arguments, typed by the workflow's signature."""
 
-    cluster: Cluster
+    cluster: SubmitsMany
     options: SubmitOptions
 
     def submit(
         self, workflow: Workflow[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> WorkflowHandle[R]:
-        from shardflow.engine.cluster import Submission
-
         o = self.options
         sub = Submission(
             workflow,

@@ -27,8 +27,10 @@ class Router:
         """The shard that owns ``workflow_id``'s slot in the cached map."""
         return self._owners[self.hasher.slot(workflow_id)]
 
-    def locate(self, workflow_id: str) -> tuple[int, int, str]:
-        """``(route_hash, slot, shard)`` of ``workflow_id``."""
+    def hash_and_route(self, workflow_id: str) -> tuple[int, int, str]:
+        """``(route_hash, slot, shard)`` of ``workflow_id``: what a new row records, and
+        where the cached map sends it. No I/O (finding an existing workflow's row across
+        moves is :class:`shardflow.engine.locator.Locator`'s job)."""
         h, slot = self.hasher.hash_and_slot(workflow_id)
         return h, slot, self._owners[slot]
 

@@ -51,7 +51,8 @@ def test_a_copy_whose_source_moved_the_workflow_elsewhere_is_not_the_workflow(
             # The client: the copy is not the workflow; follow A's tombstone to C.
             copy = cluster.store.find_copy(b, "w-1")
             assert copy is not None and copy.status.state is WorkflowState.IMPORTING
-            assert cluster._staged(copy) == c
+            assert cluster.locator._staged(copy, settle=False) == c
+            assert cluster.locator._staged(copy, settle=True) == c
             status = cluster.get("w-1")
             assert (status.shard, status.state) == (c, WorkflowState.ENQUEUED)
             assert handle.status().shard == c

@@ -165,7 +165,7 @@ def test_hash_key_follows_the_redis_rule_on_brace_heavy_ids() -> None:
 def test_hash_tagged_ids_route_to_the_same_shard() -> None:
     router = Router(Hasher(4096, 0), initial_map([("s0", 1), ("s1", 1), ("s2", 2)], 4096))
     assert router.route("{t}:a") == router.route("{t}:b") == router.route("t")
-    assert router.locate("{t}:a") == router.locate("{t}:b")
+    assert router.hash_and_route("{t}:a") == router.hash_and_route("{t}:b")
     for tenant in (f"tenant-{i}" for i in range(200)):
         shards = {router.route(f"{{{tenant}}}:order-{n}") for n in range(20)}
         assert shards == {router.route(tenant)}
@@ -348,12 +348,16 @@ def test_one_million_ids_spread_by_quota() -> None:
     ]
 
 
-def test_router_locate_matches_the_vectors() -> None:
+def test_router_hash_and_route_matches_the_vectors() -> None:
     slot_map = initial_map([("s0", 1), ("s1", 1), ("s2", 2)], 4096)
     router = Router(Hasher(4096, 0), slot_map)
     for v in VECTORS:
         if v.seed == 0 and v.slots == 4096:
-            assert router.locate(v.workflow_id) == (v.route_hash, v.slot, slot_map.owner(v.slot))
+            assert router.hash_and_route(v.workflow_id) == (
+                v.route_hash,
+                v.slot,
+                slot_map.owner(v.slot),
+            )
             assert router.route(v.workflow_id) == slot_map.owner(v.slot)
 
 

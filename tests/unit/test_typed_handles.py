@@ -43,9 +43,9 @@ def test_handles_carry_the_return_type_and_arguments_are_checked(tmp_path: Path)
         ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(program)]
     )
     lines = [line.split(": ", 1)[1] for line in out.splitlines() if ": " in line]
-    assert 'note: Revealed type is "shardflow.engine.cluster.WorkflowHandle[int]"' in lines
+    assert 'note: Revealed type is "shardflow.engine.handles.WorkflowHandle[int]"' in lines
     assert lines.count('note: Revealed type is "int"') == 2
-    assert 'note: Revealed type is "shardflow.engine.cluster.WorkflowHandle[Any]"' in lines
+    assert 'note: Revealed type is "shardflow.engine.handles.WorkflowHandle[Any]"' in lines
     errors = [line for line in lines if line.startswith("error:")]
     assert any(
         'Argument 2 to "submit" of "Submitter" has incompatible type "int"' in e for e in errors

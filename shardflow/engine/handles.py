@@ -1,0 +1,131 @@
+"""What the client hands out: a :class:`Submission` to send, a :class:`Page` of a
+listing, a :class:`WorkflowHandle` to follow one workflow.
+
+A handle needs little from the client (:class:`HandleClient`: look a workflow up, know
+how long to ride out an outage, and say why work waits); it never imports the client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from shardflow.engine.app import Workflow
+from shardflow.engine.coverage import CoverageClient, why_waiting
+from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.states import WorkflowState
+from shardflow.engine.store import TransientStoreError
+from shardflow.errors import (
+    ShardflowError,
+    ShardUnavailable,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowTimeout,
+)
+from shardflow.retry import budget
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One workflow to submit with :meth:`Cluster.submit_many`."""
+
+    workflow: Workflow[Any, Any] | str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    workflow_id: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    dedup_key: str | None = None
+    delay_seconds: float | None = None
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :meth:`Cluster.list_workflows`; pass ``next_cursor`` for the next."""
+
+    items: list[WorkflowStatus]
+    next_cursor: str | None
+    # Shards skipped because they were down (only with ``skip_unavailable=True``).
+    unavailable: tuple[str, ...] = ()
+
+
+class HandleClient(CoverageClient, Protocol):
+    """What a handle needs from the client that made it."""
+
+    @property
+    def retry_seconds(self) -> float:
+        """How long a read rides out a shard's restart before ShardUnavailable."""
+        ...
+
+    def get(self, workflow_id: str) -> WorkflowStatus:
+        """The workflow's current status, wherever it lives (WorkflowNotFound if none)."""
+        ...
+
+
+class WorkflowHandle(Generic[R]):
+    """A reference to one submitted workflow; ``R`` is the workflow's return type."""
+
+    def __init__(self, cluster: HandleClient, workflow_id: str, shard: str) -> None:
+        self.cluster = cluster
+        self.workflow_id = workflow_id
+        self.shard = shard
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r}, shard={self.shard!r})"
+
+    def status(self) -> WorkflowStatus:
+        status = self.cluster.get(self.workflow_id)
+        self.shard = status.shard
+        return status
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the workflow to end and return its result.
+
+        Raises WorkflowFailed (ERROR or dead-lettered), WorkflowCancelled, or
+        WorkflowTimeout if ``timeout`` seconds pass first (the workflow goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        status: WorkflowStatus | None = None
+        unavailable: ShardflowError | None = None
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                # A shard restarting or failing over is waited out, up to this call's
+                # own timeout, not only the client's retry budget.
+                with budget(self.cluster.retry_seconds if remaining is None else remaining):
+                    status = self.status()
+                unavailable = None
+            except (ShardUnavailable, TransientStoreError) as exc:
+                unavailable = exc
+            if status is not None and unavailable is None:
+                if status.state is WorkflowState.SUCCESS:
+                    return status.output  # type: ignore[no-any-return]
+                if status.state is WorkflowState.ERROR:
+                    raise WorkflowFailed(self.workflow_id, status.error)
+                if status.state is WorkflowState.DEAD:
+                    raise WorkflowFailed(
+                        self.workflow_id,
+                        {"type": "DeadLettered", "message": status.reason or ""},
+                    )
+                if status.state is WorkflowState.CANCELLED:
+                    raise WorkflowCancelled(self.workflow_id, status.reason)
+            if deadline is not None and time.monotonic() >= deadline:
+                if unavailable is not None:
+                    raise WorkflowTimeout(
+                        f"workflow {self.workflow_id!r}: no answer after {timeout}s ({unavailable})"
+                    )
+                state = status.state.value if status is not None else "unknown"
+                why = None if status is None else why_waiting(self.cluster, status)
+                raise WorkflowTimeout(
+                    f"workflow {self.workflow_id!r} still {state} after {timeout}s"
+                    + (f": {why}" if why else "")
+                )
+            pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
+            time.sleep(pause)
+            delay = min(delay * 1.5, 0.5)
