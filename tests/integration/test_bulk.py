@@ -182,3 +182,23 @@ def test_cli_bulk_refuses_ambiguous_or_empty(
     assert "not both" in capsys.readouterr().err
     assert main([*config, "workflows", "list", "--created-after", "yesterday"]) == 2
     assert "filter created_after: 'yesterday' is not an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_forks_record_their_source_and_are_listed_by_it(cluster: Cluster) -> None:
+    submit_pending(cluster, ["fork-src", "fork-other"])
+    named = cluster.fork("fork-src", 0, new_workflow_id="renamed-fork")
+    default = cluster.fork("fork-src", 0)
+    unrelated = cluster.fork("fork-other", 0)
+    assert cluster.get(named.workflow_id).forked_from == "fork-src"
+    assert cluster.get(default.workflow_id).forked_from == "fork-src"
+    assert cluster.get("fork-src").forked_from is None
+    # The forks of one workflow, whatever their IDs and shards; none of the other's.
+    forks = cluster.list_workflows(forked_from="fork-src").items
+    assert sorted(s.workflow_id for s in forks) == sorted(
+        [named.workflow_id, default.workflow_id]
+    )
+    assert all(s.forked_from == "fork-src" for s in forks)
+    assert unrelated.workflow_id not in {s.workflow_id for s in forks}
+    # A fork of a fork names its direct source.
+    grandchild = cluster.fork(named.workflow_id, 0)
+    assert cluster.get(grandchild.workflow_id).forked_from == "renamed-fork"
