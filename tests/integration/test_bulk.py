@@ -194,9 +194,7 @@ def test_forks_record_their_source_and_are_listed_by_it(cluster: Cluster) -> Non
     assert cluster.get("fork-src").forked_from is None
     # The forks of one workflow, whatever their IDs and shards; none of the other's.
     forks = cluster.list_workflows(forked_from="fork-src").items
-    assert sorted(s.workflow_id for s in forks) == sorted(
-        [named.workflow_id, default.workflow_id]
-    )
+    assert sorted(s.workflow_id for s in forks) == sorted([named.workflow_id, default.workflow_id])
     assert all(s.forked_from == "fork-src" for s in forks)
     assert unrelated.workflow_id not in {s.workflow_id for s in forks}
     # A fork of a fork names its direct source.
