@@ -17,6 +17,7 @@ from psycopg.rows import RowFactory, class_row, dict_row, kwargs_row, scalar_row
 
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.states import WorkflowState
 from shardflow.engine.store._conn import ShardAccess, fetch_all, fetch_one
 from shardflow.engine.store.rows import located_rows
 from shardflow.engine.store_errors import DedupConflict, StoreError
@@ -24,8 +25,13 @@ from shardflow.sql import query
 
 R = TypeVar("R")
 
-ACTIVE = ("ENQUEUED", "RUNNING", "SUSPENDED")
-RESUMABLE = ("CANCELLED", "ERROR", "DEAD")
+# The states a bulk cancel and a bulk resume act on.
+ACTIVE = tuple(
+    s.value for s in (WorkflowState.ENQUEUED, WorkflowState.RUNNING, WorkflowState.SUSPENDED)
+)
+RESUMABLE = tuple(
+    s.value for s in (WorkflowState.CANCELLED, WorkflowState.ERROR, WorkflowState.DEAD)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +215,7 @@ class AdminStore(ShardAccess):
 
     def shard_info(self, shard: str, recent_seconds: float = 60.0) -> ShardInfo:
         """The overview of one shard: a few index-only reads, no scan of the table."""
-        exact = ["ENQUEUED", "RUNNING", "SUSPENDED", "ERROR", "CANCELLED", "DEAD"]
+        exact = [*ACTIVE, *RESUMABLE]
         with self._conn(shard) as conn, conn.transaction():
             head = fetch_one(conn, "admin_shard_info", {"seconds": recent_seconds}, dict_row)
             counts = fetch_all(conn, "admin_state_counts", {"states": exact}, dict_row)
@@ -219,7 +225,7 @@ class AdminStore(ShardAccess):
             delayed = fetch_one(conn, "admin_delayed", None, scalar_row)
         assert head is not None
         by_state = {str(c["state"]): int(c["workflows"]) for c in counts}
-        by_state["SUCCESS"] = max(int(estimate or 0) - sum(by_state.values()), 0)
+        by_state[WorkflowState.SUCCESS.value] = max(int(estimate or 0) - sum(by_state.values()), 0)
         queues: dict[str, QueueLoad] = {}
         for r in ready:
             queues[r["queue"]] = QueueLoad(
