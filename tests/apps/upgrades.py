@@ -51,10 +51,7 @@ def order_v1(order: str) -> dict[str, Any]:
 
 @v2.workflow(name=NAME)
 def order_v2(order: str) -> dict[str, Any]:
-    if shardflow.patched("charge-v2"):
-        paid = charge_v2(order)
-    else:
-        paid = charge(order)
+    paid = charge_v2(order) if shardflow.patched("charge-v2") else charge(order)
     return _rest(order, paid)
 
 

@@ -7,6 +7,7 @@ worker of the old release stopping and one of the new release starting."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def start_and_park(cluster: Cluster, app: shardflow.App, ids: list[str]) -> None
         wait_until(lambda: suspended(cluster, ids), timeout=60, message="all suspended")
 
 
-def approve_and_finish(cluster: Cluster, app: shardflow.App, ids: list[str]) -> dict[str, dict]:
+def approve_and_finish(cluster: Cluster, app: shardflow.App, ids: list[str]) -> dict[str, Any]:
     with shardflow.Worker(cluster, app, concurrency=8):
         for i in ids:
             cluster.send(i, "yes", topic="approve")
