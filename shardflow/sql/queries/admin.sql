@@ -129,6 +129,14 @@ SELECT s.state,
        (SELECT count(*) FROM shardflow.workflow_status w WHERE w.state = s.state) AS workflows
 FROM unnest(%(states)s::text[]) AS s(state)
 
+-- name: admin_success_bounded
+-- SUCCESS workflows counted exactly up to %(cap)s (index-only on the state index where
+-- pages are all-visible): exact on a small shard, a bounded read on a large one, which
+-- then shows the estimate instead.
+SELECT count(*) FROM (
+    SELECT 1 FROM shardflow.workflow_status WHERE state = 'SUCCESS' LIMIT %(cap)s
+) AS bounded
+
 -- name: admin_row_estimate
 -- The planner's row count of workflow_status (kept by autovacuum and ANALYZE).
 SELECT greatest(reltuples, 0)::bigint AS rows FROM pg_class
