@@ -22,12 +22,12 @@ from shardflow.cli.options import (
 )
 from shardflow.cli.output import print_json
 from shardflow.cli.worker import import_app
-from shardflow.engine import Cluster, WorkflowState
-from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine import Cluster
+from shardflow.engine.filters import LISTABLE_STATES, WorkflowFilter
 from shardflow.engine.replay_check import Outcome, ReplayResult, replay_check
 
 _WIDTH = 80
-_STATES = tuple(s.value for s in WorkflowState)
+_STATES = tuple(s.value for s in LISTABLE_STATES)
 
 
 def register(actions: Subparsers) -> None:
@@ -43,7 +43,10 @@ def register(actions: Subparsers) -> None:
         "--state",
         type=upper,
         choices=_STATES,
-        help="only workflows in this state (default: RUNNING, SUSPENDED, ENQUEUED)",
+        metavar="STATE",
+        help="only workflows in this state (default: RUNNING, SUSPENDED, ENQUEUED; "
+        + ", ".join(_STATES)
+        + ")",
     )
     add_option(check, "--since", help="only workflows created at or after (ISO 8601)")
     add_option(check, "--limit", type=positive_int, default=500, help="at most N workflows (500)")

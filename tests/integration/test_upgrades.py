@@ -7,6 +7,7 @@ worker of the old release stopping and one of the new release starting."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -83,6 +84,45 @@ def test_patch_marker_is_replayed_after_a_suspension(cluster: Cluster) -> None:
     results = approve_and_finish(cluster, upgrades.v2, ids)
     assert results["marked-1"]["paid"] == "new:marked-1"
     assert step_names(cluster, "marked-1").count(MARKER) == 1
+
+
+def test_patched_answers_the_same_after_a_crash(cluster: Cluster) -> None:
+    # Two runs crash after their first step: one under v2 (it recorded the marker and
+    # the new charge), one under v1 (the old charge). A v2 worker recovers both when
+    # their leases expire: each goes on with the branch its history holds.
+    store = cluster.store
+    recorded = {"crash-new": [(MARKER, "true"), ("charge_v2", '"new:crash-new"')]}
+    recorded["crash-old"] = [("charge", '"old:crash-old"')]
+    clock = datetime.now(UTC) - timedelta(minutes=10)  # the ghost's leases ran out long ago
+    for workflow_id, steps in recorded.items():
+        shard = cluster.submit(NAME, workflow_id, workflow_id=workflow_id).shard
+        [claim] = store.claim_enqueued(
+            shard,
+            queue="default",
+            names=[NAME],
+            owner="ghost",
+            lease_seconds=30,
+            limit=1,
+            now=clock,
+            app_version="ghost",
+        )
+        for step_no, (name, output) in enumerate(steps):
+            store.record_step(
+                shard,
+                workflow_id=workflow_id,
+                attempt=claim.attempt,
+                step_no=step_no,
+                name=name,
+                output=output,
+                error=None,
+            )
+        assert cluster.get(workflow_id).app_version == "ghost"
+    results = approve_and_finish(cluster, upgrades.v2, list(recorded))
+    assert results["crash-new"]["paid"] == "new:crash-new"
+    assert results["crash-old"]["paid"] == "old:crash-old"
+    assert step_names(cluster, "crash-new").count(MARKER) == 1
+    assert MARKER not in step_names(cluster, "crash-old")
+    assert all(cluster.get(i).recoveries == 1 for i in recorded)
 
 
 def test_deprecate_patch_accepts_histories_with_and_without_the_marker(
