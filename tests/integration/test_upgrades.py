@@ -212,10 +212,14 @@ def test_replay_check_flags_a_broken_change_and_passes_compatible_ones(
 def test_replay_check_reports_a_workflow_the_new_app_lacks(
     test_cluster: TestCluster, cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    start_and_park(cluster, upgrades.v1, ["gone-1"])
+    long_id = "{tenant-0042}:invoice-2026-01-02-000123-reminder-with-a-long-tail"
+    start_and_park(cluster, upgrades.v1, ["gone-1", long_id])
     code, out = _replay_check(test_cluster, capsys, "--app", "tests.apps.basic:app")
     assert code == 1
     assert "unknown-workflow: no workflow named 'shop.order'" in out
+    # 80 columns, the workflow IDs whole.
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+    assert long_id in out.splitlines() and "gone-1" in out.splitlines()
     code, out = _replay_check(test_cluster, capsys, "--app", "tests.apps.upgrades:v1")
     assert code == 0
     code, out = _replay_check(test_cluster, capsys, "--app", "nope")
