@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -59,8 +60,12 @@ def named(exporter: InMemorySpanExporter, prefix: str, workflow_id: str = "") ->
         s
         for s in exporter.get_finished_spans()
         if s.name.startswith(prefix)
-        and (not workflow_id or (s.attributes or {}).get("shardflow.workflow_id") == workflow_id)
+        and (not workflow_id or attr(s, "shardflow.workflow_id") == workflow_id)
     ]
+
+
+def attr(span: ReadableSpan, key: str) -> Any:
+    return (span.attributes or {}).get(key)
 
 
 def trace_ids(spans: Sequence[ReadableSpan]) -> set[int]:
@@ -80,9 +85,7 @@ def test_submit_run_and_step_spans_carry_their_attributes(
     wid = handle.workflow_id
     [run] = wait_until(lambda: named(spans, "shardflow.run ", wid))
     [submit] = [
-        s
-        for s in named(spans, "shardflow.submit")
-        if (s.attributes or {}).get("shardflow.workflow_id") == wid
+        s for s in named(spans, "shardflow.submit") if attr(s, "shardflow.workflow_id") == wid
     ]
     steps = [
         s for s in named(spans, "shardflow.step ") if s.context.trace_id == run.context.trace_id
@@ -139,7 +142,7 @@ def test_a_submit_inside_a_span_joins_that_trace(
         for s in named(spans, "shardflow.submit")
         if parent_of(s) == request.get_span_context().span_id
     ]
-    assert (submit.attributes or {}).get("shardflow.count") == 3
+    assert attr(submit, "shardflow.count") == 3
 
 
 def test_a_child_workflow_continues_its_parents_trace(
@@ -156,19 +159,19 @@ def test_a_child_workflow_continues_its_parents_trace(
     [start] = [
         s
         for s in named(spans, "shardflow.start_child")
-        if (s.attributes or {}).get("shardflow.child_workflow_id") == child_id
+        if attr(s, "shardflow.child_workflow_id") == child_id
     ]
     [submit] = [
         s
         for s in named(spans, "shardflow.submit")
-        if (s.attributes or {}).get("shardflow.workflow_id") == handle.workflow_id
+        if attr(s, "shardflow.workflow_id") == handle.workflow_id
     ]
     # One trace: the parent's attempts (it suspended waiting for the child), the child
     # start, and the child's run, whose parent is the span that started it.
     assert trace_ids([*parent_runs, start, child_run]) == {submit.context.trace_id}
     assert parent_of(child_run) == start.context.span_id
     assert parent_of(start) == parent_runs[0].context.span_id
-    assert sorted((r.attributes or {})["shardflow.attempt"] for r in parent_runs) == [1, 2]
+    assert sorted(attr(r, "shardflow.attempt") for r in parent_runs) == [1, 2]
     assert [s.name for s in named(spans, "shardflow.suspend")][:1] == ["shardflow.suspend"]
 
 
@@ -197,14 +200,12 @@ def test_one_trace_from_submit_to_the_last_step_across_a_recovery(
     finally:
         traced.CONTROL["gate"].set()  # the abandoned run wakes, finds itself fenced off
     runs = wait_until(lambda: (r := named(spans, "shardflow.run ", wid)) and len(r) == 2 and r)
-    by_attempt = {(r.attributes or {})["shardflow.attempt"]: r for r in runs}
-    assert (by_attempt[1].attributes or {})["shardflow.state"] == "STOPPED"
-    assert (by_attempt[2].attributes or {})["shardflow.state"] == "SUCCESS"
-    assert (by_attempt[2].attributes or {})["shardflow.recoveries"] == 1
+    by_attempt = {attr(r, "shardflow.attempt"): r for r in runs}
+    assert attr(by_attempt[1], "shardflow.state") == "STOPPED"
+    assert attr(by_attempt[2], "shardflow.state") == "SUCCESS"
+    assert attr(by_attempt[2], "shardflow.recoveries") == 1
     [submit] = [
-        s
-        for s in named(spans, "shardflow.submit")
-        if (s.attributes or {}).get("shardflow.workflow_id") == wid
+        s for s in named(spans, "shardflow.submit") if attr(s, "shardflow.workflow_id") == wid
     ]
     steps = [
         s
@@ -213,7 +214,7 @@ def test_one_trace_from_submit_to_the_last_step_across_a_recovery(
     ]
     # Attempt 1 ran `double` and hung in `hang`; attempt 2 replayed `double` (no span)
     # and ran `hang` and the last `double`.
-    assert sorted((s.name, (s.attributes or {})["shardflow.step_no"]) for s in steps) == [
+    assert sorted((s.name, attr(s, "shardflow.step_no")) for s in steps) == [
         ("shardflow.step double", 0),
         ("shardflow.step double", 2),
         ("shardflow.step hang", 1),
@@ -252,19 +253,17 @@ def test_one_trace_from_submit_to_the_last_step_across_a_move(
             assert handle.result(timeout=30) == "hello"
         assert handle.status().state is WorkflowState.SUCCESS
     runs = wait_until(lambda: (r := named(spans, "shardflow.run ", wid)) and len(r) == 2 and r)
-    by_attempt = {(r.attributes or {})["shardflow.attempt"]: r for r in runs}
-    assert (by_attempt[1].attributes or {})["shardflow.shard"] == before
-    assert (by_attempt[2].attributes or {})["shardflow.shard"] == "shard3"
+    by_attempt = {attr(r, "shardflow.attempt"): r for r in runs}
+    assert attr(by_attempt[1], "shardflow.shard") == before
+    assert attr(by_attempt[2], "shardflow.shard") == "shard3"
     [submit] = [
-        s
-        for s in named(spans, "shardflow.submit")
-        if (s.attributes or {}).get("shardflow.workflow_id") == wid
+        s for s in named(spans, "shardflow.submit") if attr(s, "shardflow.workflow_id") == wid
     ]
     steps = [
         s
         for s in named(spans, "shardflow.step ")
         if parent_of(s) in {r.context.span_id for r in runs}
     ]
-    assert sorted((s.attributes or {})["shardflow.step_no"] for s in steps) == [0, 3]
+    assert sorted(attr(s, "shardflow.step_no") for s in steps) == [0, 3]
     assert trace_ids([submit, *runs, *steps]) == {submit.context.trace_id}
     assert all(parent_of(r) == submit.context.span_id for r in runs)
