@@ -85,8 +85,9 @@ def carrier() -> dict[str, str] | None:
     current = trace.get_current_span()
     if not current.get_span_context().is_valid:
         return None
-    if _last[0] is current:
-        return _last[1]
+    last = _last  # one read: another thread may replace it meanwhile
+    if last[0] is current:
+        return last[1]
     headers: dict[str, str] = {}
     propagate.inject(headers)
     _last = (current, headers or None)

@@ -267,3 +267,24 @@ def test_one_trace_from_submit_to_the_last_step_across_a_move(
     assert sorted(attr(s, "shardflow.step_no") for s in steps) == [0, 3]
     assert trace_ids([submit, *runs, *steps]) == {submit.context.trace_id}
     assert all(parent_of(r) == submit.context.span_id for r in runs)
+
+
+def test_a_fork_continues_the_forkers_trace_or_starts_its_own(
+    cluster: Cluster, spans: InMemorySpanExporter
+) -> None:
+    handle = cluster.submit(traced.two_steps, 1)
+    with shardflow.Worker(cluster, traced.app, concurrency=2):
+        assert handle.result(timeout=30) == 4
+        tracer = trace.get_tracer("tests")
+        with tracer.start_as_current_span("fork request") as request:
+            inside = cluster.fork(handle.workflow_id, from_step=1)
+        outside = cluster.fork(handle.workflow_id, from_step=1)
+        assert inside.result(timeout=30) == outside.result(timeout=30) == 4
+    [original] = wait_until(lambda: named(spans, "shardflow.run ", handle.workflow_id))
+    [in_run] = wait_until(lambda: named(spans, "shardflow.run ", inside.workflow_id))
+    [out_run] = wait_until(lambda: named(spans, "shardflow.run ", outside.workflow_id))
+    assert in_run.context.trace_id == request.get_span_context().trace_id
+    assert parent_of(in_run) == request.get_span_context().span_id
+    # Outside any span the fork's runs start a trace of their own.
+    assert parent_of(out_run) is None
+    assert len(trace_ids([original, in_run, out_run])) == 3
