@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, Unpack, overload
 
+from shardflow import tracing
 from shardflow.config.loader import load
 from shardflow.config.model import ClusterConfig
 from shardflow.engine import bulk
@@ -164,6 +165,7 @@ class Cluster:
         ``.submit(wf, *args, **kwargs)`` checks the workflow's arguments statically."""
         return Submitter(self, options)
 
+    @tracing.traced_submit
     def submit_many(
         self, submissions: Iterable[Submission | tuple[Any, ...]]
     ) -> list[WorkflowHandle[Any]]:

@@ -112,6 +112,9 @@ class Claim:
     # from the statement's start, so a lease counted locally from here never outlasts it,
     # however long the statement took (a lock wait, a frozen server).
     lease_from: float | None = None
+    # The workflow's slot, and the trace context stored at submit (shardflow/tracing.py).
+    slot: int | None = None
+    trace_context: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +132,5 @@ class NewWorkflow:
     timeout_seconds: float | None
     dedup_key: str | None
     parent_id: str | None
+    # The submitter's trace context (propagator headers), or None: shardflow/tracing.py.
+    trace_context: dict[str, str] | None = None

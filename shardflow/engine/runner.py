@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from shardflow import retry
+from shardflow import retry, tracing
 from shardflow.engine import context
 from shardflow.engine.app import App
 from shardflow.engine.policy import RetryPolicy
@@ -166,7 +166,8 @@ class WorkflowRun:
         started_at = self.db_time()
         while True:
             try:
-                value = fn()
+                with tracing.step_span(name, step_no):
+                    value = fn()
                 break
             except Exception as exc:
                 failures += 1
@@ -259,7 +260,29 @@ def _owned() -> Iterator[None]:
 
 def execute(run: WorkflowRun, app: App) -> WorkflowState | None:
     """Run ``run`` to its end. Returns the final state written, or None if this run was
-    interrupted or fenced off (someone else owns the outcome)."""
+    interrupted or fenced off (someone else owns the outcome). Traced as one span whose
+    parent is the trace context stored at submit (shardflow/tracing.py)."""
+    claim = run.claim
+    with tracing.run_span(claim.name, claim.trace_context, _attributes(claim)) as ended:
+        state = _execute(run, app)
+        ended(None if state is None else state.value)
+        return state
+
+
+def _attributes(claim: Claim) -> dict[str, str | int]:
+    known = {} if claim.slot is None else {tracing.SLOT: claim.slot}
+    return {
+        tracing.WORKFLOW_ID: claim.workflow_id,
+        tracing.WORKFLOW_NAME: claim.name,
+        tracing.SHARD: claim.shard,
+        tracing.QUEUE: claim.queue,
+        tracing.ATTEMPT: claim.attempt,
+        tracing.RECOVERIES: claim.recoveries,
+        **known,
+    }
+
+
+def _execute(run: WorkflowRun, app: App) -> WorkflowState | None:
     claim = run.claim
     store = run.store
     codec = store.codec
@@ -357,14 +380,15 @@ def _finish(
 
 def _suspend(run: WorkflowRun, wait: Suspend) -> WorkflowState | None:
     try:
-        parked = run.store.suspend(
-            run.shard,
-            workflow_id=run.workflow_id,
-            attempt=run.attempt,
-            delay_seconds=wait.delay_seconds,
-            wait_for=wait.wait_for,
-            topic=wait.topic,
-        )
+        with tracing.span("shardflow.suspend", {tracing.WAIT_FOR: wait.wait_for}):
+            parked = run.store.suspend(
+                run.shard,
+                workflow_id=run.workflow_id,
+                attempt=run.attempt,
+                delay_seconds=wait.delay_seconds,
+                wait_for=wait.wait_for,
+                topic=wait.topic,
+            )
     except (ShardUnavailable, TransientStoreError, StoreError) as exc:
         log.warning("could not suspend %s: %s", run.workflow_id, exc)
         return None

@@ -201,6 +201,8 @@ def claim_rows(shard: str, sent: float | None) -> RowFactory[Claim]:
         parent_id: str | None,
         state: str,
         db_epoch: Any,
+        slot: int | None = None,
+        trace_context: dict[str, str] | None = None,
     ) -> Claim:
         return Claim(
             workflow_id=workflow_id,
@@ -214,6 +216,8 @@ def claim_rows(shard: str, sent: float | None) -> RowFactory[Claim]:
             state=WorkflowState(state),
             clock_offset=float(db_epoch) - time.time(),
             lease_from=sent,
+            slot=slot,
+            trace_context=trace_context,
         )
 
     return kwargs_row(make)

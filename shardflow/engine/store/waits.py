@@ -220,6 +220,7 @@ class WaitQueries(ShardAccess):
                     "priority": row.priority,
                     "inputs": row.inputs,
                     "forked_from": forked_from,
+                    "trace_context": Jsonb(row.trace_context) if row.trace_context else None,
                 },
             )
             if not created:

@@ -45,6 +45,7 @@ class WorkflowQueries(ShardAccess):
                     "timeout_seconds": r.timeout_seconds,
                     "dedup_key": r.dedup_key,
                     "parent_id": r.parent_id,
+                    "trace_context": r.trace_context,
                     "source_checked": r.workflow_id in source_checked,
                 }
                 for r in rows

@@ -26,7 +26,7 @@ WITH batch AS MATERIALIZED (
     SELECT * FROM json_to_recordset(%(rows)s::json)
         AS t(workflow_id text, slot integer, route_hash bigint, name text, queue text,
              priority integer, inputs text, delay_seconds float8, timeout_seconds float8,
-             dedup_key text, parent_id text, source_checked boolean)
+             dedup_key text, parent_id text, source_checked boolean, trace_context jsonb)
 ), held AS MATERIALIZED (
     SELECT o.slot, o.state FROM shardflow.slot_ownership o
     WHERE o.slot = ANY(ARRAY(SELECT DISTINCT b.slot FROM batch b))
@@ -36,14 +36,14 @@ WITH batch AS MATERIALIZED (
 ), created AS (
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
-    deadline, dedup_key, parent_id)
+    deadline, dedup_key, parent_id, trace_context)
 SELECT t.workflow_id, t.slot, t.route_hash, t.name, t.queue, 'ENQUEUED', t.priority,
        t.inputs,
        CASE WHEN t.delay_seconds IS NULL THEN NULL
             ELSE now() + make_interval(secs => t.delay_seconds) END,
        CASE WHEN t.timeout_seconds IS NULL THEN NULL
             ELSE now() + make_interval(secs => t.timeout_seconds) END,
-       t.dedup_key, t.parent_id
+       t.dedup_key, t.parent_id, t.trace_context
 FROM batch t JOIN held o ON o.slot = t.slot
 WHERE o.state = 'OWNED' OR (o.state = 'IMPORTING' AND t.source_checked)
 ON CONFLICT (workflow_id) DO NOTHING
@@ -81,7 +81,8 @@ SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
+          w.slot, w.trace_context
 
 -- name: promote_delayed
 -- Delayed workflows whose time has come become ready for claim_enqueued (a few at a
@@ -122,7 +123,8 @@ SET state = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN 'DEAD' ELSE 'RU
     updated_at = now(), app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
+          w.slot, w.trace_context
 
 -- name: lock_queue
 -- Serializes claims of one queue on this shard while its limits are checked.
