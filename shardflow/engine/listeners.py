@@ -178,6 +178,11 @@ class WaitListeners:
         with self._lock:
             return WaitStats(self._notified, self._resynced, self._rechecks)
 
+    def waiting(self) -> int:
+        """How many waiters are registered now."""
+        with self._lock:
+            return sum(len(group) for group in self._waiters.values())
+
     def health(self) -> dict[str, ListenerHealth]:
         """The listener of each shard waited on so far."""
         with self._lock:
