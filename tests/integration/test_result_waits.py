@@ -4,6 +4,7 @@ lost."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,17 +123,16 @@ def test_many_waiters_share_one_listener_connection_per_shard(
     )
     shards = {h.shard for h in handles}
     assert len(shards) == 3  # 30 random IDs over 3 shards
-    waiting = [Background(lambda h=h: h.result(timeout=60)) for h in handles]
+    waiting = [Background(functools.partial(h.result, timeout=60)) for h in handles]
     wait_until(
-        lambda: cluster.listeners.waiting() == 30
-        and all(listening(cluster, s) for s in shards)
+        lambda: cluster.listeners.waiting() == 30 and all(listening(cluster, s) for s in shards)
     )
     assert {s: listener_connections(cluster, s) for s in shards} == {s: 1 for s in shards}
     worker.start()
     assert sorted(w.join()[0] for w in waiting) == sorted(f"w{i}:0" for i in range(30))
+    worker.stop(grace_seconds=0)
     cluster.close()
-    for s in shards:
-        wait_until(lambda s=s: listener_connections(cluster, s) == 0)
+    wait_until(lambda: all(listener_connections(cluster, s) == 0 for s in shards))
 
 
 def test_a_lost_notification_still_ends_the_wait_and_the_listener_reconnects(
