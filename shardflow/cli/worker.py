@@ -25,7 +25,7 @@ from shardflow.cli.options import (
     positive_int,
 )
 from shardflow.engine import App, Worker, connect
-from shardflow.engine.metrics import MetricsServer, serve_metrics
+from shardflow.engine.metrics_http import MetricsServer, serve_metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``shardflow workflows list|show|steps|cancel|resume``: look at and steer workflows.
 
-``list`` filters by state, name, queue, ID prefix, creation time and parent.
+``list`` filters by state, name, queue, ID prefix, creation time, parent and fork source.
 ``cancel``/``resume`` take one workflow ID, or filters for a bulk action (shard by shard,
 in batches; ``--dry-run`` only counts).
 """
@@ -44,6 +44,7 @@ def register(subparsers: Subparsers) -> None:
     add_option(listing, "--created-after", help="only workflows created at or after (ISO 8601)")
     add_option(listing, "--created-before", help="only workflows created before (ISO 8601)")
     add_option(listing, "--parent", help="only the children of this workflow ID")
+    add_option(listing, "--forked-from", help="only the forks of this workflow ID")
     add_option(listing, "--limit", type=positive_int, default=50, help="page size (default 50)")
     add_option(listing, "--cursor", help="continue after the page that printed this cursor")
     add_json_option(listing)
@@ -84,6 +85,7 @@ def _add_bulk_filters(command: argparse.ArgumentParser) -> None:
     group.add_argument("--created-after", help="created at or after (ISO 8601)")
     group.add_argument("--created-before", help="created before (ISO 8601)")
     group.add_argument("--parent", help="the children of this workflow ID")
+    group.add_argument("--forked-from", help="the forks of this workflow ID")
     group.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, help="per statement")
     group.add_argument("--dry-run", action="store_true", help="only count what would change")
 
@@ -125,6 +127,7 @@ def _filters(args: argparse.Namespace) -> WorkflowFilter:
             "created_after": args.created_after,
             "created_before": args.created_before,
             "parent_id": args.parent,
+            "forked_from": args.forked_from,
         }
     )
 

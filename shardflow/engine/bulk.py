@@ -26,6 +26,7 @@ from shardflow.engine.handles import Page
 from shardflow.engine.listing import decode_cursor, merge_pages
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.serialization import Codec
+from shardflow.engine.states import WorkflowState
 from shardflow.engine.store.admin import ACTIVE, RESUMABLE, AdminStore, FailureGroup
 from shardflow.engine.store_errors import DedupConflict
 from shardflow.errors import ShardUnavailable, WorkflowDeduplicated
@@ -120,7 +121,9 @@ def count_matching(
     """``{shard: n}``: workflows matching ``filters`` (and in one of ``states``, default
     any listable state) on each shard."""
     store = admin_store(cluster)
-    wanted = list(states) if states is not None else [*ACTIVE, *RESUMABLE, "SUCCESS"]
+    wanted = (
+        list(states) if states is not None else [*ACTIVE, *RESUMABLE, WorkflowState.SUCCESS.value]
+    )
     names = cluster.config.shard_names
     counts = _on_every_shard(
         cluster,

@@ -253,6 +253,7 @@ class Cluster:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         parent_id: str | None = None,
+        forked_from: str | None = None,
         filters: WorkflowFilter | None = None,
     ) -> Page:
         """Workflows of all shards, newest first, ``limit`` at a time.
@@ -264,10 +265,20 @@ class Cluster:
 
         Filters: ``state``, ``name``, ``queue``, a workflow-ID prefix, a creation-time
         range (``created_after`` inclusive, ``created_before`` exclusive, time-zone
-        aware) and ``parent_id`` (the children of a workflow); or a whole
+        aware), ``parent_id`` (the children of a workflow) and ``forked_from`` (the
+        forks made from a workflow with :meth:`fork`); or a whole
         :class:`~shardflow.engine.filters.WorkflowFilter` as ``filters``.
         """
-        named = (state, name, queue, id_prefix, created_after, created_before, parent_id)
+        named = (
+            state,
+            name,
+            queue,
+            id_prefix,
+            created_after,
+            created_before,
+            parent_id,
+            forked_from,
+        )
         if filters is not None and any(v is not None for v in named):
             raise ValueError("list_workflows: pass filters= or the single filters, not both")
         if filters is None and any(v is not None for v in named[3:]):

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store
 from shardflow.engine.store.rows import WorkerRecord
 
@@ -106,7 +107,7 @@ def diagnose(
 def why_waiting(cluster: CoverageClient, status: WorkflowStatus) -> str | None:
     """For an ENQUEUED workflow: why no live worker can run it (None if one can, or if
     nobody can tell). Never raises."""
-    if status.state.value != "ENQUEUED":
+    if status.state is not WorkflowState.ENQUEUED:
         return None
     try:
         workers = live_workers(cluster, status.shard)

@@ -28,7 +28,8 @@ class WorkflowFilter:
     """Workflows whose state, name, queue, ID prefix, creation time and parent match.
 
     ``created_after`` is inclusive and ``created_before`` exclusive; both must carry a
-    time zone. ``parent_id`` matches the children a workflow started.
+    time zone. ``parent_id`` matches the children a workflow started, ``forked_from``
+    the forks made from a workflow.
     """
 
     state: WorkflowState | None = None
@@ -38,12 +39,13 @@ class WorkflowFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     parent_id: str | None = None
+    forked_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.state is not None:
             state = _state(self.state)
             object.__setattr__(self, "state", state)
-        for field_name in ("name", "queue", "id_prefix", "parent_id"):
+        for field_name in ("name", "queue", "id_prefix", "parent_id", "forked_from"):
             _check_text(field_name, getattr(self, field_name))
         for field_name in ("created_after", "created_before"):
             value = getattr(self, field_name)
@@ -79,6 +81,7 @@ class WorkflowFilter:
             created_after=_time("created_after", text("created_after")),
             created_before=_time("created_before", text("created_before")),
             parent_id=values.get("parent_id") or None,
+            forked_from=values.get("forked_from") or None,
         )
 
     @property
@@ -105,6 +108,7 @@ class WorkflowFilter:
             "created_after": self.created_after,
             "created_before": self.created_before,
             "parent_id": self.parent_id,
+            "forked_from": self.forked_from,
         }
 
     def describe(self) -> str:

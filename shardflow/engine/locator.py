@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +24,7 @@ from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import NO_HOLDING, DedupConflict, Located, Store
 from shardflow.engine.topology import Topology
 from shardflow.errors import RoutingError, WorkflowConflict, WorkflowDeduplicated, WorkflowNotFound
-from shardflow.retry import idempotent
+from shardflow.retry import Backoff, idempotent
 from shardflow.router.moves import SlotState, SourceRow, Verdict, copy_verdict
 from shardflow.router.router import Router
 
@@ -137,7 +136,9 @@ class Locator:
             after = self.store.find_copy(status.shard, status.workflow_id)
             if after is not None and after.status.state is not WorkflowState.IMPORTING:
                 return after.status
-        return dataclasses.replace(status, state=WorkflowState(copy.import_state or "ENQUEUED"))
+        return dataclasses.replace(
+            status, state=WorkflowState(copy.import_state or WorkflowState.ENQUEUED)
+        )
 
     # -- placing --------------------------------------------------------------------------
 
@@ -169,6 +170,9 @@ class Locator:
         # Per redirected row: (shard to create it on, shard to look it up on first).
         redirects: dict[str, tuple[str, str | None]] = {}
         pending = rows
+        # Waits between hops: for a slot being imported (the move must finish), and for
+        # a rebalancer between two steps of a slot transition (brief).
+        importing, between = Backoff(0.05, 1.0), Backoff(0.01, 0.5)
         for hop in range(REDIRECTS):
             slot_map = self.router.slot_map
             groups: dict[tuple[str, str | None], list[NewWorkflow]] = {}
@@ -250,12 +254,12 @@ class Locator:
             if any(wait for _, _, wait in outcomes):
                 # The slot is being imported: wait for the move to finish.
                 self.topology.refresh()
-                time.sleep(min(0.05 * 2**hop, 1.0))
+                importing.wait()
             elif any(stale for _, stale, _ in outcomes):
                 before = self.router.epoch
                 if self.topology.refresh().epoch == before and hop:
                     # A rebalancer between two steps of a slot transition: brief.
-                    time.sleep(min(0.01 * 2**hop, 0.5))
+                    between.wait()
             pending = retry
         raise RoutingError(
             f"could not place {len(pending)} workflow(s) after {REDIRECTS} redirects;"

@@ -18,6 +18,7 @@ from shardflow.engine.ports import RunClient
 from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.serialization import rebuild_error
 from shardflow.engine.signals import Suspend
+from shardflow.engine.states import WorkflowState
 from shardflow.errors import ShardflowError, WorkflowCancelled, WorkflowFailed
 
 P = ParamSpec("P")
@@ -152,7 +153,7 @@ class ChildHandle(Generic[R]):
         status = client.get(self.workflow_id)
         if not status.state.is_terminal:
             raise Suspend(CHILD_RECHECK_SECONDS, "child", child_id=self.workflow_id)
-        if status.state.value == "SUCCESS":
+        if status.state is WorkflowState.SUCCESS:
             text = run.store.codec.dumps(status.output, "child result")
             run.record_raw(step_no, "shardflow.child_result", text, None)
             out: R = status.output
@@ -164,9 +165,9 @@ class ChildHandle(Generic[R]):
 
 
 def _child_error(child_id: str, error: dict[str, Any]) -> Exception:
-    if error.get("child_state") == "CANCELLED":
+    if error.get("child_state") == WorkflowState.CANCELLED:
         return WorkflowCancelled(child_id, error.get("message"))
-    if error.get("child_state") in ("ERROR", "DEAD"):
+    if error.get("child_state") in (WorkflowState.ERROR, WorkflowState.DEAD):
         return WorkflowFailed(child_id, error)
     return rebuild_error(error)
 

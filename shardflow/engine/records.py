@@ -35,6 +35,8 @@ class WorkflowStatus:
     dedup_key: str | None
     deadline: datetime | None
     lease_owner: str | None = None
+    # The workflow this one was forked from (``cluster.fork``), or None.
+    forked_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class WorkflowStatus:
             "dedup_key": self.dedup_key,
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "lease_owner": self.lease_owner,
+            "forked_from": self.forked_from,
         }
 
 

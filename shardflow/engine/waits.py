@@ -192,7 +192,7 @@ class Waits:
         def insert(shard: str, rows: list[NewWorkflow], checked: set[str]) -> set[str]:
             # The fork and its copied steps commit together, only in a slot the shard
             # owns outright (so the placement waits out a slot being imported).
-            return {new_id} if self.store.insert_fork(shard, rows[0], steps) else set()
+            return {new_id} if self.store.insert_fork(shard, rows[0], steps, workflow_id) else set()
 
         placed = self.locator.place([row], insert, exists_ok=False, creates_while_importing=False)
         return new_id, placed[new_id]

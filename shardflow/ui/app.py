@@ -20,10 +20,10 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from shardflow.config.redaction import scrub_dsns
 from shardflow.engine.bulk import (
@@ -38,6 +38,7 @@ from shardflow.engine.cluster import Cluster
 from shardflow.engine.filters import LISTABLE_STATES, WorkflowFilter
 from shardflow.errors import ShardflowError, WorkflowError, WorkflowNotFound
 from shardflow.ui import security, views
+from shardflow.ui.guard import Guarded
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,6 @@ PATHS = {
     "login": "/login",
     "static": "/static",
 }
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
 
 
 class _Refused(Exception):
@@ -346,77 +343,7 @@ def create_app(
     ]
     app = Starlette(routes=routes)
     app.state.cluster = cluster
-    return _Guarded(app, auth=auth, key=key, allowed_hosts=allowed_hosts)
-
-
-class _Guarded:
-    """Host check, authentication and security headers around the app."""
-
-    def __init__(
-        self,
-        app: Starlette,
-        *,
-        auth: security.Auth | None,
-        key: bytes,
-        allowed_hosts: tuple[str, ...] | None,
-    ) -> None:
-        self.app = app
-        self.auth = auth
-        self.key = key
-        self.allowed_hosts = allowed_hosts
-
-    @property
-    def state(self) -> Any:
-        return self.app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        if self.allowed_hosts is not None and not security.host_allowed(
-            request.headers.get("host", ""), self.allowed_hosts
-        ):
-            await PlainTextResponse("unknown host", status_code=421)(scope, receive, send)
-            return
-        relative = scope["path"][len(scope.get("root_path", "")) :] or "/"
-        public = relative.startswith("/static/") or relative == "/login"
-        if (
-            self.auth is not None
-            and not public
-            and not self.auth.allows(request.headers, request.cookies, self.key)
-        ):
-            await self._challenge(request)(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [
-                    (b"content-security-policy", CSP.encode()),
-                    (b"x-frame-options", b"DENY"),
-                    (b"x-content-type-options", b"nosniff"),
-                    # Workflow IDs travel in URLs: do not hand them to other sites.
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"cache-control", b"no-store"),
-                ]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _challenge(self, request: Request) -> Response:
-        assert self.auth is not None
-        if self.auth.kind == "basic":
-            return PlainTextResponse(
-                "authentication required",
-                status_code=401,
-                headers={"WWW-Authenticate": 'Basic realm="shardflow", charset="UTF-8"'},
-            )
-        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-            login = request.scope.get("root_path", "") + "/login"
-            return RedirectResponse(login, status_code=303)
-        return PlainTextResponse("authentication required", status_code=401)
+    return Guarded(app, auth=auth, key=key, allowed_hosts=allowed_hosts)
 
 
 async def _form(request: Request) -> dict[str, str]:

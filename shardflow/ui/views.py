@@ -204,15 +204,10 @@ def workflow_view(cluster: Cluster, workflow_id: str) -> WorkflowView:
     children = list_workflows(
         cluster, WorkflowFilter(parent_id=workflow_id), limit=50, skip_unavailable=True
     )
-    # Forks are named "<source>:fork:<random>" unless the caller named them; an ID too
-    # long to have such forks has none to list.
-    prefix = f"{workflow_id}:fork:"
-    forks = (
-        list_workflows(cluster, WorkflowFilter(id_prefix=prefix), limit=50, skip_unavailable=True)
-        if len(prefix) <= MAX_ID_CHARS
-        else Page([], None)
+    forks = list_workflows(
+        cluster, WorkflowFilter(forked_from=workflow_id), limit=50, skip_unavailable=True
     )
-    forked_from = workflow_id.rsplit(":fork:", 1)[0] if ":fork:" in workflow_id else None
+    forked_from = status.forked_from
     error = status.error or {}
     error_text = (
         f"{error.get('type', 'Error')}: {error.get('message', '')}" if status.error else None

@@ -182,3 +182,42 @@ def test_cli_bulk_refuses_ambiguous_or_empty(
     assert "not both" in capsys.readouterr().err
     assert main([*config, "workflows", "list", "--created-after", "yesterday"]) == 2
     assert "filter created_after: 'yesterday' is not an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_forks_record_their_source_and_are_listed_by_it(cluster: Cluster) -> None:
+    submit_pending(cluster, ["fork-src", "fork-other"])
+    named = cluster.fork("fork-src", 0, new_workflow_id="renamed-fork")
+    default = cluster.fork("fork-src", 0)
+    unrelated = cluster.fork("fork-other", 0)
+    assert cluster.get(named.workflow_id).forked_from == "fork-src"
+    assert cluster.get(default.workflow_id).forked_from == "fork-src"
+    assert cluster.get("fork-src").forked_from is None
+    # The forks of one workflow, whatever their IDs and shards; none of the other's.
+    forks = cluster.list_workflows(forked_from="fork-src").items
+    assert sorted(s.workflow_id for s in forks) == sorted([named.workflow_id, default.workflow_id])
+    assert all(s.forked_from == "fork-src" for s in forks)
+    assert unrelated.workflow_id not in {s.workflow_id for s in forks}
+    # A fork of a fork names its direct source.
+    grandchild = cluster.fork(named.workflow_id, 0)
+    assert cluster.get(grandchild.workflow_id).forked_from == "renamed-fork"
+
+
+def test_overview_counts_are_exact_on_a_small_shard(cluster: Cluster) -> None:
+    from shardflow.engine.bulk import admin_store
+
+    submit_pending(cluster, [f"ov-{i}" for i in range(12)])
+    # Make some SUCCESS rows without a worker: a finished status row, as a run writes.
+    done = [f"ov-{i}" for i in range(5)]
+    for shard in cluster.config.shards:
+        with psycopg.connect(shard.dsn) as conn:
+            conn.execute(
+                "UPDATE shardflow.workflow_status SET state = 'SUCCESS', finished_at = now()"
+                " WHERE workflow_id = ANY(%s)",
+                (done,),
+            )
+    store = admin_store(cluster)
+    infos = [store.shard_info(s) for s in cluster.config.shard_names]
+    assert not any(i.success_estimated for i in infos)
+    assert sum(i.by_state["SUCCESS"] for i in infos) == 5
+    assert sum(i.by_state["ENQUEUED"] for i in infos) == 7
+    assert all(" " not in i.server_version and i.server_version[0].isdigit() for i in infos)

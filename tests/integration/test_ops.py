@@ -28,7 +28,8 @@ from shardflow.cli.main import main
 from shardflow.config import parse
 from shardflow.engine.blobs import BLOB_MARKER, BlobRef
 from shardflow.engine.cluster import Cluster
-from shardflow.engine.metrics import read_snapshots, serve_metrics
+from shardflow.engine.metrics import read_snapshots
+from shardflow.engine.metrics_http import serve_metrics
 from shardflow.engine.retention import RetentionLeader
 from shardflow.local.ports import pick_free_ports
 from shardflow.testing.servers import ClusterFactory, TestCluster, cluster_yaml, wait_until

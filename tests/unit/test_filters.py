@@ -22,6 +22,7 @@ def test_empty_filter() -> None:
         "created_after": None,
         "created_before": None,
         "parent_id": None,
+        "forked_from": None,
     }
 
 

@@ -10,19 +10,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.rows import RowFactory, class_row, dict_row, kwargs_row, scalar_row
 
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store._conn import ShardAccess
+from shardflow.engine.store._conn import ShardAccess, fetch_all, fetch_one
+from shardflow.engine.store.rows import located_rows
 from shardflow.engine.store_errors import DedupConflict, StoreError
 from shardflow.sql import query
 
-ACTIVE = ("ENQUEUED", "RUNNING", "SUSPENDED")
-RESUMABLE = ("CANCELLED", "ERROR", "DEAD")
+R = TypeVar("R")
+# Up to this many SUCCESS workflows a shard counts them exactly; past it, the overview
+# shows the planner's estimate (counting exactly would read them all).
+EXACT_SUCCESS = 100_000
+
+# The states a bulk cancel and a bulk resume act on.
+ACTIVE = tuple(
+    s.value for s in (WorkflowState.ENQUEUED, WorkflowState.RUNNING, WorkflowState.SUSPENDED)
+)
+RESUMABLE = tuple(
+    s.value for s in (WorkflowState.CANCELLED, WorkflowState.ERROR, WorkflowState.DEAD)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +53,10 @@ class QueueLoad:
 class ShardInfo:
     """What the overview shows of one shard.
 
-    ``by_state`` is exact for every state but SUCCESS, which is estimated (the table's
-    row estimate minus the exact counts: counting it exactly reads every row);
-    ``success_estimated`` says so.
+    ``by_state`` is exact for every state. SUCCESS, usually most of the table, is exact
+    up to ``EXACT_SUCCESS`` workflows and estimated past it (the table's row estimate
+    minus the exact counts: counting it exactly would read every row);
+    ``success_estimated`` says which.
     """
 
     server_version: str
@@ -166,18 +179,18 @@ class AdminStore(ShardAccess):
             after_id=after[1] if after else None,
             limit=limit,
         )
-        with self._conn(shard) as conn:
-            # Unprepared: a generic plan could not see which filters are set.
-            rows = conn.execute(query("admin_list_workflows"), params, prepare=False).fetchall()
-        return [self._status(shard, row) for row in rows]
+        # Unprepared: a generic plan could not see which filters are set.
+        rows = self._unprepared(
+            shard, "admin_list_workflows", params, located_rows(shard, self.codec)
+        )
+        return [r.status for r in rows]
 
     def count_matching(self, shard: str, filters: WorkflowFilter, states: Sequence[str]) -> int:
         """How many workflows of ``shard`` match ``filters`` and are in one of ``states``."""
         params = filters.sql_params()
         params["states"] = list(states)
-        with self._conn(shard) as conn:
-            row = conn.execute(query("admin_count_matching"), params, prepare=False).fetchone()
-        return int(row[0]) if row else 0
+        counts = self._unprepared(shard, "admin_count_matching", params, scalar_row)
+        return int(counts[0]) if counts else 0
 
     # -- bulk actions (one batch, one transaction) --------------------------------------
 
@@ -187,9 +200,7 @@ class AdminStore(ShardAccess):
         """Cancel up to ``batch`` active workflows of ``shard`` that match ``filters``."""
         params = filters.sql_params()
         params.update(batch=batch, reason=reason)
-        with self._conn(shard) as conn:
-            rows = conn.execute(query("admin_cancel_matching"), params, prepare=False).fetchall()
-        return [Cancelled(str(r[0]), r[1], bool(r[2])) for r in rows]
+        return self._unprepared(shard, "admin_cancel_matching", params, kwargs_row(_cancelled))
 
     def resume_matching(self, shard: str, filters: WorkflowFilter, batch: int) -> list[str]:
         """Resume up to ``batch`` resumable workflows of ``shard`` that match ``filters``.
@@ -198,126 +209,105 @@ class AdminStore(ShardAccess):
         params = filters.sql_params()
         params["batch"] = batch
         try:
-            with self._conn(shard) as conn:
-                rows = conn.execute(
-                    query("admin_resume_matching"), params, prepare=False
-                ).fetchall()
+            return self._unprepared(shard, "admin_resume_matching", params, scalar_row)
         except StoreError as exc:
             if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
                 raise DedupConflict(str(exc)) from exc
             raise
-        return [str(r[0]) for r in rows]
 
     # -- the dashboard's views --------------------------------------------------------------
 
     def shard_info(self, shard: str, recent_seconds: float = 60.0) -> ShardInfo:
         """The overview of one shard: a few index-only reads, no scan of the table."""
-        exact = ["ENQUEUED", "RUNNING", "SUSPENDED", "ERROR", "CANCELLED", "DEAD"]
+        exact = [*ACTIVE, *RESUMABLE]
         with self._conn(shard) as conn, conn.transaction():
-            row = conn.execute(query("admin_shard_info"), {"seconds": recent_seconds}).fetchone()
-            counts = conn.execute(query("admin_state_counts"), {"states": exact}).fetchall()
-            estimate = conn.execute(query("admin_row_estimate")).fetchone()
-            ready = conn.execute(query("admin_queue_ready")).fetchall()
-            running = conn.execute(query("admin_queue_running")).fetchall()
-            delayed = conn.execute(query("admin_delayed")).fetchone()
-        assert row is not None
-        by_state = {str(r[0]): int(r[1]) for r in counts}
-        total = int(estimate[0]) if estimate and estimate[0] is not None else 0
-        by_state["SUCCESS"] = max(total - sum(by_state.values()), 0)
+            head = fetch_one(conn, "admin_shard_info", {"seconds": recent_seconds}, dict_row)
+            counts = fetch_all(conn, "admin_state_counts", {"states": exact}, dict_row)
+            estimate = fetch_one(conn, "admin_row_estimate", None, scalar_row)
+            ready = fetch_all(conn, "admin_queue_ready", None, dict_row)
+            running = fetch_all(conn, "admin_queue_running", None, dict_row)
+            delayed = fetch_one(conn, "admin_delayed", None, scalar_row)
+            bounded = fetch_one(conn, "admin_success_bounded", {"cap": EXACT_SUCCESS}, scalar_row)
+        assert head is not None
+        by_state = {str(c["state"]): int(c["workflows"]) for c in counts}
+        success = int(bounded or 0)
+        estimated = success >= EXACT_SUCCESS
+        if estimated:
+            success = max(int(estimate or 0) - sum(by_state.values()), EXACT_SUCCESS)
+        by_state[WorkflowState.SUCCESS.value] = success
         queues: dict[str, QueueLoad] = {}
         for r in ready:
-            queues[str(r[0])] = QueueLoad(str(r[0]), int(r[1]), float(r[2]))
-        for r in running:
-            seen = queues.get(str(r[0]), QueueLoad(str(r[0])))
-            queues[str(r[0])] = QueueLoad(
-                seen.queue, seen.ready, seen.oldest_ready_seconds, int(r[1]), int(r[2])
+            queues[r["queue"]] = QueueLoad(
+                r["queue"], int(r["ready"]), float(r["oldest_ready_seconds"])
             )
+        for r in running:
+            seen = queues.get(r["queue"], QueueLoad(r["queue"]))
+            queues[r["queue"]] = QueueLoad(
+                seen.queue,
+                seen.ready,
+                seen.oldest_ready_seconds,
+                int(r["running"]),
+                int(r["expired_leases"]),
+            )
+        epoch = head["map_epoch"]
         return ShardInfo(
-            server_version=str(row[0]),
-            map_epoch=None if row[1] is None else int(row[1]),
-            owned_slots=int(row[2]),
-            finished_recently=int(row[3]),
+            # "15.18 (Debian 15.18-0+deb12u1)": the version, without the packager's note.
+            server_version=str(head["server_version"]).split(" ", 1)[0],
+            map_epoch=None if epoch is None else int(epoch),
+            owned_slots=int(head["owned_slots"]),
+            finished_recently=int(head["finished_recently"]),
             by_state=by_state,
             queues=queues,
-            delayed=int(delayed[0]) if delayed else 0,
+            delayed=int(delayed or 0),
+            success_estimated=estimated,
         )
 
     def latest_plan(self, shard: str) -> LatestPlan | None:
         with self._conn(shard) as conn:
-            row = conn.execute(query("admin_latest_plan")).fetchone()
-        if row is None:
-            return None
-        return LatestPlan(str(row[0]), list(row[1]), int(row[2]), row[3], row[4], row[5])
+            return fetch_one(conn, "admin_latest_plan", None, class_row(LatestPlan))
 
     def failures(self, shard: str, within_seconds: float, limit: int) -> list[FailureGroup]:
+        params = {"seconds": within_seconds, "limit": limit}
         with self._conn(shard) as conn:
-            rows = conn.execute(
-                query("admin_failures"), {"seconds": within_seconds, "limit": limit}
-            ).fetchall()
-        return [
-            FailureGroup(shard, str(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4], str(r[5]), r[6])
-            for r in rows
-        ]
+            groups = fetch_all(conn, "admin_failures", params, dict_row)
+        return [FailureGroup(shard=shard, **group) for group in groups]
 
     def workflow_extra(self, shard: str, workflow_id: str) -> WorkflowExtra | None:
+        params = {"workflow_id": workflow_id}
         with self._conn(shard) as conn:
-            row = conn.execute(
-                query("admin_workflow_extra"), {"workflow_id": workflow_id}
-            ).fetchone()
-        if row is None:
-            return None
-        return WorkflowExtra(str(row[0]), row[1], row[2], row[3], row[4], int(row[5]))
+            return fetch_one(conn, "admin_workflow_extra", params, class_row(WorkflowExtra))
 
     def messages(
         self, shard: str, workflow_id: str, *, limit: int, max_chars: int
     ) -> list[MessageRecord]:
         params = {"workflow_id": workflow_id, "limit": limit, "max_chars": max_chars}
         with self._conn(shard) as conn:
-            rows = conn.execute(query("admin_messages"), params).fetchall()
-        return [
-            MessageRecord(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), bool(r[5]), r[6])
-            for r in rows
-        ]
+            return fetch_all(conn, "admin_messages", params, class_row(MessageRecord))
 
     def events(
         self, shard: str, workflow_id: str, *, limit: int, max_chars: int
     ) -> list[EventRecord]:
         params = {"workflow_id": workflow_id, "limit": limit, "max_chars": max_chars}
         with self._conn(shard) as conn:
-            rows = conn.execute(query("admin_events"), params).fetchall()
-        return [EventRecord(str(r[0]), str(r[1]), int(r[2]), r[3]) for r in rows]
+            return fetch_all(conn, "admin_events", params, class_row(EventRecord))
 
     def stored_steps(
         self, shard: str, workflow_id: str, *, limit: int, max_chars: int
     ) -> list[StoredStep]:
         params = {"workflow_id": workflow_id, "limit": limit, "max_chars": max_chars}
         with self._conn(shard) as conn:
-            rows = conn.execute(query("admin_steps"), params).fetchall()
-        return [
-            StoredStep(int(r[0]), str(r[1]), r[2], int(r[3] or 0), r[4], r[5], r[6], r[7])
-            for r in rows
-        ]
+            return fetch_all(conn, "admin_steps", params, class_row(StoredStep))
 
-    def _status(self, shard: str, row: Sequence[Any]) -> WorkflowStatus:
-        # Columns as in list_workflows (workflows.sql); row[16] (moved_to) is unused here.
-        return WorkflowStatus(
-            workflow_id=row[0],
-            shard=shard,
-            name=row[1],
-            queue=row[2],
-            state=WorkflowState(row[3]),
-            priority=row[4],
-            attempt=row[5],
-            recoveries=row[6],
-            output=self.codec.loads(row[7]),
-            error=row[8],
-            reason=row[9],
-            created_at=row[10],
-            updated_at=row[11],
-            started_at=row[12],
-            finished_at=row[13],
-            parent_id=row[14],
-            dedup_key=row[15],
-            deadline=row[17],
-            lease_owner=row[18],
-        )
+    def _unprepared(
+        self, shard: str, name: str, params: dict[str, Any], rows: RowFactory[R]
+    ) -> list[R]:
+        """Run the named query ``name`` unprepared (a custom plan per call: the planner
+        sees which filters are set) and read every row with ``rows``."""
+        with self._conn(shard) as conn, conn.cursor(row_factory=rows) as cur:
+            return cur.execute(query(name), params, prepare=False).fetchall()
+
+
+def _cancelled(
+    *, workflow_id: str, parent_id: str | None, has_children: bool, notified: Any
+) -> Cancelled:
+    return Cancelled(workflow_id, parent_id, bool(has_children))

@@ -246,6 +246,7 @@ def located_rows(shard: str, codec: Codec) -> RowFactory[Located]:
         moved_from: str | None = None,
         import_state: str | None = None,
         move_id: Any = None,
+        forked_from: str | None = None,
     ) -> Located:
         status = WorkflowStatus(
             workflow_id=workflow_id,
@@ -267,6 +268,7 @@ def located_rows(shard: str, codec: Codec) -> RowFactory[Located]:
             dedup_key=dedup_key,
             deadline=deadline,
             lease_owner=lease_owner,
+            forked_from=forked_from,
         )
         return Located(
             status, moved_to, moved_from, import_state, None if move_id is None else str(move_id)

@@ -198,10 +198,14 @@ class WaitQueries(ShardAccess):
             )
 
     def insert_fork(
-        self, shard: str, row: NewWorkflow, steps: Sequence[tuple[int, str, str | None, Any]]
+        self,
+        shard: str,
+        row: NewWorkflow,
+        steps: Sequence[tuple[int, str, str | None, Any]],
+        forked_from: str,
     ) -> bool:
-        """Create a forked workflow with its copied ``(step_no, name, output, error)``
-        steps in one transaction."""
+        """Create a forked workflow of ``forked_from`` with its copied ``(step_no, name,
+        output, error)`` steps in one transaction."""
         with self._conn(shard) as conn, conn.transaction():
             created = returns_row(
                 conn,
@@ -214,6 +218,7 @@ class WaitQueries(ShardAccess):
                     "queue": row.queue,
                     "priority": row.priority,
                     "inputs": row.inputs,
+                    "forked_from": forked_from,
                 },
             )
             if not created:

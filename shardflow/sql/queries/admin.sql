@@ -7,7 +7,7 @@
 -- name: admin_list_workflows
 -- One page of one shard, newest first; the client merges the shards' pages.
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
-       reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
+       reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
        moved_to, deadline, lease_owner
 FROM shardflow.workflow_status
 WHERE state NOT IN ('MOVED', 'IMPORTING')
@@ -18,6 +18,7 @@ WHERE state NOT IN ('MOVED', 'IMPORTING')
   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
   AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
+  AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
   AND (%(after_created)s::timestamptz IS NULL
        OR (created_at, workflow_id) < (%(after_created)s, %(after_id)s::text))
 ORDER BY created_at DESC, workflow_id DESC
@@ -35,6 +36,7 @@ WHERE state = ANY(%(states)s::text[])
   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
   AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
+  AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
 
 -- name: admin_cancel_matching
 -- Cancel up to %(batch)s matching active workflows, as cancel_workflow does one: the
@@ -51,6 +53,7 @@ WITH picked AS (
       AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
       AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
+      AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
     ORDER BY workflow_id
     LIMIT %(batch)s
     FOR UPDATE
@@ -66,7 +69,7 @@ SELECT c.workflow_id, c.parent_id,
        EXISTS (SELECT 1 FROM shardflow.step_outputs s
                WHERE s.workflow_id = c.workflow_id AND s.name = 'shardflow.start_child')
            AS has_children,
-       pg_notify('shardflow_cancel', c.workflow_id)
+       pg_notify('shardflow_cancel', c.workflow_id) AS notified
 FROM cancelled c
 
 -- name: admin_resume_matching
@@ -83,6 +86,7 @@ WITH picked AS (
       AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
       AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
+      AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
     ORDER BY workflow_id
     LIMIT %(batch)s
     FOR UPDATE
@@ -101,44 +105,55 @@ WITH picked AS (
       AND s.step_no = (SELECT max(step_no) FROM shardflow.step_outputs m
                        WHERE m.workflow_id = r.workflow_id)
 )
-SELECT workflow_id, pg_notify('shardflow_work', queue) FROM resumed
+SELECT workflow_id, pg_notify('shardflow_work', queue) AS notified FROM resumed
 
 -- name: admin_shard_info
 -- The server's version, this shard's copy of the map epoch, the slots it owns and the
 -- workflows that ended in the last %(seconds)s seconds (the finished_at index).
-SELECT current_setting('server_version'),
-       (SELECT epoch FROM shardflow.slot_map),
-       (SELECT count(*) FROM shardflow.slot_ownership WHERE state = 'OWNED'),
+SELECT current_setting('server_version') AS server_version,
+       (SELECT epoch FROM shardflow.slot_map) AS map_epoch,
+       (SELECT count(*) FROM shardflow.slot_ownership WHERE state = 'OWNED') AS owned_slots,
        (SELECT count(*) FROM shardflow.workflow_status
         WHERE finished_at > now() - make_interval(secs => %(seconds)s)
-          AND state IN ('SUCCESS', 'ERROR', 'CANCELLED', 'DEAD'))
+          AND state IN ('SUCCESS', 'ERROR', 'CANCELLED', 'DEAD')) AS finished_recently
 
 -- name: admin_state_counts
 -- Exact counts of the given states, each read from the (state, created_at, workflow_id)
 -- index (0007), index-only where pages are all-visible. SUCCESS, usually most of the
 -- table, is left to admin_row_estimate: counting it exactly reads every row.
 SELECT s.state,
-       (SELECT count(*) FROM shardflow.workflow_status w WHERE w.state = s.state)
+       (SELECT count(*) FROM shardflow.workflow_status w WHERE w.state = s.state) AS workflows
 FROM unnest(%(states)s::text[]) AS s(state)
+
+-- name: admin_success_bounded
+-- SUCCESS workflows counted exactly up to %(cap)s (index-only on the state index where
+-- pages are all-visible): exact on a small shard, a bounded read on a large one, which
+-- then shows the estimate instead.
+SELECT count(*) FROM (
+    SELECT 1 FROM shardflow.workflow_status WHERE state = 'SUCCESS' LIMIT %(cap)s
+) AS bounded
 
 -- name: admin_row_estimate
 -- The planner's row count of workflow_status (kept by autovacuum and ANALYZE).
-SELECT greatest(reltuples, 0)::bigint FROM pg_class
+SELECT greatest(reltuples, 0)::bigint AS rows FROM pg_class
 WHERE oid = to_regclass('shardflow.workflow_status')
 
 -- name: admin_queue_ready
 -- Per queue: ENQUEUED workflows that are ready to run and the age of the oldest, from
 -- the claim index (index-only); delayed ones are counted apart (admin_delayed).
-SELECT queue, count(*), extract(epoch FROM now() - min(created_at))::float8
+SELECT queue, count(*) AS ready,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_ready_seconds
 FROM shardflow.workflow_status
 WHERE state = 'ENQUEUED' AND wake_at IS NULL
 GROUP BY queue
 
 -- name: admin_delayed
-SELECT count(*) FROM shardflow.workflow_status WHERE state = 'ENQUEUED' AND wake_at IS NOT NULL
+SELECT count(*) AS delayed FROM shardflow.workflow_status
+WHERE state = 'ENQUEUED' AND wake_at IS NOT NULL
 
 -- name: admin_queue_running
-SELECT queue, count(*), count(*) FILTER (WHERE lease_expires_at < now())
+SELECT queue, count(*) AS running,
+       count(*) FILTER (WHERE lease_expires_at < now()) AS expired_leases
 FROM shardflow.workflow_status WHERE state = 'RUNNING'
 GROUP BY queue
 
@@ -151,10 +166,10 @@ FROM shardflow.rebalance_plans ORDER BY created_at DESC LIMIT 1
 -- of each group.
 SELECT name, state, coalesce(error->>'type', CASE WHEN state = 'DEAD' THEN 'DeadLettered'
                                              ELSE 'Error' END) AS error_type,
-       count(*), max(finished_at),
-       (array_agg(workflow_id ORDER BY finished_at DESC, workflow_id DESC))[1],
+       count(*) AS count, max(finished_at) AS last_at,
+       (array_agg(workflow_id ORDER BY finished_at DESC, workflow_id DESC))[1] AS example_id,
        (array_agg(coalesce(error->>'message', reason, '')
-                  ORDER BY finished_at DESC, workflow_id DESC))[1]
+                  ORDER BY finished_at DESC, workflow_id DESC))[1] AS example_message
 FROM shardflow.workflow_status
 WHERE finished_at > now() - make_interval(secs => %(seconds)s)
   AND state IN ('ERROR', 'DEAD')
@@ -169,19 +184,19 @@ SELECT inputs, output, wait_for, wake_at, lease_expires_at, slot
 FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 
 -- name: admin_messages
-SELECT seq, topic, message_id, left(payload, %(max_chars)s), length(payload), consumed,
-       created_at
+SELECT seq, topic, message_id, left(payload, %(max_chars)s) AS payload,
+       length(payload) AS size, consumed, created_at
 FROM shardflow.messages WHERE workflow_id = %(workflow_id)s
 ORDER BY seq LIMIT %(limit)s
 
 -- name: admin_events
-SELECT key, left(value, %(max_chars)s), length(value), updated_at
+SELECT key, left(value, %(max_chars)s) AS value, length(value) AS size, updated_at
 FROM shardflow.events WHERE workflow_id = %(workflow_id)s
 ORDER BY key LIMIT %(limit)s
 
 -- name: admin_steps
 -- A workflow's steps with their stored output text (a claim-check reference stays one).
-SELECT step_no, name, left(output, %(max_chars)s), length(output), error, started_at,
-       duration_ms, attempt
+SELECT step_no, name, left(output, %(max_chars)s) AS output,
+       coalesce(length(output), 0) AS size, error, started_at, duration_ms, attempt
 FROM shardflow.step_outputs WHERE workflow_id = %(workflow_id)s
 ORDER BY step_no LIMIT %(limit)s

@@ -126,9 +126,10 @@ WITH held AS MATERIALIZED (
     FOR SHARE
 )
 INSERT INTO shardflow.workflow_status (
-    workflow_id, slot, route_hash, name, queue, state, priority, inputs, attempt, parent_id)
+    workflow_id, slot, route_hash, name, queue, state, priority, inputs, attempt, parent_id,
+    forked_from)
 SELECT %(workflow_id)s, %(slot)s, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
-       %(priority)s, %(inputs)s, 1, NULL
+       %(priority)s, %(inputs)s, 1, NULL, %(forked_from)s
 FROM held
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id

@@ -57,7 +57,7 @@ WHERE workflow_id = ANY(%(workflow_ids)s)
 
 -- name: get_workflow
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
-       reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
+       reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
        moved_to, deadline, lease_owner, moved_from, import_state, move_id
 FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 
@@ -202,7 +202,7 @@ WHERE workflow_id = %(workflow_id)s AND error IS NOT NULL
 -- name: list_workflows
 -- One page of one shard, newest first; the client merges the shards' pages.
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
-       reason, created_at, updated_at, started_at, finished_at, parent_id, dedup_key,
+       reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
        moved_to, deadline, lease_owner
 FROM shardflow.workflow_status
 WHERE state NOT IN ('MOVED', 'IMPORTING')
