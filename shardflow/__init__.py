@@ -46,6 +46,7 @@ from shardflow.engine import (
     workflow_id,
 )
 from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine.patching import deprecate_patch, patched
 from shardflow.engine.worker import EventKind, WorkerEvent
 from shardflow.errors import (
     ConfigError,
@@ -111,8 +112,10 @@ __all__ = [
     "WorkflowTimeout",
     "connect",
     "current_workflow_id",
+    "deprecate_patch",
     "get_event",
     "load",
+    "patched",
     "recv",
     "send",
     "set_event",

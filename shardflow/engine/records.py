@@ -37,6 +37,8 @@ class WorkflowStatus:
     lease_owner: str | None = None
     # The workflow this one was forked from (``cluster.fork``), or None.
     forked_from: str | None = None
+    # The version of the app that ran the latest attempt (docs/upgrades.md), or None.
+    app_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,7 @@ class WorkflowStatus:
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "lease_owner": self.lease_owner,
             "forked_from": self.forked_from,
+            "app_version": self.app_version,
         }
 
 

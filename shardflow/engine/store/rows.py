@@ -247,6 +247,7 @@ def located_rows(shard: str, codec: Codec) -> RowFactory[Located]:
         import_state: str | None = None,
         move_id: Any = None,
         forked_from: str | None = None,
+        app_version: str | None = None,
     ) -> Located:
         status = WorkflowStatus(
             workflow_id=workflow_id,
@@ -269,6 +270,7 @@ def located_rows(shard: str, codec: Codec) -> RowFactory[Located]:
             deadline=deadline,
             lease_owner=lease_owner,
             forked_from=forked_from,
+            app_version=app_version,
         )
         return Located(
             status, moved_to, moved_from, import_state, None if move_id is None else str(move_id)

@@ -33,7 +33,7 @@ WITH picked AS (
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
-    wake_at = NULL, wait_for = NULL, updated_at = now()
+    wake_at = NULL, wait_for = NULL, updated_at = now(), app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
           w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch

@@ -58,7 +58,7 @@ WHERE workflow_id = ANY(%(workflow_ids)s)
 -- name: get_workflow
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
-       moved_to, deadline, lease_owner, moved_from, import_state, move_id
+       moved_to, deadline, lease_owner, app_version, moved_from, import_state, move_id
 FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 
 -- name: claim_enqueued
@@ -77,7 +77,8 @@ WITH picked AS (
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
-    started_at = coalesce(w.started_at, now()), updated_at = now()
+    started_at = coalesce(w.started_at, now()), updated_at = now(),
+    app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
           w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
@@ -119,7 +120,7 @@ WITH picked AS (
                            ELSE coalesce(%(now)s::timestamptz, now())
                                 + make_interval(secs => %(lease_seconds)s) END,
         finished_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN now() END,
-        updated_at = now()
+        updated_at = now(), app_version = %(app_version)s::text
     FROM picked WHERE w.workflow_id = picked.workflow_id
     RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
               w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
@@ -203,7 +204,7 @@ WHERE workflow_id = %(workflow_id)s AND error IS NOT NULL
 -- One page of one shard, newest first; the client merges the shards' pages.
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
-       moved_to, deadline, lease_owner
+       moved_to, deadline, lease_owner, app_version
 FROM shardflow.workflow_status
 WHERE state NOT IN ('MOVED', 'IMPORTING')
   AND (%(state)s::text IS NULL OR state = %(state)s)
