@@ -115,6 +115,7 @@ class Cluster:
         dedup_key: str | None = None,
         delay_seconds: float | None = None,
         timeout_seconds: float | None = None,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[R]: ...
 
@@ -129,6 +130,7 @@ class Cluster:
         dedup_key: str | None = None,
         delay_seconds: float | None = None,
         timeout_seconds: float | None = None,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[Any]: ...
 
@@ -142,6 +144,7 @@ class Cluster:
         dedup_key: str | None = None,
         delay_seconds: float | None = None,
         timeout_seconds: float | None = None,
+        partition_key: str | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[Any]:
         """Start a workflow; idempotent on ``workflow_id``.
@@ -151,7 +154,8 @@ class Cluster:
         typed: ``result()`` returns the workflow's return type. Wrong arguments raise
         TypeError here, at the call; for a type checker to catch them too, use
         ``cluster.with_options(workflow_id=...).submit(wf, *args)`` (see
-        :class:`~shardflow.engine.typed.Submitter`).
+        :class:`~shardflow.engine.typed.Submitter`). ``partition_key`` is the key of a
+        queue's per-key flow control (docs/queues.md#flow-control).
         """
         sub = Submission(
             workflow,
@@ -163,6 +167,7 @@ class Cluster:
             dedup_key,
             delay_seconds,
             timeout_seconds,
+            partition_key,
         )
         return self.submit_many([sub])[0]
 

@@ -43,6 +43,7 @@ class Submission:
     dedup_key: str | None = None
     delay_seconds: float | None = None
     timeout_seconds: float | None = None
+    partition_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

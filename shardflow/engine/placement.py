@@ -88,6 +88,13 @@ def new_row(
             workflow_id = (new_ids or IdSource()).next()
     else:
         check_id(workflow_id)
+    key = sub.partition_key
+    if key is not None and not (
+        isinstance(key, str) and 0 < len(key) <= ID_MAX and "\x00" not in key
+    ):
+        raise ValueError(f"partition_key must be a string of 1-{ID_MAX} characters without NUL")
+    if key is not None and not is_storable_text(key):
+        raise ValueError("partition_key must be valid Unicode text (it has a lone surrogate)")
     if sub.delay_seconds is not None and sub.delay_seconds < 0:
         raise ValueError("delay_seconds must be >= 0")
     if timeout is not None and timeout < 0:
@@ -109,4 +116,5 @@ def new_row(
         dedup_key=sub.dedup_key,
         parent_id=None,
         trace_context=carrier(),
+        partition_key=key,
     )

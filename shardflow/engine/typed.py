@@ -34,6 +34,7 @@ class SubmitOptions(TypedDict, total=False):
     dedup_key: str | None
     delay_seconds: float | None
     timeout_seconds: float | None
+    partition_key: str | None
 
 
 class SubmitsMany(Protocol):
@@ -66,6 +67,7 @@ class Submitter:
             o.get("dedup_key"),
             o.get("delay_seconds"),
             o.get("timeout_seconds"),
+            o.get("partition_key"),
         )
         handle: WorkflowHandle[Any] = self.cluster.submit_many([sub])[0]
         return handle

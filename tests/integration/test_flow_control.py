@@ -1,0 +1,149 @@
+"""Per-key flow control (docs/queues.md#flow-control) against three real shards."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+import shardflow
+from shardflow.engine.cluster import Cluster
+from shardflow.engine.worker import EventKind
+from shardflow.testing.events import EventRecorder
+from shardflow.testing.servers import ClusterFactory, TestCluster
+from tests.apps import flow
+
+
+@pytest.fixture
+def keyed(cluster_factory: ClusterFactory) -> Iterator[TestCluster]:
+    flow.reset()
+    made = cluster_factory.make(
+        3, extra={"queues": {"default": {}, "tenants": {"key_concurrency": 1}}}
+    )
+    try:
+        yield made
+    finally:
+        cluster_factory.drop(made)
+
+
+class RunningSampler:
+    """Reads every shard's RUNNING workflows per key, over and over, while it runs."""
+
+    def __init__(self, client: Cluster) -> None:
+        self.dsns = [client.config.shard(s).dsn for s in client.config.shard_names]
+        self.most: Counter[str] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RunningSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        conns = [psycopg.connect(d, autocommit=True) for d in self.dsns]
+        try:
+            while not self._stop.is_set():
+                for conn in conns:
+                    rows = conn.execute(
+                        "SELECT partition_key, count(*) FROM shardflow.workflow_status"
+                        " WHERE state = 'RUNNING' AND partition_key IS NOT NULL"
+                        " GROUP BY partition_key"
+                    ).fetchall()
+                    for key, n in rows:
+                        self.most[key] = max(self.most[key], n)
+                self.samples += 1
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+def test_key_concurrency_one_never_runs_two_of_a_key(keyed: TestCluster) -> None:
+    flow.reset(seconds=0.03)
+    with Cluster(keyed.config) as client:
+        keys = ["tenant-a", "tenant-b", "tenant-c"]
+        handles = [
+            client.submit(flow.keyed, key, workflow_id=f"{{{key}}}:job-{i}", partition_key=key)
+            for i in range(12)
+            for key in keys
+        ]
+        worker = shardflow.Worker(client, flow.app, concurrency=12, poll_interval_seconds=0.05)
+        with RunningSampler(client) as sampler, EventRecorder(worker) as events, worker:
+            for h in handles:
+                assert h.result(timeout=60) in keys
+        assert events.count(EventKind.FINISHED) == len(handles)
+    # Seen from the database while the worker ran, and from inside the runs.
+    assert sampler.samples > 0 and set(sampler.most) <= set(keys)
+    assert max(sampler.most.values()) == 1, sampler.most
+    assert dict(flow.MOST) == dict.fromkeys(keys, 1)
+    # The keys did not wait for each other: several ran at once.
+    assert flow.MOST_TOTAL[0] >= 2
+
+
+def test_fair_dispatch_across_keys(cluster_factory: ClusterFactory) -> None:
+    flow.reset(seconds=0.02)
+    made = cluster_factory.make(
+        3, extra={"queues": {"default": {}, "tenants": {"key_concurrency": 1000}}}
+    )
+    try:
+        with Cluster(made.config) as client:
+            # One hash tag: both keys' work on one shard, where the claims take turns.
+            big = [
+                shardflow.Submission(flow.keyed, ("big",), workflow_id=f"{{fair}}:big-{i}",
+                                     partition_key="big")
+                for i in range(200)
+            ]  # fmt: skip
+            small = [
+                shardflow.Submission(flow.keyed, ("small",), workflow_id=f"{{fair}}:small-{i}",
+                                     partition_key="small")
+                for i in range(5)
+            ]  # fmt: skip
+            client.submit_many(big)
+            small_handles = client.submit_many(small)
+            worker = shardflow.Worker(client, flow.app, concurrency=2, poll_interval_seconds=0.05)
+            with EventRecorder(worker) as events, worker:
+                for h in small_handles:
+                    assert h.result(timeout=60) == "small"
+                events.wait_for(
+                    EventKind.CLAIMED, lambda e: ":big-" in e.workflow_id, count=20, timeout=60
+                )
+            claimed = [e.workflow_id for e in events.events(EventKind.CLAIMED)]
+        twentieth_big = [i for i, w in enumerate(claimed) if ":big-" in w][19]
+        small_at = [i for i, w in enumerate(claimed) if ":small-" in w]
+        assert len(small_at) == 5 and max(small_at) < twentieth_big, claimed[:30]
+    finally:
+        cluster_factory.drop(made)
+
+
+def test_keyed_queue_also_runs_unkeyed_work_and_children_inherit_the_key(
+    keyed: TestCluster,
+) -> None:
+    with Cluster(keyed.config) as client:
+        loose = [client.submit(flow.keyed, f"loose-{i}") for i in range(4)]
+        parent = client.submit(
+            flow.parent, "tenant-p", workflow_id="{tenant-p}:parent", partition_key="tenant-p"
+        )
+        with shardflow.Worker(client, flow.app, concurrency=4, poll_interval_seconds=0.05):
+            assert [h.result(timeout=60) for h in loose] == [f"loose-{i}" for i in range(4)]
+            assert parent.result(timeout=60) == "tenant-p"
+        with psycopg.connect(keyed.config.shard(parent.shard).dsn) as conn:
+            rows = conn.execute(
+                "SELECT workflow_id, partition_key FROM shardflow.workflow_status"
+                " WHERE workflow_id LIKE '{tenant-p}:%' ORDER BY workflow_id"
+            ).fetchall()
+    assert rows == [("{tenant-p}:parent", "tenant-p"), ("{tenant-p}:parent:child:0", "tenant-p")]
+
+
+def test_bad_partition_keys_are_refused(keyed: TestCluster) -> None:
+    with Cluster(keyed.config) as client:
+        for bad in ["", "a\x00b", "x" * 513]:
+            with pytest.raises(ValueError, match="partition_key must be"):
+                client.submit(flow.keyed, "k", partition_key=bad)
+        assert client.list_workflows().items == []
