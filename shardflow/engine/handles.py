@@ -44,6 +44,8 @@ class Submission:
     delay_seconds: float | None = None
     timeout_seconds: float | None = None
     partition_key: str | None = None
+    debounce_key: str | None = None
+    debounce_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

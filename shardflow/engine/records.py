@@ -136,3 +136,6 @@ class NewWorkflow:
     trace_context: dict[str, str] | None = None
     # The flow-control key (docs/queues.md#flow-control), or None.
     partition_key: str | None = None
+    # A debounced submit (docs/queues.md#debounce): its key and window, or None.
+    debounce_key: str | None = None
+    debounce_seconds: float | None = None

@@ -35,6 +35,8 @@ class SubmitOptions(TypedDict, total=False):
     delay_seconds: float | None
     timeout_seconds: float | None
     partition_key: str | None
+    debounce_key: str | None
+    debounce_seconds: float | None
 
 
 class SubmitsMany(Protocol):
@@ -68,6 +70,8 @@ class Submitter:
             o.get("delay_seconds"),
             o.get("timeout_seconds"),
             o.get("partition_key"),
+            o.get("debounce_key"),
+            o.get("debounce_seconds"),
         )
         handle: WorkflowHandle[Any] = self.cluster.submit_many([sub])[0]
         return handle

@@ -51,3 +51,8 @@ def keyed(key: str) -> str:
 def parent(key: str) -> str:
     child = shardflow.start_child(keyed, key)
     return str(child.result())
+
+
+@app.workflow(name="flow.latest")
+def latest(value: str) -> str:
+    return work(value)

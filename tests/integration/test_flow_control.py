@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -147,3 +148,111 @@ def test_bad_partition_keys_are_refused(keyed: TestCluster) -> None:
             with pytest.raises(ValueError, match="partition_key must be"):
                 client.submit(flow.keyed, "k", partition_key=bad)
         assert client.list_workflows().items == []
+
+
+def pending_runs(config_dsns: list[str], name: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for dsn in config_dsns:
+        with psycopg.connect(dsn) as conn:
+            out += conn.execute(
+                "SELECT workflow_id, inputs FROM shardflow.workflow_status"
+                " WHERE name = %s AND state = 'ENQUEUED' AND started_at IS NULL",
+                [name],
+            ).fetchall()
+    return out
+
+
+def test_debounce_runs_once_with_the_last_inputs(keyed: TestCluster) -> None:
+    with Cluster(keyed.config) as client:
+        dsns = [client.config.shard(s).dsn for s in client.config.shard_names]
+        handles = [
+            client.submit(flow.latest, f"v{i}", debounce_key="doc-1", debounce_seconds=0.5)
+            for i in range(5)
+        ]
+        other = client.submit(flow.latest, "other", debounce_key="doc-2", debounce_seconds=0.5)
+        assert len({h.workflow_id for h in handles}) == 1
+        assert other.workflow_id != handles[0].workflow_id
+        assert len(pending_runs(dsns, "flow.latest")) == 2
+        worker = shardflow.Worker(client, flow.app, concurrency=4, poll_interval_seconds=0.05)
+        with EventRecorder(worker) as events, worker:
+            assert handles[-1].result(timeout=30) == "v4"
+            assert other.result(timeout=30) == "other"
+            # Once it started, the next submit of the key makes a new pending run.
+            again = client.submit(flow.latest, "v5", debounce_key="doc-1", debounce_seconds=0.1)
+            assert again.workflow_id != handles[0].workflow_id
+            assert again.result(timeout=30) == "v5"
+        started = events.events(EventKind.CLAIMED)
+        assert sorted(e.workflow_id for e in started) == sorted(
+            [handles[0].workflow_id, other.workflow_id, again.workflow_id]
+        )
+        assert len(client.list_workflows(name="flow.latest").items) == 3
+
+
+def test_concurrent_debounced_submits_keep_one_pending_run(keyed: TestCluster) -> None:
+    with Cluster(keyed.config) as client:
+        dsns = [client.config.shard(s).dsn for s in client.config.shard_names]
+        barrier = threading.Barrier(8)
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def submit(i: int) -> None:
+            barrier.wait()
+            for j in range(5):
+                h = client.submit(flow.latest, f"t{i}-{j}", debounce_key="hot", debounce_seconds=60)
+                with lock:
+                    ids.append(h.workflow_id)
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(ids) == 40 and len(set(ids)) == 1
+        pending = pending_runs(dsns, "flow.latest")
+        assert [p[0] for p in pending] == [ids[0]]
+
+
+def test_debounce_races_a_running_worker(keyed: TestCluster) -> None:
+    """Submits keep arriving while a worker claims the pending runs: at no time are
+    there two pending runs of the key, every submit's handle ends, and the last submit's
+    inputs are what the last run ran with."""
+    flow.reset(seconds=0.0)
+    with Cluster(keyed.config) as client:
+        dsns = [client.config.shard(s).dsn for s in client.config.shard_names]
+        handles = []
+        worker = shardflow.Worker(client, flow.app, concurrency=4, poll_interval_seconds=0.01)
+        with worker:
+            most_pending = 0
+            for i in range(60):
+                handles.append(
+                    client.submit(flow.latest, f"r{i}", debounce_key="k", debounce_seconds=0.02)
+                )
+                if i % 10 == 0:
+                    most_pending = max(most_pending, len(pending_runs(dsns, "flow.latest")))
+            results = {h.workflow_id: h.result(timeout=30) for h in handles}
+        assert most_pending <= 1
+        assert results[handles[-1].workflow_id] == "r59"
+        runs = client.list_workflows(name="flow.latest", limit=100).items
+        assert {r.workflow_id for r in runs} == set(results)
+        assert all(r.state is shardflow.WorkflowState.SUCCESS for r in runs)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"debounce_key": "k"}, "go together"),
+        ({"debounce_seconds": 1}, "go together"),
+        ({"debounce_key": "k", "debounce_seconds": 0}, "must be > 0"),
+        ({"debounce_key": "k", "debounce_seconds": float("inf")}, "must be > 0"),
+        ({"debounce_key": "", "debounce_seconds": 1}, "debounce_key must be"),
+        ({"debounce_key": "k", "debounce_seconds": 1, "workflow_id": "w"}, "workflow_id"),
+        ({"debounce_key": "k", "debounce_seconds": 1, "dedup_key": "d"}, "dedup_key"),
+        ({"debounce_key": "k", "debounce_seconds": 1, "delay_seconds": 1}, "delay_seconds"),
+    ],
+)
+def test_bad_debounce_options_are_refused(
+    cluster: Cluster, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        cluster.submit(flow.latest, "v", **options)
+    assert cluster.list_workflows(name="flow.latest").items == []

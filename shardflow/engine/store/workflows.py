@@ -60,6 +60,27 @@ class WorkflowQueries(ShardAccess):
                 raise DedupConflict(str(exc).splitlines()[0]) from exc
         return {str(c) for c in created}
 
+    def debounce(self, shard: str, row: NewWorkflow) -> str | None:
+        """Create or replace the pending run of ``row``'s debounce key; returns its ID,
+        or None when this shard does not own ``row``'s slot."""
+        params = {
+            "workflow_id": row.workflow_id,
+            "slot": row.slot,
+            "route_hash": row.route_hash,
+            "name": row.name,
+            "queue": row.queue,
+            "priority": row.priority,
+            "inputs": row.inputs,
+            "debounce_seconds": row.debounce_seconds,
+            "timeout_seconds": row.timeout_seconds,
+            "trace_context": json.dumps(row.trace_context) if row.trace_context else None,
+            "partition_key": row.partition_key,
+            "debounce_key": row.debounce_key,
+        }
+        with self._conn(shard) as conn:
+            pending = fetch_one(conn, "debounce_workflow", params, scalar_row)
+        return None if pending is None else str(pending)
+
     def existing(self, shard: str, workflow_ids: Sequence[str]) -> dict[str, Existing]:
         """The given IDs present on ``shard`` (tombstones included)."""
 

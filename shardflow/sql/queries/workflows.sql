@@ -57,6 +57,39 @@ RETURNING workflow_id, queue
 )
 SELECT workflow_id, pg_notify('shardflow_work', queue) FROM created
 
+-- name: debounce_workflow
+-- A debounced submit (docs/queues.md#debounce): create the pending run of (name,
+-- debounce key), delayed by debounce_seconds, or, if one is pending (ENQUEUED, never
+-- started), give it these inputs and options and push its start back. Returns the ID of
+-- the pending run, and nothing when this shard does not own the slot (the client then
+-- follows the slot; a slot being imported is waited for, so a key's pending run is in
+-- one place). Race-safe through the unique index workflow_status_debounce_pending:
+-- concurrent submits of one key meet on it (one inserts, the others update), and a
+-- claim that took the row first (FOR UPDATE, then RUNNING) makes the upsert try again,
+-- find no pending run and insert a new one. A claim that comes second finds wake_at
+-- set again and leaves the row alone.
+WITH held AS MATERIALIZED (
+    SELECT o.slot FROM shardflow.slot_ownership o
+    WHERE o.slot = %(slot)s AND o.state = 'OWNED'
+    FOR SHARE
+)
+INSERT INTO shardflow.workflow_status AS w (
+    workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
+    deadline, trace_context, partition_key, debounce_key)
+SELECT %(workflow_id)s, h.slot, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
+       %(priority)s, %(inputs)s, now() + make_interval(secs => %(debounce_seconds)s),
+       CASE WHEN %(timeout_seconds)s::float8 IS NULL THEN NULL
+            ELSE now() + make_interval(secs => %(timeout_seconds)s::float8) END,
+       %(trace_context)s::jsonb, %(partition_key)s, %(debounce_key)s
+FROM held h
+ON CONFLICT (name, debounce_key)
+    WHERE state = 'ENQUEUED' AND started_at IS NULL AND debounce_key IS NOT NULL
+DO UPDATE SET inputs = excluded.inputs, wake_at = excluded.wake_at, queue = excluded.queue,
+    priority = excluded.priority, deadline = excluded.deadline,
+    trace_context = excluded.trace_context, partition_key = excluded.partition_key,
+    updated_at = now()
+RETURNING w.workflow_id
+
 -- name: existing_workflows
 SELECT workflow_id, name, state, moved_to FROM shardflow.workflow_status
 WHERE workflow_id = ANY(%(workflow_ids)s)
