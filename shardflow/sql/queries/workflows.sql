@@ -166,19 +166,30 @@ WITH RECURSIVE keys AS (
                       WHERE r.state = 'RUNNING' AND r.queue = %(queue)s
                         AND r.partition_key IS NULL)
     FROM (
+        -- Ordered as workflow_status_claim_keyed is (the key, NULL here, first), so
+        -- that the index yields the rows in order and the scan stops at the limit.
         SELECT w.workflow_id, w.priority, w.created_at,
-               row_number() OVER (ORDER BY w.priority DESC, w.created_at, w.workflow_id) AS place
+               row_number() OVER (ORDER BY w.partition_key, w.priority DESC, w.created_at,
+                                           w.workflow_id) AS place
         FROM shardflow.workflow_status w
         WHERE w.state = 'ENQUEUED' AND w.wake_at IS NULL AND w.queue = %(queue)s
           AND w.partition_key IS NULL AND w.name = ANY(%(names)s)
         ORDER BY w.partition_key, w.priority DESC, w.created_at, w.workflow_id
         LIMIT %(limit)s
     ) u
+), ranked AS MATERIALIZED (
+    -- The best offers as one array in claim order: the rows are then fetched by primary
+    -- key (a join with all offers could be planned as a scan of all ready rows). The
+    -- claim holds the queue's lock, so an offer is rarely locked (a cancel, a debounce
+    -- update); if one is, this claim takes one fewer and the next claim goes on.
+    SELECT array_agg(b.workflow_id ORDER BY b.rank, b.priority DESC, b.created_at,
+                     b.workflow_id) AS ids
+    FROM (SELECT * FROM offers ORDER BY rank, priority DESC, created_at, workflow_id
+          LIMIT %(limit)s) b
 ), picked AS (
-    SELECT w.workflow_id FROM offers o
-    JOIN shardflow.workflow_status w ON w.workflow_id = o.workflow_id
-    WHERE w.state = 'ENQUEUED' AND w.wake_at IS NULL
-    ORDER BY o.rank, o.priority DESC, o.created_at, o.workflow_id
+    SELECT w.workflow_id FROM ranked r, shardflow.workflow_status w
+    WHERE w.workflow_id = ANY(r.ids) AND w.state = 'ENQUEUED' AND w.wake_at IS NULL
+    ORDER BY array_position(r.ids, w.workflow_id)
     LIMIT %(limit)s
     FOR UPDATE OF w SKIP LOCKED
 )
