@@ -157,13 +157,12 @@ class WorkflowQueries(ShardAccess):
         }
         sent = time.monotonic()
         claims = claim_rows(shard, sent)
-        name = "claim_enqueued"
-        if key_concurrency is not None:
-            name = "claim_enqueued_keyed"
+        keyed = key_concurrency is not None
+        if keyed:
             params["key_limit"] = key_concurrency
         with self._conn(shard) as conn:
-            if name == "claim_enqueued" and global_limit is None and rate_limit is None:
-                return fetch_all(conn, name, params, claims)
+            if not keyed and global_limit is None and rate_limit is None:
+                return fetch_all(conn, "claim_enqueued", params, claims)
             with conn.transaction():
                 run(conn, "lock_queue", {"queue": queue})
                 budget = limit
@@ -182,7 +181,9 @@ class WorkflowQueries(ShardAccess):
                 if budget <= 0:
                     return []
                 params["limit"] = budget
-                return fetch_all(conn, name, params, claims)
+                if keyed:
+                    return fetch_all(conn, "claim_enqueued_keyed", params, claims)
+                return fetch_all(conn, "claim_enqueued", params, claims)
 
     def promote_delayed(self, shard: str, limit: int = 1000, now: datetime | None = None) -> int:
         """Make delayed workflows that are due claimable; returns how many."""
