@@ -256,3 +256,18 @@ def test_bad_debounce_options_are_refused(
     with pytest.raises(ValueError, match=message):
         cluster.submit(flow.latest, "v", **options)
     assert cluster.list_workflows(name="flow.latest").items == []
+
+
+def test_a_resumed_debounced_run_leaves_its_key(keyed: TestCluster) -> None:
+    with Cluster(keyed.config) as client:
+        first = client.submit(flow.latest, "a", debounce_key="doc", debounce_seconds=60)
+        assert client.cancel(first.workflow_id).state is shardflow.WorkflowState.CANCELLED
+        second = client.submit(flow.latest, "b", debounce_key="doc", debounce_seconds=60)
+        assert second.workflow_id != first.workflow_id
+        client.resume(first.workflow_id)  # no conflict with the pending run of the key
+        assert first.status().state is shardflow.WorkflowState.ENQUEUED
+        third = client.submit(flow.latest, "c", debounce_key="doc", debounce_seconds=60)
+        assert third.workflow_id == second.workflow_id
+        with shardflow.Worker(client, flow.app, concurrency=2, poll_interval_seconds=0.05):
+            assert first.result(timeout=30) == "a"
+        assert second.status().state is shardflow.WorkflowState.ENQUEUED

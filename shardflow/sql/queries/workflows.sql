@@ -309,7 +309,7 @@ WITH resumed AS (
     UPDATE shardflow.workflow_status
     SET state = 'ENQUEUED', reason = NULL, error = NULL, output = NULL, recoveries = 0,
         lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, finished_at = NULL,
-        deadline = NULL, updated_at = now()
+        deadline = NULL, debounce_key = NULL, updated_at = now()
     WHERE workflow_id = %(workflow_id)s AND state IN ('CANCELLED', 'ERROR', 'DEAD')
     RETURNING workflow_id, queue
 )
