@@ -271,3 +271,40 @@ def test_a_resumed_debounced_run_leaves_its_key(keyed: TestCluster) -> None:
         with shardflow.Worker(client, flow.app, concurrency=2, poll_interval_seconds=0.05):
             assert first.result(timeout=30) == "a"
         assert second.status().state is shardflow.WorkflowState.ENQUEUED
+
+
+def test_keyed_claims_hold_key_and_queue_limits_together(keyed: TestCluster) -> None:
+    with Cluster(keyed.config) as client:
+        for key in ("a", "b", "c"):
+            client.submit_many(
+                shardflow.Submission(
+                    flow.keyed, (key,), workflow_id=f"{{one}}:{key}-{i}", partition_key=key
+                )
+                for i in range(5)
+            )
+        client.submit_many(
+            shardflow.Submission(flow.keyed, ("-",), workflow_id=f"{{one}}:loose-{i}")
+            for i in range(2)
+        )
+        shard = client.route("{one}:x")
+
+        def claim(limit: int, global_limit: int | None = None) -> list[str]:
+            claims = client.store.claim_enqueued(
+                shard,
+                queue="tenants",
+                names=["flow.keyed"],
+                owner="test",
+                lease_seconds=60,
+                limit=limit,
+                global_limit=global_limit,
+                key_concurrency=2,
+            )
+            return [c.workflow_id.removeprefix("{one}:") for c in claims]
+
+        # The queue's share caps the batch; the keys take turns (oldest first on ties).
+        assert claim(10, global_limit=4) == ["a-0", "b-0", "c-0", "loose-0"]
+        assert claim(10, global_limit=4) == []
+        # Each key gets its second place; the unkeyed group has no per-key limit.
+        assert claim(10) == ["a-1", "b-1", "c-1", "loose-1"]
+        # Every key is at its limit of 2 RUNNING: nothing more until one ends.
+        assert claim(10) == []
