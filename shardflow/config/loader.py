@@ -74,7 +74,7 @@ _SCHEDULE_KEYS = ("workflow", "cron", "queue")
 _HASH_KEYS = ("slots", "seed")
 _SHARD_KEYS = ("name", "dsn", "dsn_env", "weight", "state", "pool")
 _POOL_KEYS = ("min", "max")
-_QUEUE_KEYS = ("concurrency", "worker_concurrency", "rate_limit")
+_QUEUE_KEYS = ("concurrency", "worker_concurrency", "rate_limit", "key_concurrency")
 _RATE_LIMIT_KEYS = ("limit", "period_seconds")
 _WORKER_KEYS = (
     "concurrency",
@@ -276,6 +276,7 @@ class _Walker(NodeReader):
             concurrency=self._int_field(fields, "concurrency", None),
             worker_concurrency=self._int_field(fields, "worker_concurrency", None),
             rate_limit=self._rate_limit(fields.get("rate_limit"), fields.path_of("rate_limit")),
+            key_concurrency=self._int_field(fields, "key_concurrency", None),
         )
 
     def _rate_limit(self, node: Node | None, path: str) -> RateLimit | None:

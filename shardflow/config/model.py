@@ -78,13 +78,16 @@ class QueueConfig:
     """A named queue.
 
     ``concurrency`` is the queue's global limit of RUNNING workflows, split across shards
-    by weight; ``worker_concurrency`` is exact, per worker process.
+    by weight; ``worker_concurrency`` is exact, per worker process; ``key_concurrency``
+    caps the RUNNING workflows of each partition key on each shard, and makes claims
+    round-robin across keys (docs/queues.md#flow-control).
     """
 
     name: str
     concurrency: int | None = None
     worker_concurrency: int | None = None
     rate_limit: RateLimit | None = None
+    key_concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

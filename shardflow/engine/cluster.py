@@ -38,11 +38,11 @@ from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store
+from shardflow.engine.submits import place_rows
 from shardflow.engine.topology import Topology
 from shardflow.engine.typed import SubmitOptions, Submitter
 from shardflow.engine.waits import Waits
-from shardflow.errors import WorkflowConflict
-from shardflow.retry import idempotent, with_retries
+from shardflow.retry import idempotent
 from shardflow.router.hashing import Hasher
 from shardflow.router.pools import SessionLimits, ShardPools
 from shardflow.router.router import Router
@@ -115,6 +115,9 @@ class Cluster:
         dedup_key: str | None = None,
         delay_seconds: float | None = None,
         timeout_seconds: float | None = None,
+        partition_key: str | None = None,
+        debounce_key: str | None = None,
+        debounce_seconds: float | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[R]: ...
 
@@ -129,6 +132,9 @@ class Cluster:
         dedup_key: str | None = None,
         delay_seconds: float | None = None,
         timeout_seconds: float | None = None,
+        partition_key: str | None = None,
+        debounce_key: str | None = None,
+        debounce_seconds: float | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[Any]: ...
 
@@ -142,6 +148,9 @@ class Cluster:
         dedup_key: str | None = None,
         delay_seconds: float | None = None,
         timeout_seconds: float | None = None,
+        partition_key: str | None = None,
+        debounce_key: str | None = None,
+        debounce_seconds: float | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[Any]:
         """Start a workflow; idempotent on ``workflow_id``.
@@ -151,7 +160,9 @@ class Cluster:
         typed: ``result()`` returns the workflow's return type. Wrong arguments raise
         TypeError here, at the call; for a type checker to catch them too, use
         ``cluster.with_options(workflow_id=...).submit(wf, *args)`` (see
-        :class:`~shardflow.engine.typed.Submitter`).
+        :class:`~shardflow.engine.typed.Submitter`). ``partition_key`` is the key of a
+        queue's per-key flow control (docs/queues.md#flow-control); ``debounce_key`` and
+        ``debounce_seconds`` keep one pending run per key (docs/queues.md#debounce).
         """
         sub = Submission(
             workflow,
@@ -163,6 +174,9 @@ class Cluster:
             dedup_key,
             delay_seconds,
             timeout_seconds,
+            partition_key,
+            debounce_key,
+            debounce_seconds,
         )
         return self.submit_many([sub])[0]
 
@@ -181,16 +195,9 @@ class Cluster:
             self._new_row(s if isinstance(s, Submission) else Submission(s[0], s[1:]), new_ids)
             for s in submissions
         ]
-        ids = [r.workflow_id for r in rows]
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise WorkflowConflict(f"workflow id {dup!r} appears twice in one submit_many")
-        # Every ID is fixed before the first attempt, and an insert of an ID that exists
-        # does nothing: a retry after a lost commit answer never creates a second one.
-        placed = with_retries(lambda: self.locator.place(rows), self.retry_seconds)
-        warn_unserved(self, [(r.name, r.queue, placed[r.workflow_id]) for r in rows])
-        return [WorkflowHandle[Any](self, r.workflow_id, placed[r.workflow_id]) for r in rows]
+        placed = place_rows(self.locator, self.store, rows, self.retry_seconds)
+        warn_unserved(self, [(r.name, r.queue, placed[r.workflow_id][1]) for r in rows])
+        return [WorkflowHandle[Any](self, *placed[r.workflow_id]) for r in rows]
 
     def _new_row(self, sub: Submission, new_ids: IdSource | None = None) -> NewWorkflow:
         return new_row(sub, self.config, self.codec, self.router, new_ids)

@@ -43,6 +43,9 @@ class Submission:
     dedup_key: str | None = None
     delay_seconds: float | None = None
     timeout_seconds: float | None = None
+    partition_key: str | None = None
+    debounce_key: str | None = None
+    debounce_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

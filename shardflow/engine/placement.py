@@ -7,6 +7,7 @@ Where the row then goes is the locator's business (:meth:`Locator.place`).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 from shardflow.config.model import ClusterConfig
@@ -78,9 +79,14 @@ def new_row(
     if queue not in config.queues:
         known = ", ".join(sorted(config.queues))
         raise ShardflowError(f"queue {queue!r} is not declared in the config (known: {known})")
+    debounced = _check_debounce(sub)
     workflow_id = sub.workflow_id
     if workflow_id is None:
-        if sub.dedup_key is not None:
+        if debounced:
+            # Same workflow and debounce key -> same hash tag -> one shard holds its runs.
+            tag = hashlib.sha1(f"{name}\0{sub.debounce_key}".encode()).hexdigest()[:16]
+            workflow_id = f"{{debounce-{tag}}}{(new_ids or IdSource()).next()}"
+        elif sub.dedup_key is not None:
             # Same dedup key -> same hash tag -> same shard, so uniqueness is exact.
             tag = hashlib.sha1(f"{queue}\0{sub.dedup_key}".encode()).hexdigest()[:16]
             workflow_id = f"{{dedup-{tag}}}{(new_ids or IdSource()).next()}"
@@ -88,6 +94,13 @@ def new_row(
             workflow_id = (new_ids or IdSource()).next()
     else:
         check_id(workflow_id)
+    key = sub.partition_key
+    if key is not None and not (
+        isinstance(key, str) and 0 < len(key) <= ID_MAX and "\x00" not in key
+    ):
+        raise ValueError(f"partition_key must be a string of 1-{ID_MAX} characters without NUL")
+    if key is not None and not is_storable_text(key):
+        raise ValueError("partition_key must be valid Unicode text (it has a lone surrogate)")
     if sub.delay_seconds is not None and sub.delay_seconds < 0:
         raise ValueError("delay_seconds must be >= 0")
     if timeout is not None and timeout < 0:
@@ -109,4 +122,33 @@ def new_row(
         dedup_key=sub.dedup_key,
         parent_id=None,
         trace_context=carrier(),
+        partition_key=key,
+        debounce_key=sub.debounce_key,
+        debounce_seconds=sub.debounce_seconds,
     )
+
+
+def _check_debounce(sub: Submission) -> bool:
+    """Whether ``sub`` is debounced; ValueError (one line) for options it cannot take."""
+    if sub.debounce_key is None and sub.debounce_seconds is None:
+        return False
+    key, seconds = sub.debounce_key, sub.debounce_seconds
+    if key is None or seconds is None:
+        raise ValueError("debounce_key and debounce_seconds go together")
+    if not (isinstance(key, str) and 0 < len(key) <= ID_MAX and "\x00" not in key):
+        raise ValueError(f"debounce_key must be a string of 1-{ID_MAX} characters without NUL")
+    if not is_storable_text(key):
+        raise ValueError("debounce_key must be valid Unicode text (it has a lone surrogate)")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError("debounce_seconds must be a number")
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"debounce_seconds must be > 0 and finite, got {seconds}")
+    for option, value in (
+        ("workflow_id", sub.workflow_id),
+        ("dedup_key", sub.dedup_key),
+        ("delay_seconds", sub.delay_seconds),
+    ):
+        if value is not None:
+            # The pending run's ID is returned, and its start is the debounce window.
+            raise ValueError(f"debounce_key cannot be combined with {option}")
+    return True

@@ -134,3 +134,8 @@ class NewWorkflow:
     parent_id: str | None
     # The submitter's trace context (propagator headers), or None: shardflow/tracing.py.
     trace_context: dict[str, str] | None = None
+    # The flow-control key (docs/queues.md#flow-control), or None.
+    partition_key: str | None = None
+    # A debounced submit (docs/queues.md#debounce): its key and window, or None.
+    debounce_key: str | None = None
+    debounce_seconds: float | None = None

@@ -34,6 +34,9 @@ class SubmitOptions(TypedDict, total=False):
     dedup_key: str | None
     delay_seconds: float | None
     timeout_seconds: float | None
+    partition_key: str | None
+    debounce_key: str | None
+    debounce_seconds: float | None
 
 
 class SubmitsMany(Protocol):
@@ -66,6 +69,9 @@ class Submitter:
             o.get("dedup_key"),
             o.get("delay_seconds"),
             o.get("timeout_seconds"),
+            o.get("partition_key"),
+            o.get("debounce_key"),
+            o.get("debounce_seconds"),
         )
         handle: WorkflowHandle[Any] = self.cluster.submit_many([sub])[0]
         return handle

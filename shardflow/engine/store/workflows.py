@@ -46,6 +46,7 @@ class WorkflowQueries(ShardAccess):
                     "dedup_key": r.dedup_key,
                     "parent_id": r.parent_id,
                     "trace_context": r.trace_context,
+                    "partition_key": r.partition_key,
                     "source_checked": r.workflow_id in source_checked,
                 }
                 for r in rows
@@ -58,6 +59,27 @@ class WorkflowQueries(ShardAccess):
             except psycopg.errors.UniqueViolation as exc:
                 raise DedupConflict(str(exc).splitlines()[0]) from exc
         return {str(c) for c in created}
+
+    def debounce(self, shard: str, row: NewWorkflow) -> str | None:
+        """Create or replace the pending run of ``row``'s debounce key; returns its ID,
+        or None when this shard does not own ``row``'s slot."""
+        params = {
+            "workflow_id": row.workflow_id,
+            "slot": row.slot,
+            "route_hash": row.route_hash,
+            "name": row.name,
+            "queue": row.queue,
+            "priority": row.priority,
+            "inputs": row.inputs,
+            "debounce_seconds": row.debounce_seconds,
+            "timeout_seconds": row.timeout_seconds,
+            "trace_context": json.dumps(row.trace_context) if row.trace_context else None,
+            "partition_key": row.partition_key,
+            "debounce_key": row.debounce_key,
+        }
+        with self._conn(shard) as conn:
+            pending = fetch_one(conn, "debounce_workflow", params, scalar_row)
+        return None if pending is None else str(pending)
 
     def existing(self, shard: str, workflow_ids: Sequence[str]) -> dict[str, Existing]:
         """The given IDs present on ``shard`` (tombstones included)."""
@@ -113,14 +135,16 @@ class WorkflowQueries(ShardAccess):
         limit: int,
         global_limit: int | None = None,
         rate_limit: tuple[int, float] | None = None,
+        key_concurrency: int | None = None,
         app_version: str | None = None,
         now: datetime | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` ENQUEUED workflows of ``queue``.
 
-        With a global concurrency share or a rate limit, the claim is serialized per queue
-        on this shard (advisory lock) so the limits hold exactly on it. ``now`` replaces
-        the database clock (tests).
+        With a global concurrency share, a rate limit or a per-key limit, the claim is
+        serialized per queue on this shard (advisory lock) so the limits hold exactly on
+        it; a per-key limit also makes the keys take turns (``claim_enqueued_keyed``).
+        ``now`` replaces the database clock (tests).
         """
         params: dict[str, Any] = {
             "queue": queue,
@@ -133,26 +157,32 @@ class WorkflowQueries(ShardAccess):
         }
         sent = time.monotonic()
         claims = claim_rows(shard, sent)
+        keyed = key_concurrency is not None
+        if keyed:
+            params["key_limit"] = key_concurrency
         with self._conn(shard) as conn:
-            if global_limit is None and rate_limit is None:
+            if not keyed and global_limit is None and rate_limit is None:
                 return fetch_all(conn, "claim_enqueued", params, claims)
             with conn.transaction():
                 run(conn, "lock_queue", {"queue": queue})
-                period = rate_limit[1] if rate_limit else 1.0
-                usage = fetch_one(
-                    conn,
-                    "queue_usage",
-                    {"queue": queue, "period": period, **at(now)},
-                    class_row(QueueUsage),
-                ) or QueueUsage(0, 0)
                 budget = limit
-                if global_limit is not None:
-                    budget = min(budget, global_limit - usage.running)
-                if rate_limit is not None:
-                    budget = min(budget, rate_limit[0] - usage.started)
+                if global_limit is not None or rate_limit is not None:
+                    period = rate_limit[1] if rate_limit else 1.0
+                    usage = fetch_one(
+                        conn,
+                        "queue_usage",
+                        {"queue": queue, "period": period, **at(now)},
+                        class_row(QueueUsage),
+                    ) or QueueUsage(0, 0)
+                    if global_limit is not None:
+                        budget = min(budget, global_limit - usage.running)
+                    if rate_limit is not None:
+                        budget = min(budget, rate_limit[0] - usage.started)
                 if budget <= 0:
                     return []
                 params["limit"] = budget
+                if keyed:
+                    return fetch_all(conn, "claim_enqueued_keyed", params, claims)
                 return fetch_all(conn, "claim_enqueued", params, claims)
 
     def promote_delayed(self, shard: str, limit: int = 1000, now: datetime | None = None) -> int:

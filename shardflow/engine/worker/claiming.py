@@ -73,6 +73,7 @@ class ClaimLoops(WorkerBase):
                 limit=n,
                 global_limit=global_limit,
                 rate_limit=rate_limit,
+                key_concurrency=queue.key_concurrency,
                 app_version=self.app_version,
             )
         finally:

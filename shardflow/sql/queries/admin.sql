@@ -98,7 +98,7 @@ WITH picked AS (
     UPDATE shardflow.workflow_status AS w
     SET state = 'ENQUEUED', reason = NULL, error = NULL, output = NULL, recoveries = 0,
         lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, finished_at = NULL,
-        deadline = NULL, updated_at = now()
+        deadline = NULL, debounce_key = NULL, updated_at = now()
     FROM picked
     WHERE w.workflow_id = picked.workflow_id AND w.state IN ('CANCELLED', 'ERROR', 'DEAD')
     RETURNING w.workflow_id, w.queue

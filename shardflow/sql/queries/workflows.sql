@@ -26,7 +26,8 @@ WITH batch AS MATERIALIZED (
     SELECT * FROM json_to_recordset(%(rows)s::json)
         AS t(workflow_id text, slot integer, route_hash bigint, name text, queue text,
              priority integer, inputs text, delay_seconds float8, timeout_seconds float8,
-             dedup_key text, parent_id text, source_checked boolean, trace_context jsonb)
+             dedup_key text, parent_id text, source_checked boolean, trace_context jsonb,
+             partition_key text)
 ), held AS MATERIALIZED (
     SELECT o.slot, o.state FROM shardflow.slot_ownership o
     WHERE o.slot = ANY(ARRAY(SELECT DISTINCT b.slot FROM batch b))
@@ -36,20 +37,58 @@ WITH batch AS MATERIALIZED (
 ), created AS (
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
-    deadline, dedup_key, parent_id, trace_context)
+    deadline, dedup_key, parent_id, trace_context, partition_key)
 SELECT t.workflow_id, t.slot, t.route_hash, t.name, t.queue, 'ENQUEUED', t.priority,
        t.inputs,
        CASE WHEN t.delay_seconds IS NULL THEN NULL
             ELSE now() + make_interval(secs => t.delay_seconds) END,
        CASE WHEN t.timeout_seconds IS NULL THEN NULL
             ELSE now() + make_interval(secs => t.timeout_seconds) END,
-       t.dedup_key, t.parent_id, t.trace_context
+       t.dedup_key, t.parent_id, t.trace_context,
+       -- A child without a key of its own takes its parent's, when the parent is here
+       -- (its ID has a hash tag, which the child's ID repeats: docs/queues.md).
+       coalesce(t.partition_key, CASE WHEN t.parent_id IS NOT NULL THEN
+           (SELECT p.partition_key FROM shardflow.workflow_status p
+            WHERE p.workflow_id = t.parent_id) END)
 FROM batch t JOIN held o ON o.slot = t.slot
 WHERE o.state = 'OWNED' OR (o.state = 'IMPORTING' AND t.source_checked)
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id, queue
 )
 SELECT workflow_id, pg_notify('shardflow_work', queue) FROM created
+
+-- name: debounce_workflow
+-- A debounced submit (docs/queues.md#debounce): create the pending run of (name,
+-- debounce key), delayed by debounce_seconds, or, if one is pending (ENQUEUED, never
+-- started), give it these inputs and options and push its start back. Returns the ID of
+-- the pending run, and nothing when this shard does not own the slot (the client then
+-- follows the slot; a slot being imported is waited for, so a key's pending run is in
+-- one place). Race-safe through the unique index workflow_status_debounce_pending:
+-- concurrent submits of one key meet on it (one inserts, the others update), and a
+-- claim that took the row first (FOR UPDATE, then RUNNING) makes the upsert try again,
+-- find no pending run and insert a new one. A claim that comes second finds wake_at
+-- set again and leaves the row alone.
+WITH held AS MATERIALIZED (
+    SELECT o.slot FROM shardflow.slot_ownership o
+    WHERE o.slot = %(slot)s AND o.state = 'OWNED'
+    FOR SHARE
+)
+INSERT INTO shardflow.workflow_status AS w (
+    workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
+    deadline, trace_context, partition_key, debounce_key)
+SELECT %(workflow_id)s, h.slot, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
+       %(priority)s, %(inputs)s, now() + make_interval(secs => %(debounce_seconds)s),
+       CASE WHEN %(timeout_seconds)s::float8 IS NULL THEN NULL
+            ELSE now() + make_interval(secs => %(timeout_seconds)s::float8) END,
+       %(trace_context)s::jsonb, %(partition_key)s, %(debounce_key)s
+FROM held h
+ON CONFLICT (name, debounce_key)
+    WHERE state = 'ENQUEUED' AND started_at IS NULL AND debounce_key IS NOT NULL
+DO UPDATE SET inputs = excluded.inputs, wake_at = excluded.wake_at, queue = excluded.queue,
+    priority = excluded.priority, deadline = excluded.deadline,
+    trace_context = excluded.trace_context, partition_key = excluded.partition_key,
+    updated_at = now()
+RETURNING w.workflow_id
 
 -- name: existing_workflows
 SELECT workflow_id, name, state, moved_to FROM shardflow.workflow_status
@@ -73,6 +112,86 @@ WITH picked AS (
     ORDER BY priority DESC, created_at, workflow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+)
+UPDATE shardflow.workflow_status AS w
+SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
+    lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
+    started_at = coalesce(w.started_at, now()), updated_at = now(),
+    app_version = %(app_version)s::text
+FROM picked WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
+          w.slot, w.trace_context
+
+-- name: claim_enqueued_keyed
+-- claim_enqueued for a queue with key_concurrency (docs/queues.md#flow-control), run
+-- under lock_queue so that the per-key counts hold exactly on this shard. Fair: a skip
+-- scan over workflow_status_claim_keyed finds the keys with ready work (one index probe
+-- per key); each key offers its first rows in claim order, at most its free places
+-- (key_limit minus its RUNNING workflows); an offer ranks by the load its key would
+-- have with it (RUNNING + its place among the key's offers), so the least loaded key
+-- goes first and keys take turns, ties to priority, then age. Workflows without a key
+-- form one more group, without a per-key limit.
+WITH RECURSIVE keys AS (
+    (SELECT partition_key FROM shardflow.workflow_status
+     WHERE state = 'ENQUEUED' AND wake_at IS NULL AND queue = %(queue)s
+       AND partition_key IS NOT NULL
+     ORDER BY partition_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT w.partition_key FROM shardflow.workflow_status w
+            WHERE w.state = 'ENQUEUED' AND w.wake_at IS NULL AND w.queue = %(queue)s
+              AND w.partition_key > k.partition_key
+            ORDER BY w.partition_key LIMIT 1)
+    FROM keys k WHERE k.partition_key IS NOT NULL
+), offers AS MATERIALIZED (
+    SELECT o.workflow_id, o.priority, o.created_at, n.running + o.place AS rank
+    FROM keys k
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS running FROM shardflow.workflow_status r
+        WHERE r.state = 'RUNNING' AND r.queue = %(queue)s AND r.partition_key = k.partition_key
+    ) n
+    CROSS JOIN LATERAL (
+        SELECT w.workflow_id, w.priority, w.created_at,
+               row_number() OVER (ORDER BY w.priority DESC, w.created_at, w.workflow_id) AS place
+        FROM shardflow.workflow_status w
+        WHERE w.state = 'ENQUEUED' AND w.wake_at IS NULL AND w.queue = %(queue)s
+          AND w.partition_key = k.partition_key AND w.name = ANY(%(names)s)
+        ORDER BY w.priority DESC, w.created_at, w.workflow_id
+        LIMIT greatest(0, least(%(limit)s, %(key_limit)s - n.running))
+    ) o
+    WHERE k.partition_key IS NOT NULL
+    UNION ALL
+    SELECT u.workflow_id, u.priority, u.created_at,
+           u.place + (SELECT count(*) FROM shardflow.workflow_status r
+                      WHERE r.state = 'RUNNING' AND r.queue = %(queue)s
+                        AND r.partition_key IS NULL)
+    FROM (
+        -- Ordered as workflow_status_claim_keyed is (the key, NULL here, first), so
+        -- that the index yields the rows in order and the scan stops at the limit.
+        SELECT w.workflow_id, w.priority, w.created_at,
+               row_number() OVER (ORDER BY w.partition_key, w.priority DESC, w.created_at,
+                                           w.workflow_id) AS place
+        FROM shardflow.workflow_status w
+        WHERE w.state = 'ENQUEUED' AND w.wake_at IS NULL AND w.queue = %(queue)s
+          AND w.partition_key IS NULL AND w.name = ANY(%(names)s)
+        ORDER BY w.partition_key, w.priority DESC, w.created_at, w.workflow_id
+        LIMIT %(limit)s
+    ) u
+), ranked AS MATERIALIZED (
+    -- The best offers as one array in claim order: the rows are then fetched by primary
+    -- key (a join with all offers could be planned as a scan of all ready rows). The
+    -- claim holds the queue's lock, so an offer is rarely locked (a cancel, a debounce
+    -- update); if one is, this claim takes one fewer and the next claim goes on.
+    SELECT array_agg(b.workflow_id ORDER BY b.rank, b.priority DESC, b.created_at,
+                     b.workflow_id) AS ids
+    FROM (SELECT * FROM offers ORDER BY rank, priority DESC, created_at, workflow_id
+          LIMIT %(limit)s) b
+), picked AS (
+    SELECT w.workflow_id FROM ranked r, shardflow.workflow_status w
+    WHERE w.workflow_id = ANY(r.ids) AND w.state = 'ENQUEUED' AND w.wake_at IS NULL
+    ORDER BY array_position(r.ids, w.workflow_id)
+    LIMIT %(limit)s
+    FOR UPDATE OF w SKIP LOCKED
 )
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
@@ -190,7 +309,7 @@ WITH resumed AS (
     UPDATE shardflow.workflow_status
     SET state = 'ENQUEUED', reason = NULL, error = NULL, output = NULL, recoveries = 0,
         lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, finished_at = NULL,
-        deadline = NULL, updated_at = now()
+        deadline = NULL, debounce_key = NULL, updated_at = now()
     WHERE workflow_id = %(workflow_id)s AND state IN ('CANCELLED', 'ERROR', 'DEAD')
     RETURNING workflow_id, queue
 )
