@@ -48,24 +48,24 @@ class LoopEvent(threading.Event):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._loop = loop
-        self._flag = asyncio.Event()
+        self._awaitable = asyncio.Event()
 
     def set(self) -> None:
         super().set()
         # A closed loop (RuntimeError) has nothing waiting on it any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._flag.set)
+            self._loop.call_soon_threadsafe(self._awaitable.set)
 
     def clear(self) -> None:
         super().clear()
-        self._flag.clear()
+        self._awaitable.clear()
 
     async def wait_async(self, timeout: float | None) -> bool:
         """Wait on the loop until set or ``timeout``; True if set."""
         if self.is_set():
             return True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._flag.wait(), timeout)
+            await asyncio.wait_for(self._awaitable.wait(), timeout)
         return self.is_set()
 
 
