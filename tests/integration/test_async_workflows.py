@@ -148,9 +148,11 @@ def test_a_primitive_of_the_wrong_kind_fails_clearly(
     cluster: Cluster, workflow: shardflow.engine.Workflow[Any, Any], says: str
 ) -> None:
     handle = cluster.submit(workflow)
-    with shardflow.Worker(cluster, app, concurrency=2):
-        with pytest.raises(shardflow.WorkflowFailed) as info:
-            handle.result(timeout=20)
+    with (
+        shardflow.Worker(cluster, app, concurrency=2),
+        pytest.raises(shardflow.WorkflowFailed) as info,
+    ):
+        handle.result(timeout=20)
     assert says in str(info.value)
     assert handle.status().state is WorkflowState.ERROR
 
