@@ -36,7 +36,7 @@ log = logging.getLogger("shardflow.engine.worker")
 # How many async workflows a worker has in flight at most, by default (they hold no thread
 # while they await), and the threads that make their blocking calls (checkpoints, clients).
 DEFAULT_ASYNC_CONCURRENCY = 1000
-ASYNC_CALL_THREADS = 64
+ASYNC_CALL_THREADS = 256
 
 # A queue's share on one shard: (global concurrency, (rate limit, period seconds)).
 Share = tuple[int | None, tuple[int, float] | None]
