@@ -235,8 +235,7 @@ async def child_async(x: int) -> int:
 @app.workflow(name="twins.async.parent")
 async def parent_async(x: int) -> int:
     handle = await shardflow.start_child_async(child_async, x)
-    result: int = await handle.result_async()
-    return result + 1
+    return await handle.result_async() + 1
 
 
 @app.workflow(name="twins.async.publisher")

@@ -17,7 +17,7 @@ from shardflow import WorkflowState
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.worker import EventKind
 from shardflow.testing.events import EventRecorder
-from shardflow.testing.servers import TestCluster
+from shardflow.testing.servers import TestCluster, wait_until
 from tests.apps import twins
 from tests.apps.twins import app
 
@@ -191,3 +191,30 @@ def test_async_client_against_a_running_worker(test_cluster: TestCluster, cluste
         asyncio.run(scenario())
     # The fork replayed steps 0 and 1 and ran only step 2.
     assert twins.CALLS["add"] == 3 + 15 + 1
+
+
+def test_stop_hands_back_a_run_once_it_has_stopped(cluster: Cluster, kind: SimpleNamespace) -> None:
+    twins.CONTROL.update(started=threading.Event(), gate=threading.Event())
+    handle = cluster.submit(kind.gated, "r")
+    worker = shardflow.Worker(cluster, app, concurrency=2)
+    events = EventRecorder(worker)
+    worker.start()
+    assert twins.CONTROL["started"].wait(20)
+    stopper = threading.Thread(target=worker.stop, kwargs={"grace_seconds": 0.2})
+    stopper.start()
+    wait_until(
+        lambda: any(r.interrupted.is_set() for r in list(worker._running.values())),
+        timeout=20,
+        message="stop() interrupting the run",
+    )
+    assert handle.status().state is WorkflowState.RUNNING  # its step still runs
+    twins.CONTROL["gate"].set()
+    stopper.join(20)
+    assert not stopper.is_alive()
+    [released] = events.events(EventKind.RELEASED)
+    assert (released.workflow_id, released.attempt) == (handle.workflow_id, 1)
+    assert handle.status().state is WorkflowState.ENQUEUED
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert handle.result(timeout=20) == "r"
+    assert twins.CALLS["gate:before"] == 1  # replayed from its checkpoint
+    assert handle.status().attempt == 2

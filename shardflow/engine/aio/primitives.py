@@ -11,8 +11,8 @@ and blocking calls (checkpoints, client calls) run in the run's thread pool.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, overload
 
 from shardflow.engine import context
 from shardflow.engine.aio.run import AsyncWorkflowRun
@@ -158,8 +158,24 @@ class AsyncChildHandle(ChildHandle[R]):
         return out
 
 
+@overload
 async def start_child_async(
-    fn: Callable[P, R] | str, *args: Any, **kwargs: Any
+    fn: Workflow[P, Coroutine[Any, Any, R]], *args: Any, **kwargs: Any
+) -> AsyncChildHandle[R]: ...
+
+
+@overload
+async def start_child_async(
+    fn: Workflow[P, R], *args: Any, **kwargs: Any
+) -> AsyncChildHandle[R]: ...
+
+
+@overload
+async def start_child_async(fn: str, *args: Any, **kwargs: Any) -> AsyncChildHandle[Any]: ...
+
+
+async def start_child_async(
+    fn: Callable[..., Any] | str, *args: Any, **kwargs: Any
 ) -> AsyncChildHandle[Any]:
     """Start a child workflow (see :func:`shardflow.start_child`); await its result with
     ``await child.result_async()``."""
