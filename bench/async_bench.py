@@ -39,14 +39,17 @@ async def one_call(i: int) -> int:
     return await io(i)
 
 
-def run_worker(config: Path, n: int) -> dict[str, float]:
+def run_worker(config: Path, n: int, lease: float) -> dict[str, float]:
     """The worker side: run until ``n`` workflows have ended; time and peak RSS."""
     with shardflow.connect(config) as cluster:
-        worker = shardflow.Worker(cluster, app, async_concurrency=n, claim_batch=500)
+        # A production-like lease: a run waits for its commit answer up to a third of it.
+        worker = shardflow.Worker(
+            cluster, app, async_concurrency=n, claim_batch=500, lease_seconds=lease
+        )
         started = time.monotonic()
         worker.start()
         try:
-            deadline = started + 600
+            deadline = started + 120
             claimed_at = 0.0
             while sum(worker.stats.finished.values()) < n and time.monotonic() < deadline:
                 if not claimed_at and worker.stats.claimed >= n:
@@ -62,6 +65,9 @@ def run_worker(config: Path, n: int) -> dict[str, float]:
         "ended": done,
         "seconds": elapsed,
         "claimed_at": claimed_at,
+        "interrupted": worker.stats.interrupted,
+        "recovered": worker.stats.recovered,
+        "dead": worker.stats.dead_lettered,
         "rss_mb": peak_kb / 1024,
     }
 
@@ -69,10 +75,11 @@ def run_worker(config: Path, n: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="workflows in flight")
+    parser.add_argument("--lease", type=float, default=30.0, help="worker lease seconds")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        print(json.dumps(run_worker(args.worker, args.n)))
+        print(json.dumps(run_worker(args.worker, args.n, args.lease)))
         return 0
     with start_servers(1) as dsns, tempfile.TemporaryDirectory() as workdir:
         factory = ClusterFactory(dsns, Path(workdir))
@@ -109,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['n']} async workflows (each awaiting a 1 s step) in one worker:"
         f" ended {result['ended']}, {result['seconds']:.2f} s wall, {beyond:.2f} s beyond"
         f" the 1 s wait; worker peak RSS {result['rss_mb']:.0f} MB"
-        f" (all claimed after {result['claimed_at']:.2f} s; submit took {submit_seconds:.2f} s)"
+        f" (all claimed after {result['claimed_at']:.2f} s; {result['interrupted']} runs"
+        f" interrupted, {result['recovered']} recovered, {result['dead']} dead;"
+        f" submit took {submit_seconds:.2f} s)"
     )
     return 0 if result["ended"] == result["n"] else 1
 

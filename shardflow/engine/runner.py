@@ -28,7 +28,7 @@ from shardflow.errors import (
 )
 
 # The run's protocols and signals are also importable from here, where they are used.
-__all__ = ["RunClient", "RunInterrupted", "RunWriter", "Suspend", "WorkflowRun"]
+__all__ = ["RunClient", "RunInterrupted", "RunWriter", "Suspend", "WorkflowRun", "owned"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,7 +132,7 @@ class WorkflowRun:
         self._record(step_no, name, self.store.codec.dumps(value, f"value of {name!r}"), None)
 
     def consume_message_at(self, step_no: int, topic: str) -> tuple[bool, Any]:
-        with _owned():
+        with owned():
             return self.store.consume_message(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -142,7 +142,7 @@ class WorkflowRun:
             )
 
     def set_event_at(self, step_no: int, key: str, text: str) -> None:
-        with _owned():
+        with owned():
             self.store.set_event(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -227,7 +227,7 @@ class WorkflowRun:
         started_at: float | None = None,
         duration_ms: float | None = None,
     ) -> StepRecord | None:
-        with _owned():
+        with owned():
             return self.writer.record_step(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -243,7 +243,7 @@ class WorkflowRun:
 
 
 @contextmanager
-def _owned() -> Iterator[None]:
+def owned() -> Iterator[None]:
     """A run's own write: losing the workflow (fenced off) or its shard stops the run."""
     try:
         yield

@@ -27,9 +27,9 @@ from shardflow.engine import context
 from shardflow.engine.app import App
 from shardflow.engine.execution import end_by, end_with
 from shardflow.engine.policy import RetryPolicy
-from shardflow.engine.ports import RunClient, RunWriter
+from shardflow.engine.ports import AsyncRunWriter, RunClient, RunWriter
 from shardflow.engine.records import Claim
-from shardflow.engine.runner import RUN_RETRY_SECONDS, WorkflowRun
+from shardflow.engine.runner import RUN_RETRY_SECONDS, WorkflowRun, owned
 from shardflow.engine.serialization import error_record
 from shardflow.engine.signals import RunInterrupted
 from shardflow.engine.states import WorkflowState
@@ -84,8 +84,11 @@ class AsyncWorkflowRun(WorkflowRun):
         *,
         loop: asyncio.AbstractEventLoop,
         executor: Executor | None,
+        async_writer: AsyncRunWriter | None = None,
     ) -> None:
         super().__init__(claim, store, lease_seconds, client, writer)
+        # Checkpoints awaited on the loop (else written from a thread of the pool).
+        self.async_writer = async_writer
         self.loop = loop
         self.executor = executor
         self.interrupted: LoopEvent = LoopEvent(loop)
@@ -121,9 +124,7 @@ class AsyncWorkflowRun(WorkflowRun):
         started_at = self.db_time()
         value = await compute()
         self.check_live()
-        committed: T = await self.in_thread(
-            lambda: self._commit_value(step_no, name, value, "value", started_at)
-        )
+        committed: T = await self._commit_value_async(step_no, name, value, "value", started_at)
         return committed
 
     async def run_step_async(
@@ -166,10 +167,43 @@ class AsyncWorkflowRun(WorkflowRun):
         elapsed = time.monotonic() - started
         if self.observe_step is not None:
             self.observe_step(self.shard, name, elapsed)
-        committed: T = await self.in_thread(
-            lambda: self._commit_value(step_no, name, value, "output", started_at, elapsed * 1e3)
+        committed: T = await self._commit_value_async(
+            step_no, name, value, "output", started_at, elapsed * 1000.0
         )
         return committed
+
+    async def _commit_value_async(
+        self,
+        step_no: int,
+        name: str,
+        value: Any,
+        what: str,
+        started_at: float,
+        duration_ms: float | None = None,
+    ) -> Any:
+        """:meth:`WorkflowRun._commit_value`, awaiting the group committer's answer on the
+        loop (no thread held) when the run has an async writer."""
+        writer = self.async_writer
+        if writer is None:
+            return await self.in_thread(
+                lambda: self._commit_value(step_no, name, value, what, started_at, duration_ms)
+            )
+        output = self.store.codec.dumps(value, f"{what} of step {name!r}")
+        with owned():
+            winner = await writer.record_step_async(
+                self.shard,
+                workflow_id=self.workflow_id,
+                attempt=self.attempt,
+                step_no=step_no,
+                name=name,
+                output=output,
+                error=None,
+                started_at=started_at,
+                duration_ms=duration_ms,
+            )
+        if winner is not None:
+            return self._replay(winner, name)
+        return self.store.codec.loads(output)
 
 
 async def execute_async(run: AsyncWorkflowRun, app: App) -> WorkflowState | None:

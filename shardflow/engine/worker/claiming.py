@@ -11,9 +11,10 @@ from typing import Any
 
 from shardflow.config.model import QueueConfig
 from shardflow.engine.aio.run import AsyncWorkflowRun, execute_async
+from shardflow.engine.batcher import GroupWriter
 from shardflow.engine.execution import execute
 from shardflow.engine.records import Claim, StepRecord
-from shardflow.engine.runner import RunWriter, WorkflowRun
+from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.worker.base import WorkerBase, log
 from shardflow.engine.worker.events import EventKind, WorkerEvents
@@ -176,6 +177,7 @@ class ClaimLoops(WorkerBase):
                 writer,
                 loop=self._aio.loop(),
                 executor=self._aio.executor,
+                async_writer=writer,
             )
             if aio
             else WorkflowRun(claim, store, self.lease_seconds, self.cluster, writer)
@@ -277,7 +279,7 @@ class _ReportingWriter:
 
     __slots__ = ("_events", "_writer")
 
-    def __init__(self, writer: RunWriter, events: WorkerEvents) -> None:
+    def __init__(self, writer: GroupWriter, events: WorkerEvents) -> None:
         self._writer = writer
         self._events = events
 
@@ -306,6 +308,34 @@ class _ReportingWriter:
             duration_ms=duration_ms,
         )
         if winner is None:  # None: this run's record is the one committed
+            self._events.emit(EventKind.COMMITTED, workflow_id, shard, attempt, name, step_no)
+        return winner
+
+    async def record_step_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> StepRecord | None:
+        winner = await self._writer.record_step_async(
+            shard,
+            workflow_id=workflow_id,
+            attempt=attempt,
+            step_no=step_no,
+            name=name,
+            output=output,
+            error=error,
+            started_at=started_at,
+            duration_ms=duration_ms,
+        )
+        if winner is None:
             self._events.emit(EventKind.COMMITTED, workflow_id, shard, attempt, name, step_no)
         return winner
 
