@@ -56,6 +56,7 @@ from shardflow.engine import (
     workflow_id,
 )
 from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine.patching import deprecate_patch, patched
 from shardflow.engine.worker import EventKind, WorkerEvent
 from shardflow.errors import (
     ConfigError,
@@ -125,9 +126,11 @@ __all__ = [
     "connect",
     "connect_async",
     "current_workflow_id",
+    "deprecate_patch",
     "get_event",
     "get_event_async",
     "load",
+    "patched",
     "recv",
     "recv_async",
     "send",

@@ -1,4 +1,5 @@
-"""``shardflow workflows list|show|steps|cancel|resume``: look at and steer workflows.
+"""``shardflow workflows list|show|steps|cancel|resume|replay-check``: look at and steer
+workflows (``replay-check`` lives in :mod:`shardflow.cli.replay_check`).
 
 ``list`` filters by state, name, queue, ID prefix, creation time, parent and fork source.
 ``cancel``/``resume`` take one workflow ID, or filters for a bulk action (shard by shard,
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
+from shardflow.cli import replay_check
 from shardflow.cli.options import (
     CliError,
     Subparsers,
@@ -45,6 +47,7 @@ def register(subparsers: Subparsers) -> None:
     add_option(listing, "--created-before", help="only workflows created before (ISO 8601)")
     add_option(listing, "--parent", help="only the children of this workflow ID")
     add_option(listing, "--forked-from", help="only the forks of this workflow ID")
+    add_option(listing, "--app-version", help="only those last run by this app version")
     add_option(listing, "--limit", type=positive_int, default=50, help="page size (default 50)")
     add_option(listing, "--cursor", help="continue after the page that printed this cursor")
     add_json_option(listing)
@@ -71,6 +74,7 @@ def register(subparsers: Subparsers) -> None:
     add_option(cancel, "--reason", default="cancelled by CLI", help="recorded reason")
     add_json_option(cancel)
     add_json_option(resume)
+    replay_check.register(actions)
     parser.set_defaults(run=run)
 
 
@@ -86,6 +90,7 @@ def _add_bulk_filters(command: argparse.ArgumentParser) -> None:
     group.add_argument("--created-before", help="created before (ISO 8601)")
     group.add_argument("--parent", help="the children of this workflow ID")
     group.add_argument("--forked-from", help="the forks of this workflow ID")
+    group.add_argument("--app-version", help="last run by this app version")
     group.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, help="per statement")
     group.add_argument("--dry-run", action="store_true", help="only count what would change")
 
@@ -101,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if action == "steps":
             return _steps(cluster, args)
+        if action == "replay-check":
+            return replay_check.run(cluster, args)
         filters = _filters(args)
         if args.workflow_id is not None and not filters.is_empty:
             raise CliError(f"workflows {action}: give a workflow ID or filters, not both")
@@ -128,6 +135,7 @@ def _filters(args: argparse.Namespace) -> WorkflowFilter:
             "created_before": args.created_before,
             "parent_id": args.parent,
             "forked_from": args.forked_from,
+            "app_version": args.app_version,
         }
     )
 

@@ -128,10 +128,17 @@ class Workflow(Generic[P, R]):
 
 
 class App:
-    """A set of workflows and steps that workers can run."""
+    """A set of workflows and steps that workers can run.
 
-    def __init__(self, name: str) -> None:
+    ``version`` names this code: workers record it on every attempt they start
+    (``WorkflowStatus.app_version``). None: the app's package version, else a hash of
+    its workflow code (:func:`~shardflow.engine.versions.app_version`)."""
+
+    def __init__(self, name: str, version: str | None = None) -> None:
+        if version is not None and (not isinstance(version, str) or not version.strip()):
+            raise ValueError("App version must be a non-empty string")
         self.name = name
+        self.version = version
         self.workflows: dict[str, Workflow[Any, Any]] = {}
 
     @overload

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, Unpack, overload
 
+from shardflow import tracing
 from shardflow.config.loader import load
 from shardflow.config.model import ClusterConfig
 from shardflow.engine import bulk
@@ -164,6 +165,7 @@ class Cluster:
         ``.submit(wf, *args, **kwargs)`` checks the workflow's arguments statically."""
         return Submitter(self, options)
 
+    @tracing.traced_submit
     def submit_many(
         self, submissions: Iterable[Submission | tuple[Any, ...]]
     ) -> list[WorkflowHandle[Any]]:
@@ -248,6 +250,7 @@ class Cluster:
         created_before: datetime | None = None,
         parent_id: str | None = None,
         forked_from: str | None = None,
+        app_version: str | None = None,
         filters: WorkflowFilter | None = None,
     ) -> Page:
         """Workflows of all shards, newest first, ``limit`` at a time.
@@ -259,8 +262,9 @@ class Cluster:
 
         Filters: ``state``, ``name``, ``queue``, a workflow-ID prefix, a creation-time
         range (``created_after`` inclusive, ``created_before`` exclusive, time-zone
-        aware), ``parent_id`` (the children of a workflow) and ``forked_from`` (the
-        forks made from a workflow with :meth:`fork`); or a whole
+        aware), ``parent_id`` (the children of a workflow), ``forked_from`` (the
+        forks made from a workflow with :meth:`fork`) and ``app_version`` (the version
+        of the app that ran the latest attempt, docs/upgrades.md); or a whole
         :class:`~shardflow.engine.filters.WorkflowFilter` as ``filters``.
         """
         named = (
@@ -272,6 +276,7 @@ class Cluster:
             created_before,
             parent_id,
             forked_from,
+            app_version,
         )
         if filters is not None and any(v is not None for v in named):
             raise ValueError("list_workflows: pass filters= or the single filters, not both")

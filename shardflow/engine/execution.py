@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shardflow import retry
+from shardflow import retry, tracing
 from shardflow.engine import context
 from shardflow.engine.app import App
+from shardflow.engine.records import Claim
 from shardflow.engine.runner import OTHER_SHARD_RETRY_SECONDS, RUN_RETRY_SECONDS, WorkflowRun
 from shardflow.engine.serialization import error_record
 from shardflow.engine.signals import RunInterrupted, Suspend
@@ -23,14 +24,37 @@ from shardflow.errors import (
     ValueRejected,
 )
 
-__all__ = ["end_by", "end_with", "execute"]
+__all__ = ["end_by", "end_with", "execute", "run_attributes"]
 
 log = logging.getLogger("shardflow.engine.runner")
 
 
 def execute(run: WorkflowRun, app: App) -> WorkflowState | None:
     """Run ``run`` to its end. Returns the final state written, or None if this run was
-    interrupted or fenced off (someone else owns the outcome)."""
+    interrupted or fenced off (someone else owns the outcome). Traced as one span whose
+    parent is the trace context stored at submit (shardflow/tracing.py)."""
+    claim = run.claim
+    with tracing.run_span(claim.name, claim.trace_context, run_attributes(claim)) as ended:
+        state = _execute(run, app)
+        ended(None if state is None else state.value)
+        return state
+
+
+def run_attributes(claim: Claim) -> dict[str, str | int]:
+    """The attributes of a run's span."""
+    known = {} if claim.slot is None else {tracing.SLOT: claim.slot}
+    return {
+        tracing.WORKFLOW_ID: claim.workflow_id,
+        tracing.WORKFLOW_NAME: claim.name,
+        tracing.SHARD: claim.shard,
+        tracing.QUEUE: claim.queue,
+        tracing.ATTEMPT: claim.attempt,
+        tracing.RECOVERIES: claim.recoveries,
+        **known,
+    }
+
+
+def _execute(run: WorkflowRun, app: App) -> WorkflowState | None:
     claim = run.claim
     store = run.store
     codec = store.codec
@@ -142,14 +166,15 @@ def _finish(
 
 def _suspend(run: WorkflowRun, wait: Suspend) -> WorkflowState | None:
     try:
-        parked = run.store.suspend(
-            run.shard,
-            workflow_id=run.workflow_id,
-            attempt=run.attempt,
-            delay_seconds=wait.delay_seconds,
-            wait_for=wait.wait_for,
-            topic=wait.topic,
-        )
+        with tracing.span("shardflow.suspend", {tracing.WAIT_FOR: wait.wait_for}):
+            parked = run.store.suspend(
+                run.shard,
+                workflow_id=run.workflow_id,
+                attempt=run.attempt,
+                delay_seconds=wait.delay_seconds,
+                wait_for=wait.wait_for,
+                topic=wait.topic,
+            )
     except (ShardUnavailable, TransientStoreError, StoreError) as exc:
         log.warning("could not suspend %s: %s", run.workflow_id, exc)
         return None

@@ -29,7 +29,8 @@ class WorkflowFilter:
 
     ``created_after`` is inclusive and ``created_before`` exclusive; both must carry a
     time zone. ``parent_id`` matches the children a workflow started, ``forked_from``
-    the forks made from a workflow.
+    the forks made from a workflow, ``app_version`` the workflows whose latest attempt
+    ran that version of the app.
     """
 
     state: WorkflowState | None = None
@@ -40,12 +41,13 @@ class WorkflowFilter:
     created_before: datetime | None = None
     parent_id: str | None = None
     forked_from: str | None = None
+    app_version: str | None = None
 
     def __post_init__(self) -> None:
         if self.state is not None:
             state = _state(self.state)
             object.__setattr__(self, "state", state)
-        for field_name in ("name", "queue", "id_prefix", "parent_id", "forked_from"):
+        for field_name in ("name", "queue", "id_prefix", "parent_id", "forked_from", "app_version"):
             _check_text(field_name, getattr(self, field_name))
         for field_name in ("created_after", "created_before"):
             value = getattr(self, field_name)
@@ -82,6 +84,7 @@ class WorkflowFilter:
             created_before=_time("created_before", text("created_before")),
             parent_id=values.get("parent_id") or None,
             forked_from=values.get("forked_from") or None,
+            app_version=text("app_version"),
         )
 
     @property
@@ -109,6 +112,7 @@ class WorkflowFilter:
             "created_before": self.created_before,
             "parent_id": self.parent_id,
             "forked_from": self.forked_from,
+            "app_version": self.app_version,
         }
 
     def describe(self) -> str:

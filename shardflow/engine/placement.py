@@ -16,6 +16,7 @@ from shardflow.engine.records import NewWorkflow
 from shardflow.engine.serialization import Codec, is_storable_text
 from shardflow.errors import ShardflowError
 from shardflow.router.router import Router
+from shardflow.tracing import carrier
 
 ID_MAX = 512
 
@@ -107,4 +108,5 @@ def new_row(
         timeout_seconds=timeout,
         dedup_key=sub.dedup_key,
         parent_id=None,
+        trace_context=carrier(),
     )

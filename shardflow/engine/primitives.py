@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from shardflow import tracing
 from shardflow.engine import context
 from shardflow.engine.app import Workflow
 from shardflow.engine.ports import RunClient
@@ -79,7 +80,9 @@ def send(
     key = run.checkpoint(
         "shardflow.send", lambda: idempotency_key or f"{run.workflow_id}:{uuid.uuid4()}"
     )
-    client.send(workflow_id, message, topic=topic, idempotency_key=str(key))
+    attributes = {tracing.TARGET_ID: workflow_id, tracing.TOPIC: topic or ""}
+    with tracing.span("shardflow.send", attributes, kind="producer"):
+        client.send(workflow_id, message, topic=topic, idempotency_key=str(key))
 
 
 def recv(topic: str | None = None, timeout: float | None = 60.0) -> Any:
@@ -97,7 +100,10 @@ def recv(topic: str | None = None, timeout: float | None = 60.0) -> Any:
     while True:
         run.check_live()
         run.message_arrived.clear()
-        found, value = run.consume_message_at(step_no, topic_key)
+        with tracing.span("shardflow.recv", {tracing.TOPIC: topic_key}) as received:
+            found, value = run.consume_message_at(step_no, topic_key)
+            if received is not None:
+                received.set_attribute("shardflow.received", found)
         if found:
             return value
         remaining = None if deadline is None else float(deadline) - run.db_time()
@@ -195,7 +201,9 @@ def start_child(fn: Callable[P, R] | str, *args: Any, **kwargs: Any) -> ChildHan
 
     def start() -> str:
         child_id = f"{run.workflow_id}:child:{step_no}"
-        client.submit_child(fn, args, kwargs, workflow_id=child_id, parent_id=run.workflow_id)
+        # The child's runs continue this span's trace (the row stores its context).
+        with tracing.span("shardflow.start_child", {tracing.CHILD_ID: child_id}):
+            client.submit_child(fn, args, kwargs, workflow_id=child_id, parent_id=run.workflow_id)
         return child_id
 
     child_id = run.checkpoint("shardflow.start_child", start)

@@ -37,6 +37,8 @@ class WorkflowStatus:
     lease_owner: str | None = None
     # The workflow this one was forked from (``cluster.fork``), or None.
     forked_from: str | None = None
+    # The version of the app that ran the latest attempt (docs/upgrades.md), or None.
+    app_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,7 @@ class WorkflowStatus:
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "lease_owner": self.lease_owner,
             "forked_from": self.forked_from,
+            "app_version": self.app_version,
         }
 
 
@@ -109,6 +112,9 @@ class Claim:
     # from the statement's start, so a lease counted locally from here never outlasts it,
     # however long the statement took (a lock wait, a frozen server).
     lease_from: float | None = None
+    # The workflow's slot, and the trace context stored at submit (shardflow/tracing.py).
+    slot: int | None = None
+    trace_context: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +132,5 @@ class NewWorkflow:
     timeout_seconds: float | None
     dedup_key: str | None
     parent_id: str | None
+    # The submitter's trace context (propagator headers), or None: shardflow/tracing.py.
+    trace_context: dict[str, str] | None = None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from shardflow import tracing
 from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import RunClient, RunWriter
 from shardflow.engine.records import Claim, StepRecord
@@ -163,7 +164,8 @@ class WorkflowRun:
         started_at = self.db_time()
         while True:
             try:
-                value = fn()
+                with tracing.step_span(name, step_no):
+                    value = fn()
                 break
             except Exception as exc:
                 failures += 1

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from shardflow import tracing
 from shardflow.engine.app import Workflow
 from shardflow.engine.handles import Submission
 from shardflow.engine.locator import MAX_HOPS, Locator
@@ -123,6 +124,10 @@ class Waits:
     @idempotent
     def wake(self, workflow_id: str, wait_for: str | None = None) -> bool:
         """See :meth:`Cluster.wake`."""
+        with tracing.span("shardflow.wake", {tracing.TARGET_ID: workflow_id}, kind="client"):
+            return self._wake(workflow_id, wait_for)
+
+    def _wake(self, workflow_id: str, wait_for: str | None) -> bool:
         for _ in range(MAX_HOPS):
             status = self.locator.find_to_write(workflow_id)
             if status.state is not WorkflowState.SUSPENDED:
@@ -183,6 +188,8 @@ class Waits:
             timeout_seconds=None,
             dedup_key=None,
             parent_id=None,
+            # The forker's trace, if it has one; else the fork starts a trace of its own.
+            trace_context=tracing.carrier(),
         )
 
         def insert(shard: str, rows: list[NewWorkflow], checked: set[str]) -> set[str]:

@@ -444,10 +444,11 @@ def _start_rebalance(config: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
         sys.executable, "-m", "shardflow", "--config", str(config), "rebalance", "apply",
         "--yes", "--batch", "5", "--rate", "200/s", "--tombstone-grace", "3600",
     ]  # fmt: skip
-    out = (tmp_path / "rebalance.log").open("ab")
-    return subprocess.Popen(
-        command, env=worker_env(), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
-    )
+    # The child has its own copy of the descriptor: the parent closes its copy at once.
+    with (tmp_path / "rebalance.log").open("ab") as out:
+        return subprocess.Popen(
+            command, env=worker_env(), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
 
 
 def _finish_rebalance(proc: subprocess.Popen[bytes], config: Path, tmp_path: Path) -> list[str]:

@@ -200,3 +200,24 @@ def test_forks_record_their_source_and_are_listed_by_it(cluster: Cluster) -> Non
     # A fork of a fork names its direct source.
     grandchild = cluster.fork(named.workflow_id, 0)
     assert cluster.get(grandchild.workflow_id).forked_from == "renamed-fork"
+
+
+def test_overview_counts_are_exact_on_a_small_shard(cluster: Cluster) -> None:
+    from shardflow.engine.bulk import admin_store
+
+    submit_pending(cluster, [f"ov-{i}" for i in range(12)])
+    # Make some SUCCESS rows without a worker: a finished status row, as a run writes.
+    done = [f"ov-{i}" for i in range(5)]
+    for shard in cluster.config.shards:
+        with psycopg.connect(shard.dsn) as conn:
+            conn.execute(
+                "UPDATE shardflow.workflow_status SET state = 'SUCCESS', finished_at = now()"
+                " WHERE workflow_id = ANY(%s)",
+                (done,),
+            )
+    store = admin_store(cluster)
+    infos = [store.shard_info(s) for s in cluster.config.shard_names]
+    assert not any(i.success_estimated for i in infos)
+    assert sum(i.by_state["SUCCESS"] for i in infos) == 5
+    assert sum(i.by_state["ENQUEUED"] for i in infos) == 7
+    assert all(" " not in i.server_version and i.server_version[0].isdigit() for i in infos)

@@ -23,6 +23,7 @@ def test_empty_filter() -> None:
         "created_before": None,
         "parent_id": None,
         "forked_from": None,
+        "app_version": None,
     }
 
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
+from shardflow import tracing
 from shardflow.engine import context
 from shardflow.engine.aio.run import AsyncWorkflowRun
 from shardflow.engine.app import Workflow
@@ -83,9 +84,11 @@ async def send_async(
     key = await run.checkpoint_async(
         "shardflow.send", lambda: _now(idempotency_key or f"{run.workflow_id}:{uuid.uuid4()}")
     )
-    await run.client_call(
-        lambda: client.send(workflow_id, message, topic=topic, idempotency_key=str(key))
-    )
+    attributes = {tracing.TARGET_ID: workflow_id, tracing.TOPIC: topic or ""}
+    with tracing.span("shardflow.send", attributes, kind="producer"):
+        await run.client_call(
+            lambda: client.send(workflow_id, message, topic=topic, idempotency_key=str(key))
+        )
 
 
 async def recv_async(topic: str | None = None, timeout: float | None = 60.0) -> Any:
@@ -102,7 +105,10 @@ async def recv_async(topic: str | None = None, timeout: float | None = 60.0) -> 
     while True:
         run.check_live()
         run.message_arrived.clear()
-        found, value = await run.in_thread(lambda: run.consume_message_at(step_no, topic_key))
+        with tracing.span("shardflow.recv", {tracing.TOPIC: topic_key}) as received:
+            found, value = await run.in_thread(lambda: run.consume_message_at(step_no, topic_key))
+            if received is not None:
+                received.set_attribute("shardflow.received", found)
         if found:
             return value
         remaining = None if deadline is None else float(deadline) - run.db_time()
@@ -188,7 +194,9 @@ async def start_child_async(
 
     def start() -> str:
         child_id = f"{run.workflow_id}:child:{step_no}"
-        client.submit_child(fn, args, kwargs, workflow_id=child_id, parent_id=run.workflow_id)
+        # The child's runs continue this span's trace (the row stores its context).
+        with tracing.span("shardflow.start_child", {tracing.CHILD_ID: child_id}):
+            client.submit_child(fn, args, kwargs, workflow_id=child_id, parent_id=run.workflow_id)
         return child_id
 
     child_id = await run.checkpoint_async("shardflow.start_child", lambda: run.client_call(start))

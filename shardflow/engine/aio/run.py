@@ -23,9 +23,10 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from shardflow import retry as retries
+from shardflow import tracing
 from shardflow.engine import context
 from shardflow.engine.app import App
-from shardflow.engine.execution import end_by, end_with
+from shardflow.engine.execution import end_by, end_with, run_attributes
 from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import AsyncRunWriter, RunClient, RunWriter
 from shardflow.engine.records import Claim
@@ -141,7 +142,8 @@ class AsyncWorkflowRun(WorkflowRun):
         started_at = self.db_time()
         while True:
             try:
-                value = await fn()
+                with tracing.step_span(name, step_no):
+                    value = await fn()
                 break
             except Exception as exc:
                 failures += 1
@@ -208,7 +210,15 @@ class AsyncWorkflowRun(WorkflowRun):
 
 async def execute_async(run: AsyncWorkflowRun, app: App) -> WorkflowState | None:
     """Run the async workflow of ``run`` to its end on the running loop: the async twin of
-    :func:`~shardflow.engine.execution.execute`, ending the same way."""
+    :func:`~shardflow.engine.execution.execute`, ending the same way, traced the same."""
+    claim = run.claim
+    with tracing.run_span(claim.name, claim.trace_context, run_attributes(claim)) as ended:
+        state = await _execute_async(run, app)
+        ended(None if state is None else state.value)
+        return state
+
+
+async def _execute_async(run: AsyncWorkflowRun, app: App) -> WorkflowState | None:
     claim = run.claim
     codec = run.store.codec
     wf = app.lookup(claim.name)

@@ -24,6 +24,9 @@ from shardflow.engine.store_errors import DedupConflict, StoreError
 from shardflow.sql import query
 
 R = TypeVar("R")
+# Up to this many SUCCESS workflows a shard counts them exactly; past it, the overview
+# shows the planner's estimate (counting exactly would read them all).
+EXACT_SUCCESS = 100_000
 
 # The states a bulk cancel and a bulk resume act on.
 ACTIVE = tuple(
@@ -50,9 +53,10 @@ class QueueLoad:
 class ShardInfo:
     """What the overview shows of one shard.
 
-    ``by_state`` is exact for every state but SUCCESS, which is estimated (the table's
-    row estimate minus the exact counts: counting it exactly reads every row);
-    ``success_estimated`` says so.
+    ``by_state`` is exact for every state. SUCCESS, usually most of the table, is exact
+    up to ``EXACT_SUCCESS`` workflows and estimated past it (the table's row estimate
+    minus the exact counts: counting it exactly would read every row);
+    ``success_estimated`` says which.
     """
 
     server_version: str
@@ -223,9 +227,14 @@ class AdminStore(ShardAccess):
             ready = fetch_all(conn, "admin_queue_ready", None, dict_row)
             running = fetch_all(conn, "admin_queue_running", None, dict_row)
             delayed = fetch_one(conn, "admin_delayed", None, scalar_row)
+            bounded = fetch_one(conn, "admin_success_bounded", {"cap": EXACT_SUCCESS}, scalar_row)
         assert head is not None
         by_state = {str(c["state"]): int(c["workflows"]) for c in counts}
-        by_state[WorkflowState.SUCCESS.value] = max(int(estimate or 0) - sum(by_state.values()), 0)
+        success = int(bounded or 0)
+        estimated = success >= EXACT_SUCCESS
+        if estimated:
+            success = max(int(estimate or 0) - sum(by_state.values()), EXACT_SUCCESS)
+        by_state[WorkflowState.SUCCESS.value] = success
         queues: dict[str, QueueLoad] = {}
         for r in ready:
             queues[r["queue"]] = QueueLoad(
@@ -242,13 +251,15 @@ class AdminStore(ShardAccess):
             )
         epoch = head["map_epoch"]
         return ShardInfo(
-            server_version=str(head["server_version"]),
+            # "15.18 (Debian 15.18-0+deb12u1)": the version, without the packager's note.
+            server_version=str(head["server_version"]).split(" ", 1)[0],
             map_epoch=None if epoch is None else int(epoch),
             owned_slots=int(head["owned_slots"]),
             finished_recently=int(head["finished_recently"]),
             by_state=by_state,
             queues=queues,
             delayed=int(delayed or 0),
+            success_estimated=estimated,
         )
 
     def latest_plan(self, shard: str) -> LatestPlan | None:

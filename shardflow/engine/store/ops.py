@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row, kwargs_row, scalar_row
+from psycopg.rows import class_row, dict_row, kwargs_row, scalar_row
 
 from shardflow.engine.store._conn import (
     ShardAccess,
@@ -149,9 +149,10 @@ class RetentionSession:
     def usable(self) -> bool:
         return not self._conn.closed and not self._conn.broken
 
-    def _run(self, name: str, params: dict[str, Any] | None = None) -> Any:
+    def _run(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
         try:
-            return self._conn.execute(query(name), params).fetchone()
+            with self._conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(query(name), params).fetchone()
         except psycopg.Error as exc:
             error = store_error(self.shard, exc)
             if error is None:
@@ -160,7 +161,7 @@ class RetentionSession:
 
     def try_lead(self) -> bool:
         row = self._run("retention_try_lead")
-        return bool(row and row[0])
+        return bool(row and row["leading"])
 
     def delete_batch(
         self, *, keep_seconds: float, limit: int, now: datetime | None = None
@@ -172,7 +173,7 @@ class RetentionSession:
         )
         if row is None:
             return RetentionBatch(0, ())
-        return RetentionBatch(int(row[0]), tuple(str(r) for r in row[1] or ()))
+        return RetentionBatch(int(row["workflows"]), tuple(str(r) for r in row["blob_refs"] or ()))
 
     def close(self) -> None:
         """Release the lock, then close: another leader can take the shard at once."""

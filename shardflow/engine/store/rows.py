@@ -201,6 +201,8 @@ def claim_rows(shard: str, sent: float | None) -> RowFactory[Claim]:
         parent_id: str | None,
         state: str,
         db_epoch: Any,
+        slot: int | None = None,
+        trace_context: dict[str, str] | None = None,
     ) -> Claim:
         return Claim(
             workflow_id=workflow_id,
@@ -214,6 +216,8 @@ def claim_rows(shard: str, sent: float | None) -> RowFactory[Claim]:
             state=WorkflowState(state),
             clock_offset=float(db_epoch) - time.time(),
             lease_from=sent,
+            slot=slot,
+            trace_context=trace_context,
         )
 
     return kwargs_row(make)
@@ -247,6 +251,7 @@ def located_rows(shard: str, codec: Codec) -> RowFactory[Located]:
         import_state: str | None = None,
         move_id: Any = None,
         forked_from: str | None = None,
+        app_version: str | None = None,
     ) -> Located:
         status = WorkflowStatus(
             workflow_id=workflow_id,
@@ -269,6 +274,7 @@ def located_rows(shard: str, codec: Codec) -> RowFactory[Located]:
             deadline=deadline,
             lease_owner=lease_owner,
             forked_from=forked_from,
+            app_version=app_version,
         )
         return Located(
             status, moved_to, moved_from, import_state, None if move_id is None else str(move_id)

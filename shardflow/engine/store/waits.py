@@ -84,6 +84,7 @@ class WaitQueries(ShardAccess):
         owner: str,
         lease_seconds: float,
         limit: int,
+        app_version: str | None = None,
         now: datetime | None = None,
     ) -> list[Claim]:
         """Claim SUSPENDED workflows whose wake-up time has come."""
@@ -91,6 +92,7 @@ class WaitQueries(ShardAccess):
             "names": list(names),
             "queues": list(queues),
             "owner": owner,
+            "app_version": app_version,
             "lease_seconds": lease_seconds,
             "limit": limit,
             **at(now),
@@ -218,6 +220,7 @@ class WaitQueries(ShardAccess):
                     "priority": row.priority,
                     "inputs": row.inputs,
                     "forked_from": forked_from,
+                    "trace_context": Jsonb(row.trace_context) if row.trace_context else None,
                 },
             )
             if not created:

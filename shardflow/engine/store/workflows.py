@@ -45,6 +45,7 @@ class WorkflowQueries(ShardAccess):
                     "timeout_seconds": r.timeout_seconds,
                     "dedup_key": r.dedup_key,
                     "parent_id": r.parent_id,
+                    "trace_context": r.trace_context,
                     "source_checked": r.workflow_id in source_checked,
                 }
                 for r in rows
@@ -112,6 +113,7 @@ class WorkflowQueries(ShardAccess):
         limit: int,
         global_limit: int | None = None,
         rate_limit: tuple[int, float] | None = None,
+        app_version: str | None = None,
         now: datetime | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` ENQUEUED workflows of ``queue``.
@@ -124,6 +126,7 @@ class WorkflowQueries(ShardAccess):
             "queue": queue,
             "names": list(names),
             "owner": owner,
+            "app_version": app_version,
             "lease_seconds": lease_seconds,
             "limit": limit,
             **at(now),
@@ -167,6 +170,7 @@ class WorkflowQueries(ShardAccess):
         lease_seconds: float,
         limit: int,
         max_recoveries: int,
+        app_version: str | None = None,
         now: datetime | None = None,
     ) -> list[Claim]:
         """Claim RUNNING workflows whose lease expired (dead-lettering repeat offenders)."""
@@ -174,6 +178,7 @@ class WorkflowQueries(ShardAccess):
             "names": list(names),
             "queues": list(queues),
             "owner": owner,
+            "app_version": app_version,
             "lease_seconds": lease_seconds,
             "limit": limit,
             "max_recoveries": max_recoveries,

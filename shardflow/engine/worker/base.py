@@ -20,6 +20,7 @@ from shardflow.engine.retention import RetentionLeader
 from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.schedules import Scheduler
 from shardflow.engine.timings import StepTimes
+from shardflow.engine.versions import app_version
 from shardflow.engine.worker.aio import RunLoop
 from shardflow.engine.worker.events import WorkerEvents
 from shardflow.errors import ShardflowError
@@ -114,6 +115,8 @@ class WorkerBase:
         cfg = cluster.config.worker
         self.cluster = cluster
         self.app = app
+        # Recorded on every attempt this worker starts (docs/upgrades.md).
+        self.app_version = app_version(app)
         self.shards = list(shards) if shards else list(cluster.config.shard_names)
         unknown = [s for s in self.shards if s not in cluster.config.shard_names]
         if unknown:

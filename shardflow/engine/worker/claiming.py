@@ -81,6 +81,7 @@ class ClaimLoops(WorkerBase):
                 limit=n,
                 global_limit=global_limit,
                 rate_limit=rate_limit,
+                app_version=self.app_version,
             )
         finally:
             self._unreserve(queue, n - len(claims), aio)
@@ -130,6 +131,7 @@ class ClaimLoops(WorkerBase):
                     owner=self.worker_id,
                     lease_seconds=self.lease_seconds,
                     limit=n,
+                    app_version=self.app_version,
                 )
             finally:
                 self._unreserve(queue, n - len(claims), aio)

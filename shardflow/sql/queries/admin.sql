@@ -8,7 +8,7 @@
 -- One page of one shard, newest first; the client merges the shards' pages.
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
-       moved_to, deadline, lease_owner
+       moved_to, deadline, lease_owner, app_version
 FROM shardflow.workflow_status
 WHERE state NOT IN ('MOVED', 'IMPORTING')
   AND (%(state)s::text IS NULL OR state = %(state)s)
@@ -19,6 +19,7 @@ WHERE state NOT IN ('MOVED', 'IMPORTING')
   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
   AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
   AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
+  AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
   AND (%(after_created)s::timestamptz IS NULL
        OR (created_at, workflow_id) < (%(after_created)s, %(after_id)s::text))
 ORDER BY created_at DESC, workflow_id DESC
@@ -37,6 +38,7 @@ WHERE state = ANY(%(states)s::text[])
   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
   AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
   AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
+  AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
 
 -- name: admin_cancel_matching
 -- Cancel up to %(batch)s matching active workflows, as cancel_workflow does one: the
@@ -54,6 +56,7 @@ WITH picked AS (
       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
       AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
       AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
+      AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
     ORDER BY workflow_id
     LIMIT %(batch)s
     FOR UPDATE
@@ -87,6 +90,7 @@ WITH picked AS (
       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
       AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
       AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
+      AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
     ORDER BY workflow_id
     LIMIT %(batch)s
     FOR UPDATE
@@ -124,6 +128,14 @@ SELECT current_setting('server_version') AS server_version,
 SELECT s.state,
        (SELECT count(*) FROM shardflow.workflow_status w WHERE w.state = s.state) AS workflows
 FROM unnest(%(states)s::text[]) AS s(state)
+
+-- name: admin_success_bounded
+-- SUCCESS workflows counted exactly up to %(cap)s (index-only on the state index where
+-- pages are all-visible): exact on a small shard, a bounded read on a large one, which
+-- then shows the estimate instead.
+SELECT count(*) FROM (
+    SELECT 1 FROM shardflow.workflow_status WHERE state = 'SUCCESS' LIMIT %(cap)s
+) AS bounded
 
 -- name: admin_row_estimate
 -- The planner's row count of workflow_status (kept by autovacuum and ANALYZE).

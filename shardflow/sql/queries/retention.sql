@@ -4,7 +4,7 @@
 -- name: retention_try_lead
 -- Session-level: held for as long as the leader's connection lives. A leader that dies
 -- or loses its connection frees the shard for another worker's leader.
-SELECT pg_try_advisory_lock(hashtext('shardflow.retention'))
+SELECT pg_try_advisory_lock(hashtext('shardflow.retention')) AS leading
 
 -- name: retention_resign
 -- Give the shard up now, so that another worker's leader can take it at its next try

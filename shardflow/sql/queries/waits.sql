@@ -33,10 +33,11 @@ WITH picked AS (
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
-    wake_at = NULL, wait_for = NULL, updated_at = now()
+    wake_at = NULL, wait_for = NULL, updated_at = now(), app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
+          w.slot, w.trace_context
 
 -- name: wake_workflow
 -- Wake a suspended workflow now (a message arrived, a child finished).
@@ -122,9 +123,9 @@ WITH held AS MATERIALIZED (
 )
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, attempt, parent_id,
-    forked_from)
+    forked_from, trace_context)
 SELECT %(workflow_id)s, %(slot)s, %(route_hash)s, %(name)s, %(queue)s, 'ENQUEUED',
-       %(priority)s, %(inputs)s, 1, NULL, %(forked_from)s
+       %(priority)s, %(inputs)s, 1, NULL, %(forked_from)s, %(trace_context)s::jsonb
 FROM held
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id

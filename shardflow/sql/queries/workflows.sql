@@ -26,7 +26,7 @@ WITH batch AS MATERIALIZED (
     SELECT * FROM json_to_recordset(%(rows)s::json)
         AS t(workflow_id text, slot integer, route_hash bigint, name text, queue text,
              priority integer, inputs text, delay_seconds float8, timeout_seconds float8,
-             dedup_key text, parent_id text, source_checked boolean)
+             dedup_key text, parent_id text, source_checked boolean, trace_context jsonb)
 ), held AS MATERIALIZED (
     SELECT o.slot, o.state FROM shardflow.slot_ownership o
     WHERE o.slot = ANY(ARRAY(SELECT DISTINCT b.slot FROM batch b))
@@ -36,14 +36,14 @@ WITH batch AS MATERIALIZED (
 ), created AS (
 INSERT INTO shardflow.workflow_status (
     workflow_id, slot, route_hash, name, queue, state, priority, inputs, wake_at,
-    deadline, dedup_key, parent_id)
+    deadline, dedup_key, parent_id, trace_context)
 SELECT t.workflow_id, t.slot, t.route_hash, t.name, t.queue, 'ENQUEUED', t.priority,
        t.inputs,
        CASE WHEN t.delay_seconds IS NULL THEN NULL
             ELSE now() + make_interval(secs => t.delay_seconds) END,
        CASE WHEN t.timeout_seconds IS NULL THEN NULL
             ELSE now() + make_interval(secs => t.timeout_seconds) END,
-       t.dedup_key, t.parent_id
+       t.dedup_key, t.parent_id, t.trace_context
 FROM batch t JOIN held o ON o.slot = t.slot
 WHERE o.state = 'OWNED' OR (o.state = 'IMPORTING' AND t.source_checked)
 ON CONFLICT (workflow_id) DO NOTHING
@@ -58,7 +58,7 @@ WHERE workflow_id = ANY(%(workflow_ids)s)
 -- name: get_workflow
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
-       moved_to, deadline, lease_owner, moved_from, import_state, move_id
+       moved_to, deadline, lease_owner, app_version, moved_from, import_state, move_id
 FROM shardflow.workflow_status WHERE workflow_id = %(workflow_id)s
 
 -- name: claim_enqueued
@@ -77,10 +77,12 @@ WITH picked AS (
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
-    started_at = coalesce(w.started_at, now()), updated_at = now()
+    started_at = coalesce(w.started_at, now()), updated_at = now(),
+    app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
+          w.slot, w.trace_context
 
 -- name: promote_delayed
 -- Delayed workflows whose time has come become ready for claim_enqueued (a few at a
@@ -118,10 +120,11 @@ SET state = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN 'DEAD' ELSE 'RU
                        ELSE coalesce(%(now)s::timestamptz, now())
                             + make_interval(secs => %(lease_seconds)s) END,
     finished_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN now() END,
-    updated_at = now()
+    updated_at = now(), app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch
+          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
+          w.slot, w.trace_context
 
 -- name: lock_queue
 -- Serializes claims of one queue on this shard while its limits are checked.
@@ -196,7 +199,7 @@ WHERE workflow_id = %(workflow_id)s AND error IS NOT NULL
 -- One page of one shard, newest first; the client merges the shards' pages.
 SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
        reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
-       moved_to, deadline, lease_owner
+       moved_to, deadline, lease_owner, app_version
 FROM shardflow.workflow_status
 WHERE state NOT IN ('MOVED', 'IMPORTING')
   AND (%(state)s::text IS NULL OR state = %(state)s)
