@@ -72,14 +72,20 @@ class Step(Generic[P, R]):
             return await call()
         return await cast(context.ActiveAsyncRun, run).run_step_async(self.name, self.retry, call)
 
-    async def call_async(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Await this step from async code. A sync step runs in a thread, so the event
-        loop is not blocked; inside an async workflow it is checkpointed like any step."""
+    async def call_async(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await this sync step from async code: it runs in a thread, so the event loop is
+        not blocked; inside an async workflow it is checkpointed like any step. (An async
+        step is awaited directly: ``await step(...)``.)"""
         if self.is_async:
-            return await cast(Awaitable[Any], self(*args, **kwargs))
+            return cast(R, await cast(Awaitable[Any], self(*args, **kwargs)))
         run = context.current_run()
-        if run is None or not run.is_async:
+        if run is None:
             return await asyncio.to_thread(self.fn, *args, **kwargs)
+        if not run.is_async:
+            raise ShardflowError(
+                f"step {self.name!r}: call_async() is for async workflows; in a sync"
+                " workflow call the step directly"
+            )
         aio = cast(context.ActiveAsyncRun, run)
         return await aio.run_step_async(
             self.name, self.retry, lambda: aio.in_thread(lambda: self.fn(*args, **kwargs))
