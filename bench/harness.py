@@ -34,7 +34,7 @@ from bench.servers import BenchServers
 from bench.workloads import CHAIN_STEPS, Bench, Plan
 
 SYSTEMS = ("shardflow", "dbos", "pgqueuer", "raw")
-ROWS = (1, 2, 3, 4, 5, 6)
+ROWS = (1, 2, 3, 4, 5, 6, 7)
 RESULTS_DIR = procs.ROOT / "bench" / "results"
 SERVERS = 3
 _REQUIRES = {"dbos": ("dbos",), "pgqueuer": ("pgqueuer", "asyncpg")}
@@ -77,6 +77,12 @@ def cases(plan: Plan) -> list[Case]:
     )
     out.append((6, "shardflow", f"{plan.latency_rate:g}/s", workloads.latency_shardflow))
     out.append((6, "dbos", f"{plan.latency_rate:g}/s", workloads.latency_dbos))
+    for clients in plan.app_clients:
+        case = "1 client" if clients == 1 else f"{clients} clients"
+        out.append((7, "shardflow", case, lambda b, c=clients: workloads.app_shape_shardflow(b, c)))
+        out.append(
+            (7, "dbos", f"{case}, direct", lambda b, c=clients: workloads.app_shape_dbos(b, c))
+        )
     return out
 
 
@@ -110,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows",
         type=_rows,
         default=list(ROWS),
-        help="rows to run, comma-separated numbers 1-6 (default all)",
+        help="rows to run, comma-separated numbers 1-7 (default all)",
     )
     parser.add_argument(
         "--results-dir",
@@ -159,7 +165,7 @@ def _rows(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected row numbers like 1,3,4; got {text!r}") from None
     if not rows or any(r not in ROWS for r in rows):
-        raise argparse.ArgumentTypeError(f"rows are 1 to 6; got {text!r}")
+        raise argparse.ArgumentTypeError(f"rows are 1 to 7; got {text!r}")
     return rows
 
 
@@ -250,6 +256,7 @@ def _headline(metrics: dict[str, Any]) -> str:
         "us_per_id",
         "recovery_seconds",
         "completion_p50_ms",
+        "p50_ms",
     )
     return ", ".join(f"{k}={metrics[k]:,.2f}" for k in keys if k in metrics)
 

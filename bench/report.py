@@ -18,6 +18,8 @@ ROW_TITLES = {
     5: "Recovery: SIGKILL a worker holding K running workflows; time until another worker"
     " runs each again",
     6: "Latency at light load: one submit call per workflow at a fixed rate, 3 steps",
+    7: "Application shape: C client threads each submit a 3-step workflow and wait for its"
+    " result, worker in the same process, one shard",
 }
 SYSTEM_NAMES = {
     "shardflow": "shardflow",
@@ -211,6 +213,21 @@ def tables(entries: Sequence[Entry]) -> list[str]:
             ("p99 ms", _metric("completion_p99_ms", 1)),
         ],
     )
+    out += _table(
+        "7. " + ROW_TITLES[7],
+        rows(7),
+        [
+            ("system", _system),
+            ("clients", _metric("clients")),
+            ("N", _metric("workflows")),
+            ("workflows/s", _metric("workflows_per_s")),
+            ("(rounds: low-high)", _spread("workflows_per_s")),
+            ("submit to result p50 ms", _metric("p50_ms", 1)),
+            ("p99 ms", _metric("p99_ms", 1)),
+            ("client+worker CPU ms/wf", _metric("cpu_ms_per_workflow", 2)),
+            ("server CPU ms/wf", _metric("server_cpu_ms_per_workflow", 2)),
+        ],
+    )
     return out
 
 
@@ -346,6 +363,45 @@ def ratios(entries: Sequence[Entry]) -> list[Ratio]:
                 f"{rec:.2f} s with a {lease:g} s lease",
                 f"<= lease + 1 s = {lease + 1:g} s",
                 rec <= lease + 1,
+            )
+        )
+    for clients in ("16 clients", "64 clients"):
+        sf = metric(7, "shardflow", clients, "workflows_per_s")
+        db = metric(7, "dbos", f"{clients}, direct", "workflows_per_s")
+        if sf and db:
+            r = sf / db
+            out.append(
+                Ratio(
+                    f"application shape, {clients}: shardflow / DBOS direct workflows/s",
+                    r,
+                    f"{r:.1f}x",
+                    ">= 10x",
+                    r >= 10,
+                )
+            )
+    sixteen = metric(7, "shardflow", "16 clients", "workflows_per_s")
+    sixty_four = metric(7, "shardflow", "64 clients", "workflows_per_s")
+    if sixteen and sixty_four:
+        r = sixty_four / sixteen
+        out.append(
+            Ratio(
+                "application shape: 64 clients / 16 clients, workflows/s",
+                r,
+                f"{r:.2f}x",
+                ">= 1x",
+                r >= 1,
+            )
+        )
+    p50 = metric(7, "shardflow", "1 client", "p50_ms")
+    p99 = metric(7, "shardflow", "1 client", "p99_ms")
+    if p50 and p99:
+        out.append(
+            Ratio(
+                "application shape, 1 client: p50 / p99 submit to result",
+                p50,
+                f"{p50:.1f} / {p99:.1f} ms",
+                "< 5 / < 15 ms",
+                p50 < 5 and p99 < 15,
             )
         )
     one = metric(2, "shardflow", "1 / 1", "workflows_per_s")

@@ -55,6 +55,9 @@ class Plan:
     dbos_worker_concurrency: int = 32
     dbos_polling_seconds: float = 0.05
     pgqueuer_batch_size: int = 10
+    app_count: int = 1000
+    app_clients: tuple[int, ...] = (1, 16, 64)
+    app_steps: int = 3
     timeout: float = 900.0
 
     @classmethod
@@ -71,6 +74,7 @@ class Plan:
             recovery_workflows=4,
             lease_seconds=2.0,
             latency_count=20,
+            app_count=100,
             timeout=120.0,
         )
 
@@ -472,3 +476,50 @@ def latency_shardflow(bench: Bench) -> Metrics:
 
 def latency_dbos(bench: Bench) -> Metrics:
     return _latency(bench, "dbos_run", _dbos_spec(bench, "latency_dbos"))
+
+
+# -- row 7: the application shape ------------------------------------------------------------
+
+
+def _app_shape(bench: Bench, module: str, spec: dict[str, Any], clients: int) -> Metrics:
+    """C client threads each submit a workflow and wait for its result, worker in the
+    same process, until N have ended."""
+    plan = bench.plan
+    bench.checkpoint([0])
+    out = bench.run(
+        module,
+        "app",
+        {
+            **spec,
+            "count": plan.app_count,
+            "clients": clients,
+            "steps": plan.app_steps,
+            "postmasters": bench.postmasters([0]),
+        },
+    )
+    n = out["workflows"]
+    if n != plan.app_count:
+        raise procs.RunnerFailed(f"{module}: {n} of {plan.app_count} workflows ended")
+    latencies = out["latencies"]
+    return {
+        "workflows": n,
+        "clients": clients,
+        "steps": plan.app_steps,
+        "workflows_per_s": n / out["seconds"],
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+        "cpu_ms_per_workflow": out["cpu_seconds"] / n * 1e3,
+        "server_cpu_ms_per_workflow": _per(out["server_cpu_seconds"], n, 1e3),
+    }
+
+
+def app_shape_shardflow(bench: Bench, clients: int) -> Metrics:
+    spec = {
+        "config": bench.shardflow_cluster(f"app{clients}", [0]),
+        "concurrency": bench.plan.shardflow_concurrency,
+    }
+    return _app_shape(bench, "shardflow_run", spec, clients)
+
+
+def app_shape_dbos(bench: Bench, clients: int) -> Metrics:
+    return _app_shape(bench, "dbos_run", _dbos_spec(bench, f"app_dbos{clients}"), clients)

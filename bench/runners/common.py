@@ -118,3 +118,65 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met in {timeout:.0f}s")
         time.sleep(interval)
+
+
+class AppShape:
+    """Client threads that each run one workflow at a time, end to end, until ``count``
+    have ended: the clock, the latencies and the CPU of the application shape."""
+
+    def __init__(self, count: int, clients: int) -> None:
+        self.count = count
+        self.clients = clients
+        self._next = 0
+        self._lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._next >= self.count or self.errors:
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _client(self, one: Callable[[int], None]) -> None:
+        while (i := self._take()) is not None:
+            began = time.perf_counter()
+            try:
+                one(i)
+            except Exception as exc:
+                with self._lock:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            took = time.perf_counter() - began
+            with self._lock:
+                self.latencies.append(took)
+
+    def measure(self, one: Callable[[int], None], postmasters: list[int] | None) -> dict[str, Any]:
+        """Run the clients; ``one(i)`` submits workflow ``i`` and waits for its result."""
+        threads = [
+            threading.Thread(target=self._client, args=(one,), daemon=True)
+            for _ in range(self.clients)
+        ]
+        server0 = server_cpu_seconds(postmasters) if postmasters else None
+        started, started_cpu = time.perf_counter(), time.process_time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ended, ended_cpu = time.perf_counter(), time.process_time()
+        server = (
+            server_cpu_seconds(postmasters) - server0
+            if postmasters and server0 is not None
+            else None
+        )
+        if self.errors:
+            raise RuntimeError(f"{len(self.errors)} client(s) failed: {self.errors[0]}")
+        return {
+            "workflows": len(self.latencies),
+            "clients": self.clients,
+            "seconds": ended - started,
+            "cpu_seconds": ended_cpu - started_cpu,
+            "server_cpu_seconds": server,
+            "latencies": self.latencies,
+        }

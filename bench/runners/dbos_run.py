@@ -19,6 +19,7 @@ from dbos import DBOS, DBOSConfig
 
 from bench.apps.probe import PROBE
 from bench.runners.common import (
+    AppShape,
     ServerCpu,
     Spec,
     drain_result,
@@ -151,6 +152,22 @@ def latency(spec: Spec) -> dict[str, Any]:
     return {"first_step": first_step, "completion": completion}
 
 
+def app_shape(spec: Spec) -> dict[str, Any]:
+    """The application shape in DBOS's direct mode: ``clients`` threads, each starting a
+    workflow with ``DBOS.start_workflow`` (run by this process, no queue) and waiting for
+    ``get_result()``, until ``count`` workflows have ended."""
+    _launch(spec, "app", [])
+    run = AppShape(spec["count"], spec["clients"])
+
+    def one(i: int) -> None:
+        DBOS.start_workflow(chain, i, spec["steps"]).get_result()
+
+    try:
+        return run.measure(one, spec.get("postmasters"))
+    finally:
+        DBOS.destroy()
+
+
 if __name__ == "__main__":
     sys.exit(
         main(
@@ -160,6 +177,7 @@ if __name__ == "__main__":
                 "drain": drain,
                 "serve": serve,
                 "latency": latency,
+                "app": app_shape,
             }
         )
     )

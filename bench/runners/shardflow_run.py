@@ -18,6 +18,7 @@ import shardflow
 from bench.apps.probe import PROBE
 from bench.apps.shardflow_app import app, chain, hold
 from bench.runners.common import (
+    AppShape,
     ServerCpu,
     Spec,
     chunks,
@@ -130,5 +131,33 @@ def latency(spec: Spec) -> dict[str, Any]:
     return {"first_step": first_step, "completion": completion}
 
 
+def app_shape(spec: Spec) -> dict[str, Any]:
+    """The application shape: ``clients`` threads, each submitting a ``steps``-step
+    workflow and waiting for its ``result()``, with the worker in this process, until
+    ``count`` workflows have ended. Per workflow: seconds from submit to result."""
+    with shardflow.connect(spec["config"]) as cluster:
+        worker = _worker(cluster, spec)
+        worker.start()
+        run = AppShape(spec["count"], spec["clients"])
+
+        def one(i: int) -> None:
+            handle = cluster.submit(chain, i, spec["steps"])
+            handle.result(timeout=spec.get("timeout", 120))
+
+        result = run.measure(one, spec.get("postmasters"))
+        worker.stop(grace_seconds=0)
+    return result
+
+
 if __name__ == "__main__":
-    sys.exit(main({"submit": submit, "drain": drain, "serve": serve, "latency": latency}))
+    sys.exit(
+        main(
+            {
+                "submit": submit,
+                "drain": drain,
+                "serve": serve,
+                "latency": latency,
+                "app": app_shape,
+            }
+        )
+    )

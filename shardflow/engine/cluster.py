@@ -5,6 +5,7 @@
 - :mod:`~shardflow.engine.placement`: a submission's row (ID, checks, inputs, slot);
 - :mod:`~shardflow.engine.listing`: the cross-shard listing and its page merge;
 - :mod:`~shardflow.engine.waits`: messages, events, wake-ups, children, fork;
+- :mod:`~shardflow.engine.listeners`: what wakes result() and get_event (LISTEN per shard);
 - :mod:`~shardflow.engine.control`: cancel and resume;
 - :mod:`~shardflow.engine.bulk`: filtered listing, cancel and resume by filter;
 - :mod:`~shardflow.engine.handles`: what the client hands out.
@@ -29,6 +30,7 @@ from shardflow.engine.control import Control
 from shardflow.engine.coverage import warn_unserved
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.handles import Page, Submission, WorkflowHandle
+from shardflow.engine.listeners import WaitListeners
 from shardflow.engine.listing import list_workflows
 from shardflow.engine.locator import Locator
 from shardflow.engine.placement import IdSource, new_row
@@ -78,7 +80,11 @@ class Cluster:
         self.router = Router(self.hasher, desired_map(config, epoch=0))
         self.topology = Topology(config, self.store, self.router)
         self.locator = Locator(self.store, self.router, self.topology, retry_seconds)
-        self.waits = Waits(self.codec, self.store, self.locator, self._new_row, retry_seconds)
+        # One LISTEN connection per shard waited on, waking result() and get_event.
+        self.listeners = WaitListeners(self.store)
+        self.waits = Waits(
+            self.codec, self.store, self.locator, self._new_row, retry_seconds, self.listeners
+        )
         self.control = Control(self.store, self.locator, self.waits, retry_seconds)
         self.topology.refresh()
 
@@ -375,6 +381,7 @@ class Cluster:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        self.listeners.close()
         self.pools.close()
 
     def __enter__(self) -> Cluster:

@@ -14,6 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from shardflow.engine.app import Workflow
 from shardflow.engine.coverage import CoverageClient, why_waiting
+from shardflow.engine.listeners import WaitFor, WaitListeners
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import TransientStoreError
@@ -62,6 +63,11 @@ class HandleClient(CoverageClient, Protocol):
         """How long a read rides out a shard's restart before ShardUnavailable."""
         ...
 
+    @property
+    def listeners(self) -> WaitListeners:
+        """What wakes a waiting handle (notifications of final writes)."""
+        ...
+
     def get(self, workflow_id: str) -> WorkflowStatus:
         """The workflow's current status, wherever it lives (WorkflowNotFound if none)."""
         ...
@@ -90,42 +96,60 @@ class WorkflowHandle(Generic[R]):
         WorkflowTimeout if ``timeout`` seconds pass first (the workflow goes on).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
+        listeners = self.cluster.listeners
+        with listeners.watch(WaitFor.DONE, self.workflow_id) as waiter:
+            # Registered before the first read: a final write committed from now on
+            # wakes this wait; one committed earlier is what the read finds.
+            while True:
+                outcome = self._read_outcome(deadline, timeout)
+                if outcome is not None:
+                    return outcome.value
+                remaining = None if deadline is None else deadline - time.monotonic()
+                listeners.wait(
+                    waiter,
+                    self.shard,
+                    listeners.recheck_seconds if remaining is None else remaining,
+                )
+
+    def _read_outcome(self, deadline: float | None, timeout: float | None) -> _Outcome[R] | None:
+        """Read the row once: the result if the workflow ended (raising what ended it
+        badly), None if it goes on; WorkflowTimeout once ``deadline`` has passed."""
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         status: WorkflowStatus | None = None
         unavailable: ShardflowError | None = None
-        while True:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            try:
-                # A shard restarting or failing over is waited out, up to this call's
-                # own timeout, not only the client's retry budget.
-                with budget(self.cluster.retry_seconds if remaining is None else remaining):
-                    status = self.status()
-                unavailable = None
-            except (ShardUnavailable, TransientStoreError) as exc:
-                unavailable = exc
-            if status is not None and unavailable is None:
-                if status.state is WorkflowState.SUCCESS:
-                    return status.output  # type: ignore[no-any-return]
-                if status.state is WorkflowState.ERROR:
-                    raise WorkflowFailed(self.workflow_id, status.error)
-                if status.state is WorkflowState.DEAD:
-                    raise WorkflowFailed(
-                        self.workflow_id,
-                        {"type": "DeadLettered", "message": status.reason or ""},
-                    )
-                if status.state is WorkflowState.CANCELLED:
-                    raise WorkflowCancelled(self.workflow_id, status.reason)
-            if deadline is not None and time.monotonic() >= deadline:
-                if unavailable is not None:
-                    raise WorkflowTimeout(
-                        f"workflow {self.workflow_id!r}: no answer after {timeout}s ({unavailable})"
-                    )
-                state = status.state.value if status is not None else "unknown"
-                why = None if status is None else why_waiting(self.cluster, status)
-                raise WorkflowTimeout(
-                    f"workflow {self.workflow_id!r} still {state} after {timeout}s"
-                    + (f": {why}" if why else "")
+        try:
+            # A shard restarting or failing over is waited out, up to this call's own
+            # timeout, not only the client's retry budget.
+            with budget(self.cluster.retry_seconds if remaining is None else remaining):
+                status = self.status()
+        except (ShardUnavailable, TransientStoreError) as exc:
+            unavailable = exc
+        if status is not None:
+            if status.state is WorkflowState.SUCCESS:
+                return _Outcome(status.output)
+            if status.state is WorkflowState.ERROR:
+                raise WorkflowFailed(self.workflow_id, status.error)
+            if status.state is WorkflowState.DEAD:
+                raise WorkflowFailed(
+                    self.workflow_id,
+                    {"type": "DeadLettered", "message": status.reason or ""},
                 )
-            pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
-            time.sleep(pause)
-            delay = min(delay * 1.5, 0.5)
+            if status.state is WorkflowState.CANCELLED:
+                raise WorkflowCancelled(self.workflow_id, status.reason)
+        if deadline is not None and time.monotonic() >= deadline:
+            if unavailable is not None:
+                raise WorkflowTimeout(
+                    f"workflow {self.workflow_id!r}: no answer after {timeout}s ({unavailable})"
+                )
+            state = status.state.value if status is not None else "unknown"
+            why = None if status is None else why_waiting(self.cluster, status)
+            raise WorkflowTimeout(
+                f"workflow {self.workflow_id!r} still {state} after {timeout}s"
+                + (f": {why}" if why else "")
+            )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome(Generic[R]):
+    value: R

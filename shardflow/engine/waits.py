@@ -16,6 +16,7 @@ from typing import Any
 from shardflow import tracing
 from shardflow.engine.app import Workflow
 from shardflow.engine.handles import Submission
+from shardflow.engine.listeners import WaitFor, WaitListeners
 from shardflow.engine.locator import MAX_HOPS, Locator
 from shardflow.engine.placement import check_id
 from shardflow.engine.records import NewWorkflow
@@ -36,12 +37,14 @@ class Waits:
         locator: Locator,
         new_row: Callable[[Submission], NewWorkflow],
         retry_seconds: float,
+        listeners: WaitListeners,
     ) -> None:
         self.codec = codec
         self.store = store
         self.locator = locator
         self.new_row = new_row
         self.retry_seconds = retry_seconds
+        self.listeners = listeners
 
     def send(
         self,
@@ -82,35 +85,36 @@ class Waits:
     ) -> Any:
         """See :meth:`Cluster.get_event`."""
         deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                with budget(max(min(remaining, self.retry_seconds), 0.0)):
-                    found, value = self._read_event(workflow_id, key)
-            except WorkflowNotFound:
-                found, value = False, None
-            except ShardUnavailable:
-                if deadline - time.monotonic() <= 0:
-                    raise
-                found, value = False, None
-            if found:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            pause = min(delay, remaining)
-            if interrupt is not None:
-                if interrupt.wait(pause):
+        with self.listeners.watch(WaitFor.EVENT, workflow_id) as waiter:
+            # Registered before the first read: an event published from now on wakes
+            # this wait; one published earlier is what the read finds.
+            while True:
+                remaining = deadline - time.monotonic()
+                shard: str | None = None
+                try:
+                    with budget(max(min(remaining, self.retry_seconds), 0.0)):
+                        shard, found, value = self._read_event(workflow_id, key)
+                except WorkflowNotFound:
+                    found, value = False, None
+                except ShardUnavailable:
+                    if deadline - time.monotonic() <= 0:
+                        raise
+                    found, value = False, None
+                if found:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return None
-            else:
-                time.sleep(pause)
-            delay = min(delay * 1.5, 0.25)
+                self.listeners.wait(
+                    waiter, shard or self.locator.router.route(workflow_id), remaining, interrupt
+                )
+                if interrupt is not None and interrupt.is_set():
+                    return None
 
     @idempotent
-    def _read_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:
+    def _read_event(self, workflow_id: str, key: str) -> tuple[str, bool, Any]:
         shard = self.locator.find(workflow_id).shard
-        return self.store.get_event(shard, workflow_id, key)
+        return (shard, *self.store.get_event(shard, workflow_id, key))
 
     @idempotent
     def wake_parent_of(self, workflow_id: str) -> bool:

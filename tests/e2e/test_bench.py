@@ -93,3 +93,47 @@ def test_quick_run_writes_positive_results(tmp_path: Path) -> None:
     assert latest["meta"]["postgresql"]["synchronous_commit"] == "on"
     assert "### 1. End-to-end" in done.stdout
     assert elapsed < 60, f"the smoke run took {elapsed:.0f}s"
+
+
+def test_quick_application_shape_row(tmp_path: Path) -> None:
+    """Row 7: client threads that submit and wait for ``result()``, worker in process."""
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "shardflow",
+            "--rows",
+            "7",
+            "--results-dir",
+            str(results),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    latest = json.loads((results / "latest.json").read_text(encoding="utf-8"))
+    summary = {(e["row"], e["system"], e["case"]): e for e in latest["summary"]}
+    assert set(summary) == {
+        (7, "shardflow", "1 client"),
+        (7, "shardflow", "16 clients"),
+        (7, "shardflow", "64 clients"),
+    }
+    for (_, _, case), entry in summary.items():
+        assert entry["status"] == "ok", entry
+        m = entry["metrics"]
+        assert m["workflows"] == 100 and m["steps"] == 3
+        assert m["clients"] == int(case.split()[0])
+        assert m["workflows_per_s"] > 0 and m["cpu_ms_per_workflow"] > 0
+        assert 0 < m["p50_ms"] <= m["p99_ms"]
+    assert "### 7. Application shape" in done.stdout

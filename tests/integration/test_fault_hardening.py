@@ -336,7 +336,7 @@ def test_defect16_delayed_backlog_stays_out_of_the_claim_path(cluster: Cluster) 
         plan = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("claim_enqueued"),
             {"queue": "default", "names": ["faults.two_args"], "owner": "w",
-             "lease_seconds": 30, "limit": 32, "now": None},
+             "lease_seconds": 30, "limit": 32, "now": None, "app_version": None},
         ).fetchone()  # fmt: skip
         conn.rollback()
     assert plan is not None

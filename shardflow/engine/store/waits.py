@@ -171,6 +171,7 @@ class WaitQueries(ShardAccess):
         with self._conn(shard) as conn, conn.transaction():
             _lock_run(conn, workflow_id, attempt)
             run(conn, "upsert_event", {"workflow_id": workflow_id, "key": key, "value": value})
+            run(conn, "notify_event", {"workflow_id": workflow_id})
             write_in(
                 conn,
                 [StepWrite(workflow_id, attempt, step_no, "shardflow.set_event", value, None)],

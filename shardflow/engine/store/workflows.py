@@ -235,17 +235,27 @@ class WorkflowQueries(ShardAccess):
     # -- notifications ----------------------------------------------------------------------
 
     def listen(
-        self, shard: str, timeout: float, stop: threading.Event
+        self,
+        shard: str,
+        timeout: float,
+        stop: threading.Event,
+        *,
+        channels: str = "listen",
+        purpose: str = "listen",
     ) -> Iterator[tuple[str, str]]:
         """Yield ``(channel, payload)`` notifications of one shard until ``stop`` is set.
 
-        Uses a dedicated connection (LISTEN needs one). Yields ``("", "")`` every
-        ``timeout`` seconds of silence so the caller can check ``stop``.
+        ``channels`` names the query that LISTENs: ``listen`` (a worker's) or
+        ``listen_waits`` (a client's waits). Uses a dedicated connection (LISTEN needs
+        one) with ``application_name`` ``shardflow-<purpose>``. Yields ``("", "")`` once
+        LISTEN is in place and then every ``timeout`` seconds of silence, so the caller
+        knows from when on nothing is missed and can check ``stop``.
         """
-        conn = self.pools.dedicated(shard, "listen")
+        conn = self.pools.dedicated(shard, purpose)
         with conn:
             try:
-                conn.execute(query("listen"))
+                conn.execute(query(channels))
+                yield "", ""
                 while not stop.is_set():
                     got = False
                     for note in conn.notifies(timeout=timeout):

@@ -89,6 +89,11 @@ WHERE workflow_id = %(workflow_id)s AND seq = %(seq)s
 INSERT INTO shardflow.events (workflow_id, key, value) VALUES (%(workflow_id)s, %(key)s, %(value)s)
 ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value, updated_at = now()
 
+-- name: notify_event
+-- Wakes the clients waiting in get_event (sent at commit, after upsert_event).
+SELECT pg_notify('shardflow_event', CASE WHEN octet_length(%(workflow_id)s::text) < 7900
+                                         THEN %(workflow_id)s::text ELSE '' END)
+
 -- name: get_event
 SELECT value FROM shardflow.events WHERE workflow_id = %(workflow_id)s AND key = %(key)s
 

@@ -100,7 +100,8 @@ RETURNING w.workflow_id
 
 -- name: claim_expired
 -- Crash recovery: RUNNING workflows whose lease ran out. Past max_recoveries a workflow
--- is dead-lettered instead of run again.
+-- is dead-lettered instead of run again, and that final write notifies shardflow_done
+-- (see commit_batch).
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
     WHERE state = 'RUNNING' AND lease_expires_at < coalesce(%(now)s::timestamptz, now()) AND name = ANY(%(names)s)
@@ -108,23 +109,30 @@ WITH picked AS (
     ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE shardflow.workflow_status AS w
+    SET state = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN 'DEAD' ELSE 'RUNNING' END,
+        reason = CASE WHEN w.recoveries + 1 > %(max_recoveries)s
+                      THEN 'crashed more than ' || %(max_recoveries)s || ' times' END,
+        attempt = w.attempt + 1, recoveries = w.recoveries + 1,
+        lease_owner = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
+                           ELSE %(owner)s END,
+        lease_expires_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
+                           ELSE coalesce(%(now)s::timestamptz, now())
+                                + make_interval(secs => %(lease_seconds)s) END,
+        finished_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN now() END,
+        updated_at = now(), app_version = %(app_version)s::text
+    FROM picked WHERE w.workflow_id = picked.workflow_id
+    RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
+              w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
+              w.slot, w.trace_context,
+              CASE WHEN w.state = 'DEAD' THEN pg_notify('shardflow_done',
+                  CASE WHEN octet_length(w.workflow_id) < 7900 THEN w.workflow_id ELSE '' END)
+              END AS notified
 )
-UPDATE shardflow.workflow_status AS w
-SET state = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN 'DEAD' ELSE 'RUNNING' END,
-    reason = CASE WHEN w.recoveries + 1 > %(max_recoveries)s
-                  THEN 'crashed more than ' || %(max_recoveries)s || ' times' END,
-    attempt = w.attempt + 1, recoveries = w.recoveries + 1,
-    lease_owner = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
-                       ELSE %(owner)s END,
-    lease_expires_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN NULL
-                       ELSE coalesce(%(now)s::timestamptz, now())
-                            + make_interval(secs => %(lease_seconds)s) END,
-    finished_at = CASE WHEN w.recoveries + 1 > %(max_recoveries)s THEN now() END,
-    updated_at = now(), app_version = %(app_version)s::text
-FROM picked WHERE w.workflow_id = picked.workflow_id
-RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
-          w.parent_id, w.state, extract(epoch FROM clock_timestamp()) AS db_epoch,
-          w.slot, w.trace_context
+SELECT workflow_id, name, queue, inputs, attempt, recoveries, parent_id, state, db_epoch,
+       slot, trace_context
+FROM claimed
 
 -- name: lock_queue
 -- Serializes claims of one queue on this shard while its limits are checked.
@@ -216,13 +224,22 @@ SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
 -- name: listen
 LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 
+-- name: listen_waits
+-- A client's waits (result(), get_event): a workflow's final write notifies shardflow_done
+-- (a run's end, dead-lettering) or shardflow_cancel (cancel, bulk cancel, a deadline),
+-- and publishing an event notifies shardflow_event; each payload is the workflow ID
+-- ('' for an ID too long for a payload: every waiter re-checks).
+LISTEN shardflow_done; LISTEN shardflow_cancel; LISTEN shardflow_event
+
 -- name: commit_batch
 -- The one fenced write: many runs' step checkpoints and final states in one statement
 -- (one round trip, one commit), each fenced on its attempt. A single write is a batch of
 -- one (shardflow/engine/store/steps.py). Returns (workflow_id, step_no, attempt) of each
 -- step written and (workflow_id, NULL, attempt) of each final state written; a write
 -- missing from the result was fenced off, or (a step) lost to a record written earlier.
--- The attempt tells apart two attempts' writes of one step in the same batch.
+-- The attempt tells apart two attempts' writes of one step in the same batch. Each final
+-- state written notifies shardflow_done (payload: the workflow ID, '' if too long for a
+-- payload) at commit, which wakes the clients waiting for its result.
 --
 -- The fence locks what it reads. A checkpoint takes FOR SHARE on its workflow's status
 -- row: a claim (claim_expired, cancel, a move) updates that row, so it either waits for
@@ -258,7 +275,8 @@ WITH fence AS (
          AS t(workflow_id text, attempt integer, state text, output text, error jsonb,
               reason text)
     WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
-    RETURNING w.workflow_id, w.attempt
+    RETURNING w.workflow_id, w.attempt, pg_notify('shardflow_done',
+        CASE WHEN octet_length(w.workflow_id) < 7900 THEN w.workflow_id ELSE '' END) AS notified
 )
 SELECT workflow_id, step_no, attempt FROM steps
 UNION ALL

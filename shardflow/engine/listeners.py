@@ -1,0 +1,269 @@
+"""What wakes a client waiting for a workflow: one LISTEN connection per shard per
+client process, fanned out to every waiter of the process.
+
+A workflow's final write notifies ``shardflow_done`` (or ``shardflow_cancel``) and
+publishing an event notifies ``shardflow_event``, each with the workflow ID as payload
+(see ``listen_waits`` in ``shardflow/sql/queries/workflows.sql``). A waiter
+(:meth:`WaitListeners.watch`) registers first, then reads the row, then sleeps on its
+own :class:`threading.Event` until a notification for its workflow sets it or the
+re-check interval passes. Notifications are only a hint: the caller reads the row again
+after every wake, so a notification lost (a listener reconnecting, a workflow moving to
+another shard) costs at most one re-check interval, never a wrong answer.
+
+Each shard's listener runs in a thread of its own, started on the first wait for a
+workflow on that shard and stopped by :meth:`WaitListeners.close` (``Cluster.close()``).
+It never dies silently: a lost connection is logged, waited out with backoff and
+reopened, and every waiter is woken to re-check both when the connection goes and when
+LISTEN is in place again (a notification sent meanwhile was missed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from shardflow.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 1.0
+# How often an idle listener looks up from its socket to see whether it should stop.
+_SILENCE_SECONDS = 0.2
+# An interrupt a waiter must also honour is looked at this often (in memory, no I/O).
+_INTERRUPT_SLICE = 0.05
+
+
+class WaitFor(StrEnum):
+    """What a waiter waits for."""
+
+    DONE = "done"  # the workflow's final state (result())
+    EVENT = "event"  # an event the workflow publishes (get_event)
+
+
+_CHANNELS = {
+    "shardflow_done": WaitFor.DONE,
+    "shardflow_cancel": WaitFor.DONE,
+    "shardflow_event": WaitFor.EVENT,
+}
+
+
+class NotificationSource(Protocol):
+    """The store's side: LISTEN on one shard and yield what arrives."""
+
+    def listen(
+        self,
+        shard: str,
+        timeout: float,
+        stop: threading.Event,
+        *,
+        channels: str = ...,
+        purpose: str = ...,
+    ) -> Iterator[tuple[str, str]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerHealth:
+    """One shard's listener: whether LISTEN is in place, how often its connection was
+    lost, and why the last time."""
+
+    shard: str
+    listening: bool
+    connections_lost: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitStats:
+    """Why waiters of this process woke: a notification for their workflow, a listener
+    (re)connecting or losing its connection, or the re-check interval passing."""
+
+    notified: int
+    resynced: int
+    rechecks: int
+
+
+class Waiter:
+    """One registered wait (see :meth:`WaitListeners.watch`)."""
+
+    __slots__ = ("_wake", "_why", "key")
+
+    def __init__(self, key: tuple[WaitFor, str]) -> None:
+        self.key = key
+        self._wake = threading.Event()
+        self._why = ""
+
+    def _set(self, why: str) -> None:
+        self._why = self._why or why
+        self._wake.set()
+
+
+class WaitListeners:
+    """The listeners of one client (a part of :class:`~shardflow.engine.cluster.Cluster`)."""
+
+    def __init__(
+        self, source: NotificationSource, recheck_seconds: float = RECHECK_SECONDS
+    ) -> None:
+        self.source = source
+        # The longest a waiter sleeps before it reads the row again on its own.
+        self.recheck_seconds = recheck_seconds
+        self._lock = threading.Lock()
+        self._waiters: dict[tuple[WaitFor, str], set[Waiter]] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._health: dict[str, ListenerHealth] = {}
+        self._stop = threading.Event()
+        self._notified = self._resynced = self._rechecks = 0
+
+    # -- the waiter's side --------------------------------------------------------------------
+
+    @contextmanager
+    def watch(self, kind: WaitFor, workflow_id: str) -> Iterator[Waiter]:
+        """Register a waiter for ``workflow_id``; read the row only after this (so a
+        notification sent before the read is not missed), and :meth:`wait` between
+        reads."""
+        waiter = Waiter((kind, workflow_id))
+        with self._lock:
+            self._waiters.setdefault(waiter.key, set()).add(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                group = self._waiters.get(waiter.key)
+                if group is not None:
+                    group.discard(waiter)
+                    if not group:
+                        del self._waiters[waiter.key]
+
+    def wait(
+        self,
+        waiter: Waiter,
+        shard: str,
+        seconds: float,
+        interrupt: threading.Event | None = None,
+    ) -> None:
+        """Sleep until ``waiter`` is woken or ``seconds`` (at most the re-check interval)
+        pass, listening to ``shard`` (where the caller last found the workflow)."""
+        self.listen_to(shard)
+        seconds = max(min(seconds, self.recheck_seconds), 0.0)
+        if interrupt is None:
+            woken = waiter._wake.wait(seconds)
+        else:
+            woken = self._wait_or_interrupt(waiter, seconds, interrupt)
+        with self._lock:
+            why, waiter._why = waiter._why, ""
+            waiter._wake.clear()
+            if not woken:
+                self._rechecks += 1
+            elif why == "notified":
+                self._notified += 1
+            elif why == "resynced":
+                self._resynced += 1
+
+    @staticmethod
+    def _wait_or_interrupt(waiter: Waiter, seconds: float, interrupt: threading.Event) -> bool:
+        end = seconds
+        while end > 0 and not interrupt.is_set():
+            step = min(_INTERRUPT_SLICE, end)
+            if waiter._wake.wait(step):
+                return True
+            end -= step
+        return False
+
+    def stats(self) -> WaitStats:
+        """How often waiters of this client woke, and why."""
+        with self._lock:
+            return WaitStats(self._notified, self._resynced, self._rechecks)
+
+    def waiting(self) -> int:
+        """How many waiters are registered now."""
+        with self._lock:
+            return sum(len(group) for group in self._waiters.values())
+
+    def health(self) -> dict[str, ListenerHealth]:
+        """The listener of each shard waited on so far."""
+        with self._lock:
+            return dict(self._health)
+
+    # -- the listeners ------------------------------------------------------------------------
+
+    def listen_to(self, shard: str) -> None:
+        """Start ``shard``'s listener unless it runs (or the client is closed)."""
+        with self._lock:
+            if shard in self._threads or self._stop.is_set():
+                return
+            self._health[shard] = ListenerHealth(shard, False, 0, None)
+            thread = threading.Thread(
+                target=self._listen_loop,
+                args=(shard,),
+                name=f"shardflow-waits-{shard}",
+                daemon=True,
+            )
+            self._threads[shard] = thread
+        thread.start()
+
+    def _listen_loop(self, shard: str) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while not self._stop.is_set():
+            try:
+                for channel, payload in self.source.listen(
+                    shard, _SILENCE_SECONDS, self._stop, channels="listen_waits", purpose="waits"
+                ):
+                    if channel:
+                        self._dispatch(channel, payload)
+                    elif not self._health[shard].listening:
+                        # LISTEN is in place: what was sent before it is read again.
+                        self._set_health(shard, listening=True)
+                        backoff.reset()
+                        self._wake_all()
+            except Exception as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                was_listening = self._health[shard].listening
+                self._set_health(shard, listening=False, lost=was_listening, error=reason)
+                level = logging.WARNING if was_listening else logging.INFO
+                log.log(level, "waits listener of shard %s lost: %s", shard, reason)
+                self._wake_all()
+            self._stop.wait(backoff.next())
+        self._set_health(shard, listening=False)
+
+    def _set_health(
+        self, shard: str, *, listening: bool, lost: bool = False, error: str | None = None
+    ) -> None:
+        with self._lock:
+            old = self._health[shard]
+            self._health[shard] = ListenerHealth(
+                shard,
+                listening,
+                old.connections_lost + (1 if lost else 0),
+                error if error is not None else old.last_error,
+            )
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        kind = _CHANNELS.get(channel)
+        if kind is None:
+            return
+        with self._lock:
+            if payload:
+                woken = list(self._waiters.get((kind, payload), ()))
+            else:  # an ID too long for a payload: every waiter of that kind looks
+                woken = [w for (k, _), g in self._waiters.items() if k is kind for w in g]
+        for waiter in woken:
+            waiter._set("notified")
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            woken = [w for group in self._waiters.values() for w in group]
+        for waiter in woken:
+            waiter._set("resynced")
+
+    def close(self) -> None:
+        """Stop every listener (each closes its connection) and wake every waiter."""
+        self._stop.set()
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout=_SILENCE_SECONDS * 5)
+        self._wake_all()
