@@ -116,6 +116,20 @@ async def wait_for_file_async(path: str) -> None:
 
 
 @app.step()
+def slow(seconds: float) -> float:
+    note("slow")
+    time.sleep(seconds)
+    return seconds
+
+
+@app.step(name="slow")
+async def slow_async(seconds: float) -> float:
+    note("slow")
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@app.step()
 def tick() -> int:
     note("tick")
     return 1
@@ -182,6 +196,11 @@ def ticker() -> None:
     while True:
         tick()
         shardflow.sleep(0.1)
+
+
+@app.workflow(name="twins.sync.outlasting")
+def outlasting(seconds: float) -> float:
+    return slow(seconds)
 
 
 @app.workflow(name="twins.sync.crashy")
@@ -256,6 +275,11 @@ async def ticker_async() -> None:
         await shardflow.sleep_async(0.1)
 
 
+@app.workflow(name="twins.async.outlasting")
+async def outlasting_async(seconds: float) -> float:
+    return await slow_async(seconds)
+
+
 @app.workflow(name="twins.async.crashy")
 async def crashy_async(path: str, release: str) -> str:
     await effect_async(path, "one")
@@ -299,6 +323,7 @@ FLAVORS = {
         event_reader=event_reader,
         ticker=ticker,
         crashy=crashy,
+        outlasting=outlasting,
     ),
     "async": SimpleNamespace(
         three_steps=three_steps_async,
@@ -311,5 +336,6 @@ FLAVORS = {
         event_reader=event_reader_async,
         ticker=ticker_async,
         crashy=crashy_async,
+        outlasting=outlasting_async,
     ),
 }

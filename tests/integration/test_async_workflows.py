@@ -218,3 +218,16 @@ def test_stop_hands_back_a_run_once_it_has_stopped(cluster: Cluster, kind: Simpl
         assert handle.result(timeout=20) == "r"
     assert twins.CALLS["gate:before"] == 1  # replayed from its checkpoint
     assert handle.status().attempt == 2
+
+
+def test_a_step_longer_than_the_lease_keeps_it(cluster: Cluster, kind: SimpleNamespace) -> None:
+    handle = cluster.submit(kind.outlasting, 4.0)
+    worker = shardflow.Worker(cluster, app, concurrency=2, lease_seconds=1.5)
+    with EventRecorder(worker) as events, worker:
+        assert handle.result(timeout=30) == 4.0
+        renewed = events.events(EventKind.RENEWED)
+    # The heartbeat renewed this run's lease while its step awaited: no other attempt.
+    assert len([e for e in renewed if e.workflow_id == handle.workflow_id]) >= 2
+    assert twins.CALLS["slow"] == 1
+    status = handle.status()
+    assert status.attempt == 1 and status.recoveries == 0
