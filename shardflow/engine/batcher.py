@@ -253,14 +253,7 @@ class GroupWriter:
         write = StepWrite(
             workflow_id, attempt, step_no, name, output, error, started_at, duration_ms
         )
-        done = asyncio.wrap_future(self.committers[shard].enqueue(write))
-        try:
-            # shield: a timeout must not cancel the committer's future (it answers later).
-            written = await asyncio.wait_for(asyncio.shield(done), self.answer_timeout)
-        except TimeoutError:
-            raise ShardUnavailable(
-                shard, f"no commit answer within {self.answer_timeout}s"
-            ) from None
+        written = await self._answer(shard, self.committers[shard].enqueue(write))
         if written:
             return None
         return await asyncio.to_thread(
@@ -283,6 +276,33 @@ class GroupWriter:
             FinishWrite(workflow_id, attempt, state.value, output, error, reason),
             self.answer_timeout,
         )
+
+    async def finish_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool:
+        """:meth:`finish` for a run on an event loop (no thread held)."""
+        write = FinishWrite(workflow_id, attempt, state.value, output, error, reason)
+        return await self._answer(shard, self.committers[shard].enqueue(write))
+
+    async def _answer(self, shard: str, future: Future[bool]) -> bool:
+        """Await the committer's answer, at most ``answer_timeout`` (then the outcome is
+        unknown: ShardUnavailable, as for a thread that waits)."""
+        # shield: a timeout must not cancel the committer's future (it answers later).
+        done = asyncio.shield(asyncio.wrap_future(future))
+        try:
+            return await asyncio.wait_for(done, self.answer_timeout)
+        except TimeoutError:
+            raise ShardUnavailable(
+                shard, f"no commit answer within {self.answer_timeout}s"
+            ) from None
 
     def close(self) -> None:
         for committer in self.committers.values():

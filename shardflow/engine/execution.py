@@ -24,7 +24,7 @@ from shardflow.errors import (
     ValueRejected,
 )
 
-__all__ = ["end_by", "end_with", "execute", "run_attributes"]
+__all__ = ["after_finish", "end_by", "end_with", "execute", "run_attributes"]
 
 log = logging.getLogger("shardflow.engine.runner")
 
@@ -141,6 +141,14 @@ def _finish(
     except (ShardUnavailable, TransientStoreError, StoreError) as exc:
         log.warning("could not record the end of %s: %s", run.workflow_id, exc)
         return None
+    return after_finish(run, state, error, written)
+
+
+def after_finish(
+    run: WorkflowRun, state: WorkflowState, error: dict[str, Any] | None, written: bool
+) -> WorkflowState | None:
+    """What follows the write of a run's final state: the state it ended in (None if
+    fenced off), logged, and its parent woken (a client call, if it has a parent)."""
     if not written:
         log.info("end of %s not recorded: fenced off (attempt %d)", run.workflow_id, run.attempt)
         return None

@@ -109,3 +109,15 @@ class AsyncRunWriter(RunWriter, Protocol):
         started_at: float | None = None,
         duration_ms: float | None = None,
     ) -> StepRecord | None: ...
+
+    async def finish_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool: ...

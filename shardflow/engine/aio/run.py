@@ -26,7 +26,7 @@ from shardflow import retry as retries
 from shardflow import tracing
 from shardflow.engine import context
 from shardflow.engine.app import App
-from shardflow.engine.execution import end_by, end_with, run_attributes
+from shardflow.engine.execution import after_finish, end_by, end_with, run_attributes
 from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import AsyncRunWriter, RunClient, RunWriter
 from shardflow.engine.records import Claim
@@ -34,7 +34,8 @@ from shardflow.engine.runner import RUN_RETRY_SECONDS, WorkflowRun, owned
 from shardflow.engine.serialization import error_record
 from shardflow.engine.signals import RunInterrupted
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Store
+from shardflow.engine.store import Store, StoreError, TransientStoreError
+from shardflow.errors import ShardUnavailable, ValueRejected
 
 __all__ = ["AsyncWorkflowRun", "LoopEvent", "execute_async"]
 
@@ -238,4 +239,28 @@ async def _execute_async(run: AsyncWorkflowRun, app: App) -> WorkflowState | Non
         return await run.in_thread(lambda: end_by(run, failure))
     finally:
         context.leave(token)
-    return await run.in_thread(lambda: end_with(run, output))
+    return await _end_with_async(run, output)
+
+
+async def _end_with_async(run: AsyncWorkflowRun, output: str) -> WorkflowState | None:
+    """:func:`~shardflow.engine.execution.end_with`, awaiting the committer's answer on
+    the loop when it can (no parent to wake, which is a blocking client call)."""
+    writer = run.async_writer
+    if writer is None or run.claim.parent_id:
+        return await run.in_thread(lambda: end_with(run, output))
+    try:
+        written = await writer.finish_async(
+            run.shard,
+            workflow_id=run.workflow_id,
+            attempt=run.attempt,
+            state=WorkflowState.SUCCESS,
+            output=output,
+            error=None,
+        )
+    except ValueRejected:
+        # The sync path writes it again, is refused again, and ends the run in ERROR.
+        return await run.in_thread(lambda: end_with(run, output))
+    except (ShardUnavailable, TransientStoreError, StoreError) as exc:
+        log.warning("could not record the end of %s: %s", run.workflow_id, exc)
+        return None
+    return after_finish(run, WorkflowState.SUCCESS, None, written)

@@ -361,3 +361,24 @@ class _ReportingWriter:
             error=error,
             reason=reason,
         )
+
+    async def finish_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool:
+        return await self._writer.finish_async(
+            shard,
+            workflow_id=workflow_id,
+            attempt=attempt,
+            state=state,
+            output=output,
+            error=error,
+            reason=reason,
+        )
