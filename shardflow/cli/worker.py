@@ -54,6 +54,12 @@ def register(subparsers: Subparsers) -> None:
     )
     add_option(
         parser,
+        "--async-concurrency",
+        type=positive_int,
+        help="async workflows in flight at once, on one event loop (default: 1000)",
+    )
+    add_option(
+        parser,
         "--queues",
         type=name_list,
         metavar="Q1,Q2",
@@ -109,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             app,
             shards=args.shards,
             concurrency=args.concurrency,
+            async_concurrency=args.async_concurrency,
             queues=args.queues,
             lease_seconds=args.lease_seconds,
             poll_interval_seconds=args.poll_interval,

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from shardflow.engine.aio.client import AsyncCluster, AsyncWorkflowHandle, connect_async
+from shardflow.engine.aio.primitives import (
+    AsyncChildHandle,
+    get_event_async,
+    recv_async,
+    send_async,
+    set_event_async,
+    sleep_async,
+    start_child_async,
+)
 from shardflow.engine.app import App, RetryPolicy, Step, Workflow
 from shardflow.engine.cluster import Cluster, Page, Submission, WorkflowHandle, connect
 from shardflow.engine.context import current_workflow_id
@@ -22,6 +32,9 @@ from shardflow.engine.worker import Worker
 
 __all__ = [
     "App",
+    "AsyncChildHandle",
+    "AsyncCluster",
+    "AsyncWorkflowHandle",
     "ChildHandle",
     "Cluster",
     "JsonSerializer",
@@ -38,12 +51,19 @@ __all__ = [
     "WorkflowState",
     "WorkflowStatus",
     "connect",
+    "connect_async",
     "current_workflow_id",
     "get_event",
+    "get_event_async",
     "recv",
+    "recv_async",
     "send",
+    "send_async",
     "set_event",
+    "set_event_async",
     "sleep",
+    "sleep_async",
     "start_child",
+    "start_child_async",
     "workflow_id",
 ]

@@ -6,16 +6,17 @@ worker), every step call is checkpointed and replayed from its record after a re
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from shardflow.config.cron import cron_problem
 from shardflow.config.model import DEFAULT_QUEUE
 from shardflow.engine import context
 from shardflow.engine.policy import RetryPolicy
-from shardflow.errors import UnknownWorkflow
+from shardflow.errors import ShardflowError, UnknownWorkflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -23,20 +24,72 @@ R = TypeVar("R")
 __all__ = ["App", "RetryPolicy", "Step", "Workflow"]
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class Step(Generic[P, R]):
-    """A checkpointed step. Call it like the function it wraps."""
+    """A checkpointed step. Call it like the function it wraps (``await`` it if it is an
+    ``async def``: an async step can only be awaited from an async workflow)."""
 
     def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         run = context.current_run()
+        if self.is_async:
+            if run is not None and not run.is_async:
+                raise ShardflowError(
+                    f"step {self.name!r} is async: await it from an async workflow, or make"
+                    " it a plain def to call it from a sync workflow"
+                )
+            return cast(R, self._awaited(run, args, kwargs))
         if run is None:
             return self.fn(*args, **kwargs)
+        if run.is_async and _on_event_loop():
+            raise ShardflowError(
+                f"step {self.name!r} is sync and would block the event loop of an async"
+                f" workflow: use `await {self.fn.__name__}.call_async(...)` (runs it in a"
+                " thread) or make it async def"
+            )
         return run.run_step(self.name, self.retry, lambda: self.fn(*args, **kwargs))
+
+    async def _awaited(
+        self, run: context.ActiveRun | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        def call() -> Awaitable[Any]:
+            return cast(Awaitable[Any], self.fn(*args, **kwargs))
+
+        if run is None:
+            return await call()
+        return await cast(context.ActiveAsyncRun, run).run_step_async(self.name, self.retry, call)
+
+    async def call_async(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await this sync step from async code: it runs in a thread, so the event loop is
+        not blocked; inside an async workflow it is checkpointed like any step. (An async
+        step is awaited directly: ``await step(...)``.)"""
+        if self.is_async:
+            return cast(R, await cast(Awaitable[Any], self(*args, **kwargs)))
+        run = context.current_run()
+        if run is None:
+            return await asyncio.to_thread(self.fn, *args, **kwargs)
+        if not run.is_async:
+            raise ShardflowError(
+                f"step {self.name!r}: call_async() is for async workflows; in a sync"
+                " workflow call the step directly"
+            )
+        aio = cast(context.ActiveAsyncRun, run)
+        return await aio.run_step_async(
+            self.name, self.retry, lambda: aio.in_thread(lambda: self.fn(*args, **kwargs))
+        )
 
 
 class Workflow(Generic[P, R]):
@@ -58,6 +111,8 @@ class Workflow(Generic[P, R]):
         self.app = app
         self.timeout_seconds = timeout_seconds
         self.schedule = schedule
+        # An async workflow runs on the worker's event loop (engine/aio/).
+        self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
         try:
             self._signature: inspect.Signature | None = inspect.signature(fn)

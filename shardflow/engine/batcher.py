@@ -10,6 +10,7 @@ for company.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -77,11 +78,17 @@ class ShardCommitter:
         """Queue a final state and wait until it is committed. False if fenced off."""
         return self._wait(write, timeout)
 
-    def _wait(self, write: StepWrite | FinishWrite, timeout: float | None) -> bool:
+    def enqueue(self, write: StepWrite | FinishWrite) -> Future[bool]:
+        """Queue a write without waiting: the future says what :meth:`record_step` or
+        :meth:`finish` would return (for runs that await it on an event loop)."""
         queued = _Queued(write)
         self._put(queued)
+        return queued.done
+
+    def _wait(self, write: StepWrite | FinishWrite, timeout: float | None) -> bool:
+        done = self.enqueue(write)
         try:
-            return queued.done.result(timeout)
+            return done.result(timeout)
         except FutureTimeout:
             # The outcome is unknown (the commit may still land): the caller must not
             # write again under this attempt. Its lease decides what happens next.
@@ -228,6 +235,31 @@ class GroupWriter:
             return None
         return self.store.resolve_unwritten_step(shard, workflow_id, attempt, step_no)
 
+    async def record_step_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> StepRecord | None:
+        """:meth:`record_step` for a run on an event loop: it awaits the commit without
+        holding a thread."""
+        write = StepWrite(
+            workflow_id, attempt, step_no, name, output, error, started_at, duration_ms
+        )
+        written = await self._answer(shard, self.committers[shard].enqueue(write))
+        if written:
+            return None
+        return await asyncio.to_thread(
+            self.store.resolve_unwritten_step, shard, workflow_id, attempt, step_no
+        )
+
     def finish(
         self,
         shard: str,
@@ -244,6 +276,33 @@ class GroupWriter:
             FinishWrite(workflow_id, attempt, state.value, output, error, reason),
             self.answer_timeout,
         )
+
+    async def finish_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool:
+        """:meth:`finish` for a run on an event loop (no thread held)."""
+        write = FinishWrite(workflow_id, attempt, state.value, output, error, reason)
+        return await self._answer(shard, self.committers[shard].enqueue(write))
+
+    async def _answer(self, shard: str, future: Future[bool]) -> bool:
+        """Await the committer's answer, at most ``answer_timeout`` (then the outcome is
+        unknown: ShardUnavailable, as for a thread that waits)."""
+        # shield: a timeout must not cancel the committer's future (it answers later).
+        done = asyncio.shield(asyncio.wrap_future(future))
+        try:
+            return await asyncio.wait_for(done, self.answer_timeout)
+        except TimeoutError:
+            raise ShardUnavailable(
+                shard, f"no commit answer within {self.answer_timeout}s"
+            ) from None
 
     def close(self) -> None:
         for committer in self.committers.values():

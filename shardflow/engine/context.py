@@ -8,7 +8,7 @@ and the runner (:mod:`~shardflow.engine.runner`), which sets it.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from shardflow.engine.policy import RetryPolicy
@@ -34,8 +34,27 @@ class ActiveRun(Protocol):
         """The position the next step call takes (a step's body sees its own + 1)."""
         ...
 
+    @property
+    def is_async(self) -> bool:
+        """True for an async workflow's run (its steps are awaited on an event loop)."""
+        ...
+
     def run_step(self, name: str, retry: RetryPolicy, fn: Callable[[], T]) -> T:
         """Replay step ``name`` from its record, or run ``fn`` and record it."""
+        ...
+
+
+class ActiveAsyncRun(ActiveRun, Protocol):
+    """An async workflow's run (:class:`~shardflow.engine.aio.run.AsyncWorkflowRun`)."""
+
+    async def run_step_async(
+        self, name: str, retry: RetryPolicy, fn: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Replay step ``name`` from its record, or await ``fn()`` and record it."""
+        ...
+
+    def in_thread(self, fn: Callable[[], T]) -> Awaitable[T]:
+        """Run blocking ``fn`` in the run's thread pool, in this run's context."""
         ...
 
 

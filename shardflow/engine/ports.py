@@ -90,3 +90,34 @@ class RunWriter(Protocol):
         error: dict[str, Any] | None,
         reason: str | None = None,
     ) -> bool: ...
+
+
+class AsyncRunWriter(RunWriter, Protocol):
+    """A writer whose checkpoints an async run can await without holding a thread (the
+    worker's group committer)."""
+
+    async def record_step_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> StepRecord | None: ...
+
+    async def finish_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool: ...

@@ -31,10 +31,15 @@ INLINE_WAIT_SECONDS = 0.5
 CHILD_RECHECK_SECONDS = 30.0
 
 
-def _run(what: str) -> WorkflowRun:
+def _run(what: str, *, either: bool = False) -> WorkflowRun:
     run = context.current_run()
     if not isinstance(run, WorkflowRun) or run.client is None:
         raise ShardflowError(f"shardflow.{what}() can only be called inside a workflow")
+    if run.is_async and not either:
+        raise ShardflowError(
+            f"shardflow.{what}() blocks: inside an async workflow use"
+            f" `await shardflow.{what}_async(...)`"
+        )
     return run
 
 
@@ -147,30 +152,35 @@ class ChildHandle(Generic[R]):
         """Wait for the child (the parent suspends meanwhile) and return its result.
 
         Raises WorkflowFailed or WorkflowCancelled like ``WorkflowHandle.result``."""
-        run = _run("ChildHandle.result")
-        client = _client(run)
+        run = _run("ChildHandle.result")  # async: AsyncChildHandle.result_async
         step_no, record = run.take_step("shardflow.child_result")
         if record is not None:
             if record.error is not None:
-                raise _child_error(self.workflow_id, record.error)
+                raise child_error(self.workflow_id, record.error)
             value: R = record.output
             return value
-        run.check_live()
-        status = client.get(self.workflow_id)
-        if not status.state.is_terminal:
-            raise Suspend(CHILD_RECHECK_SECONDS, "child", child_id=self.workflow_id)
-        if status.state is WorkflowState.SUCCESS:
-            text = run.store.codec.dumps(status.output, "child result")
-            run.record_raw(step_no, "shardflow.child_result", text, None)
-            out: R = status.output
-            return out
-        error = status.error or {"type": status.state.value, "message": status.reason or ""}
-        error = {**error, "child_state": status.state.value}
-        run.record_raw(step_no, "shardflow.child_result", None, error)
-        raise _child_error(self.workflow_id, error)
+        out: R = settle_child(run, step_no, self.workflow_id)
+        return out
 
 
-def _child_error(child_id: str, error: dict[str, Any]) -> Exception:
+def settle_child(run: WorkflowRun, step_no: int, child_id: str) -> Any:
+    """The child's outcome, recorded at ``step_no`` once it has ended (Suspend if not)."""
+    client = _client(run)
+    run.check_live()
+    status = client.get(child_id)
+    if not status.state.is_terminal:
+        raise Suspend(CHILD_RECHECK_SECONDS, "child", child_id=child_id)
+    if status.state is WorkflowState.SUCCESS:
+        text = run.store.codec.dumps(status.output, "child result")
+        run.record_raw(step_no, "shardflow.child_result", text, None)
+        return status.output
+    error = status.error or {"type": status.state.value, "message": status.reason or ""}
+    error = {**error, "child_state": status.state.value}
+    run.record_raw(step_no, "shardflow.child_result", None, error)
+    raise child_error(child_id, error)
+
+
+def child_error(child_id: str, error: dict[str, Any]) -> Exception:
     if error.get("child_state") == WorkflowState.CANCELLED:
         return WorkflowCancelled(child_id, error.get("message"))
     if error.get("child_state") in (WorkflowState.ERROR, WorkflowState.DEAD):
@@ -202,4 +212,4 @@ def start_child(fn: Callable[P, R] | str, *args: Any, **kwargs: Any) -> ChildHan
 
 def workflow_id() -> str:
     """The ID of the workflow this code runs in."""
-    return _run("workflow_id").workflow_id
+    return _run("workflow_id", either=True).workflow_id

@@ -28,9 +28,10 @@ from typing import Any
 
 from shardflow.engine.app import App, Workflow
 from shardflow.engine.cluster import Cluster
+from shardflow.engine.execution import execute
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import Claim, StepRecord, WorkflowStatus
-from shardflow.engine.runner import WorkflowRun, execute
+from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.signals import RunInterrupted
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store

@@ -16,25 +16,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from shardflow import retry, tracing
-from shardflow.engine import context
-from shardflow.engine.app import App
+from shardflow import tracing
 from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import RunClient, RunWriter
 from shardflow.engine.records import Claim, StepRecord
 from shardflow.engine.serialization import error_record, rebuild_error
 from shardflow.engine.signals import RunInterrupted, Suspend
-from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Fenced, Store, StoreError, TransientStoreError
+from shardflow.engine.store import Fenced, Store, TransientStoreError
 from shardflow.errors import (
     NonDeterminismError,
-    SerializationError,
     ShardUnavailable,
-    ValueRejected,
 )
 
 # The run's protocols and signals are also importable from here, where they are used.
-__all__ = ["RunClient", "RunInterrupted", "RunWriter", "Suspend", "WorkflowRun", "execute"]
+__all__ = ["RunClient", "RunInterrupted", "RunWriter", "Suspend", "WorkflowRun", "owned"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +42,9 @@ RUN_RETRY_SECONDS = 2.0
 
 class WorkflowRun:
     """One attempt at running one workflow, on the thread that executes it."""
+
+    # An async workflow's run (:class:`~shardflow.engine.aio.run.AsyncWorkflowRun`) says True.
+    is_async = False
 
     def __init__(
         self,
@@ -135,7 +133,7 @@ class WorkflowRun:
         self._record(step_no, name, self.store.codec.dumps(value, f"value of {name!r}"), None)
 
     def consume_message_at(self, step_no: int, topic: str) -> tuple[bool, Any]:
-        with _owned():
+        with owned():
             return self.store.consume_message(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -145,7 +143,7 @@ class WorkflowRun:
             )
 
     def set_event_at(self, step_no: int, key: str, text: str) -> None:
-        with _owned():
+        with owned():
             self.store.set_event(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -231,7 +229,7 @@ class WorkflowRun:
         started_at: float | None = None,
         duration_ms: float | None = None,
     ) -> StepRecord | None:
-        with _owned():
+        with owned():
             return self.writer.record_step(
                 self.shard,
                 workflow_id=self.workflow_id,
@@ -247,7 +245,7 @@ class WorkflowRun:
 
 
 @contextmanager
-def _owned() -> Iterator[None]:
+def owned() -> Iterator[None]:
     """A run's own write: losing the workflow (fenced off) or its shard stops the run."""
     try:
         yield
@@ -256,149 +254,3 @@ def _owned() -> Iterator[None]:
     except (ShardUnavailable, TransientStoreError) as exc:
         # The run stops without writing; its lease expires and any worker resumes it.
         raise RunInterrupted(str(exc)) from None
-
-
-def execute(run: WorkflowRun, app: App) -> WorkflowState | None:
-    """Run ``run`` to its end. Returns the final state written, or None if this run was
-    interrupted or fenced off (someone else owns the outcome). Traced as one span whose
-    parent is the trace context stored at submit (shardflow/tracing.py)."""
-    claim = run.claim
-    with tracing.run_span(claim.name, claim.trace_context, _attributes(claim)) as ended:
-        state = _execute(run, app)
-        ended(None if state is None else state.value)
-        return state
-
-
-def _attributes(claim: Claim) -> dict[str, str | int]:
-    known = {} if claim.slot is None else {tracing.SLOT: claim.slot}
-    return {
-        tracing.WORKFLOW_ID: claim.workflow_id,
-        tracing.WORKFLOW_NAME: claim.name,
-        tracing.SHARD: claim.shard,
-        tracing.QUEUE: claim.queue,
-        tracing.ATTEMPT: claim.attempt,
-        tracing.RECOVERIES: claim.recoveries,
-        **known,
-    }
-
-
-def _execute(run: WorkflowRun, app: App) -> WorkflowState | None:
-    claim = run.claim
-    store = run.store
-    codec = store.codec
-    wf = app.lookup(claim.name)
-    token = context.enter(run)
-    try:
-        # A first attempt has nothing recorded: skip the read.
-        if claim.attempt > 1:
-            run.recorded = {s.step_no: s for s in store.load_steps(run.shard, run.workflow_id)}
-        inputs = codec.loads(claim.inputs)
-        # Client calls made by the workflow (send, children, events) retry briefly: on a
-        # longer outage of another shard the run is parked and replays later.
-        with retry.budget(RUN_RETRY_SECONDS):
-            result = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
-        output = codec.dumps(result, f"result of workflow {claim.name!r}")
-    except Suspend as wait:
-        return _suspend(run, wait)
-    except RunInterrupted as exc:
-        log.info("run of %s (attempt %d) stopped: %s", run.workflow_id, run.attempt, exc)
-        return None
-    except (ShardUnavailable, TransientStoreError) as exc:
-        if isinstance(exc, ShardUnavailable) and exc.shard == run.shard:
-            # Its own shard: nothing more can be written; the lease decides.
-            log.warning("run of %s abandoned: %s", run.workflow_id, exc)
-            return None
-        # Another shard this workflow talks to (send, child, event) is down, or a read
-        # failed for a moment: not a crash. Park the run and let it replay to here later.
-        where = exc.shard if isinstance(exc, ShardUnavailable) else "retry"
-        log.warning(
-            "run of %s parked for %.0fs: %s", run.workflow_id, OTHER_SHARD_RETRY_SECONDS, exc
-        )
-        return _suspend(run, Suspend(OTHER_SHARD_RETRY_SECONDS, f"shard:{where}"))
-    except NonDeterminismError as exc:
-        return _finish(run, WorkflowState.ERROR, None, error_record(exc), "non-determinism")
-    except SerializationError as exc:
-        return _finish(run, WorkflowState.ERROR, None, error_record(exc), "serialization")
-    except Exception as exc:
-        return _finish(run, WorkflowState.ERROR, None, error_record(exc), None)
-    finally:
-        context.leave(token)
-    return _finish(run, WorkflowState.SUCCESS, output, None, None)
-
-
-def _finish(
-    run: WorkflowRun,
-    state: WorkflowState,
-    output: str | None,
-    error: dict[str, Any] | None,
-    reason: str | None,
-) -> WorkflowState | None:
-    try:
-        written = run.writer.finish(
-            run.shard,
-            workflow_id=run.workflow_id,
-            attempt=run.attempt,
-            state=state,
-            output=output,
-            error=error,
-            reason=reason,
-        )
-    except ValueRejected as exc:
-        # The database refused the result itself (an unforeseen server limit): end in
-        # ERROR saying so, with nothing of the refused value.
-        if state is WorkflowState.ERROR and reason == "value rejected":
-            log.error("could not record the end of %s: %s", run.workflow_id, exc)
-            return None
-        log.warning("end of %s refused by the database: %s", run.workflow_id, exc)
-        refused = error_record(exc)
-        return _finish(run, WorkflowState.ERROR, None, refused, "value rejected")
-    except (ShardUnavailable, TransientStoreError, StoreError) as exc:
-        log.warning("could not record the end of %s: %s", run.workflow_id, exc)
-        return None
-    if not written:
-        log.info("end of %s not recorded: fenced off (attempt %d)", run.workflow_id, run.attempt)
-        return None
-    if state is WorkflowState.ERROR:
-        message = (error or {}).get("message", "")
-        log.warning(
-            "workflow %s (%s) failed on %s: %s: %s",
-            run.workflow_id,
-            run.claim.name,
-            run.shard,
-            (error or {}).get("type", "Error"),
-            message if len(message) < 500 else message[:500] + "...",
-        )
-    if run.claim.parent_id and run.client is not None:
-        # Best effort: a parent waiting for this child re-checks after it suspends, so a
-        # wake-up lost here only delays it until its fallback wake time.
-        try:
-            run.client.wake(run.claim.parent_id, wait_for="child")
-        except Exception as exc:
-            log.info("could not wake parent %s: %s", run.claim.parent_id, exc)
-    return state
-
-
-def _suspend(run: WorkflowRun, wait: Suspend) -> WorkflowState | None:
-    try:
-        with tracing.span("shardflow.suspend", {tracing.WAIT_FOR: wait.wait_for}):
-            parked = run.store.suspend(
-                run.shard,
-                workflow_id=run.workflow_id,
-                attempt=run.attempt,
-                delay_seconds=wait.delay_seconds,
-                wait_for=wait.wait_for,
-                topic=wait.topic,
-            )
-    except (ShardUnavailable, TransientStoreError, StoreError) as exc:
-        log.warning("could not suspend %s: %s", run.workflow_id, exc)
-        return None
-    if not parked:
-        return None
-    if wait.child_id is not None and run.client is not None:
-        # Close the race with a child that finished while this run was still RUNNING.
-        try:
-            if run.client.get(wait.child_id).state.is_terminal:
-                run.store.wake(run.shard, run.workflow_id)
-        except Exception as exc:
-            log.info("re-check of child %s failed: %s", wait.child_id, exc)
-    return WorkflowState.SUSPENDED

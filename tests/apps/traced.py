@@ -36,6 +36,16 @@ def two_steps(x: int) -> int:
     return double(double(x))
 
 
+@app.step(name="double")
+async def double_async(x: int) -> int:
+    return 2 * x
+
+
+@app.workflow(name="traced.two_steps_async")
+async def two_steps_async(x: int) -> int:
+    return await double_async(await double_async(x))
+
+
 @app.workflow(name="traced.stuck")
 def stuck(key: str) -> int:
     first = double(1)

@@ -93,6 +93,17 @@ def test_album_children(run_example: StartWorker, test_cluster: TestCluster) -> 
     assert out == "['a.png@small', 'b.png@small']\n"
 
 
+def test_agent_async_workflow_and_client(
+    run_example: StartWorker, test_cluster: TestCluster
+) -> None:
+    run_example("agent", "agent:app")
+    out = _script("agent", "agent.py", "tidy", config=test_cluster.path)
+    assert out.splitlines() == [
+        "plan for 'tidy'",
+        "{'plan': \"plan for 'tidy'\", 'words': 3, 'verdict': 'approved'}",
+    ]
+
+
 def test_nightly_schedule(run_example: StartWorker, test_cluster: TestCluster) -> None:
     run_example("nightly", "nightly:app")
     with shardflow.connect(test_cluster.path) as cluster:

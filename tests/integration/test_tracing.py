@@ -76,10 +76,11 @@ def parent_of(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
 
+@pytest.mark.parametrize("workflow", [traced.two_steps, traced.two_steps_async])
 def test_submit_run_and_step_spans_carry_their_attributes(
-    cluster: Cluster, spans: InMemorySpanExporter
+    cluster: Cluster, spans: InMemorySpanExporter, workflow: shardflow.engine.Workflow[Any, Any]
 ) -> None:
-    handle = cluster.submit(traced.two_steps, 5)
+    handle = cluster.submit(workflow, 5)
     with shardflow.Worker(cluster, traced.app, concurrency=2):
         assert handle.result(timeout=30) == 20
     wid = handle.workflow_id
@@ -97,10 +98,10 @@ def test_submit_run_and_step_spans_carry_their_attributes(
         "shardflow.workflow_id": wid,
         "shardflow.shard": handle.shard,
     }
-    assert run.name == "shardflow.run traced.two_steps" and run.kind is SpanKind.CONSUMER
+    assert run.name == f"shardflow.run {workflow.name}" and run.kind is SpanKind.CONSUMER
     assert dict(run.attributes or {}) == {
         "shardflow.workflow_id": wid,
-        "shardflow.workflow_name": "traced.two_steps",
+        "shardflow.workflow_name": workflow.name,
         "shardflow.shard": handle.shard,
         "shardflow.slot": cluster.router.hasher.slot(wid),
         "shardflow.queue": "default",

@@ -21,6 +21,7 @@ from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.schedules import Scheduler
 from shardflow.engine.timings import StepTimes
 from shardflow.engine.versions import app_version
+from shardflow.engine.worker.aio import RunLoop
 from shardflow.engine.worker.events import WorkerEvents
 from shardflow.errors import ShardflowError
 from shardflow.retry import Failure, classify, first_line
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
 
 # One logger for the whole worker, the name docs/operations.md lists.
 log = logging.getLogger("shardflow.engine.worker")
+
+# How many async workflows a worker has in flight at most, by default (they hold no thread
+# while they await), and the threads that make their blocking calls (checkpoints, clients).
+DEFAULT_ASYNC_CONCURRENCY = 1000
+ASYNC_CALL_THREADS = 256
 
 # A queue's share on one shard: (global concurrency, (rate limit, period seconds)).
 Share = tuple[int | None, tuple[int, float] | None]
@@ -96,6 +102,7 @@ class WorkerBase:
         *,
         shards: Sequence[str] | None = None,
         concurrency: int | None = None,
+        async_concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         lease_seconds: float | None = None,
         heartbeat_seconds: float | None = None,
@@ -115,6 +122,8 @@ class WorkerBase:
         if unknown:
             raise ShardflowError(f"unknown shard(s) {unknown}; known: {cluster.config.shard_names}")
         self.concurrency = concurrency or cfg.concurrency
+        # In-flight async workflows: they run on one event loop thread, not the pool.
+        self.async_concurrency = async_concurrency or DEFAULT_ASYNC_CONCURRENCY
         self.lease_seconds = lease_seconds or cfg.lease_seconds
         self.heartbeat_seconds = heartbeat_seconds or min(
             cfg.heartbeat_seconds, self.lease_seconds / 3
@@ -129,10 +138,18 @@ class WorkerBase:
         self.events = WorkerEvents()
 
         self._names = sorted(app.workflows)
+        # Claims are made per kind, each within its own capacity (False: sync, True: async).
+        self._kinds = [
+            (aio, names)
+            for aio in (False, True)
+            if (names := sorted(n for n, wf in app.workflows.items() if wf.is_async is aio))
+        ]
+        self._active = {False: 0, True: 0}
+        self._reserved_by = {False: 0, True: 0}
+        self._aio = RunLoop(ASYNC_CALL_THREADS)
         self._lock = threading.Condition()
         self._running: dict[str, WorkflowRun] = {}
         self._per_queue: Counter[str] = Counter()
-        self._reserved = 0
         self._stopping = threading.Event()
         # Set once every run has ended: the heartbeats go on until then (see stop()).
         self._closed = threading.Event()
@@ -142,7 +159,10 @@ class WorkerBase:
         self._progress: dict[str, float] = {}
         # A claim in flight on one shard reserves at most this many threads, so that a
         # shard whose claim hangs cannot hold the whole free capacity.
-        self._claim_share = max(1, -(-self.concurrency // max(len(self.shards), 1)))
+        self._claim_share = {
+            aio: max(1, -(-limit // max(len(self.shards), 1)))
+            for aio, limit in ((False, self.concurrency), (True, self.async_concurrency))
+        }
         # A loop silent for longer than this is reported as stalled (health()).
         self.stall_seconds = max(60.0, 3 * self.lease_seconds)
         # One wake-up flag per shard's claim loop: set by notifications and finished runs.
@@ -179,23 +199,27 @@ class WorkerBase:
 
     # -- thread capacity ------------------------------------------------------------------
 
-    def _reserve(self, queue: QueueConfig | None, want: int) -> int:
+    def _free(self, aio: bool) -> int:
+        """Free capacity of one kind (sync: threads; async: in-flight runs); under _lock."""
+        limit = self.async_concurrency if aio else self.concurrency
+        return limit - self._active[aio] - self._reserved_by[aio]
+
+    def _reserve(self, queue: QueueConfig | None, want: int, aio: bool = False) -> int:
         with self._lock:
-            free = self.concurrency - len(self._running) - self._reserved
-            n = min(free, want)
+            n = min(self._free(aio), want)
             if queue is not None and queue.worker_concurrency is not None:
                 n = min(n, queue.worker_concurrency - self._per_queue[queue.name])
             n = max(n, 0)
-            self._reserved += n
+            self._reserved_by[aio] += n
             if queue is not None:
                 self._per_queue[queue.name] += n
             return n
 
-    def _unreserve(self, queue: QueueConfig | None, n: int) -> None:
+    def _unreserve(self, queue: QueueConfig | None, n: int, aio: bool = False) -> None:
         if n <= 0:
             return
         with self._lock:
-            self._reserved -= n
+            self._reserved_by[aio] -= n
             if queue is not None:
                 self._per_queue[queue.name] -= n
             self._lock.notify_all()

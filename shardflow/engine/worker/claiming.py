@@ -4,13 +4,17 @@ within its limits), one thread per claimed run, and what happens when a run retu
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
 
 from shardflow.config.model import QueueConfig
+from shardflow.engine.aio.run import AsyncWorkflowRun, execute_async
+from shardflow.engine.batcher import GroupWriter
+from shardflow.engine.execution import execute
 from shardflow.engine.records import Claim, StepRecord
-from shardflow.engine.runner import RunWriter, WorkflowRun, execute
+from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.worker.base import WorkerBase, log
 from shardflow.engine.worker.events import EventKind, WorkerEvents
@@ -58,7 +62,11 @@ class ClaimLoops(WorkerBase):
                 self._wake[shard].clear()
 
     def _claim_queue(self, shard: str, queue: QueueConfig) -> int:
-        n = self._reserve(queue, min(self.claim_batch, self._claim_share))
+        return sum(self._claim_queue_kind(shard, queue, aio, names) for aio, names in self._kinds)
+
+    def _claim_queue_kind(self, shard: str, queue: QueueConfig, aio: bool, names: list[str]) -> int:
+        """Claim new sync or async work (``aio``) of ``queue``, within that kind's capacity."""
+        n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
         if n == 0:
             return 0
         global_limit, rate_limit = self._shares[queue.name][shard]
@@ -67,7 +75,7 @@ class ClaimLoops(WorkerBase):
             claims = self.cluster.store.claim_enqueued(
                 shard,
                 queue=queue.name,
-                names=self._names,
+                names=names,
                 owner=self.worker_id,
                 lease_seconds=self.lease_seconds,
                 limit=n,
@@ -77,7 +85,7 @@ class ClaimLoops(WorkerBase):
                 app_version=self.app_version,
             )
         finally:
-            self._unreserve(queue, n - len(claims))
+            self._unreserve(queue, n - len(claims), aio)
         with self._lock:  # several claim threads count here
             self.stats.claimed += len(claims)
             self.stats.claimed_by[(shard, queue.name)] += len(claims)
@@ -111,28 +119,28 @@ class ClaimLoops(WorkerBase):
     ) -> int:
         """Claim work that was already started (woken or recovered), per queue group."""
         total = 0
-        for queue, names in self._claim_groups():
-            n = self._reserve(queue, min(self.claim_batch, self._claim_share))
+        for (queue, queues), (aio, names) in itertools.product(self._claim_groups(), self._kinds):
+            n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
             if n == 0:
                 continue
             claims: list[Claim] = []
             try:
                 claims = claim_fn(
                     shard,
-                    names=self._names,
-                    queues=names,
+                    names=names,
+                    queues=queues,
                     owner=self.worker_id,
                     lease_seconds=self.lease_seconds,
                     limit=n,
                     app_version=self.app_version,
                 )
             finally:
-                self._unreserve(queue, n - len(claims))
+                self._unreserve(queue, n - len(claims), aio)
             for claim in claims:
                 if claim.state is WorkflowState.DEAD:
                     with self._lock:
                         self.stats.dead_lettered += 1
-                    self._unreserve(queue, 1)
+                    self._unreserve(queue, 1, aio)
                     log.warning(
                         "workflow %s dead-lettered after %d recoveries",
                         claim.workflow_id,
@@ -161,13 +169,32 @@ class ClaimLoops(WorkerBase):
     def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool, how: str) -> None:
         assert self._writer is not None
         writer = _ReportingWriter(self._writer, self.events)
-        run = WorkflowRun(claim, self.cluster.store, self.lease_seconds, self.cluster, writer)
+        aio = self.app.lookup(claim.name).is_async
+        store = self.cluster.store
+        run = (
+            AsyncWorkflowRun(
+                claim,
+                store,
+                self.lease_seconds,
+                self.cluster,
+                writer,
+                loop=self._aio.loop(),
+                executor=self._aio.executor,
+                async_writer=writer,
+            )
+            if aio
+            else WorkflowRun(claim, store, self.lease_seconds, self.cluster, writer)
+        )
         run.observe_step = self.stats.step_seconds.observe
         with self._lock:
             self._running[claim.workflow_id] = run
+            self._active[aio] += 1
             if reserved:
-                self._reserved -= 1
+                self._reserved_by[aio] -= 1
         self.events.emit(EventKind.CLAIMED, claim.workflow_id, claim.shard, claim.attempt, how)
+        if isinstance(run, AsyncWorkflowRun):
+            self._aio.submit(self._execute_async(run, queue))
+            return
         assert self._executor is not None
         self._executor.submit(self._execute, run, queue)
 
@@ -180,26 +207,45 @@ class ClaimLoops(WorkerBase):
         except Exception:
             log.exception("unexpected failure running %s", run.workflow_id)
         finally:
-            with self._lock:
-                # A newer run of the same workflow (recovered here) keeps its entry.
-                if self._running.get(run.workflow_id) is run:
-                    del self._running[run.workflow_id]
-                if queue is not None:
-                    self._per_queue[queue.name] -= 1
-                if state is None:
-                    self.stats.interrupted += 1
-                elif state is WorkflowState.SUSPENDED:
-                    self.stats.suspended += 1
-                else:
-                    self.stats.finished[state.value] += 1
-                    self.stats.finished_by[(run.shard, run.claim.queue, state.value)] += 1
-                self._lock.notify_all()
-                free = self.concurrency - len(self._running) - self._reserved
-                limited = queue is not None and queue.worker_concurrency is not None
-            if free >= self._wake_threshold or limited or not self._running:
-                self._wake_all()
-            if self.events:
-                self._report_end(run, state)
+            self._ended(run, queue, state)
+
+    async def _execute_async(self, run: AsyncWorkflowRun, queue: QueueConfig | None) -> None:
+        """:meth:`_execute` for an async workflow, on the worker's event loop."""
+        state: WorkflowState | None = None
+        try:
+            state = await execute_async(run, self.app)
+            if state is None and run.interrupt_reason == STOPPING:
+                await run.in_thread(lambda: self._release(run))
+        except Exception:
+            log.exception("unexpected failure running %s", run.workflow_id)
+        finally:
+            self._ended(run, queue, state)
+
+    def _ended(
+        self, run: WorkflowRun, queue: QueueConfig | None, state: WorkflowState | None
+    ) -> None:
+        """Account for a run that returned, and wake the claim loops if capacity is free."""
+        with self._lock:
+            # A newer run of the same workflow (recovered here) keeps its entry.
+            if self._running.get(run.workflow_id) is run:
+                del self._running[run.workflow_id]
+            if queue is not None:
+                self._per_queue[queue.name] -= 1
+            if state is None:
+                self.stats.interrupted += 1
+            elif state is WorkflowState.SUSPENDED:
+                self.stats.suspended += 1
+            else:
+                self.stats.finished[state.value] += 1
+                self.stats.finished_by[(run.shard, run.claim.queue, state.value)] += 1
+            self._active[run.is_async] -= 1
+            self._lock.notify_all()
+            free = self._free(run.is_async)
+            limited = queue is not None and queue.worker_concurrency is not None
+        if free >= self._wake_threshold or limited or not self._running:
+            self._wake_all()
+        if self.events:
+            self._report_end(run, state)
 
     def _report_end(self, run: WorkflowRun, state: WorkflowState | None) -> None:
         if state is None:
@@ -236,7 +282,7 @@ class _ReportingWriter:
 
     __slots__ = ("_events", "_writer")
 
-    def __init__(self, writer: RunWriter, events: WorkerEvents) -> None:
+    def __init__(self, writer: GroupWriter, events: WorkerEvents) -> None:
         self._writer = writer
         self._events = events
 
@@ -268,6 +314,34 @@ class _ReportingWriter:
             self._events.emit(EventKind.COMMITTED, workflow_id, shard, attempt, name, step_no)
         return winner
 
+    async def record_step_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> StepRecord | None:
+        winner = await self._writer.record_step_async(
+            shard,
+            workflow_id=workflow_id,
+            attempt=attempt,
+            step_no=step_no,
+            name=name,
+            output=output,
+            error=error,
+            started_at=started_at,
+            duration_ms=duration_ms,
+        )
+        if winner is None:
+            self._events.emit(EventKind.COMMITTED, workflow_id, shard, attempt, name, step_no)
+        return winner
+
     def finish(
         self,
         shard: str,
@@ -280,6 +354,27 @@ class _ReportingWriter:
         reason: str | None = None,
     ) -> bool:
         return self._writer.finish(
+            shard,
+            workflow_id=workflow_id,
+            attempt=attempt,
+            state=state,
+            output=output,
+            error=error,
+            reason=reason,
+        )
+
+    async def finish_async(
+        self,
+        shard: str,
+        *,
+        workflow_id: str,
+        attempt: int,
+        state: WorkflowState,
+        output: str | None,
+        error: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> bool:
+        return await self._writer.finish_async(
             shard,
             workflow_id=workflow_id,
             attempt=attempt,

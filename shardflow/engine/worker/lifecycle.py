@@ -45,6 +45,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
         *,
         shards: Sequence[str] | None = None,
         concurrency: int | None = None,
+        async_concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         lease_seconds: float | None = None,
         heartbeat_seconds: float | None = None,
@@ -59,6 +60,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
             app,
             shards=shards,
             concurrency=concurrency,
+            async_concurrency=async_concurrency,
             queues=queues,
             lease_seconds=lease_seconds,
             heartbeat_seconds=heartbeat_seconds,
@@ -169,6 +171,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
             t.join(timeout=5)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        self._aio.close()
         if self._writer is not None:
             self._writer.close()
         log.info("worker %s stopped", self.worker_id)

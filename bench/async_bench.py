@@ -1,0 +1,127 @@
+"""Many async workflows in flight in one worker process: ``python -m bench.async_bench``.
+
+Submits ``--n`` workflows (default 1,000), each awaiting one step that does
+``asyncio.sleep(1)`` (a stand-in for an HTTP call), to 3 local shards, then starts one
+worker process (``--async-concurrency N``: all of them in flight at once on its event
+loop) and measures, inside that process, the time from the worker's start until every
+workflow has ended. Prints the wall time beyond the 1 s wait and the worker's peak RSS.
+Issue 14's target for N=10,000: under 3 s beyond the wait, RSS under 500 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import shardflow
+from shardflow.testing.servers import ClusterFactory, start_servers
+
+app = shardflow.App("async_bench")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@app.step(name="io")
+async def io(i: int) -> int:
+    await asyncio.sleep(1.0)
+    return i
+
+
+@app.workflow(name="async_bench.one_call")
+async def one_call(i: int) -> int:
+    return await io(i)
+
+
+def run_worker(config: Path, n: int, lease: float) -> dict[str, float]:
+    """The worker side: run until ``n`` workflows have ended; time and peak RSS."""
+    with shardflow.connect(config) as cluster:
+        # A production-like lease: a run waits for its commit answer up to a third of it.
+        worker = shardflow.Worker(
+            cluster, app, async_concurrency=n, claim_batch=500, lease_seconds=lease
+        )
+        started = time.monotonic()
+        worker.start()
+        try:
+            deadline = started + 120
+            claimed_at = 0.0
+            while sum(worker.stats.finished.values()) < n and time.monotonic() < deadline:
+                if not claimed_at and worker.stats.claimed >= n:
+                    claimed_at = time.monotonic() - started
+                time.sleep(0.01)
+            elapsed = time.monotonic() - started
+            done = sum(worker.stats.finished.values())
+        finally:
+            worker.stop()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "n": n,
+        "ended": done,
+        "seconds": elapsed,
+        "claimed_at": claimed_at,
+        "interrupted": worker.stats.interrupted,
+        "recovered": worker.stats.recovered,
+        "dead": worker.stats.dead_lettered,
+        "rss_mb": peak_kb / 1024,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="workflows in flight")
+    parser.add_argument("--lease", type=float, default=30.0, help="worker lease seconds")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(run_worker(args.worker, args.n, args.lease)))
+        return 0
+    with start_servers(1) as dsns, tempfile.TemporaryDirectory() as workdir:
+        factory = ClusterFactory(dsns, Path(workdir))
+        made = factory.make(3)
+        try:
+            with shardflow.connect(made.config) as cluster:
+                submitted = time.monotonic()
+                for start in range(0, args.n, 1000):
+                    batch = range(start, min(start + 1000, args.n))
+                    cluster.submit_many([shardflow.Submission(one_call, (i,)) for i in batch])
+                submit_seconds = time.monotonic() - submitted
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.async_bench",
+                    "--worker",
+                    str(made.path),
+                    "--n",
+                    str(args.n),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=env,
+            ).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+        finally:
+            factory.drop(made)
+    beyond = result["seconds"] - 1.0
+    print(
+        f"{result['n']} async workflows (each awaiting a 1 s step) in one worker:"
+        f" ended {result['ended']}, {result['seconds']:.2f} s wall, {beyond:.2f} s beyond"
+        f" the 1 s wait; worker peak RSS {result['rss_mb']:.0f} MB"
+        f" (all claimed after {result['claimed_at']:.2f} s; {result['interrupted']} runs"
+        f" interrupted, {result['recovered']} recovered, {result['dead']} dead;"
+        f" submit took {submit_seconds:.2f} s)"
+    )
+    return 0 if result["ended"] == result["n"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
