@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -166,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 _write_port(args.metrics_port_file, server.port)
         try:
             if args.supervised:
-                _run_supervised(worker, sys.stdin.buffer)
+                _run_supervised(worker, sys.stdin.fileno())
             else:
                 worker.run()
         finally:
@@ -196,10 +195,18 @@ def _write_port(path: Path, port: int) -> None:
     partial.replace(path)
 
 
-def _run_supervised(worker: Worker, commands: Iterable[bytes]) -> None:
-    """Run until the supervisor says ``stop`` (or its end of input: it is gone) or a
-    signal comes; then stop gracefully, at once on ``force`` or a second signal. A stop
-    from both (Ctrl-C reaches the whole process group) still drains."""
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 64)
+    except OSError:
+        return b""
+
+
+def _run_supervised(worker: Worker, commands: int) -> None:
+    """Run until the supervisor says ``stop`` on ``commands`` (a file descriptor; its end:
+    the supervisor is gone) or a signal comes; then stop gracefully, at once on ``force``
+    or a second signal. A stop from both (Ctrl-C reaches the whole process group) still
+    drains."""
     stop, force = threading.Event(), threading.Event()
     signals = 0
 
@@ -209,8 +216,10 @@ def _run_supervised(worker: Worker, commands: Iterable[bytes]) -> None:
         (force if signals > 1 else stop).set()
 
     def read_commands() -> None:
-        for line in commands:
-            if line.strip() == b"force":
+        # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader would
+        # abort the interpreter's shutdown.
+        while chunk := _read(commands):
+            if b"force" in chunk:
                 force.set()
             stop.set()
         stop.set()
