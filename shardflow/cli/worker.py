@@ -20,7 +20,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 from shardflow.cli.options import (
     CliError,
@@ -38,6 +37,8 @@ from shardflow.engine.metrics_http import MetricsServer, serve_metrics
 from shardflow.supervisor import available_cpus
 
 log = logging.getLogger(__name__)
+
+_SIGNAL_POLL = 0.1  # seconds between looks at the signals a supervised child received
 
 
 def register(subparsers: Subparsers) -> None:
@@ -208,12 +209,7 @@ def _run_supervised(worker: Worker, commands: int) -> None:
     or a second signal. A stop from both (Ctrl-C reaches the whole process group) still
     drains."""
     stop, force = threading.Event(), threading.Event()
-    signals = 0
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        (force if signals > 1 else stop).set()
+    signals: list[int] = []  # the handler only appends: it may interrupt a held lock
 
     def read_commands() -> None:
         # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader would
@@ -225,16 +221,21 @@ def _run_supervised(worker: Worker, commands: int) -> None:
         stop.set()
 
     def force_when_asked() -> None:
-        force.wait()
+        while not force.wait(_SIGNAL_POLL) and len(signals) < 2:
+            pass
         log.warning("worker %s: told to stop at once", worker.worker_id)
         worker.force_stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: signals.append(signum))
+        for s in (signal.SIGTERM, signal.SIGINT)
+    }
     threading.Thread(target=read_commands, name="shardflow-commands", daemon=True).start()
     threading.Thread(target=force_when_asked, name="shardflow-force", daemon=True).start()
     try:
         worker.start()
-        stop.wait()
+        while not stop.wait(_SIGNAL_POLL) and not signals:
+            pass
         log.info("worker %s stopping", worker.worker_id)
     finally:
         worker.stop()

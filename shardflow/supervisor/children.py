@@ -72,13 +72,15 @@ class RestartPolicy:
 class Exit:
     """One child process that ended: when it ran and how it ended."""
 
-    pid: int
+    pid: int  # 0: it could not be started
     started_at: float
     ended_at: float
     status: int  # negative: killed by that signal
     expected: bool  # a stop was asked for
 
     def describe(self) -> str:
+        if self.pid == 0:
+            return "could not be started"
         if self.status < 0:
             with contextlib.suppress(ValueError):
                 return f"killed by {signal.Signals(-self.status).name}"
@@ -135,7 +137,10 @@ class Supervisor:
         self._wake = threading.Event()
         self._stopping = False
         self._forced = False
-        self._signals = 0
+        # Signals seen: the handler only appends (it may interrupt the loop while that
+        # holds a lock); the loop acts on them.
+        self._signals: list[int] = []
+        self._signals_done = 0
 
     @property
     def stopping(self) -> bool:
@@ -150,13 +155,12 @@ class Supervisor:
                 s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)
             }
         try:
-            for slot in self.slots:
-                self._start(slot)
             while not (self._stopping and not any(s.proc for s in self.slots)):
+                self._handle_signals()
+                self._start_due()
                 self._wake.wait(_POLL_SECONDS)
                 self._wake.clear()
                 self._reap()
-                self._restart_due()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -179,25 +183,44 @@ class Supervisor:
         self._wake.set()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("received signal %d, stopping the worker processes", signum)
-            self.request_stop()
-        else:
-            log.warning("received signal %d again, not waiting for running steps", signum)
-            self.request_stop(force=True)
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._signals_done < len(self._signals):
+            signum = self._signals[self._signals_done]
+            self._signals_done += 1
+            if self._signals_done == 1:
+                log.info("received signal %d, stopping the worker processes", signum)
+                self.request_stop()
+            else:
+                log.warning("received signal %d again, not waiting for running steps", signum)
+                self.request_stop(force=True)
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None and not self._stopping and now >= slot.start_at:
+                if slot.exits:
+                    slot.restarts += 1
+                self._start(slot)
 
     def _start(self, slot: ChildSlot) -> None:
         command = list(self.command(slot.index, slot.restarts))
-        # stdin: the control channel (see the module's docstring); output: inherited.
-        slot.proc = subprocess.Popen(command, stdin=subprocess.PIPE, env=self._env)
-        slot.started_at = time.monotonic()
-        log.info("started worker process %d (pid %d)", slot.index, slot.proc.pid)
+        try:
+            # stdin: the control channel (see the module's docstring); output: inherited.
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, env=self._env)
+        except OSError as exc:  # out of processes or descriptors: try again later
+            now = time.monotonic()
+            slot.exits.append(Exit(0, now, now, -1, False))
+            self._after_failure(slot, f"could not be started ({exc})", now)
+            return
+        slot.proc, slot.started_at = proc, time.monotonic()
+        log.info("started worker process %d (pid %d)", slot.index, proc.pid)
         if self._on_start is not None:
             self._on_start(slot)
         with self._lock:
             if self._stopping:  # a stop came while this one was starting
-                _tell(slot.proc, b"force\n" if self._forced else b"stop\n")
+                _tell(proc, b"force\n" if self._forced else b"stop\n")
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -213,34 +236,31 @@ class Supervisor:
                     proc.stdin.close()
             ended = Exit(proc.pid, slot.started_at, now, proc.returncode, expected)
             slot.exits.append(ended)
+            what = f"(pid {proc.pid}) {ended.describe()}"
             if expected:
-                log.info("worker process %d (pid %d) %s", slot.index, proc.pid, ended.describe())
-                continue
-            quick = now - slot.started_at < self.policy.stable_seconds
-            slot.failures = slot.failures + 1 if quick else 1
-            if slot.failures >= self.policy.give_up_after:
-                log.error(
-                    "worker process %d (pid %d) %s, the %d%s time in a row within %gs of"
-                    " its start; giving up: stopping the other processes",
-                    slot.index, proc.pid, ended.describe(), slot.failures,
-                    _ordinal(slot.failures), self.policy.stable_seconds,
-                )  # fmt: skip
-                self.gave_up = True
-                self.request_stop()
-                continue
-            delay = self.policy.delay(slot.failures)
-            slot.start_at = now + delay
-            log.warning(
-                "worker process %d (pid %d) %s; restarting it in %.1fs (restart %d)",
-                slot.index, proc.pid, ended.describe(), delay, slot.restarts + 1,
-            )  # fmt: skip
+                log.info("worker process %d %s", slot.index, what)
+            else:
+                self._after_failure(slot, what, now)
 
-    def _restart_due(self) -> None:
-        now = time.monotonic()
-        for slot in self.slots:
-            if slot.proc is None and not self._stopping and slot.exits and now >= slot.start_at:
-                slot.restarts += 1
-                self._start(slot)
+    def _after_failure(self, slot: ChildSlot, what: str, now: float) -> None:
+        """Schedule the slot's restart, or give up on it (see the module's docstring)."""
+        quick = now - slot.started_at < self.policy.stable_seconds
+        slot.failures = slot.failures + 1 if quick else 1
+        if slot.failures >= self.policy.give_up_after:
+            log.error(
+                "worker process %d %s, %d times in a row within %gs of its start;"
+                " giving up: stopping the other processes",
+                slot.index, what, slot.failures, self.policy.stable_seconds,
+            )  # fmt: skip
+            self.gave_up = True
+            self.request_stop()
+            return
+        delay = self.policy.delay(slot.failures)
+        slot.start_at = now + delay
+        log.warning(
+            "worker process %d %s; restarting it in %.1fs (restart %d)",
+            slot.index, what, delay, slot.restarts + 1,
+        )  # fmt: skip
 
     def _kill_leftovers(self) -> None:
         """Only after an error in :meth:`run` itself: no child outlives the supervisor."""
@@ -258,9 +278,3 @@ def _tell(proc: subprocess.Popen[bytes], command: bytes) -> None:
     with contextlib.suppress(OSError):
         proc.stdin.write(command)
         proc.stdin.flush()
-
-
-def _ordinal(n: int) -> str:
-    if 10 <= n % 100 <= 20:
-        return "th"
-    return {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
