@@ -7,7 +7,9 @@ One set of local PostgreSQL servers (durable defaults, as ``python -m bench``), 
 shard. Per case: fresh databases, N workflows ``bench.chain(i, steps)`` submitted with
 ``submit_many``, then ``shardflow worker --processes P --concurrency C`` started as a real
 subprocess and stopped with SIGTERM once all N succeeded. Cases alternate within a round
-(round 1 of every case first), so background load hits every case alike.
+(round 1 of every case first, each round in the reverse order of the one before), so
+background load hits every case alike; each (steps, shards) group's three cases run back
+to back, and the ratios to ``P=1, C=32`` are taken within a round, then their median.
 
 - ``wf/s``: (N - 1) / (last ``finished_at`` - first ``finished_at``), read from the
   shards afterwards: the steady drain, without process start-up and without polling.
@@ -71,6 +73,7 @@ class Measured:
     rate: float
     worker_ms: float
     server_ms: float
+    load: float  # 1-minute load average when the case started
 
 
 def _process_ticks(pid: int) -> int:
@@ -120,6 +123,7 @@ class Bench:
         return path
 
     def run(self, case: Case, round_: int) -> Measured:
+        load = float(Path("/proc/loadavg").read_text().split()[0])
         path = self.config(case.shards)
         n = self.workflows
         with shardflow.connect(path) as cluster:
@@ -174,6 +178,7 @@ class Bench:
             (n - 1) / span,
             1000 * (last[1] - first[1]) / count,
             1000 * (last[2] - first[2]) / count,
+            load,
         )
 
 
@@ -211,6 +216,10 @@ def summarize(results: list[Measured]) -> list[dict[str, Any]]:
     for case in dict.fromkeys(r.case for r in results):
         mine = [r for r in results if r.case == case]
         rates = [r.rate for r in mine]
+        base = Case(case.steps, case.shards, 1, 32)
+        ratios = [
+            r.rate / b.rate for r in mine for b in results if b.case == base and b.round == r.round
+        ]
         rows.append(
             {
                 "case": case.label,
@@ -218,8 +227,12 @@ def summarize(results: list[Measured]) -> list[dict[str, Any]]:
                 "rate_median": statistics.median(rates),
                 "rate_min": min(rates),
                 "rate_max": max(rates),
+                "ratio_median": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
                 "worker_ms": statistics.median(r.worker_ms for r in mine),
                 "server_ms": statistics.median(r.server_ms for r in mine),
+                "load_median": statistics.median(r.load for r in mine),
             }
         )
     return rows
@@ -241,22 +254,27 @@ def main(argv: list[str] | None = None) -> int:
     with BenchServers(max(shard_counts)) as servers:
         bench = Bench(servers, servers.directory, args.workflows)
         for round_ in range(1, args.rounds + 1):
-            for case in selected:
+            for case in selected if round_ % 2 else selected[::-1]:
                 measured = bench.run(case, round_)
                 results.append(measured)
                 print(
                     f"round {round_} {case.label:28} {measured.rate:8.0f} wf/s"
                     f"  worker {measured.worker_ms:.2f} ms/wf  server {measured.server_ms:.2f}"
-                    " ms/wf",
+                    f" ms/wf  load {measured.load:.1f}",
                     flush=True,
                 )
     rows = summarize(results)
-    print(f"\n{'case':30} {'wf/s median':>12} {'range':>14} {'worker ms':>10} {'server ms':>10}")
+    print(
+        f"\n{'case':28} {'wf/s':>6} {'range':>11} {'x P1C32':>8} {'range':>11}"
+        f" {'worker ms':>9} {'server ms':>9} {'load':>5}"
+    )
     for row in rows:
         spread = f"{row['rate_min']:.0f}-{row['rate_max']:.0f}"
+        ratios = f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
         print(
-            f"{row['case']:30} {row['rate_median']:12.0f} {spread:>14}"
-            f" {row['worker_ms']:10.2f} {row['server_ms']:10.2f}"
+            f"{row['case']:28} {row['rate_median']:6.0f} {spread:>11}"
+            f" {row['ratio_median']:8.2f} {ratios:>11} {row['worker_ms']:9.2f}"
+            f" {row['server_ms']:9.2f} {row['load_median']:5.1f}"
         )
     if args.json:
         document = {
