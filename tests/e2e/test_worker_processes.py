@@ -26,7 +26,7 @@ from shardflow.engine.cluster import Cluster
 from shardflow.local.ports import pick_free_ports
 from shardflow.supervisor import ChildSlot, RestartPolicy
 from shardflow.supervisor import Supervisor as SupervisorOf
-from shardflow.testing.servers import TestCluster, wait_until
+from shardflow.testing.servers import TEST_WORKER, ClusterFactory, TestCluster, wait_until
 from tests.e2e.procs import ROOT, worker_env
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -36,13 +36,19 @@ class Supervisor:
     """``shardflow worker --processes 2`` in its own process group (as a shell runs a
     foreground job), serving merged metrics on a free port."""
 
-    def __init__(self, test_cluster: TestCluster, tmp_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        test_cluster: TestCluster,
+        tmp_path: Path,
+        env: dict[str, str],
+        processes: tuple[str, ...] = ("--processes", "2"),
+    ) -> None:
         self.port = pick_free_ports(1)[0]
         self.log_path = tmp_path / "supervisor.log"
         command = [
             sys.executable, "-m", "shardflow", "--config", str(test_cluster.path),
             "--log-level", "INFO", "worker", "--app", "shardflow.demo.app:app",
-            "--processes", "2", "--concurrency", "4", "--worker-id", "sup",
+            *processes, "--concurrency", "4", "--worker-id", "sup",
             "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
@@ -312,6 +318,24 @@ def test_stop_drains_every_process_and_leaves_none_behind(
     per_step = Counter((w, s) for w, s, _ in effects(effects_env["SHARDFLOW_DEMO_EFFECTS_DSN"]))
     assert set(per_step.values()) == {1}
     assert {h.workflow_id for h in handles} >= {w for w, _ in per_step}
+
+
+def test_the_yaml_sets_the_number_of_processes(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    made = cluster_factory.make(2, extra={"worker": {**TEST_WORKER, "processes": 3}})
+    try:
+        sup = Supervisor(made, tmp_path, {}, processes=())
+        try:
+            children = sup.wait_ready()
+            assert sorted(children) == ["1", "2", "3"]
+            sup.proc.send_signal(signal.SIGTERM)
+            assert sup.proc.wait(60) == 0, sup.log()
+        finally:
+            sup.close()
+        assert all(gone(int(c["pid"])) for c in children.values())
+    finally:
+        cluster_factory.drop(made)
 
 
 # -- restart policy, with plain child processes ---------------------------------------------
