@@ -39,6 +39,8 @@ from shardflow.supervisor import available_cpus
 log = logging.getLogger(__name__)
 
 _SIGNAL_POLL = 0.1  # seconds between looks at the signals a supervised child received
+# The exit status of a worker stopped at once while runs were still inside a step.
+EXIT_ABANDONED = 3
 
 
 def register(subparsers: Subparsers) -> None:
@@ -172,6 +174,16 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if server is not None:
                 server.close()
+    if worker.abandoned:
+        # Stopped at once: threads still inside a step would hold the interpreter's exit
+        # (it joins them) and keep running their side effects; the process ends now.
+        log.warning(
+            "worker %s exited without waiting for %d run(s) inside a step",
+            worker.worker_id,
+            len(worker.abandoned),
+        )
+        logging.shutdown()
+        os._exit(EXIT_ABANDONED)
     log.info("worker %s exited", worker.worker_id)
     return 0
 

@@ -59,6 +59,22 @@ def long_step(key: str, seconds: float) -> str:
 
 
 @app.step()
+def gated_step(key: str, gate: str) -> str:
+    """Runs until the file ``gate`` exists (at most 300 s)."""
+    record("start", key=key, name="gated")
+    deadline = time.monotonic() + 300
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    record("end", key=key, name="gated")
+    return f"gated:{key}"
+
+
+@app.workflow(name="faults.gated")
+def gated(key: str, gate: str) -> str:
+    return gated_step(key, gate)
+
+
+@app.step()
 def file_name(key: str) -> str:
     # What os.listdir returns for a file name that is not UTF-8: a lone surrogate.
     return os.fsdecode(b"report-\xff.txt")

@@ -154,6 +154,9 @@ class WorkerBase:
         # Set once every run has ended: the heartbeats go on until then (see stop()).
         self._closed = threading.Event()
         self._force = threading.Event()
+        # The runs a forced stop gave up waiting for (their threads may still be inside a
+        # step): the process should exit, and they are recovered after their lease.
+        self.abandoned: list[str] = []
         self._started = threading.Event()
         # Each background loop's last sign of progress (monotonic), for health().
         self._progress: dict[str, float] = {}

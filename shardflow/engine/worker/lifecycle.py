@@ -3,6 +3,7 @@ run until a signal, and report liveness and readiness for probes."""
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 import time
@@ -25,6 +26,9 @@ from shardflow.retry import Backoff
 if TYPE_CHECKING:
     from shardflow.engine.app import App
     from shardflow.engine.cluster import Cluster
+
+# Queued after a stop has finished: the signal watcher thread ends.
+_STOPPED = 0
 
 
 class Worker(ClaimLoops, LeaseLoops, ListenLoops):
@@ -162,7 +166,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
                         len(self._running),
                         ", ".join(sorted(self._running)[:5]),
                     )
-            abandoned = list(self._running)
+            abandoned = self.abandoned = sorted(self._running)
         if abandoned:
             log.warning(
                 "worker %s stopped waiting for %d run(s); they are recovered after their lease",
@@ -186,25 +190,39 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
             self._lock.notify_all()
 
     def run(self) -> None:
-        """Start, then block until SIGTERM or SIGINT, then stop gracefully."""
-        done = threading.Event()
+        """Start, then block until SIGTERM or SIGINT, then stop gracefully (a second
+        signal: stop at once, without waiting for running steps)."""
+        # A signal handler may interrupt the main thread while it holds any lock (in an
+        # Event, a Condition, the logging module): it only queues the signal, which is
+        # safe there (SimpleQueue.put is reentrant), and threads act on it.
+        received: queue.SimpleQueue[int] = queue.SimpleQueue()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            if done.is_set():
-                log.warning("received signal %d again, not waiting for running steps", signum)
-                self.force_stop()
-                return
-            log.info("received signal %d, stopping (again to stop at once)", signum)
-            done.set()
+            received.put(signum)
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        watcher = threading.Thread(
+            target=self._stop_at_once_on_a_second_signal,
+            args=(received,),
+            name="shardflow-signals",
+            daemon=True,
+        )
         try:
             self.start()
-            done.wait()
+            signum = received.get()
+            log.info("received signal %d, stopping (again to stop at once)", signum)
+            watcher.start()
         finally:
             self.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            received.put(_STOPPED)
+
+    def _stop_at_once_on_a_second_signal(self, received: queue.SimpleQueue[int]) -> None:
+        signum = received.get()
+        if signum != _STOPPED:
+            log.warning("received signal %d again, not waiting for running steps", signum)
+            self.force_stop()
 
     def __enter__(self) -> Worker:
         self.start()
