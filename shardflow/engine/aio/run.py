@@ -229,7 +229,7 @@ async def _execute_async(run: AsyncWorkflowRun, app: App) -> WorkflowState | Non
             steps = await run.in_thread(lambda: run.store.load_steps(run.shard, run.workflow_id))
             run.recorded = {s.step_no: s for s in steps}
         inputs = codec.loads(claim.inputs)
-        outcome: Any = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
+        outcome: Any = wf.call(*inputs.get("args", ()), **inputs.get("kwargs", {}))
         result = await outcome
         output = codec.dumps(result, f"result of workflow {claim.name!r}")
     except asyncio.CancelledError:
