@@ -234,6 +234,36 @@ def test_a_step_longer_than_the_lease_keeps_it(cluster: Cluster, kind: SimpleNam
     assert status.attempt == 1 and status.recoveries == 0
 
 
+def test_workflow_and_step_methods_run_on_the_bound_instance(
+    cluster: Cluster, kind: SimpleNamespace
+) -> None:
+    by_class = cluster.submit(kind.billing_class.charge, 5)
+    by_instance = cluster.submit(kind.billing.charge, 2)
+    with pytest.raises(TypeError, match="too many positional"):
+        cluster.submit(kind.billing_class.charge, 1, 2)
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert by_class.result(timeout=30) == {"total": 60}
+        assert by_instance.result(timeout=30) == {"total": 30}
+    assert [(s.name, s.output) for s in cluster.steps(by_class.workflow_id)] == [
+        ("billing.price", 50),
+        ("billing.price", 10),
+    ]
+    assert twins.CALLS["price"] == 4
+    # Outside a worker, a method call is a plain call on its instance (not durable).
+    direct = kind.billing.charge(1)
+    assert (asyncio.run(direct) if asyncio.iscoroutine(direct) else direct) == {"total": 20}
+
+
+def test_a_workflow_method_without_a_bound_instance_fails_clearly(cluster: Cluster) -> None:
+    handle = cluster.submit(twins.Unbound.run)
+    with (
+        shardflow.Worker(cluster, app, concurrency=2),
+        pytest.raises(shardflow.WorkflowFailed) as info,
+    ):
+        handle.result(timeout=30)
+    assert "app.bind(instance)" in str(info.value)
+
+
 def test_async_waits_are_woken_by_notifications(
     test_cluster: TestCluster, cluster: Cluster
 ) -> None:
