@@ -18,7 +18,7 @@ from shardflow.rebalance.mover import MoveStep
 from shardflow.rebalance.status import gather_status
 from shardflow.router.hashing import Hasher
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
-from tests.apps import basic, waits
+from tests.apps import basic, twins, waits
 
 SLOTS = 256
 
@@ -264,19 +264,23 @@ def test_draining_a_shard_leaves_it_empty_and_removable(
     assert live_rows(removed.config) == Counter({h.workflow_id: 1 for h in handles})
 
 
-def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(grown: TestCluster) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(
+    grown: TestCluster, kind: str
+) -> None:
     config = grown.config
     moving = moving_slots(config)
     (wid,) = ids_in_slots(config, moving, "gated", 1)
     hasher = Hasher(config.hash.slots, config.hash.seed)
     started, gate = threading.Event(), threading.Event()
-    basic.CONTROL.update(started=started, gate=gate)
+    twins.reset()
+    twins.CONTROL.update(started=started, gate=gate)
     reports: list[Progress] = []
     said: list[str] = []
     with shardflow.connect(config) as cluster:
         source = cluster.route(wid)
-        handle = cluster.submit(basic.gated, "k", workflow_id=wid)
-        with shardflow.Worker(cluster, basic.app, concurrency=2):
+        handle = cluster.submit(twins.FLAVORS[kind].gated, "k", workflow_id=wid)
+        with shardflow.Worker(cluster, twins.app, concurrency=2):
             assert started.wait(30)
             rebalancer = Rebalancer(config, on_progress=reports.append, on_wait=said.append)
             rebalancer.connect()
@@ -305,7 +309,8 @@ def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(grown: TestClu
     with shardflow.connect(config) as cluster:
         moved = cluster.get(wid)
         assert moved.shard == "shard3" and moved.state is WorkflowState.SUCCESS
-        assert [s.name for s in cluster.steps(wid)] == ["gate_step", "gate_step"]
+        assert [s.name for s in cluster.steps(wid)] == ["gate_step", "wait_gate", "gate_step"]
+        assert moved.attempt == 1  # ran once, across the move, never recovered
     assert_settled_on_plan(config)
 
 
