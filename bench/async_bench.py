@@ -6,6 +6,12 @@ worker process (``--async-concurrency N``: all of them in flight at once on its 
 loop) and measures, inside that process, the time from the worker's start until every
 workflow has ended. Prints the wall time beyond the 1 s wait and the worker's peak RSS.
 Issue 14's target for N=10,000: under 3 s beyond the wait, RSS under 500 MB.
+
+``--compare K``: then, with one worker process serving both kinds (default
+``concurrency`` and ``async_concurrency``), drains K sync and K async 3-step workflows in
+alternation (sync, async, sync, async: A/B in one run) and prints the workflows/s of
+each, and the p50/p90 latency from submit to result of ``--samples`` 1-step async
+workflows submitted one at a time with the async client (light load).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import shardflow
 from shardflow.engine.states import WorkflowState
@@ -38,6 +45,103 @@ async def io(i: int) -> int:
 @app.workflow(name="async_bench.one_call")
 async def one_call(i: int) -> int:
     return await io(i)
+
+
+@app.step(name="add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.step(name="add")
+async def add_async(a: int, b: int) -> int:
+    return a + b
+
+
+@app.workflow(name="async_bench.three_sync")
+def three_sync(x: int) -> int:
+    return add(add(add(x, 1), 1), 1)
+
+
+@app.workflow(name="async_bench.three_async")
+async def three_async(x: int) -> int:
+    return await add_async(await add_async(await add_async(x, 1), 1), 1)
+
+
+@app.workflow(name="async_bench.echo")
+async def echo(x: int) -> int:
+    return await add_async(x, 0)
+
+
+def serve(config: Path) -> None:
+    """A worker for ``--compare``: runs until its stdin closes."""
+    with shardflow.connect(config) as cluster, shardflow.Worker(cluster, app):
+        print("ready", flush=True)
+        sys.stdin.read()
+
+
+def drain(cluster: shardflow.Cluster, workflow: Any, k: int) -> float:
+    """Submit ``k`` workflows and wait until all have ended: workflows per second."""
+    before = ended_in_db(cluster)
+    started = time.monotonic()
+    for first in range(0, k, 1000):
+        batch = range(first, min(first + 1000, k))
+        cluster.submit_many([shardflow.Submission(workflow, (i,)) for i in batch])
+    deadline = started + 300
+    while ended_in_db(cluster) < before + k:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{workflow.name}: not drained in 300 s")
+        time.sleep(0.02)
+    return k / (time.monotonic() - started)
+
+
+async def latencies(config: Path, samples: int) -> list[float]:
+    """Submit-to-result of one workflow at a time with the async client, in ms."""
+    out = []
+    async with await shardflow.connect_async(config) as cluster:
+        await (await cluster.submit(echo, -1)).result(timeout=30)  # warm: pools, listeners
+        for i in range(samples):
+            started = time.perf_counter()
+            handle = await cluster.submit(echo, i)
+            assert await handle.result(timeout=30) == i
+            out.append((time.perf_counter() - started) * 1000.0)
+    return out
+
+
+def compare(config: Path, k: int, samples: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bench.async_bench", "--serve", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        rates: dict[str, list[float]] = {"sync": [], "async": []}
+        with shardflow.connect(config) as cluster:
+            drain(cluster, three_async, 200)  # warm: the worker's loop and threads
+            for _ in range(2):
+                rates["sync"].append(drain(cluster, three_sync, k))
+                rates["async"].append(drain(cluster, three_async, k))
+        ms = sorted(asyncio.run(latencies(config, samples)))
+    finally:
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.wait(60)
+    sync_rate, async_rate = max(rates["sync"]), max(rates["async"])
+    print(
+        f"3-step workflows/s, {k} per drain, one worker: sync"
+        f" {', '.join(f'{r:.0f}' for r in rates['sync'])}; async"
+        f" {', '.join(f'{r:.0f}' for r in rates['async'])}; async/sync (best of each)"
+        f" {async_rate / sync_rate:.2f}"
+    )
+    print(
+        f"submit-to-result with the async client, {samples} one at a time:"
+        f" p50 {ms[len(ms) // 2]:.1f} ms, p90 {ms[int(len(ms) * 0.9)]:.1f} ms,"
+        f" max {ms[-1]:.1f} ms"
+    )
 
 
 def ended_in_db(cluster: shardflow.Cluster) -> int:
@@ -88,6 +192,7 @@ def run_worker(config: Path, n: int, lease: float) -> dict[str, float]:
         "interrupted": worker.stats.interrupted,
         "recovered": worker.stats.recovered,
         "dead": worker.stats.dead_lettered,
+        "leases_lost": worker.stats.leases_lost,
         "rss_mb": peak_kb / 1024,
     }
 
@@ -96,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="workflows in flight")
     parser.add_argument("--lease", type=float, default=30.0, help="worker lease seconds")
+    parser.add_argument("--compare", type=int, default=0, help="K: sync vs async drains")
+    parser.add_argument("--samples", type=int, default=200, help="latency samples")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve is not None:
+        serve(args.serve)
+        return 0
     if args.worker is not None:
         print(json.dumps(run_worker(args.worker, args.n, args.lease)))
         return 0
@@ -131,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 env=env,
             ).stdout
             result = json.loads(out.strip().splitlines()[-1])
+            if args.compare:
+                compare(made.path, args.compare, args.samples)
         finally:
             factory.drop(made)
     beyond = result["seconds"] - 1.0
@@ -140,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {result['seconds']:.2f} s wall, {beyond:.2f} s beyond"
         f" the 1 s wait; worker peak RSS {result['rss_mb']:.0f} MB"
         f" (all claimed after {result['claimed_at']:.2f} s; {result['interrupted']} runs"
-        f" interrupted, {result['recovered']} recovered, {result['dead']} dead;"
+        f" interrupted, {result['recovered']} recovered, {result['dead']} dead,"
+        f" {result['leases_lost']} leases lost;"
         f" submit took {submit_seconds:.2f} s)"
     )
     return 0 if result["ended"] == result["n"] else 1

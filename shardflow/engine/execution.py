@@ -119,6 +119,7 @@ def _finish(
     error: dict[str, Any] | None,
     reason: str | None,
 ) -> WorkflowState | None:
+    run.ending = True
     try:
         written = run.writer.finish(
             run.shard, FinishWrite(run.workflow_id, run.attempt, state, output, error, reason)

@@ -69,6 +69,9 @@ class WorkflowRun:
         self.next_step = 0
         self.interrupted = threading.Event()
         self.interrupt_reason = ""
+        # Set once the run's final write is handed to the writer: that write ends the
+        # lease itself (a renewal that no longer finds it RUNNING lost nothing).
+        self.ending = False
         self.lease_seconds = lease_seconds
         # Local view of the lease: if heartbeats fail for a whole lease, another worker
         # may own the workflow, so this run must stop writing.

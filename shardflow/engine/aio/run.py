@@ -250,6 +250,7 @@ async def _end_with_async(run: AsyncWorkflowRun, output: str) -> WorkflowState |
     writer = run.async_writer
     if writer is None or run.claim.parent_id:
         return await run.in_thread(lambda: end_with(run, output))
+    run.ending = True
     try:
         written = await writer.finish_async(
             run.shard,
