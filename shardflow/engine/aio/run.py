@@ -88,13 +88,16 @@ class AsyncWorkflowRun(WorkflowRun):
         executor: Executor | None,
         async_writer: AsyncRunWriter | None = None,
     ) -> None:
+        self.loop = loop  # before the base class makes its events (_new_event)
         super().__init__(claim, store, lease_seconds, client, writer)
         # Checkpoints awaited on the loop (else written from a thread of the pool).
         self.async_writer = async_writer
-        self.loop = loop
         self.executor = executor
-        self.interrupted: LoopEvent = LoopEvent(loop)
-        self.message_arrived: LoopEvent = LoopEvent(loop)
+        self.interrupted: LoopEvent
+        self.message_arrived: LoopEvent
+
+    def _new_event(self) -> LoopEvent:
+        return LoopEvent(self.loop)
 
     def in_thread(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Run blocking ``fn`` in the run's thread pool (in this context: the run)."""
