@@ -186,7 +186,12 @@ def test_async_client_against_a_running_worker(test_cluster: TestCluster, cluste
             assert (await aclient.cancel(gated.workflow_id)).state is WorkflowState.CANCELLED
             with pytest.raises(shardflow.WorkflowCancelled):
                 await gated.result(timeout=5)
-            assert (await aclient.resume(gated.workflow_id)).state is WorkflowState.ENQUEUED
+            # Resumed, it runs at once (the worker is serving): let it through the gate.
+            twins.CONTROL.update(started=threading.Event(), gate=threading.Event())
+            twins.CONTROL["gate"].set()
+            resumed = await aclient.resume(gated.workflow_id)
+            assert resumed.state is not WorkflowState.CANCELLED
+            assert await gated.result(timeout=30) == "x"
 
     with shardflow.Worker(cluster, app, concurrency=2):
         asyncio.run(scenario())
