@@ -3,6 +3,7 @@ workflows, messages and events in transit, tombstones."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -184,6 +185,43 @@ def test_a_client_created_before_the_rebalance_keeps_working(grown: TestCluster)
                 assert h.result(timeout=30) == {"result": i + 3}
             assert stale.handle(old_ids[0]).result(timeout=30) == {"result": 4}
     assert live_rows(config) == Counter({wid: 1 for wid in old_ids + new_ids})
+
+
+def test_an_async_client_follows_moved_workflows_and_awaits_them(grown: TestCluster) -> None:
+    """Async workflows submitted with the async client before a rebalance: its handles
+    find them on their new shard and their result() waits are woken there."""
+    config = grown.config
+    moving = moving_slots(config)
+    ids = ids_in_slots(config, moving, "aio", 10)
+
+    async def scenario(worker_client: shardflow.Cluster) -> None:
+        async with await shardflow.connect_async(config) as aclient:
+            handles = [
+                await aclient.submit(twins.three_steps_async, i, workflow_id=w)
+                for i, w in enumerate(ids)
+            ]
+            sources = {h.shard for h in handles}
+            assert "shard3" not in sources
+            with Rebalancer(config) as rebalancer:
+                await asyncio.to_thread(rebalancer.apply)
+            for wid in ids:
+                status = await aclient.get(wid)  # follows the tombstone
+                assert status.shard == "shard3" and status.state is WorkflowState.ENQUEUED
+            waits = [asyncio.ensure_future(h.result(timeout=60)) for h in handles]
+            worker = shardflow.Worker(worker_client, twins.app, concurrency=2)
+            await asyncio.to_thread(worker.start)
+            try:
+                results = await asyncio.gather(*waits)
+            finally:
+                await asyncio.to_thread(worker.stop)
+            assert results == [{"result": i + 3} for i in range(len(ids))]
+            assert {h.shard for h in handles} == {"shard3"}
+
+    twins.reset()
+    with shardflow.connect(config) as other:
+        asyncio.run(scenario(other))
+    assert live_rows(config) == Counter({wid: 1 for wid in ids})
+    assert_settled_on_plan(config)
 
 
 def test_mid_move_reads_and_submits_see_each_workflow_once(grown: TestCluster) -> None:
