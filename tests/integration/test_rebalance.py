@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -14,6 +15,7 @@ import pytest
 import shardflow
 from shardflow import WorkflowState
 from shardflow.config import ClusterConfig
+from shardflow.engine.app import Workflow
 from shardflow.rebalance import ApplyOptions, Progress, Rebalancer
 from shardflow.rebalance.mover import MoveStep
 from shardflow.rebalance.status import gather_status
@@ -352,15 +354,18 @@ def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(
     assert_settled_on_plan(config)
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
 def test_messages_and_events_move_with_the_workflow_and_arrive_once_in_order(
-    grown: TestCluster,
+    grown: TestCluster, kind: str
 ) -> None:
     config = grown.config
     moving = moving_slots(config)
     rx, pub = ids_in_slots(config, moving, "rx", 2)
+    receives: Workflow[Any, Any] = waits.receiver if kind == "sync" else waits.receiver_async
+    publishes: Workflow[Any, Any] = waits.publisher if kind == "sync" else waits.publisher_async
     with shardflow.connect(config) as cluster:
-        receiver = cluster.submit(waits.receiver, 4, "t", 60.0, workflow_id=rx)
-        publisher = cluster.submit(waits.publisher, "v1", workflow_id=pub)
+        receiver = cluster.submit(receives, 4, "t", 60.0, workflow_id=rx)
+        publisher = cluster.submit(publishes, "v1", workflow_id=pub)
         with shardflow.Worker(cluster, waits.app, concurrency=4):
             assert publisher.result(timeout=30) == "done"
             cluster.send(rx, "m1", topic="t")
