@@ -2,6 +2,12 @@
 
 Decorating changes nothing about how a function runs outside a workflow; inside one (on a
 worker), every step call is checkpointed and replayed from its record after a restart.
+
+Methods work too (a class holding clients and configuration): a step method is bound like
+any method; a workflow method (its first parameter is ``self``) runs on the instance that
+:meth:`App.bind` registered in the worker's process, and is submitted as
+``cluster.submit(Class.method, *args)`` or ``cluster.submit(instance.method, *args)``
+(the instance itself is never stored; its arguments are).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import types
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -20,6 +27,7 @@ from shardflow.errors import ShardflowError, UnknownWorkflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 __all__ = ["App", "RetryPolicy", "Step", "Workflow"]
 
@@ -42,6 +50,12 @@ class Step(Generic[P, R]):
         self.retry = retry
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
+
+    def __get__(self, obj: object, owner: type | None = None) -> Step[Any, R]:
+        """A step method read from an instance: the same step, bound to it."""
+        if obj is None:
+            return self
+        return Step(types.MethodType(self.fn, obj), self.name, self.retry)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         run = context.current_run()
@@ -118,6 +132,20 @@ class Workflow(Generic[P, R]):
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):  # some callables have no introspectable signature
             self._signature = None
+        # A method (first parameter ``self``) runs on the instance App.bind registered.
+        params = [] if self._signature is None else list(self._signature.parameters)
+        self.is_method = bool(params) and params[0] == "self"
+        self.instance: object | None = None
+
+    def __get__(self, obj: object, owner: type | None = None) -> Workflow[Any, R]:
+        """A workflow method read from an instance or its class: the registered workflow
+        (submit it like any other; a direct call runs it on that instance)."""
+        if obj is None or not self.is_method:
+            return self
+        bound: Workflow[Any, R] = Workflow.__new__(Workflow)
+        bound.__dict__.update(self.__dict__)
+        bound.instance = obj
+        return bound
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError now if the workflow function cannot take these arguments, so
@@ -125,12 +153,23 @@ class Workflow(Generic[P, R]):
         if self._signature is None:
             return
         try:
-            self._signature.bind(*args, **kwargs)
+            self._signature.bind(*((None,) if self.is_method else ()), *args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"workflow {self.name!r}: {exc}") from None
 
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function (a method on its bound instance): what a worker runs."""
+        if not self.is_method:
+            return self.fn(*args, **kwargs)
+        if self.instance is None:
+            raise ShardflowError(
+                f"workflow {self.name!r} is a method: register an instance of its class"
+                " with app.bind(instance) in the worker's process"
+            )
+        return cast(Callable[..., Any], self.fn)(self.instance, *args, **kwargs)
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
+        return cast(R, self.call(*args, **kwargs))
 
 
 class App:
@@ -226,6 +265,24 @@ class App:
             return Step(f, name or f.__qualname__, policy)
 
         return wrap(fn) if fn is not None else wrap
+
+    def bind(self, instance: T) -> T:
+        """Register ``instance`` as the object the workflow methods of its class (those of
+        this app) run on, in this process; returns it. One instance per class and app:
+        a second one of the same class replaces the first (a worker binds it at start)."""
+        found = False
+        for klass in type(instance).__mro__:
+            for attr in vars(klass).values():
+                if isinstance(attr, Workflow) and attr.is_method:
+                    if self.workflows.get(attr.name) is not attr:
+                        continue
+                    attr.instance = instance
+                    found = True
+        if not found:
+            raise ValueError(
+                f"{type(instance).__name__} has no workflow methods registered in {self.name}"
+            )
+        return instance
 
     def lookup(self, name: str) -> Workflow[Any, Any]:
         try:

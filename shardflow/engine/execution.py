@@ -68,7 +68,7 @@ def _execute(run: WorkflowRun, app: App) -> WorkflowState | None:
         # Client calls made by the workflow (send, children, events) retry briefly: on a
         # longer outage of another shard the run is parked and replays later.
         with retry.budget(RUN_RETRY_SECONDS):
-            result = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
+            result = wf.call(*inputs.get("args", ()), **inputs.get("kwargs", {}))
         output = codec.dumps(result, f"result of workflow {claim.name!r}")
     except BaseException as exc:
         return end_by(run, exc)
@@ -119,6 +119,7 @@ def _finish(
     error: dict[str, Any] | None,
     reason: str | None,
 ) -> WorkflowState | None:
+    run.ending = True
     try:
         written = run.writer.finish(
             run.shard, FinishWrite(run.workflow_id, run.attempt, state, output, error, reason)

@@ -104,7 +104,7 @@ class WorkflowHandle(Generic[R]):
             # Registered before the first read: a final write committed from now on
             # wakes this wait; one committed earlier is what the read finds.
             while True:
-                outcome = self._read_outcome(deadline, timeout)
+                outcome = self.read_outcome(deadline, timeout)
                 if outcome is not None:
                     return outcome.value
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -114,7 +114,7 @@ class WorkflowHandle(Generic[R]):
                     listeners.recheck_seconds if remaining is None else remaining,
                 )
 
-    def _read_outcome(self, deadline: float | None, timeout: float | None) -> _Outcome[R] | None:
+    def read_outcome(self, deadline: float | None, timeout: float | None) -> _Outcome[R] | None:
         """Read the row once: the result if the workflow ended (raising what ended it
         badly), None if it goes on; WorkflowTimeout once ``deadline`` has passed."""
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)

@@ -10,6 +10,10 @@ re-check interval passes. Notifications are only a hint: the caller reads the ro
 after every wake, so a notification lost (a listener reconnecting, a workflow moving to
 another shard) costs at most one re-check interval, never a wrong answer.
 
+Async code waits the same way (:meth:`WaitListeners.wait_async`): its waiter is also
+woken on its event loop, so a coroutine that waits holds no thread; the listeners are the
+same ones (one connection per shard per client, whichever code waits).
+
 Each shard's listener runs in a thread of its own, started on the first wait for a
 workflow on that shard and stopped by :meth:`WaitListeners.close` (``Cluster.close()``).
 It never dies silently: a lost connection is logged, waited out with backoff and
@@ -19,6 +23,8 @@ LISTEN is in place again (a notification sent meanwhile was missed).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -88,18 +94,27 @@ class WaitStats:
 
 
 class Waiter:
-    """One registered wait (see :meth:`WaitListeners.watch`)."""
+    """One registered wait (see :meth:`WaitListeners.watch`); with ``loop``, also woken
+    on that event loop (for :meth:`WaitListeners.wait_async`)."""
 
-    __slots__ = ("_wake", "_why", "key")
+    __slots__ = ("_async_wake", "_loop", "_wake", "_why", "key")
 
-    def __init__(self, key: tuple[WaitFor, str]) -> None:
+    def __init__(
+        self, key: tuple[WaitFor, str], loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.key = key
         self._wake = threading.Event()
         self._why = ""
+        self._loop = loop
+        self._async_wake = asyncio.Event() if loop is not None else None
 
     def _set(self, why: str) -> None:
         self._why = self._why or why
         self._wake.set()
+        if self._loop is not None and self._async_wake is not None:
+            # A closed loop (RuntimeError) has nothing waiting on it any more.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._async_wake.set)
 
 
 class WaitListeners:
@@ -121,11 +136,16 @@ class WaitListeners:
     # -- the waiter's side --------------------------------------------------------------------
 
     @contextmanager
-    def watch(self, kind: WaitFor, workflow_id: str) -> Iterator[Waiter]:
+    def watch(
+        self,
+        kind: WaitFor,
+        workflow_id: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Iterator[Waiter]:
         """Register a waiter for ``workflow_id``; read the row only after this (so a
         notification sent before the read is not missed), and :meth:`wait` between
-        reads."""
-        waiter = Waiter((kind, workflow_id))
+        reads (:meth:`wait_async` if registered with the running ``loop``)."""
+        waiter = Waiter((kind, workflow_id), loop)
         with self._lock:
             self._waiters.setdefault(waiter.key, set()).add(waiter)
         try:
@@ -153,6 +173,22 @@ class WaitListeners:
             woken = waiter._wake.wait(seconds)
         else:
             woken = self._wait_or_interrupt(waiter, seconds, interrupt)
+        self._woke(waiter, woken)
+
+    async def wait_async(self, waiter: Waiter, shard: str, seconds: float) -> None:
+        """:meth:`wait` for a coroutine on the loop ``waiter`` was registered with: it
+        awaits the wake-up (no thread held while it waits)."""
+        wake = waiter._async_wake
+        if wake is None:
+            raise ValueError("wait_async: register the waiter with watch(..., loop=)")
+        self.listen_to(shard)
+        seconds = max(min(seconds, self.recheck_seconds), 0.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
+        wake.clear()
+        self._woke(waiter, waiter._wake.is_set())
+
+    def _woke(self, waiter: Waiter, woken: bool) -> None:
         with self._lock:
             why, waiter._why = waiter._why, ""
             waiter._wake.clear()

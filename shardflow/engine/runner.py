@@ -61,14 +61,17 @@ class WorkflowRun:
         # How the workflow reaches other workflows (None: it cannot, e.g. in a test).
         self.client = client
         # Set by the worker's listener when a message for this workflow arrives.
-        self.message_arrived = threading.Event()
+        self.message_arrived = self._new_event()
         self.workflow_id = claim.workflow_id
         self.shard = claim.shard
         self.attempt = claim.attempt
         self.recorded: dict[int, StepRecord] = {}
         self.next_step = 0
-        self.interrupted = threading.Event()
+        self.interrupted = self._new_event()
         self.interrupt_reason = ""
+        # Set once the run's final write is handed to the writer: that write ends the
+        # lease itself (a renewal that no longer finds it RUNNING lost nothing).
+        self.ending = False
         self.lease_seconds = lease_seconds
         # Local view of the lease: if heartbeats fail for a whole lease, another worker
         # may own the workflow, so this run must stop writing.
@@ -76,6 +79,10 @@ class WorkflowRun:
         self.lease_valid_until = started + lease_seconds
         # Told how long each completed step took (shard, step name, seconds): metrics.
         self.observe_step: Callable[[str, str, float], None] | None = None
+
+    def _new_event(self) -> threading.Event:
+        """The events a run is woken by (an async run's can also be awaited)."""
+        return threading.Event()
 
     def db_time(self) -> float:
         """Now on the database clock of this run's shard (epoch seconds), estimated from

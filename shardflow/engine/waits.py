@@ -89,27 +89,35 @@ class Waits:
             # Registered before the first read: an event published from now on wakes
             # this wait; one published earlier is what the read finds.
             while True:
-                remaining = deadline - time.monotonic()
-                shard: str | None = None
-                try:
-                    with budget(max(min(remaining, self.retry_seconds), 0.0)):
-                        shard, found, value = self._read_event(workflow_id, key)
-                except WorkflowNotFound:
-                    found, value = False, None
-                except ShardUnavailable:
-                    if deadline - time.monotonic() <= 0:
-                        raise
-                    found, value = False, None
+                found, value, shard = self.read_event_once(
+                    workflow_id, key, deadline - time.monotonic()
+                )
                 if found:
                     return value
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                self.listeners.wait(
-                    waiter, shard or self.locator.router.route(workflow_id), remaining, interrupt
-                )
+                self.listeners.wait(waiter, shard, remaining, interrupt)
                 if interrupt is not None and interrupt.is_set():
                     return None
+
+    def read_event_once(
+        self, workflow_id: str, key: str, remaining: float
+    ) -> tuple[bool, Any, str]:
+        """One read of :meth:`get_event`'s loop, riding out an outage up to ``remaining``
+        seconds: (found, value, the shard to listen to)."""
+        deadline = time.monotonic() + remaining
+        shard: str | None = None
+        try:
+            with budget(max(min(remaining, self.retry_seconds), 0.0)):
+                shard, found, value = self._read_event(workflow_id, key)
+        except WorkflowNotFound:
+            found, value = False, None
+        except ShardUnavailable:
+            if deadline - time.monotonic() <= 0:
+                raise
+            found, value = False, None
+        return found, value, shard or self.locator.router.route(workflow_id)
 
     @idempotent
     def _read_event(self, workflow_id: str, key: str) -> tuple[str, bool, Any]:

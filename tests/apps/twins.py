@@ -311,6 +311,51 @@ def async_sleep_in_sync() -> None:
     asyncio.run(shardflow.sleep_async(1))
 
 
+class Billing:
+    """Workflows and steps as methods of an object holding configuration."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+
+    @app.step(name="billing.price")
+    def price(self, units: int) -> int:
+        note("price")
+        return units * self.rate
+
+    @app.workflow(name="twins.billing.charge")
+    def charge(self, units: int) -> dict[str, int]:
+        return {"total": self.price(units) + self.price(1)}
+
+
+class AsyncBilling:
+    """:class:`Billing` with async methods."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+
+    @app.step(name="billing.price")
+    async def price(self, units: int) -> int:
+        note("price")
+        await asyncio.sleep(0)
+        return units * self.rate
+
+    @app.workflow(name="twins.async.billing.charge")
+    async def charge(self, units: int) -> dict[str, int]:
+        return {"total": await self.price(units) + await self.price(1)}
+
+
+class Unbound:
+    """A class whose instance no worker binds: its workflow cannot run."""
+
+    @app.workflow(name="twins.unbound.run")
+    def run(self) -> int:
+        return 1
+
+
+BILLING = app.bind(Billing(rate=10))
+ASYNC_BILLING = app.bind(AsyncBilling(rate=10))
+
+
 FLAVORS = {
     "sync": SimpleNamespace(
         three_steps=three_steps,
@@ -324,6 +369,8 @@ FLAVORS = {
         ticker=ticker,
         crashy=crashy,
         outlasting=outlasting,
+        billing=BILLING,
+        billing_class=Billing,
     ),
     "async": SimpleNamespace(
         three_steps=three_steps_async,
@@ -337,5 +384,7 @@ FLAVORS = {
         ticker=ticker_async,
         crashy=crashy_async,
         outlasting=outlasting_async,
+        billing=ASYNC_BILLING,
+        billing_class=AsyncBilling,
     ),
 }

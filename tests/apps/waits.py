@@ -50,11 +50,31 @@ def sender(target: str, messages: list[Any], topic: str | None = None) -> int:
     return len(messages)
 
 
+@app.workflow(name="waits.async.receiver")
+async def receiver_async(count: int, topic: str | None = None, timeout: float = 30.0) -> list[Any]:
+    """:func:`receiver` as an async workflow."""
+    got = []
+    for _ in range(count):
+        message = await shardflow.recv_async(topic, timeout=timeout)
+        await effect.call_async(f"recv:{message}")
+        got.append(message)
+    return got
+
+
 @app.workflow(name="waits.publisher")
 def publisher(value: Any) -> str:
     shardflow.set_event("status", "started")
     effect("publish")
     shardflow.set_event("status", value)
+    return "done"
+
+
+@app.workflow(name="waits.async.publisher")
+async def publisher_async(value: Any) -> str:
+    """:func:`publisher` as an async workflow."""
+    await shardflow.set_event_async("status", "started")
+    await effect.call_async("publish")
+    await shardflow.set_event_async("status", value)
     return "done"
 
 

@@ -4,10 +4,15 @@ the example's own submitter run as a script."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,6 +107,54 @@ def test_agent_async_workflow_and_client(
         "plan for 'tidy'",
         "{'plan': \"plan for 'tidy'\", 'words': 3, 'verdict': 'approved'}",
     ]
+
+
+def test_fastapi_app_submits_and_awaits_with_the_async_client(
+    run_example: StartWorker, test_cluster: TestCluster, tmp_path: Path
+) -> None:
+    pytest.importorskip("fastapi")
+    run_example("fastapi_app", "flows:app")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "uvicorn.log"
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "web:api", "--port", str(port)],
+            cwd=EXAMPLES / "fastapi_app",
+            env=_env(test_cluster.path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}/greetings"
+
+    def call(method: str, path: str) -> tuple[int, object]:
+        request = urllib.request.Request(base + path, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def answers() -> bool:
+        try:
+            return call("GET", "/nobody")[0] == 404
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, timeout=60, message="the FastAPI app to answer")
+        assert call("POST", "/ada") == (200, {"name": "ada", "message": "Hello, ada!"})
+        # The same request again is the same workflow, and the same answer.
+        assert call("POST", "/ada") == (200, {"name": "ada", "message": "Hello, ada!"})
+        assert call("GET", "/ada") == (200, {"state": "SUCCESS"})
+    finally:
+        server.terminate()
+        # uvicorn shuts down (the lifespan closes the client), then re-raises SIGTERM.
+        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in log.read_text(encoding="utf-8")
+    with shardflow.connect(test_cluster.path) as cluster:
+        assert [s.name for s in cluster.steps("greet-ada")] == ["greeter.compose"]
 
 
 def test_nightly_schedule(run_example: StartWorker, test_cluster: TestCluster) -> None:

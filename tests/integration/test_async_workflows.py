@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -236,3 +237,88 @@ def test_a_step_longer_than_the_lease_keeps_it(cluster: Cluster, kind: SimpleNam
     assert twins.CALLS["slow"] == 1
     status = handle.status()
     assert status.attempt == 1 and status.recoveries == 0
+
+
+def test_workflow_and_step_methods_run_on_the_bound_instance(
+    cluster: Cluster, kind: SimpleNamespace
+) -> None:
+    by_class = cluster.submit(kind.billing_class.charge, 5)
+    by_instance = cluster.submit(kind.billing.charge, 2)
+    with pytest.raises(TypeError, match="too many positional"):
+        cluster.submit(kind.billing_class.charge, 1, 2)
+    with shardflow.Worker(cluster, app, concurrency=2):
+        assert by_class.result(timeout=30) == {"total": 60}
+        assert by_instance.result(timeout=30) == {"total": 30}
+    assert [(s.name, s.output) for s in cluster.steps(by_class.workflow_id)] == [
+        ("billing.price", 50),
+        ("billing.price", 10),
+    ]
+    assert twins.CALLS["price"] == 4
+    # Outside a worker, a method call is a plain call on its instance (not durable).
+    direct = kind.billing.charge(1)
+    assert (asyncio.run(direct) if asyncio.iscoroutine(direct) else direct) == {"total": 20}
+
+
+def test_a_workflow_method_without_a_bound_instance_fails_clearly(cluster: Cluster) -> None:
+    handle = cluster.submit(twins.Unbound.run)
+    with (
+        shardflow.Worker(cluster, app, concurrency=2),
+        pytest.raises(shardflow.WorkflowFailed) as info,
+    ):
+        handle.result(timeout=30)
+    assert "app.bind(instance)" in str(info.value)
+
+
+def test_async_waits_are_woken_by_notifications(
+    test_cluster: TestCluster, cluster: Cluster
+) -> None:
+    """Many coroutines await result() and get_event at once: each is woken by its
+    workflow's notification (the re-check interval is set far beyond the test), and
+    waiting holds no thread (more waiters than the loop's executor has threads)."""
+    waiters = 40
+
+    async def scenario() -> None:
+        async with await shardflow.connect_async(test_cluster.config) as aclient:
+            listeners = aclient.sync.listeners
+            listeners.recheck_seconds = 600.0
+            receivers = [
+                await aclient.submit(twins.receiver_async, 1, None) for _ in range(waiters)
+            ]
+            publisher = await aclient.submit(twins.publisher_async, 7)
+            loop = asyncio.get_running_loop()
+            # Fewer threads than waiters: a wait that held one would starve the others.
+            loop.set_default_executor(ThreadPoolExecutor(4))
+            # Every shard's listener in place first: its first LISTEN wakes every waiter.
+            for shard in test_cluster.config.shard_names:
+                listeners.listen_to(shard)
+            shards = set(test_cluster.config.shard_names)
+
+            def all_listening() -> bool:
+                health = listeners.health()
+                return set(health) == shards and all(h.listening for h in health.values())
+
+            await asyncio.to_thread(wait_until, all_listening, timeout=30)
+            results = [asyncio.ensure_future(h.result(timeout=60)) for h in receivers]
+            event = asyncio.ensure_future(aclient.get_event(publisher.workflow_id, "status", 60))
+            await asyncio.to_thread(
+                wait_until, lambda: listeners.waiting() == waiters + 1, timeout=30
+            )
+            before = listeners.stats()
+            worker = shardflow.Worker(cluster, app, concurrency=2, async_concurrency=100)
+            await asyncio.to_thread(worker.start)
+            try:
+                for h in receivers:
+                    await aclient.send(h.workflow_id, h.workflow_id)
+                assert await asyncio.wait_for(event, 60) == 7
+                done = await asyncio.wait_for(asyncio.gather(*results), 60)
+            finally:
+                await asyncio.to_thread(worker.stop)
+            assert done == [[h.workflow_id] for h in receivers]
+            after = listeners.stats()
+            # No re-check interval passed and no listener reconnected: notifications
+            # woke every one of them.
+            assert (after.rechecks, after.resynced) == (before.rechecks, before.resynced)
+            assert after.notified - before.notified >= waiters + 1
+            assert listeners.waiting() == 0
+
+    asyncio.run(scenario())

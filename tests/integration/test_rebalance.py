@@ -3,9 +3,11 @@ workflows, messages and events in transit, tombstones."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,12 +15,13 @@ import pytest
 import shardflow
 from shardflow import WorkflowState
 from shardflow.config import ClusterConfig
+from shardflow.engine.app import Workflow
 from shardflow.rebalance import ApplyOptions, Progress, Rebalancer
 from shardflow.rebalance.mover import MoveStep
 from shardflow.rebalance.status import gather_status
 from shardflow.router.hashing import Hasher
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
-from tests.apps import basic, waits
+from tests.apps import basic, twins, waits
 
 SLOTS = 256
 
@@ -186,6 +189,43 @@ def test_a_client_created_before_the_rebalance_keeps_working(grown: TestCluster)
     assert live_rows(config) == Counter({wid: 1 for wid in old_ids + new_ids})
 
 
+def test_an_async_client_follows_moved_workflows_and_awaits_them(grown: TestCluster) -> None:
+    """Async workflows submitted with the async client before a rebalance: its handles
+    find them on their new shard and their result() waits are woken there."""
+    config = grown.config
+    moving = moving_slots(config)
+    ids = ids_in_slots(config, moving, "aio", 10)
+
+    async def scenario(worker_client: shardflow.Cluster) -> None:
+        async with await shardflow.connect_async(config) as aclient:
+            handles = [
+                await aclient.submit(twins.three_steps_async, i, workflow_id=w)
+                for i, w in enumerate(ids)
+            ]
+            sources = {h.shard for h in handles}
+            assert "shard3" not in sources
+            with Rebalancer(config) as rebalancer:
+                await asyncio.to_thread(rebalancer.apply)
+            for wid in ids:
+                status = await aclient.get(wid)  # follows the tombstone
+                assert status.shard == "shard3" and status.state is WorkflowState.ENQUEUED
+            waits = [asyncio.ensure_future(h.result(timeout=60)) for h in handles]
+            worker = shardflow.Worker(worker_client, twins.app, concurrency=2)
+            await asyncio.to_thread(worker.start)
+            try:
+                results = await asyncio.gather(*waits)
+            finally:
+                await asyncio.to_thread(worker.stop)
+            assert results == [{"result": i + 3} for i in range(len(ids))]
+            assert {h.shard for h in handles} == {"shard3"}
+
+    twins.reset()
+    with shardflow.connect(config) as other:
+        asyncio.run(scenario(other))
+    assert live_rows(config) == Counter({wid: 1 for wid in ids})
+    assert_settled_on_plan(config)
+
+
 def test_mid_move_reads_and_submits_see_each_workflow_once(grown: TestCluster) -> None:
     """At each step of a batch's move, a client reads and resubmits the batch's IDs."""
     config = grown.config
@@ -264,19 +304,23 @@ def test_draining_a_shard_leaves_it_empty_and_removable(
     assert live_rows(removed.config) == Counter({h.workflow_id: 1 for h in handles})
 
 
-def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(grown: TestCluster) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(
+    grown: TestCluster, kind: str
+) -> None:
     config = grown.config
     moving = moving_slots(config)
     (wid,) = ids_in_slots(config, moving, "gated", 1)
     hasher = Hasher(config.hash.slots, config.hash.seed)
     started, gate = threading.Event(), threading.Event()
-    basic.CONTROL.update(started=started, gate=gate)
+    twins.reset()
+    twins.CONTROL.update(started=started, gate=gate)
     reports: list[Progress] = []
     said: list[str] = []
     with shardflow.connect(config) as cluster:
         source = cluster.route(wid)
-        handle = cluster.submit(basic.gated, "k", workflow_id=wid)
-        with shardflow.Worker(cluster, basic.app, concurrency=2):
+        handle = cluster.submit(twins.FLAVORS[kind].gated, "k", workflow_id=wid)
+        with shardflow.Worker(cluster, twins.app, concurrency=2):
             assert started.wait(30)
             rebalancer = Rebalancer(config, on_progress=reports.append, on_wait=said.append)
             rebalancer.connect()
@@ -305,19 +349,23 @@ def test_a_running_workflow_keeps_its_slot_split_until_it_is_idle(grown: TestClu
     with shardflow.connect(config) as cluster:
         moved = cluster.get(wid)
         assert moved.shard == "shard3" and moved.state is WorkflowState.SUCCESS
-        assert [s.name for s in cluster.steps(wid)] == ["gate_step", "gate_step"]
+        assert [s.name for s in cluster.steps(wid)] == ["gate_step", "wait_gate", "gate_step"]
+        assert moved.attempt == 1  # ran once, across the move, never recovered
     assert_settled_on_plan(config)
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
 def test_messages_and_events_move_with_the_workflow_and_arrive_once_in_order(
-    grown: TestCluster,
+    grown: TestCluster, kind: str
 ) -> None:
     config = grown.config
     moving = moving_slots(config)
     rx, pub = ids_in_slots(config, moving, "rx", 2)
+    receives: Workflow[Any, Any] = waits.receiver if kind == "sync" else waits.receiver_async
+    publishes: Workflow[Any, Any] = waits.publisher if kind == "sync" else waits.publisher_async
     with shardflow.connect(config) as cluster:
-        receiver = cluster.submit(waits.receiver, 4, "t", 60.0, workflow_id=rx)
-        publisher = cluster.submit(waits.publisher, "v1", workflow_id=pub)
+        receiver = cluster.submit(receives, 4, "t", 60.0, workflow_id=rx)
+        publisher = cluster.submit(publishes, "v1", workflow_id=pub)
         with shardflow.Worker(cluster, waits.app, concurrency=4):
             assert publisher.result(timeout=30) == "done"
             cluster.send(rx, "m1", topic="t")

@@ -2,10 +2,16 @@
 
 An :class:`AsyncCluster` offers the client calls of :class:`~shardflow.engine.cluster.
 Cluster` as coroutines, for code that runs on an event loop (a FastAPI handler, an agent
-loop). Today each call runs the sync client's call in a worker thread
-(``asyncio.to_thread``): the loop is never blocked, but each call in flight holds a
-thread. :meth:`AsyncWorkflowHandle.result` waits without holding a thread: it polls the
-workflow's status with a backoff (5 ms growing to 0.5 s).
+loop). Each read or write runs the sync client's call in a worker thread
+(``asyncio.to_thread``, so routing follows slot moves exactly as the sync client does):
+the loop is never blocked, and a call holds a thread only while its statement runs.
+
+Waiting holds no thread: :meth:`AsyncWorkflowHandle.result` and
+:meth:`AsyncCluster.get_event` register with the client's LISTEN connection of the
+shard (one per shard per client, shared with the sync calls; see
+:mod:`~shardflow.engine.listeners`), read the row, and await a notification for their
+workflow on the loop, reading the row again after each wake-up and at least once per
+re-check interval (a notification lost costs at most that interval).
 """
 
 from __future__ import annotations
@@ -17,21 +23,13 @@ from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
-from shardflow import retry
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster import DEFAULT_RETRY_SECONDS, Cluster, connect
 from shardflow.engine.handles import Page, Submission, WorkflowHandle
+from shardflow.engine.listeners import WaitFor
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.serialization import Serializer
-from shardflow.engine.states import WorkflowState
-from shardflow.errors import (
-    ShardUnavailable,
-    TransientStoreError,
-    WorkflowCancelled,
-    WorkflowFailed,
-    WorkflowTimeout,
-)
 
 __all__ = ["AsyncCluster", "AsyncWorkflowHandle", "connect_async"]
 
@@ -57,40 +55,25 @@ class AsyncWorkflowHandle(Generic[R]):
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the workflow to end and return its result (see
         :meth:`WorkflowHandle.result`: the same errors, and an outage of the shard is
-        waited out up to ``timeout``)."""
+        waited out up to ``timeout``). Woken by the workflow's final write (LISTEN/NOTIFY),
+        with a re-check of the row at least once per re-check interval."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = retry.Backoff(0.005, 0.5)
-        status: WorkflowStatus | None = None
-        while True:
-            try:
-                status = await self.status()
-            except (ShardUnavailable, TransientStoreError) as exc:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WorkflowTimeout(
-                        f"workflow {self.workflow_id!r}: no answer after {timeout}s ({exc})"
-                    ) from None
-            else:
-                if status.state.is_terminal:
-                    return _outcome(self.workflow_id, status)  # type: ignore[no-any-return]
-            if deadline is not None and time.monotonic() >= deadline:
-                state = status.state.value if status is not None else "unknown"
-                raise WorkflowTimeout(
-                    f"workflow {self.workflow_id!r} still {state} after {timeout}s"
+        listeners = self.cluster.listeners
+        reader: WorkflowHandle[R] = WorkflowHandle(self.cluster, self.workflow_id, self.shard)
+        loop = asyncio.get_running_loop()
+        with listeners.watch(WaitFor.DONE, self.workflow_id, loop) as waiter:
+            # Registered before the first read (see WorkflowHandle.result).
+            while True:
+                outcome = await asyncio.to_thread(reader.read_outcome, deadline, timeout)
+                self.shard = reader.shard
+                if outcome is not None:
+                    return outcome.value
+                remaining = None if deadline is None else deadline - time.monotonic()
+                await listeners.wait_async(
+                    waiter,
+                    self.shard,
+                    listeners.recheck_seconds if remaining is None else remaining,
                 )
-            pause = backoff.next()
-            if deadline is not None:
-                pause = min(pause, max(deadline - time.monotonic(), 0.0))
-            await asyncio.sleep(pause)
-
-
-def _outcome(workflow_id: str, status: WorkflowStatus) -> Any:
-    if status.state is WorkflowState.SUCCESS:
-        return status.output
-    if status.state is WorkflowState.CANCELLED:
-        raise WorkflowCancelled(workflow_id, status.reason)
-    if status.state is WorkflowState.DEAD:
-        raise WorkflowFailed(workflow_id, {"type": "DeadLettered", "message": status.reason or ""})
-    raise WorkflowFailed(workflow_id, status.error)
 
 
 def _wrap(cluster: Cluster, handle: WorkflowHandle[Any]) -> AsyncWorkflowHandle[Any]:
@@ -185,9 +168,26 @@ class AsyncCluster:
         return await asyncio.to_thread(self.sync.send, workflow_id, message, topic, idempotency_key)
 
     async def get_event(self, workflow_id: str, key: str, timeout: float = 0.0) -> Any:
-        """The value a workflow published under ``key``, waiting up to ``timeout`` (this
-        wait holds a thread of the default executor)."""
-        return await asyncio.to_thread(self.sync.get_event, workflow_id, key, timeout)
+        """The value a workflow published under ``key``, waiting up to ``timeout``
+        seconds (None if nothing was published by then). Woken by the publication
+        (LISTEN/NOTIFY); the wait holds no thread."""
+        deadline = time.monotonic() + timeout
+        listeners = self.sync.listeners
+        loop = asyncio.get_running_loop()
+        with listeners.watch(WaitFor.EVENT, workflow_id, loop) as waiter:
+            # Registered before the first read: a later publication wakes this wait.
+            while True:
+                remaining = max(deadline - time.monotonic(), 0.0)
+                # One read, up to the time left (a shard restarting is waited out).
+                found, value, shard = await asyncio.to_thread(
+                    self.sync.waits.read_event_once, workflow_id, key, remaining
+                )
+                if found:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                await listeners.wait_async(waiter, shard, remaining)
 
 
 async def connect_async(

@@ -88,13 +88,16 @@ class AsyncWorkflowRun(WorkflowRun):
         executor: Executor | None,
         async_writer: AsyncRunWriter | None = None,
     ) -> None:
+        self.loop = loop  # before the base class makes its events (_new_event)
         super().__init__(claim, store, lease_seconds, client, writer)
         # Checkpoints awaited on the loop (else written from a thread of the pool).
         self.async_writer = async_writer
-        self.loop = loop
         self.executor = executor
-        self.interrupted: LoopEvent = LoopEvent(loop)
-        self.message_arrived: LoopEvent = LoopEvent(loop)
+        self.interrupted: LoopEvent
+        self.message_arrived: LoopEvent
+
+    def _new_event(self) -> LoopEvent:
+        return LoopEvent(self.loop)
 
     def in_thread(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Run blocking ``fn`` in the run's thread pool (in this context: the run)."""
@@ -221,7 +224,7 @@ async def _execute_async(run: AsyncWorkflowRun, app: App) -> WorkflowState | Non
             steps = await run.in_thread(lambda: run.store.load_steps(run.shard, run.workflow_id))
             run.recorded = {s.step_no: s for s in steps}
         inputs = codec.loads(claim.inputs)
-        outcome: Any = wf.fn(*inputs.get("args", ()), **inputs.get("kwargs", {}))
+        outcome: Any = wf.call(*inputs.get("args", ()), **inputs.get("kwargs", {}))
         result = await outcome
         output = codec.dumps(result, f"result of workflow {claim.name!r}")
     except asyncio.CancelledError:
@@ -240,6 +243,7 @@ async def _end_with_async(run: AsyncWorkflowRun, output: str) -> WorkflowState |
     writer = run.async_writer
     if writer is None or run.claim.parent_id:
         return await run.in_thread(lambda: end_with(run, output))
+    run.ending = True
     try:
         written = await writer.finish_async(
             run.shard,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from shardflow.config.model import QueueConfig
 from shardflow.engine.aio.run import AsyncWorkflowRun, execute_async
@@ -87,8 +88,12 @@ class ClaimLoops(WorkerBase):
         with self._lock:  # several claim threads count here
             self.stats.claimed += len(claims)
             self.stats.claimed_by[(shard, queue.name)] += len(claims)
-        for claim in claims:
-            self._launch(claim, queue, reserved=True, how="new")
+        started: list[Coroutine[Any, Any, None]] = []
+        try:
+            for claim in claims:
+                self._launch(claim, queue, reserved=True, how="new", batch=started)
+        finally:
+            self._aio.start_all(started)  # whatever was launched starts, even after an error
         return len(claims)
 
     def _claim_groups(self) -> list[tuple[QueueConfig | None, list[str]]]:
@@ -134,37 +139,63 @@ class ClaimLoops(WorkerBase):
                 )
             finally:
                 self._unreserve(queue, n - len(claims), aio)
-            for claim in claims:
-                if claim.state is WorkflowState.DEAD:
-                    with self._lock:
-                        self.stats.dead_lettered += 1
-                    self._unreserve(queue, 1, aio)
-                    log.warning(
-                        "workflow %s dead-lettered after %d recoveries",
-                        claim.workflow_id,
-                        claim.recoveries - 1,
-                    )
-                    self.events.emit(
-                        EventKind.DEAD_LETTERED, claim.workflow_id, shard, claim.attempt
-                    )
-                    if claim.parent_id:
-                        self._wake_parent(claim.parent_id)
-                    continue
-                if recovery:
-                    with self._lock:
-                        self.stats.recovered += 1
-                        self.stats.recovered_by[(shard, claim.queue)] += 1
-                    log.info(
-                        "recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard
-                    )
-                else:
-                    with self._lock:
-                        self.stats.woken += 1
-                self._launch(claim, queue, reserved=True, how="recovered" if recovery else "woken")
+            started: list[Coroutine[Any, Any, None]] = []
+            try:
+                self._launch_resumed(shard, queue, aio, claims, recovery, started)
+            finally:
+                self._aio.start_all(started)
             total += len(claims)
         return total
 
-    def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool, how: str) -> None:
+    def _launch_resumed(
+        self,
+        shard: str,
+        queue: QueueConfig | None,
+        aio: bool,
+        claims: list[Claim],
+        recovery: bool,
+        started: list[Coroutine[Any, Any, None]],
+    ) -> None:
+        """Launch woken or recovered runs of one kind (``aio``); dead-letter repeaters."""
+        for claim in claims:
+            if claim.state is WorkflowState.DEAD:
+                with self._lock:
+                    self.stats.dead_lettered += 1
+                self._unreserve(queue, 1, aio)
+                log.warning(
+                    "workflow %s dead-lettered after %d recoveries",
+                    claim.workflow_id,
+                    claim.recoveries - 1,
+                )
+                self.events.emit(EventKind.DEAD_LETTERED, claim.workflow_id, shard, claim.attempt)
+                if claim.parent_id:
+                    self._wake_parent(claim.parent_id)
+                continue
+            if recovery:
+                with self._lock:
+                    self.stats.recovered += 1
+                    self.stats.recovered_by[(shard, claim.queue)] += 1
+                log.info(
+                    "recovering %s (attempt %d) on %s", claim.workflow_id, claim.attempt, shard
+                )
+            else:
+                with self._lock:
+                    self.stats.woken += 1
+            how = "recovered" if recovery else "woken"
+            self._launch(claim, queue, reserved=True, how=how, batch=started)
+
+    def _launch(
+        self,
+        claim: Claim,
+        queue: QueueConfig | None,
+        *,
+        reserved: bool,
+        how: str,
+        batch: list[Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """Start ``claim``'s run: a sync one on a thread of the pool; an async one on the
+        loop, or, with ``batch``, appended to it for :meth:`RunLoop.start_all` (one
+        wake-up of the loop per claimed batch, not one per run)."""
         assert self._writer is not None
         writer = self._writer
         aio = self.app.lookup(claim.name).is_async
@@ -191,7 +222,10 @@ class ClaimLoops(WorkerBase):
                 self._reserved_by[aio] -= 1
         self.events.emit(EventKind.CLAIMED, claim.workflow_id, claim.shard, claim.attempt, how)
         if isinstance(run, AsyncWorkflowRun):
-            self._aio.submit(self._execute_async(run, queue))
+            if batch is None:
+                self._aio.start_all([self._execute_async(run, queue)])
+            else:
+                batch.append(self._execute_async(run, queue))
             return
         assert self._executor is not None
         self._executor.submit(self._execute, run, queue)

@@ -83,8 +83,10 @@ class LeaseLoops(WorkerBase):
                 run.lease_renewed(started)
                 if self.events:
                     self.events.emit(EventKind.RENEWED, run.workflow_id, shard, run.attempt)
-            elif not run.interrupted.is_set():
-                # Cancelled, or finished between snapshot and renewal, or stolen.
+            elif not run.interrupted.is_set() and not run.ending:
+                # Cancelled, or finished between snapshot and renewal, or stolen. (A run
+                # whose final write is in flight is left alone: that write ended the
+                # lease, or is fenced off if the lease was really lost.)
                 with self._lock:
                     self.stats.leases_lost += 1
                 run.interrupt("lease lost (cancelled or claimed elsewhere)")
