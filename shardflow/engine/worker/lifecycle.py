@@ -99,6 +99,15 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
                         daemon=True,
                     )
                 )
+        for home in sorted(set(self._homes.values())):
+            self._threads.append(
+                threading.Thread(
+                    target=self._guarded,
+                    args=(f"queue-leases-{home}", self._queue_lease_loop, home),
+                    name=f"shardflow-queue-leases-{home}",
+                    daemon=True,
+                )
+            )
         schedules = collect(self.app, self.cluster)
         if schedules:
             self.scheduler = Scheduler(self.cluster, schedules, self._stopping)
@@ -235,7 +244,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
             age = now - self._progress.get(name, now)
             # cron and retention sleep until their next tick or round, which may be long:
             # only the per-shard loops, which beat every poll or heartbeat, can stall.
-            periodic = name.split("-")[0] in ("claim", "listen", "heartbeat")
+            periodic = name.split("-")[0] in ("claim", "listen", "heartbeat", "queue")
             out[name] = {
                 "alive": t.is_alive(),
                 "seconds_since_progress": round(age, 1),
