@@ -77,10 +77,11 @@ class RateLimit:
 class QueueConfig:
     """A named queue.
 
-    ``concurrency`` is the queue's global limit of RUNNING workflows, split across shards
-    by weight; ``worker_concurrency`` is exact, per worker process; ``key_concurrency``
-    caps the RUNNING workflows of each partition key on each shard, and makes claims
-    round-robin across keys (docs/queues.md#flow-control).
+    ``concurrency`` is the queue's limit of RUNNING workflows in the whole cluster, exact
+    (queue leases on its home shard, docs/queues.md#concurrency); ``worker_concurrency``
+    is exact, per worker process; ``key_concurrency`` caps the RUNNING workflows of each
+    partition key on each shard, and makes claims round-robin across keys
+    (docs/queues.md#flow-control).
     """
 
     name: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -416,14 +417,14 @@ def test_global_queue_concurrency_holds_across_shards(cluster_factory: ClusterFa
             ]
             with shardflow.Worker(client, app, concurrency=16, poll_interval_seconds=0.05) as w:
                 wait_until(lambda: basic.CALLS["gate:before"] == 3, message="3 started")
+
                 # Limit 3, cluster-wide: every shard's claim loop polls again, twice, and
                 # claims nothing more while the 3 hold the queue's leases.
+                def polled_since(mark: float) -> bool:
+                    return all(w._progress[f"claim-{s}"] > mark for s in w.shards)
+
                 for _ in range(2):
-                    mark = time.monotonic()
-                    wait_until(
-                        lambda: all(w._progress[f"claim-{s}"] > mark for s in w.shards),
-                        message="every claim loop polled",
-                    )
+                    wait_until(functools.partial(polled_since, time.monotonic()), message="polls")
                 assert len(client.list_workflows(state="RUNNING").items) == 3
                 assert basic.CALLS["gate:before"] == 3
                 basic.CONTROL["gate"].set()

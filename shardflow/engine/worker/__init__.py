@@ -14,7 +14,8 @@ loop dies of an error: each logs it, backs off and goes on, and records its prog
 ``worker.events`` (:mod:`shardflow.engine.worker.events`).
 
 Modules: ``base`` (configuration, shared state, thread capacity), ``claiming`` (claim
-loops, running and ending runs), ``leases`` (heartbeats, deadlines), ``listening``
+loops, running and ending runs), ``leases`` (heartbeats, deadlines), ``queue_leases``
+(a queue's ``concurrency``, held on its home shard), ``listening``
 (notifications), ``events`` (the event hub), ``lifecycle`` (start, stop, health).
 """
 

@@ -33,7 +33,8 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
     Its parts live in one module each: configuration and shared state
     (:mod:`~shardflow.engine.worker.base`), claiming and running
     (:mod:`~shardflow.engine.worker.claiming`), leases
-    (:mod:`~shardflow.engine.worker.leases`), notifications
+    (:mod:`~shardflow.engine.worker.leases`), queue-wide concurrency
+    (:mod:`~shardflow.engine.worker.queue_leases`), notifications
     (:mod:`~shardflow.engine.worker.listening`) and its events
     (:mod:`~shardflow.engine.worker.events`).
     """
