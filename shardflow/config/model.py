@@ -72,6 +72,9 @@ class RateLimit:
     limit: int
     period_seconds: float
 
+    def pair(self) -> tuple[int, float]:
+        return self.limit, self.period_seconds
+
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
@@ -81,7 +84,8 @@ class QueueConfig:
     (queue leases on its home shard, docs/queues.md#concurrency); ``worker_concurrency``
     is exact, per worker process; ``key_concurrency`` caps the RUNNING workflows of each
     partition key on each shard, and makes claims round-robin across keys
-    (docs/queues.md#flow-control).
+    (docs/queues.md#flow-control); ``key_rate_limit`` caps the starts of each partition
+    key per period, on each shard, and makes claims round-robin too.
     """
 
     name: str
@@ -89,6 +93,12 @@ class QueueConfig:
     worker_concurrency: int | None = None
     rate_limit: RateLimit | None = None
     key_concurrency: int | None = None
+    key_rate_limit: RateLimit | None = None
+
+    @property
+    def keyed(self) -> bool:
+        """Whether claims of this queue count per partition key (and take turns)."""
+        return self.key_concurrency is not None or self.key_rate_limit is not None
 
 
 @dataclass(frozen=True, slots=True)

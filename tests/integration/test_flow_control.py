@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -308,3 +309,82 @@ def test_keyed_claims_hold_key_and_queue_limits_together(keyed: TestCluster) -> 
         assert claim(10) == ["a-1", "b-1", "c-1", "loose-1"]
         # Every key is at its limit of 2 RUNNING: nothing more until one ends.
         assert claim(10) == []
+
+
+def test_key_rate_limit_counts_each_keys_starts_per_period(keyed: TestCluster) -> None:
+    """On a deterministic clock: each key starts at most 3 per 60 s; the window slides."""
+    t0 = datetime.now(UTC) + timedelta(seconds=5)
+    with Cluster(keyed.config) as client:
+        for key in ("a", "b"):
+            client.submit_many(
+                shardflow.Submission(
+                    flow.keyed, (key,), workflow_id=f"{{rate}}:{key}-{i:02}", partition_key=key
+                )
+                for i in range(10)
+            )
+        shard = client.route("{rate}:x")
+
+        def claim(at: datetime, limit: int = 100) -> list[str]:
+            claims = client.store.claim_enqueued(
+                shard,
+                queue="tenants",
+                names=["flow.keyed"],
+                owner="test",
+                lease_seconds=600,
+                limit=limit,
+                key_rate_limit=(3, 60.0),
+                now=at,
+            )
+            return sorted(c.workflow_id.removeprefix("{rate}:") for c in claims)
+
+        # Two claims in the same window: 3 starts per key, then none, running or not.
+        assert claim(t0, limit=4) == ["a-00", "a-01", "b-00", "b-01"]
+        assert claim(t0 + timedelta(seconds=1)) == ["a-02", "b-02"]
+        assert claim(t0 + timedelta(seconds=59)) == []
+        # 60 s after the first starts, their places in the window are free again.
+        assert claim(t0 + timedelta(seconds=60.5)) == ["a-03", "a-04", "b-03", "b-04"]
+        assert claim(t0 + timedelta(seconds=61.5)) == ["a-05", "b-05"]
+        assert claim(t0 + timedelta(seconds=62)) == []
+
+
+def test_a_worker_keeps_each_keys_start_rate(cluster_factory: ClusterFactory) -> None:
+    """Measured on the database clock: a key never starts 3 within 1 s, and the keys
+    do not wait for each other."""
+    flow.reset(seconds=0.0)
+    made = cluster_factory.make(
+        3,
+        extra={
+            "queues": {
+                "default": {},
+                "tenants": {"key_rate_limit": {"limit": 2, "period_seconds": 1}},
+            }
+        },
+    )
+    try:
+        with Cluster(made.config) as client:
+            handles = client.submit_many(
+                shardflow.Submission(
+                    flow.keyed, (key,), workflow_id=f"{{{key}}}:job-{i}", partition_key=key
+                )
+                for key in ("k1", "k2", "k3")
+                for i in range(5)
+            )
+            with shardflow.Worker(client, flow.app, concurrency=8, poll_interval_seconds=0.02):
+                for h in handles:
+                    h.result(timeout=60)
+            runs = client.list_workflows(name="flow.keyed", limit=100).items
+        starts: dict[str, list[datetime]] = {}
+        for r in runs:
+            assert r.started_at is not None
+            starts.setdefault(r.workflow_id.split("}")[0][1:], []).append(r.started_at)
+        assert sorted(starts) == ["k1", "k2", "k3"]
+        for key, times in starts.items():
+            times.sort()
+            # Any three consecutive starts of a key span at least the period.
+            for first, third in zip(times, times[2:], strict=False):
+                assert third - first >= timedelta(seconds=1), (key, times)
+        # Five starts at 2 per second take 2 windows; the keys ran side by side.
+        firsts = sorted(t[0] for t in starts.values())
+        assert firsts[-1] - firsts[0] < timedelta(seconds=1)
+    finally:
+        cluster_factory.drop(made)

@@ -70,12 +70,9 @@ class ClaimLoops(QueueLeaseLoops):
         n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
         if n == 0:
             return 0
-        leases = self._take_leases(queue, n)
-        if leases is not None:
-            self._unreserve(queue, n - len(leases), aio)
-            n = len(leases)
-            if n == 0:
-                return 0
+        n, leases = self._take_leases(queue, n, aio)
+        if n == 0:
+            return 0
         claims: list[Claim] = []
         try:
             claims = self.cluster.store.claim_enqueued(
@@ -87,6 +84,7 @@ class ClaimLoops(QueueLeaseLoops):
                 limit=n,
                 rate_limit=self._shares[queue.name][shard],
                 key_concurrency=queue.key_concurrency,
+                key_rate_limit=queue.key_rate_limit.pair() if queue.key_rate_limit else None,
                 app_version=self.app_version,
             )
         finally:
@@ -135,12 +133,9 @@ class ClaimLoops(QueueLeaseLoops):
             n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
             if n == 0:
                 continue
-            leases = self._take_leases(queue, n)
-            if leases is not None:
-                self._unreserve(queue, n - len(leases), aio)
-                n = len(leases)
-                if n == 0:
-                    continue
+            n, leases = self._take_leases(queue, n, aio)
+            if n == 0:
+                continue
             claims: list[Claim] = []
             try:
                 claims = claim_fn(

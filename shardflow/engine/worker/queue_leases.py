@@ -40,7 +40,19 @@ class QueueLease:
 class QueueLeaseLoops(WorkerBase):
     """The queue-lease side of a worker (a part of :class:`~shardflow.engine.worker.Worker`)."""
 
-    def _take_leases(self, queue: QueueConfig | None, want: int) -> list[QueueLease] | None:
+    def _take_leases(
+        self, queue: QueueConfig | None, reserved: int, aio: bool
+    ) -> tuple[int, list[QueueLease] | None]:
+        """Take up to ``reserved`` (threads reserved for a claim) of ``queue``'s leases, and
+        give back the threads of those not taken: (how many to claim, the leases taken,
+        or None when the queue has no queue-wide limit)."""
+        leases = self._take(queue, reserved)
+        if leases is None:
+            return reserved, None
+        self._unreserve(queue, reserved - len(leases), aio)
+        return len(leases), leases
+
+    def _take(self, queue: QueueConfig | None, want: int) -> list[QueueLease] | None:
         """Take up to ``want`` of ``queue``'s leases; None when it has no queue-wide limit.
 
         An unreachable home shard gives no lease (the queue's claims stop everywhere) and

@@ -131,7 +131,9 @@ RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
 -- (key_limit minus its RUNNING workflows); an offer ranks by the load its key would
 -- have with it (RUNNING + its place among the key's offers), so the least loaded key
 -- goes first and keys take turns, ties to priority, then age. Workflows without a key
--- form one more group, without a per-key limit.
+-- form one more group, without a per-key limit. With key_rate (key_rate_limit), a key
+-- also offers at most key_rate minus its first starts in the last key_period seconds.
+-- key_limit and key_rate may each be NULL (no such limit).
 WITH RECURSIVE keys AS (
     (SELECT partition_key FROM shardflow.workflow_status
      WHERE state = 'ENQUEUED' AND wake_at IS NULL AND queue = %(queue)s
@@ -151,13 +153,21 @@ WITH RECURSIVE keys AS (
         WHERE r.state = 'RUNNING' AND r.queue = %(queue)s AND r.partition_key = k.partition_key
     ) n
     CROSS JOIN LATERAL (
+        SELECT count(*) AS started FROM shardflow.workflow_status r
+        WHERE %(key_rate)s::bigint IS NOT NULL
+          AND r.queue = %(queue)s AND r.partition_key = k.partition_key
+          AND r.started_at > coalesce(%(now)s::timestamptz, now())
+                             - make_interval(secs => %(key_period)s::float8)
+    ) s
+    CROSS JOIN LATERAL (
         SELECT w.workflow_id, w.priority, w.created_at,
                row_number() OVER (ORDER BY w.priority DESC, w.created_at, w.workflow_id) AS place
         FROM shardflow.workflow_status w
         WHERE w.state = 'ENQUEUED' AND w.wake_at IS NULL AND w.queue = %(queue)s
           AND w.partition_key = k.partition_key AND w.name = ANY(%(names)s)
         ORDER BY w.priority DESC, w.created_at, w.workflow_id
-        LIMIT greatest(0, least(%(limit)s, %(key_limit)s - n.running))
+        LIMIT greatest(0, least(%(limit)s, coalesce(%(key_limit)s::bigint - n.running, %(limit)s),
+                                coalesce(%(key_rate)s::bigint - s.started, %(limit)s)))
     ) o
     WHERE k.partition_key IS NOT NULL
     UNION ALL
@@ -196,7 +206,7 @@ WITH RECURSIVE keys AS (
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
-    started_at = coalesce(w.started_at, now()), updated_at = now(),
+    started_at = coalesce(w.started_at, %(now)s::timestamptz, now()), updated_at = now(),
     app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
