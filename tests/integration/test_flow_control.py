@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -70,23 +72,30 @@ class RunningSampler:
 def test_key_concurrency_one_never_runs_two_of_a_key(keyed: TestCluster) -> None:
     flow.reset(seconds=0.03)
     with Cluster(keyed.config) as client:
-        keys = ["tenant-a", "tenant-b", "tenant-c"]
+        # Two keys on each of the three shards (a key's IDs share its hash tag).
+        keys: list[str] = []
+        for shard in client.config.shard_names:
+            on_shard = (f"tenant-{i}" for i in range(1000))
+            keys += [k for k in on_shard if client.route(f"{{{k}}}:x") == shard][:2]
         handles = [
             client.submit(flow.keyed, key, workflow_id=f"{{{key}}}:job-{i}", partition_key=key)
             for i in range(12)
             for key in keys
         ]
+        # Two workers, each claiming from every shard.
         worker = shardflow.Worker(client, flow.app, concurrency=12, poll_interval_seconds=0.05)
-        with RunningSampler(client) as sampler, EventRecorder(worker) as events, worker:
+        other = shardflow.Worker(client, flow.app, concurrency=12, poll_interval_seconds=0.05)
+        with RunningSampler(client) as sampler, worker, other:
             for h in handles:
                 assert h.result(timeout=60) in keys
-        assert events.count(EventKind.FINISHED) == len(handles)
+        assert worker.stats.claimed + other.stats.claimed == len(handles) == 72
     # Seen from the database while the worker ran, and from inside the runs.
     assert sampler.samples > 0 and set(sampler.most) <= set(keys)
     assert max(sampler.most.values()) == 1, sampler.most
     assert dict(flow.MOST) == dict.fromkeys(keys, 1)
-    # The keys did not wait for each other: several ran at once.
-    assert flow.MOST_TOTAL[0] >= 2
+    # The keys did not wait for each other: keys of every shard ran side by side.
+    assert flow.MOST_TOTAL[0] >= 3
+    assert {h.shard for h in handles} == set(keyed.config.shard_names)
 
 
 def test_fair_dispatch_across_keys(cluster_factory: ClusterFactory) -> None:
@@ -388,3 +397,69 @@ def test_a_worker_keeps_each_keys_start_rate(cluster_factory: ClusterFactory) ->
         assert firsts[-1] - firsts[0] < timedelta(seconds=1)
     finally:
         cluster_factory.drop(made)
+
+
+def test_ten_small_keys_finish_before_the_big_keys_thousandth(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """One key holds 10,000 ready workflows and ten keys hold 10 each, all on one shard:
+    the ten keys' 100 workflows all finish before the big key's 1,000th."""
+    flow.reset(seconds=0.0)
+    made = cluster_factory.make(
+        3, extra={"queues": {"default": {}, "tenants": {"key_concurrency": 10_000}}}
+    )
+    try:
+        with Cluster(made.config) as client:
+            big = [
+                shardflow.Submission(flow.keyed, ("big",), workflow_id=f"{{fair}}:big-{i:05}",
+                                     partition_key="big")
+                for i in range(10_000)
+            ]  # fmt: skip
+            for start in range(0, len(big), 2000):
+                client.submit_many(big[start : start + 2000])
+            small = client.submit_many(
+                shardflow.Submission(flow.keyed, (f"small-{k}",),
+                                     workflow_id=f"{{fair}}:small-{k}-{i}",
+                                     partition_key=f"small-{k}")
+                for k in range(10)
+                for i in range(10)
+            )  # fmt: skip
+            worker = shardflow.Worker(client, flow.app, concurrency=8, poll_interval_seconds=0.05)
+            with EventRecorder(worker) as events, worker:
+                for h in small:
+                    h.result(timeout=60)
+                events.wait_for(
+                    EventKind.FINISHED, lambda e: ":big-" in e.workflow_id, count=1000, timeout=60
+                )
+            finished = [e.workflow_id for e in events.events(EventKind.FINISHED)]
+    finally:
+        cluster_factory.drop(made)
+    big_at = [i for i, w in enumerate(finished) if ":big-" in w]
+    small_at = [i for i, w in enumerate(finished) if ":small-" in w]
+    assert len(small_at) == 100 and len(big_at) >= 1000
+    assert max(small_at) < big_at[999], (max(small_at), big_at[999])
+
+
+def test_a_hundred_debounced_submits_run_once_with_the_last_inputs(keyed: TestCluster) -> None:
+    """100 submits of one key within about a second: one run, with the 100th inputs."""
+    with Cluster(keyed.config) as client:
+        window = 1.0
+        handles = []
+        times = []
+        for i in range(100):
+            times.append(time.monotonic())
+            handles.append(
+                client.submit(flow.latest, f"v{i}", debounce_key="burst", debounce_seconds=window)
+            )
+        # Each submit came within the window of the one before, so all of them coalesce.
+        assert max(b - a for a, b in itertools.pairwise(times)) < window
+        assert len({h.workflow_id for h in handles}) == 1
+        worker = shardflow.Worker(client, flow.app, concurrency=4, poll_interval_seconds=0.05)
+        with EventRecorder(worker) as events, worker:
+            assert handles[0].result(timeout=30) == "v99"
+        assert [e.workflow_id for e in events.events(EventKind.CLAIMED)] == [handles[0].workflow_id]
+        runs = client.list_workflows(name="flow.latest").items
+        assert [(r.workflow_id, r.state) for r in runs] == [
+            (handles[0].workflow_id, shardflow.WorkflowState.SUCCESS)
+        ]
+    assert flow.MOST == {"v99": 1}
