@@ -33,6 +33,7 @@ WORKER = (
     "poll_interval_seconds",
     "claim_batch",
     "max_recoveries",
+    "app_version",
 )
 LIMITS = ("max_payload_bytes",)
 RETENTION = ("keep_finished_days", "batch_size", "interval_seconds", "batch_pause_seconds")

@@ -293,6 +293,12 @@ class _Walker(NodeReader):
             )
         return tuple(out)
 
+    def _version_field(self, fields: Fields) -> str | None:
+        """``worker.app_version``: a string (empty, e.g. an unset ``${VAR:-}``: none)."""
+        node = fields.get("app_version")
+        text = None if node is None else self._str(node, fields.path_of("app_version")).strip()
+        return text or None
+
     def _worker(self, node: Node | None) -> WorkerConfig:
         fields = self._section(node, "worker", keys.WORKER)
         defaults = _WORKER_DEFAULTS
@@ -307,6 +313,7 @@ class _Walker(NodeReader):
             ),
             claim_batch=self._int_field(fields, "claim_batch", defaults.claim_batch),
             max_recoveries=self._int_field(fields, "max_recoveries", defaults.max_recoveries),
+            app_version=self._version_field(fields),
         )
         # A lease must outlive a heartbeat, or leases lapse between renewals.
         if worker.heartbeat_seconds >= worker.lease_seconds:

@@ -110,12 +110,13 @@ class WorkerBase:
         max_recoveries: int | None = None,
         worker_id: str | None = None,
         retention: bool = True,
+        version: str | None = None,
     ) -> None:
         cfg = cluster.config.worker
         self.cluster = cluster
         self.app = app
         # Recorded on every attempt this worker starts (docs/upgrades.md).
-        self.app_version = app_version(app)
+        self.app_version = app_version(app, version or cfg.app_version)
         self.shards = list(shards) if shards else list(cluster.config.shard_names)
         unknown = [s for s in self.shards if s not in cluster.config.shard_names]
         if unknown:

@@ -55,6 +55,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
         max_recoveries: int | None = None,
         worker_id: str | None = None,
         retention: bool = True,
+        version: str | None = None,
     ) -> None:
         super().__init__(
             cluster,
@@ -70,6 +71,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
             max_recoveries=max_recoveries,
             worker_id=worker_id,
             retention=retention,
+            version=version,
         )
         self.presence = Presence(self)
 
