@@ -39,6 +39,9 @@ T = TypeVar("T")
 OTHER_SHARD_RETRY_SECONDS = 5.0
 # How long a client call inside a run retries a shard's outage before the run is parked.
 RUN_RETRY_SECONDS = 2.0
+# Why a run stopped when its queue lease (engine/worker/queue_leases.py) was lost or
+# could not be renewed in time: the worker hands such a workflow back.
+QUEUE_LEASE_LOST = "queue lease lost"
 
 
 class WorkflowRun:
@@ -101,6 +104,7 @@ class WorkflowRun:
         if now > self.lease_valid_until:
             raise RunInterrupted("lease expired before it could be renewed")
         if now > self.queue_lease_valid_until:
+            self.interrupt(QUEUE_LEASE_LOST)  # the worker hands the workflow back
             raise RunInterrupted("queue lease expired before it could be renewed")
 
     def take_step(self, name: str) -> tuple[int, StepRecord | None]:

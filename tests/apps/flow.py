@@ -92,3 +92,15 @@ def timed(workflow_id: str) -> str:
 @app.workflow(name="flow.single", queue="single")
 def single() -> str:
     return timed(shardflow.workflow_id())
+
+
+@app.step()
+def tick(i: int) -> int:
+    time.sleep(SECONDS[0])
+    return i
+
+
+@app.workflow(name="flow.paced", queue="single")
+def paced(n: int) -> int:
+    """``n`` steps of ``SECONDS`` each, in the queue of ``concurrency: 1``."""
+    return sum(1 for i in range(n) if tick(i) == i)

@@ -23,6 +23,7 @@ from shardflow.engine.timings import StepTimes
 from shardflow.engine.versions import app_version
 from shardflow.engine.worker.aio import RunLoop
 from shardflow.engine.worker.events import WorkerEvents
+from shardflow.engine.worker.home_calls import HomeCalls
 from shardflow.errors import ShardflowError
 from shardflow.retry import Failure, classify, first_line
 from shardflow.router.hashing import home_shard
@@ -185,6 +186,7 @@ class WorkerBase:
         self._unheld: dict[str, list[str]] = {h: [] for h in self._homes.values()}
         self._leases_due = {h: threading.Event() for h in self._homes.values()}
         self._home_down_until: dict[str, float] = {}
+        self._home_calls = {h: HomeCalls(h) for h in set(self._homes.values())}
         self.scheduler: Scheduler | None = None
         # Deletes expired workflows where this worker wins the shard's leader lock.
         self.retention: RetentionLeader | None = None

@@ -182,6 +182,8 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
                 len(abandoned),
             )
         self._closed.set()
+        for calls in self._home_calls.values():
+            calls.close()
         for t in self._threads:
             t.join(timeout=5)
         if self._executor is not None:

@@ -13,16 +13,17 @@ and its running workflows stop after one lease, handed back for a later claim.""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 from shardflow.config.model import QueueConfig
-from shardflow.engine.runner import WorkflowRun
+from shardflow.engine.runner import QUEUE_LEASE_LOST, WorkflowRun
 from shardflow.engine.worker.base import WorkerBase, log
 from shardflow.retry import Backoff, first_line
 
-# Why a run was interrupted when its queue lease was lost: it hands its workflow back.
-QUEUE_LEASE_LOST = "queue lease lost"
+__all__ = ["QUEUE_LEASE_LOST", "QueueLease", "QueueLeaseLoops"]
+
 # After a failed take, the queue's claims leave its home shard alone this long.
 HOME_DOWN_SECONDS = 5.0
 
@@ -64,13 +65,20 @@ class QueueLeaseLoops(WorkerBase):
             return []
         taken = time.monotonic()
         try:
-            ids = self.cluster.store.take_queue_leases(
-                home,
-                queue=queue.name,
-                owner=self.worker_id,
-                want=want,
-                limit=queue.concurrency,
-                lease_seconds=self.lease_seconds,
+            # On the home's own thread, waited for a bounded time: a frozen home shard
+            # (no answer, no error) must not hold up the claims of the other shards. The
+            # leases of a take that answers too late are not renewed: they expire.
+            ids = self._home_calls[home].call(
+                functools.partial(
+                    self.cluster.store.take_queue_leases,
+                    home,
+                    queue=queue.name,
+                    owner=self.worker_id,
+                    want=want,
+                    limit=queue.concurrency,
+                    lease_seconds=self.lease_seconds,
+                ),
+                timeout=min(HOME_DOWN_SECONDS, self.lease_seconds / 3),
             )
         except Exception as exc:
             self._home_down_until[home] = time.monotonic() + HOME_DOWN_SECONDS
