@@ -7,15 +7,17 @@ claiming shard itself, or the other one), alternating in one run.
 
 Two fresh local PostgreSQL servers (durable defaults). Every workflow is on shard ``a``.
 Each round times, in rotating order, one claim of each kind with the store's methods,
-exactly what a worker's claim runs: ``plain`` is ``claim_enqueued``; ``home a`` and
-``home b`` first take ``batch`` leases (``take_queue_leases``, one transaction on the
-home shard), then claim. Returning the leases when the runs end (one ``DELETE`` per
+what a worker's claim runs: ``plain`` is ``claim_enqueued``; ``home a`` and ``home b``
+first take ``batch`` leases (``take_queue_leases``, one transaction on the home shard),
+then claim; ``worker b`` is ``home b`` with the take handed to the home's own thread,
+as a worker does (``HomeCalls``). Returning the leases when the runs end (one ``DELETE`` per
 heartbeat or run end, off the claim path) is timed apart as ``release``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 
 import shardflow
+from shardflow.engine.worker.home_calls import HomeCalls
 from shardflow.local import LocalCluster
 from shardflow.router.hashing import home_shard
 from shardflow.sql.migrator import migrate_cluster
@@ -51,7 +54,7 @@ def main() -> None:
     shards = ["a", "b"]
     local_q = queue_homed_on("a", shards, "lim")
     remote_q = queue_homed_on("b", shards, "lim")
-    queues = {"plain": "plain", "home a": local_q, "home b": remote_q}
+    queues = {"plain": "plain", "home a": local_q, "home b": remote_q, "worker b": remote_q}
     per_queue = args.rounds * sum(batches) + 100
     with tempfile.TemporaryDirectory() as tmp:
         local = LocalCluster(Path(tmp) / "servers")
@@ -91,17 +94,19 @@ def run(
     cluster: shardflow.Cluster, queues: dict[str, str], batches: list[int], rounds: int
 ) -> None:
     store = cluster.store
-    homes = {"home a": "a", "home b": "b"}
+    homes = {"home a": "a", "home b": "b", "worker b": "b"}
+    calls = HomeCalls("b")
     for batch in batches:
         times: dict[str, list[float]] = {k: [] for k in [*queues, "release"]}
         kinds = list(queues)
         for r in range(rounds):
-            for kind in kinds[r % 3 :] + kinds[: r % 3]:
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 queue = queues[kind]
                 held: list[str] = []
                 t0 = time.perf_counter()
                 if kind in homes:
-                    held = store.take_queue_leases(
+                    take = functools.partial(
+                        store.take_queue_leases,
                         homes[kind],
                         queue=queue,
                         owner="bench",
@@ -109,6 +114,8 @@ def run(
                         limit=1_000_000,
                         lease_seconds=LEASE,
                     )
+                    # "worker b": as a worker takes, on the home's own thread.
+                    held = calls.call(take, timeout=5.0) if kind == "worker b" else take()
                 claims = store.claim_enqueued(
                     "a",
                     queue=queue,
@@ -124,6 +131,7 @@ def run(
                     store.release_queue_leases(homes[kind], held)
                     times["release"].append(time.perf_counter() - t1)
         report(batch, times)
+    calls.close()
 
 
 def report(batch: int, times: dict[str, list[float]]) -> None:

@@ -15,8 +15,9 @@ loop dies of an error: each logs it, backs off and goes on, and records its prog
 
 Modules: ``base`` (configuration, shared state, thread capacity), ``claiming`` (claim
 loops, running and ending runs), ``leases`` (heartbeats, deadlines), ``queue_leases``
-(a queue's ``concurrency``, held on its home shard), ``listening``
-(notifications), ``events`` (the event hub), ``lifecycle`` (start, stop, health).
+(a queue's ``concurrency``, held on its home shard; ``home_calls``: the takes' thread),
+``listening`` (notifications), ``events`` (the event hub), ``lifecycle`` (start, stop,
+health).
 """
 
 from __future__ import annotations
