@@ -42,7 +42,9 @@ def noop() -> None:
 
 
 def queue_homed_on(shard: str, shards: list[str], prefix: str) -> str:
-    return next(q for q in (f"{prefix}-{i}" for i in range(1000)) if home_shard(q, shards) == shard)
+    """The first ``<prefix>-<n>`` queue name whose home is ``shard``."""
+    names = (f"{prefix}-{i}" for i in range(1000))
+    return next(q for q in names if home_shard(q, shards) == shard)
 
 
 def main() -> None:
@@ -54,7 +56,8 @@ def main() -> None:
     shards = ["a", "b"]
     local_q = queue_homed_on("a", shards, "lim")
     remote_q = queue_homed_on("b", shards, "lim")
-    queues = {"plain": "plain", "home a": local_q, "home b": remote_q, "worker b": remote_q}
+    worker_q = queue_homed_on("b", shards, "thread")
+    queues = {"plain": "plain", "home a": local_q, "home b": remote_q, "worker b": worker_q}
     per_queue = args.rounds * sum(batches) + 100
     with tempfile.TemporaryDirectory() as tmp:
         local = LocalCluster(Path(tmp) / "servers")
@@ -69,6 +72,7 @@ def main() -> None:
                     "plain": {},
                     local_q: {"concurrency": 1_000_000},
                     remote_q: {"concurrency": 1_000_000},
+                    worker_q: {"concurrency": 1_000_000},
                 },
             }
             path = Path(tmp) / "cluster.yaml"
