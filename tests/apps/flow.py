@@ -104,3 +104,12 @@ def tick(i: int) -> int:
 def paced(n: int) -> int:
     """``n`` steps of ``SECONDS`` each, in the queue of ``concurrency: 1``."""
     return sum(1 for i in range(n) if tick(i) == i)
+
+
+@app.workflow(name="flow.napper", queue="single")
+def napper() -> str:
+    """Runs, suspends (a durable sleep: idle, so the rebalancer may move it), runs again."""
+    wid = shardflow.workflow_id()
+    timed(wid)
+    shardflow.sleep(0.6)
+    return timed(wid)

@@ -15,11 +15,13 @@ import pytest
 
 import shardflow
 from shardflow.engine.cluster import Cluster
+from shardflow.rebalance import ApplyOptions, Rebalancer
 from shardflow.router.hashing import home_shard
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
 from tests.apps import flow
 from tests.e2e.procs import start_worker, stop
 from tests.integration.test_engine import ids_per_shard
+from tests.integration.test_rebalance import ids_in_slots, moving_slots
 
 Interval = tuple[str, int, datetime, datetime | None]
 
@@ -133,3 +135,47 @@ def test_a_sigkilled_workers_place_is_freed_after_its_lease(
     # renewal, at most a heartbeat, 2/3 s, before the kill).
     first_after = min(s for _, pid, s, _ in runs if pid != victim.pid)
     assert first_after - killed_at >= timedelta(seconds=1.0), first_after - killed_at
+
+
+def test_concurrency_holds_while_the_rebalancer_moves_the_queues_workflows(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """Workflows of a `concurrency: 1` queue alternate between running and sleeping
+    (idle, movable) while a new shard takes its share of the slots: still one at a time,
+    and the moved ones run on the new shard."""
+    made = cluster_factory.make(
+        3, slots=256, extra={"queues": {"default": {}, "single": {"concurrency": 1}}}
+    )
+    grown = cluster_factory.add_shard(made)
+    dsn = grown.config.shards[0].dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(flow.INTERVALS_TABLE)
+    saved = flow.INTERVALS_DSN[0], flow.HOLD_SECONDS[0]
+    flow.INTERVALS_DSN[0], flow.HOLD_SECONDS[0] = dsn, 0.02
+    try:
+        config = grown.config
+        moving = ids_in_slots(config, moving_slots(config), "nap", 12)
+        with Cluster(config) as client:
+            handles = [client.submit(flow.napper, workflow_id=w) for w in moving]
+            workers = [
+                shardflow.Worker(client, flow.app, concurrency=4, poll_interval_seconds=0.02)
+                for _ in range(2)
+            ]
+            for w in workers:
+                w.start()
+            try:
+                wait_until(lambda: len(intervals(grown)) >= 3, message="some ran")
+                with Rebalancer(config) as rebalancer:
+                    assert rebalancer.apply(ApplyOptions(batch=4)).complete
+                assert [h.result(timeout=120) for h in handles] == moving
+            finally:
+                for w in workers:
+                    w.stop()
+            shards = {h.workflow_id: client.get(h.workflow_id).shard for h in handles}
+        runs = intervals(grown)
+        assert len(runs) == 2 * len(moving)
+        assert_one_at_a_time(runs)
+        assert set(shards.values()) == {"shard3"}  # every one of them moved
+    finally:
+        flow.INTERVALS_DSN[0], flow.HOLD_SECONDS[0] = saved
+        cluster_factory.drop(grown)
