@@ -86,7 +86,11 @@ class Cluster:
             self.codec, self.store, self.locator, self._new_row, retry_seconds, self.listeners
         )
         self.control = Control(self.store, self.locator, self.waits, retry_seconds)
-        self.topology.refresh()
+        try:
+            self.topology.refresh()
+        except BaseException:
+            self.close()  # a client that failed to start leaves no pool threads behind
+            raise
 
     # -- topology -------------------------------------------------------------------------
 
