@@ -33,6 +33,7 @@ WORKER = (
     "poll_interval_seconds",
     "claim_batch",
     "max_recoveries",
+    "processes",
     "app_version",
 )
 LIMITS = ("max_payload_bytes",)

@@ -313,6 +313,7 @@ class _Walker(NodeReader):
             ),
             claim_batch=self._int_field(fields, "claim_batch", defaults.claim_batch),
             max_recoveries=self._int_field(fields, "max_recoveries", defaults.max_recoveries),
+            processes=self._int_field(fields, "processes", defaults.processes),
             app_version=self._version_field(fields),
         )
         # A lease must outlive a heartbeat, or leases lapse between renewals.

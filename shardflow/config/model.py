@@ -121,6 +121,8 @@ class WorkerConfig:
     poll_interval_seconds: float = 0.5
     claim_batch: int = 32
     max_recoveries: int = 10
+    # Worker processes ``shardflow worker`` runs under one supervisor; None: one per CPU.
+    processes: int | None = None
     # The version workers record on each attempt (docs/upgrades.md); None: the app's.
     app_version: str | None = None
 

@@ -243,19 +243,24 @@ class WorkflowRun:
     ) -> StepRecord | None:
         with owned():
             return self.writer.record_step(
-                self.shard,
-                StepWrite(
-                    self.workflow_id,
-                    self.attempt,
-                    step_no,
-                    name,
-                    output,
-                    error,
-                    # Recorded without a start, a record still says which attempt wrote it.
-                    self.db_time() if started_at is None else started_at,
-                    duration_ms,
-                ),
+                self.shard, self.step_write(step_no, name, output, error, started_at, duration_ms)
             )
+
+    def step_write(
+        self,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> StepWrite:
+        """This attempt's record of step ``step_no`` (fenced on the attempt when written)."""
+        # Recorded without a start, a record still says which attempt wrote it.
+        at = self.db_time() if started_at is None else started_at
+        return StepWrite(
+            self.workflow_id, self.attempt, step_no, name, output, error, at, duration_ms
+        )
 
 
 @contextmanager

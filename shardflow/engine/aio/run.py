@@ -29,7 +29,7 @@ from shardflow.engine.app import App
 from shardflow.engine.execution import after_finish, end_by, end_with, run_attributes
 from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import AsyncRunWriter, RunClient, RunWriter
-from shardflow.engine.records import Claim, FinishWrite, StepWrite
+from shardflow.engine.records import Claim, FinishWrite
 from shardflow.engine.runner import RUN_RETRY_SECONDS, WorkflowRun, owned
 from shardflow.engine.serialization import error_record
 from shardflow.engine.signals import RunInterrupted
@@ -194,17 +194,7 @@ class AsyncWorkflowRun(WorkflowRun):
         output = self.store.codec.dumps(value, f"{what} of step {name!r}")
         with owned():
             winner = await writer.record_step_async(
-                self.shard,
-                StepWrite(
-                    self.workflow_id,
-                    self.attempt,
-                    step_no,
-                    name,
-                    output,
-                    None,
-                    started_at,
-                    duration_ms,
-                ),
+                self.shard, self.step_write(step_no, name, output, None, started_at, duration_ms)
             )
         if winner is not None:
             return self._replay(winner, name)
