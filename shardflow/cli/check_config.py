@@ -50,4 +50,9 @@ def _describe_queue(queue: QueueConfig) -> str:
     if queue.rate_limit is not None:
         rate = queue.rate_limit
         limits.append(f"rate {rate.limit}/{rate.period_seconds:g}s")
+    if queue.key_concurrency is not None:
+        limits.append(f"key_concurrency {queue.key_concurrency}")
+    if queue.key_rate_limit is not None:
+        rate = queue.key_rate_limit
+        limits.append(f"key rate {rate.limit}/{rate.period_seconds:g}s")
     return f"{queue.name} ({', '.join(limits)})" if limits else queue.name

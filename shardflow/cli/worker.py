@@ -107,6 +107,13 @@ def register(subparsers: Subparsers) -> None:
     add_option(parser, "--worker-id", metavar="ID", help="worker name (default: host:random)")
     add_option(
         parser,
+        "--app-version",
+        metavar="VERSION",
+        help="version recorded on each attempt (default: the config's worker.app_version,"
+        " else the app's)",
+    )
+    add_option(
+        parser,
         "--metrics-port",
         type=port_number,
         metavar="PORT",
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             poll_interval_seconds=args.poll_interval,
             worker_id=args.worker_id,
             retention=not args.no_retention,
+            version=args.app_version,
         )
         log.info(
             "worker %s starting: app %s (%d workflows), cluster %s",

@@ -23,6 +23,7 @@ from types import MappingProxyType
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
+from shardflow.config import keys
 from shardflow.config.cron import cron_problem
 from shardflow.config.model import (
     DEFAULT_QUEUE,
@@ -58,34 +59,6 @@ from shardflow.config.redaction import dsn_problem
 from shardflow.errors import ConfigError
 
 __all__ = ["MAX_MAPPING_WORK", "load", "parse"]
-
-_TOP_KEYS = (
-    "name",
-    "hash",
-    "shards",
-    "queues",
-    "worker",
-    "limits",
-    "schedules",
-    "retention",
-    "payloads",
-)
-_SCHEDULE_KEYS = ("workflow", "cron", "queue")
-_HASH_KEYS = ("slots", "seed")
-_SHARD_KEYS = ("name", "dsn", "dsn_env", "weight", "state", "pool")
-_POOL_KEYS = ("min", "max")
-_QUEUE_KEYS = ("concurrency", "worker_concurrency", "rate_limit", "key_concurrency")
-_RATE_LIMIT_KEYS = ("limit", "period_seconds")
-_WORKER_KEYS = (
-    *("concurrency", "lease_seconds", "heartbeat_seconds", "poll_interval_seconds"),
-    *("claim_batch", "max_recoveries", "processes"),
-)
-_LIMITS_KEYS = ("max_payload_bytes",)
-_RETENTION_KEYS = ("keep_finished_days", "batch_size", "interval_seconds", "batch_pause_seconds")
-_PAYLOADS_KEYS = ("inline_max_bytes", "blob_store")
-_FILESYSTEM_KEYS = ("path",)
-_S3_KEYS = ("bucket", "prefix", "endpoint_url", "region")
-_BLOB_STORE_KEYS = ("kind", *_FILESYSTEM_KEYS, *_S3_KEYS)
 
 # Slotted dataclasses keep no class-level defaults, so read them from instances.
 _POOL_DEFAULTS = PoolConfig()
@@ -153,7 +126,7 @@ class _Walker(NodeReader):
             raise ConfigError("the file is empty; expected a mapping with 'name' and 'shards'")
         if not isinstance(root, MappingNode) or root.tag != MAP:
             raise node_error(root, "", f"expected a mapping at the top level, got {describe(root)}")
-        top = self._mapping(root, "", _TOP_KEYS)
+        top = self._mapping(root, "", keys.TOP)
         limits = self._limits(top.get("limits"))
         name = self._name(top.require("name"), "name", _CLUSTER_NAME)
         hash_config = self._hash(top.get("hash"))
@@ -175,7 +148,7 @@ class _Walker(NodeReader):
     # -- sections -------------------------------------------------------------------------
 
     def _hash(self, node: Node | None) -> HashConfig:
-        fields = self._section(node, "hash", _HASH_KEYS)
+        fields = self._section(node, "hash", keys.HASH)
         slots = self._int_field(fields, "slots", _HASH_DEFAULTS.slots, minimum=64, maximum=65536)
         if slots & (slots - 1):
             raise fields.error("slots", f"must be a power of two, got {slots}")
@@ -196,7 +169,7 @@ class _Walker(NodeReader):
     def _shard(
         self, node: Node, path: str, names: dict[str, str], dsns: dict[str, str]
     ) -> ShardConfig:
-        fields = self._mapping(node, path, _SHARD_KEYS)
+        fields = self._mapping(node, path, keys.SHARD)
         name = self._name(fields.require("name"), fields.path_of("name"), _SHARD_NAME)
         if name in names:
             raise fields.error("name", f"duplicate shard name {name!r} (also {names[name]})")
@@ -249,7 +222,7 @@ class _Walker(NodeReader):
             raise fields.error("state", message) from None
 
     def _pool(self, node: Node | None, path: str) -> PoolConfig:
-        fields = self._section(node, path, _POOL_KEYS)
+        fields = self._section(node, path, keys.POOL)
         low = self._int_field(fields, "min", _POOL_DEFAULTS.min, minimum=0)
         high = self._int_field(fields, "max", _POOL_DEFAULTS.max)
         if low > high:  # max >= 1 = the default min, so min was given
@@ -266,19 +239,22 @@ class _Walker(NodeReader):
         return MappingProxyType(queues)
 
     def _queue(self, name: str, node: Node | None, path: str) -> QueueConfig:
-        fields = self._section(node, path, _QUEUE_KEYS)
+        fields = self._section(node, path, keys.QUEUE)
         return QueueConfig(
             name=name,
             concurrency=self._int_field(fields, "concurrency", None),
             worker_concurrency=self._int_field(fields, "worker_concurrency", None),
             rate_limit=self._rate_limit(fields.get("rate_limit"), fields.path_of("rate_limit")),
             key_concurrency=self._int_field(fields, "key_concurrency", None),
+            key_rate_limit=self._rate_limit(
+                fields.get("key_rate_limit"), fields.path_of("key_rate_limit")
+            ),
         )
 
     def _rate_limit(self, node: Node | None, path: str) -> RateLimit | None:
         if node is None:
             return None
-        fields = self._mapping(node, path, _RATE_LIMIT_KEYS)
+        fields = self._mapping(node, path, keys.RATE_LIMIT)
         return RateLimit(
             limit=self._int(fields.require("limit"), fields.path_of("limit")),
             period_seconds=self._number(
@@ -296,7 +272,7 @@ class _Walker(NodeReader):
             entry = fields.get(name)
             if entry is None:
                 raise fields.error(name, "must be a mapping with 'workflow' and 'cron'")
-            item = self._mapping(entry, path, _SCHEDULE_KEYS)
+            item = self._mapping(entry, path, keys.SCHEDULE)
             cron = self._str(item.require("cron"), item.path_of("cron"))
             problem = cron_problem(cron)
             if problem:
@@ -317,8 +293,14 @@ class _Walker(NodeReader):
             )
         return tuple(out)
 
+    def _version_field(self, fields: Fields) -> str | None:
+        """``worker.app_version``: a string (empty, e.g. an unset ``${VAR:-}``: none)."""
+        node = fields.get("app_version")
+        text = None if node is None else self._str(node, fields.path_of("app_version")).strip()
+        return text or None
+
     def _worker(self, node: Node | None) -> WorkerConfig:
-        fields = self._section(node, "worker", _WORKER_KEYS)
+        fields = self._section(node, "worker", keys.WORKER)
         defaults = _WORKER_DEFAULTS
         worker = WorkerConfig(
             concurrency=self._int_field(fields, "concurrency", defaults.concurrency),
@@ -332,6 +314,7 @@ class _Walker(NodeReader):
             claim_batch=self._int_field(fields, "claim_batch", defaults.claim_batch),
             max_recoveries=self._int_field(fields, "max_recoveries", defaults.max_recoveries),
             processes=self._int_field(fields, "processes", defaults.processes),
+            app_version=self._version_field(fields),
         )
         # A lease must outlive a heartbeat, or leases lapse between renewals.
         if worker.heartbeat_seconds >= worker.lease_seconds:
@@ -343,7 +326,7 @@ class _Walker(NodeReader):
         return worker
 
     def _limits(self, node: Node | None) -> LimitsConfig:
-        fields = self._section(node, "limits", _LIMITS_KEYS)
+        fields = self._section(node, "limits", keys.LIMITS)
         default = _LIMITS_DEFAULTS.max_payload_bytes
         return LimitsConfig(max_payload_bytes=self._int_field(fields, "max_payload_bytes", default))
 
@@ -351,7 +334,7 @@ class _Walker(NodeReader):
         """Absent or null: finished workflows are kept for ever."""
         if node is None or node.tag == NULL:
             return None
-        fields = self._mapping(node, "retention", _RETENTION_KEYS)
+        fields = self._mapping(node, "retention", keys.RETENTION)
         defaults = _RETENTION_DEFAULTS
         keep = fields.require("keep_finished_days")
         return RetentionConfig(
@@ -366,7 +349,7 @@ class _Walker(NodeReader):
         )
 
     def _payloads(self, node: Node | None, limits: LimitsConfig) -> PayloadsConfig:
-        fields = self._section(node, "payloads", _PAYLOADS_KEYS)
+        fields = self._section(node, "payloads", keys.PAYLOADS)
         inline = self._int_field(fields, "inline_max_bytes", _PAYLOADS_DEFAULTS.inline_max_bytes)
         store_node = fields.get("blob_store")
         store = None
@@ -382,7 +365,7 @@ class _Walker(NodeReader):
         )
 
     def _blob_store(self, node: Node, path: str) -> BlobStoreConfig:
-        fields = self._mapping(node, path, _BLOB_STORE_KEYS)
+        fields = self._mapping(node, path, keys.BLOB_STORE)
         text = self._str(fields.require("kind"), fields.path_of("kind"))
         try:
             kind = BlobStoreKind(text)
@@ -390,7 +373,7 @@ class _Walker(NodeReader):
             allowed = ", ".join(k.value for k in BlobStoreKind)
             message = f"must be one of {allowed}, got {shorten(text)!r}"
             raise fields.error("kind", message) from None
-        own = _FILESYSTEM_KEYS if kind is BlobStoreKind.FILESYSTEM else _S3_KEYS
+        own = keys.FILESYSTEM if kind is BlobStoreKind.FILESYSTEM else keys.S3
         for key in fields.entries:
             if key != "kind" and key not in own:
                 raise fields.error(key, f"not a setting of blob stores of kind {kind.value}")

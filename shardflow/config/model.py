@@ -72,15 +72,20 @@ class RateLimit:
     limit: int
     period_seconds: float
 
+    def pair(self) -> tuple[int, float]:
+        return self.limit, self.period_seconds
+
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     """A named queue.
 
-    ``concurrency`` is the queue's global limit of RUNNING workflows, split across shards
-    by weight; ``worker_concurrency`` is exact, per worker process; ``key_concurrency``
-    caps the RUNNING workflows of each partition key on each shard, and makes claims
-    round-robin across keys (docs/queues.md#flow-control).
+    ``concurrency`` is the queue's limit of RUNNING workflows in the whole cluster, exact
+    (queue leases on its home shard, docs/queues.md#concurrency); ``worker_concurrency``
+    is exact, per worker process; ``key_concurrency`` caps the RUNNING workflows of each
+    partition key on each shard, and makes claims round-robin across keys
+    (docs/queues.md#flow-control); ``key_rate_limit`` caps the starts of each partition
+    key per period, on each shard, and makes claims round-robin too.
     """
 
     name: str
@@ -88,6 +93,12 @@ class QueueConfig:
     worker_concurrency: int | None = None
     rate_limit: RateLimit | None = None
     key_concurrency: int | None = None
+    key_rate_limit: RateLimit | None = None
+
+    @property
+    def keyed(self) -> bool:
+        """Whether claims of this queue count per partition key (and take turns)."""
+        return self.key_concurrency is not None or self.key_rate_limit is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,8 @@ class WorkerConfig:
     max_recoveries: int = 10
     # Worker processes ``shardflow worker`` runs under one supervisor; None: one per CPU.
     processes: int | None = None
+    # The version workers record on each attempt (docs/upgrades.md); None: the app's.
+    app_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ by the same fenced rule, so it is recorded exactly once.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -38,6 +39,9 @@ T = TypeVar("T")
 OTHER_SHARD_RETRY_SECONDS = 5.0
 # How long a client call inside a run retries a shard's outage before the run is parked.
 RUN_RETRY_SECONDS = 2.0
+# Why a run stopped when its queue lease (engine/worker/queue_leases.py) was lost or
+# could not be renewed in time: the worker hands such a workflow back.
+QUEUE_LEASE_LOST = "queue lease lost"
 
 
 class WorkflowRun:
@@ -77,6 +81,10 @@ class WorkflowRun:
         # may own the workflow, so this run must stop writing.
         started = time.monotonic() if claim.lease_from is None else claim.lease_from
         self.lease_valid_until = started + lease_seconds
+        # The same for the run's queue lease, when its queue has a queue-wide concurrency
+        # (set by the worker, engine/worker/queue_leases.py): past it, another run of the
+        # queue may hold the place, so this run must stop.
+        self.queue_lease_valid_until = math.inf
         # Told how long each completed step took (shard, step name, seconds): metrics.
         self.observe_step: Callable[[str, str, float], None] | None = None
 
@@ -99,8 +107,12 @@ class WorkflowRun:
     def check_live(self) -> None:
         if self.interrupted.is_set():
             raise RunInterrupted(self.interrupt_reason)
-        if time.monotonic() > self.lease_valid_until:
+        now = time.monotonic()
+        if now > self.lease_valid_until:
             raise RunInterrupted("lease expired before it could be renewed")
+        if now > self.queue_lease_valid_until:
+            self.interrupt(QUEUE_LEASE_LOST)  # the worker hands the workflow back
+            raise RunInterrupted("queue lease expired before it could be renewed")
 
     def take_step(self, name: str) -> tuple[int, StepRecord | None]:
         """The next step number, and its record if this position was recorded already

@@ -19,8 +19,12 @@ from shardflow.engine.app import App
 __all__ = ["app_version", "code_hash"]
 
 
-def app_version(app: App) -> str:
-    """The version a worker of ``app`` records on each attempt."""
+def app_version(app: App, configured: str | None = None) -> str:
+    """The version a worker of ``app`` records on each attempt: ``configured`` (the
+    worker's ``--app-version`` or the YAML's ``worker.app_version``), else the app's own
+    ``version``, else its package version, else a hash of its workflow code."""
+    if configured:
+        return configured
     if app.version is not None:
         return app.version
     return _package_version(app) or code_hash(app)

@@ -12,6 +12,8 @@ range of hashes and doubling the slot count splits every slot in two.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mmh3
 
 from shardflow.errors import RoutingError
@@ -37,6 +39,20 @@ def route_hash(workflow_id: str, seed: int = 0) -> int:
     """Unsigned 32-bit MurmurHash3 of the ID's hash key."""
     h: int = _murmur3(hash_key(workflow_id).encode("utf-8"), seed, False)
     return h
+
+
+def home_shard(queue: str, shards: Sequence[str], seed: int = 0) -> str:
+    """The shard that holds ``queue``'s queue-wide concurrency (docs/queues.md): the shard
+    with the highest MurmurHash3 of ``queue NUL shard`` (rendezvous hashing). It depends
+    only on the queue name and the shard names, not on the slot map, so moving slots
+    never moves it, and adding or removing a shard moves only the queues homed there."""
+    if not shards:
+        raise RoutingError("no shards to home a queue on")
+
+    def score(shard: str) -> tuple[int, str]:
+        return _murmur3(f"{queue}\0{shard}".encode(), seed, False), shard
+
+    return max(shards, key=score)
 
 
 def slot_bits(slots: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -397,7 +398,7 @@ def test_list_workflows_pages_across_shards_without_gaps(cluster: Cluster) -> No
     assert Counter(s.shard for s in enqueued.items).keys() == {"shard0", "shard1", "shard2"}
 
 
-def test_global_queue_concurrency_is_split_by_weight(cluster_factory: ClusterFactory) -> None:
+def test_global_queue_concurrency_holds_across_shards(cluster_factory: ClusterFactory) -> None:
     made = cluster_factory.make(
         3,
         extra={"queues": {"default": {}, "limited": {"concurrency": 3}}},
@@ -411,11 +412,18 @@ def test_global_queue_concurrency_is_split_by_weight(cluster_factory: ClusterFac
                 for ids in per.values()
                 for w in ids
             ]
-            with shardflow.Worker(client, app, concurrency=16):
+            with shardflow.Worker(client, app, concurrency=16, poll_interval_seconds=0.05) as w:
                 wait_until(lambda: basic.CALLS["gate:before"] == 3, message="3 started")
-                running = client.list_workflows(state="RUNNING").items
-                # Limit 3 over three equal shards: one running per shard.
-                assert Counter(s.shard for s in running) == {"shard0": 1, "shard1": 1, "shard2": 1}
+
+                # Limit 3, cluster-wide: every shard's claim loop polls again, twice, and
+                # claims nothing more while the 3 hold the queue's leases.
+                def polled_since(mark: float) -> bool:
+                    return all(w._progress[f"claim-{s}"] > mark for s in w.shards)
+
+                for _ in range(2):
+                    wait_until(functools.partial(polled_since, time.monotonic()), message="polls")
+                assert len(client.list_workflows(state="RUNNING").items) == 3
+                assert basic.CALLS["gate:before"] == 3
                 basic.CONTROL["gate"].set()
                 for h in handles:
                     h.result(timeout=30)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -69,23 +72,30 @@ class RunningSampler:
 def test_key_concurrency_one_never_runs_two_of_a_key(keyed: TestCluster) -> None:
     flow.reset(seconds=0.03)
     with Cluster(keyed.config) as client:
-        keys = ["tenant-a", "tenant-b", "tenant-c"]
+        # Two keys on each of the three shards (a key's IDs share its hash tag).
+        keys: list[str] = []
+        for shard in client.config.shard_names:
+            on_shard = (f"tenant-{i}" for i in range(1000))
+            keys += [k for k in on_shard if client.route(f"{{{k}}}:x") == shard][:2]
         handles = [
             client.submit(flow.keyed, key, workflow_id=f"{{{key}}}:job-{i}", partition_key=key)
             for i in range(12)
             for key in keys
         ]
+        # Two workers, each claiming from every shard.
         worker = shardflow.Worker(client, flow.app, concurrency=12, poll_interval_seconds=0.05)
-        with RunningSampler(client) as sampler, EventRecorder(worker) as events, worker:
+        other = shardflow.Worker(client, flow.app, concurrency=12, poll_interval_seconds=0.05)
+        with RunningSampler(client) as sampler, worker, other:
             for h in handles:
                 assert h.result(timeout=60) in keys
-        assert events.count(EventKind.FINISHED) == len(handles)
+        assert worker.stats.claimed + other.stats.claimed == len(handles) == 72
     # Seen from the database while the worker ran, and from inside the runs.
     assert sampler.samples > 0 and set(sampler.most) <= set(keys)
     assert max(sampler.most.values()) == 1, sampler.most
     assert dict(flow.MOST) == dict.fromkeys(keys, 1)
-    # The keys did not wait for each other: several ran at once.
-    assert flow.MOST_TOTAL[0] >= 2
+    # The keys did not wait for each other: keys of every shard ran side by side.
+    assert flow.MOST_TOTAL[0] >= 3
+    assert {h.shard for h in handles} == set(keyed.config.shard_names)
 
 
 def test_fair_dispatch_across_keys(cluster_factory: ClusterFactory) -> None:
@@ -308,3 +318,148 @@ def test_keyed_claims_hold_key_and_queue_limits_together(keyed: TestCluster) -> 
         assert claim(10) == ["a-1", "b-1", "c-1", "loose-1"]
         # Every key is at its limit of 2 RUNNING: nothing more until one ends.
         assert claim(10) == []
+
+
+def test_key_rate_limit_counts_each_keys_starts_per_period(keyed: TestCluster) -> None:
+    """On a deterministic clock: each key starts at most 3 per 60 s; the window slides."""
+    t0 = datetime.now(UTC) + timedelta(seconds=5)
+    with Cluster(keyed.config) as client:
+        for key in ("a", "b"):
+            client.submit_many(
+                shardflow.Submission(
+                    flow.keyed, (key,), workflow_id=f"{{rate}}:{key}-{i:02}", partition_key=key
+                )
+                for i in range(10)
+            )
+        shard = client.route("{rate}:x")
+
+        def claim(at: datetime, limit: int = 100) -> list[str]:
+            claims = client.store.claim_enqueued(
+                shard,
+                queue="tenants",
+                names=["flow.keyed"],
+                owner="test",
+                lease_seconds=600,
+                limit=limit,
+                key_rate_limit=(3, 60.0),
+                now=at,
+            )
+            return sorted(c.workflow_id.removeprefix("{rate}:") for c in claims)
+
+        # Two claims in the same window: 3 starts per key, then none, running or not.
+        assert claim(t0, limit=4) == ["a-00", "a-01", "b-00", "b-01"]
+        assert claim(t0 + timedelta(seconds=1)) == ["a-02", "b-02"]
+        assert claim(t0 + timedelta(seconds=59)) == []
+        # 60 s after the first starts, their places in the window are free again.
+        assert claim(t0 + timedelta(seconds=60.5)) == ["a-03", "a-04", "b-03", "b-04"]
+        assert claim(t0 + timedelta(seconds=61.5)) == ["a-05", "b-05"]
+        assert claim(t0 + timedelta(seconds=62)) == []
+
+
+def test_a_worker_keeps_each_keys_start_rate(cluster_factory: ClusterFactory) -> None:
+    """Measured on the database clock: a key never starts 3 within 1 s, and the keys
+    do not wait for each other."""
+    flow.reset(seconds=0.0)
+    made = cluster_factory.make(
+        3,
+        extra={
+            "queues": {
+                "default": {},
+                "tenants": {"key_rate_limit": {"limit": 2, "period_seconds": 1}},
+            }
+        },
+    )
+    try:
+        with Cluster(made.config) as client:
+            handles = client.submit_many(
+                shardflow.Submission(
+                    flow.keyed, (key,), workflow_id=f"{{{key}}}:job-{i}", partition_key=key
+                )
+                for key in ("k1", "k2", "k3")
+                for i in range(5)
+            )
+            with shardflow.Worker(client, flow.app, concurrency=8, poll_interval_seconds=0.02):
+                for h in handles:
+                    h.result(timeout=60)
+            runs = client.list_workflows(name="flow.keyed", limit=100).items
+        starts: dict[str, list[datetime]] = {}
+        for r in runs:
+            assert r.started_at is not None
+            starts.setdefault(r.workflow_id.split("}")[0][1:], []).append(r.started_at)
+        assert sorted(starts) == ["k1", "k2", "k3"]
+        for key, times in starts.items():
+            times.sort()
+            # Any three consecutive starts of a key span at least the period.
+            for first, third in zip(times, times[2:], strict=False):
+                assert third - first >= timedelta(seconds=1), (key, times)
+        # Five starts at 2 per second take 2 windows; the keys ran side by side.
+        firsts = sorted(t[0] for t in starts.values())
+        assert firsts[-1] - firsts[0] < timedelta(seconds=1)
+    finally:
+        cluster_factory.drop(made)
+
+
+def test_ten_small_keys_finish_before_the_big_keys_thousandth(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """One key holds 10,000 ready workflows and ten keys hold 10 each, all on one shard:
+    the ten keys' 100 workflows all finish before the big key's 1,000th."""
+    flow.reset(seconds=0.0)
+    made = cluster_factory.make(
+        3, extra={"queues": {"default": {}, "tenants": {"key_concurrency": 10_000}}}
+    )
+    try:
+        with Cluster(made.config) as client:
+            big = [
+                shardflow.Submission(flow.keyed, ("big",), workflow_id=f"{{fair}}:big-{i:05}",
+                                     partition_key="big")
+                for i in range(10_000)
+            ]  # fmt: skip
+            for start in range(0, len(big), 2000):
+                client.submit_many(big[start : start + 2000])
+            small = client.submit_many(
+                shardflow.Submission(flow.keyed, (f"small-{k}",),
+                                     workflow_id=f"{{fair}}:small-{k}-{i}",
+                                     partition_key=f"small-{k}")
+                for k in range(10)
+                for i in range(10)
+            )  # fmt: skip
+            worker = shardflow.Worker(client, flow.app, concurrency=8, poll_interval_seconds=0.05)
+            with EventRecorder(worker) as events, worker:
+                for h in small:
+                    h.result(timeout=60)
+                events.wait_for(
+                    EventKind.FINISHED, lambda e: ":big-" in e.workflow_id, count=1000, timeout=60
+                )
+            finished = [e.workflow_id for e in events.events(EventKind.FINISHED)]
+    finally:
+        cluster_factory.drop(made)
+    big_at = [i for i, w in enumerate(finished) if ":big-" in w]
+    small_at = [i for i, w in enumerate(finished) if ":small-" in w]
+    assert len(small_at) == 100 and len(big_at) >= 1000
+    assert max(small_at) < big_at[999], (max(small_at), big_at[999])
+
+
+def test_a_hundred_debounced_submits_run_once_with_the_last_inputs(keyed: TestCluster) -> None:
+    """100 submits of one key within about a second: one run, with the 100th inputs."""
+    with Cluster(keyed.config) as client:
+        window = 1.0
+        handles = []
+        times = []
+        for i in range(100):
+            times.append(time.monotonic())
+            handles.append(
+                client.submit(flow.latest, f"v{i}", debounce_key="burst", debounce_seconds=window)
+            )
+        # Each submit came within the window of the one before, so all of them coalesce.
+        assert max(b - a for a, b in itertools.pairwise(times)) < window
+        assert len({h.workflow_id for h in handles}) == 1
+        worker = shardflow.Worker(client, flow.app, concurrency=4, poll_interval_seconds=0.05)
+        with EventRecorder(worker) as events, worker:
+            assert handles[0].result(timeout=30) == "v99"
+        assert [e.workflow_id for e in events.events(EventKind.CLAIMED)] == [handles[0].workflow_id]
+        runs = client.list_workflows(name="flow.latest").items
+        assert [(r.workflow_id, r.state) for r in runs] == [
+            (handles[0].workflow_id, shardflow.WorkflowState.SUCCESS)
+        ]
+    assert flow.MOST == {"v99": 1}

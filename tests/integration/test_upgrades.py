@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import shardflow
 from shardflow.cli.main import main
+from shardflow.config import parse as parse_config
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.patching import marker_name
 from shardflow.engine.records import StepWrite
 from shardflow.testing import TestCluster
-from shardflow.testing.servers import wait_until
+from shardflow.testing.servers import ClusterFactory, wait_until
 from tests.apps import upgrades
 from tests.apps.upgrades import NAME
+from tests.e2e.procs import start_worker, stop
 
 MARKER = marker_name("charge-v2")
 
@@ -232,3 +235,36 @@ def test_version_filter_on_the_cli(
     assert listed["workflows"][0]["app_version"] == "1"
     assert main([*config, "workflows", "list", "--app-version", "9", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["workflows"] == []
+
+
+def test_a_worker_records_the_version_it_is_given(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    """``--app-version`` (a worker process), ``Worker(version=)`` and the YAML's
+    ``worker.app_version`` come before ``App(version=)``; an empty one means unset."""
+    made = cluster_factory.make(3, extra={"worker": {"app_version": "yaml-7"}})
+    try:
+        with Cluster(made.config) as client:
+            assert client.config.worker.app_version == "yaml-7"
+            start_and_park(client, upgrades.v1, ["by-yaml"])
+            with shardflow.Worker(client, upgrades.v1, concurrency=2, version="arg-8"):
+                client.submit(NAME, "by-arg", workflow_id="by-arg")
+                wait_until(lambda: suspended(client, ["by-arg"]), message="by-arg parked")
+            proc = start_worker(
+                made.path,
+                "tests.apps.upgrades:v1",
+                "--app-version",
+                "cli-9",
+                log=tmp_path / "worker.log",
+            )
+            try:
+                client.submit(NAME, "by-cli", workflow_id="by-cli")
+                wait_until(lambda: suspended(client, ["by-cli"]), message="by-cli parked")
+            finally:
+                assert stop(proc) == 0
+            versions = {w: client.get(w).app_version for w in ("by-yaml", "by-arg", "by-cli")}
+        assert versions == {"by-yaml": "yaml-7", "by-arg": "arg-8", "by-cli": "cli-9"}
+    finally:
+        cluster_factory.drop(made)
+    blank = parse_config(made.path.read_text().replace("yaml-7", '""'))
+    assert blank.worker.app_version is None

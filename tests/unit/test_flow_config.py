@@ -39,3 +39,16 @@ def test_bad_key_concurrency_is_one_line(value: str, detail: str) -> None:
 def test_unknown_queue_key_names_the_new_one() -> None:
     with pytest.raises(ConfigError, match="key_concurrency"):
         parse(BASE + "    per_key: 1\n", env={})
+
+
+def test_key_rate_limit_is_read_and_checked() -> None:
+
+    base = "name: c\nshards:\n  - {name: s0, dsn: 'postgresql://h/d'}\nqueues:\n  t:\n"
+    config = parse(base + "    key_rate_limit: {limit: 5, period_seconds: 2.5}\n")
+    rate = config.queues["t"].key_rate_limit
+    assert rate is not None and rate.pair() == (5, 2.5) and config.queues["t"].keyed
+    assert not config.queues["default"].keyed
+    with pytest.raises(ConfigError, match=r"queues\.t\.key_rate_limit\.limit"):
+        parse(base + "    key_rate_limit: {limit: 0, period_seconds: 1}\n")
+    with pytest.raises(ConfigError, match=r"key_rate_limit\.period_seconds"):
+        parse(base + "    key_rate_limit: {limit: 1}\n")

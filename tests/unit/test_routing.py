@@ -29,7 +29,7 @@ from shardflow.router import (
     route_hash,
     slot_of_hash,
 )
-from shardflow.router.hashing import MAX_SLOTS, MIN_SLOTS, slot_bits
+from shardflow.router.hashing import MAX_SLOTS, MIN_SLOTS, home_shard, slot_bits
 
 VECTORS_FILE = Path(__file__).with_name("routing_vectors.json")
 ALL_SLOT_COUNTS = [2**bits for bits in range(6, 17)]  # 64 .. 65536
@@ -395,3 +395,21 @@ def test_an_id_that_is_not_valid_unicode_raises_instead_of_crashing() -> None:
             hasher.slot(bad)
         with pytest.raises(UnicodeEncodeError):
             route_hash(bad)
+
+
+def test_a_queues_home_shard_depends_only_on_its_name_and_the_shard_names() -> None:
+    shards = ["shard0", "shard1", "shard2"]
+    homes = {q: home_shard(q, shards) for q in (f"queue-{i}" for i in range(300))}
+    # Deterministic, spread over every shard, independent of the order of the list.
+    assert homes == {q: home_shard(q, list(reversed(shards))) for q in homes}
+    assert set(homes.values()) == set(shards)
+    assert home_shard("single", shards) == "shard2"  # a vector other languages can match
+    # Rendezvous: adding a shard moves only the queues the new shard wins.
+    grown = {q: home_shard(q, [*shards, "shard3"]) for q in homes}
+    moved = {q for q in homes if grown[q] != homes[q]}
+    assert moved == {q for q in homes if grown[q] == "shard3"}
+    assert 30 < len(moved) < 120
+    # Another seed, another placement.
+    assert {q: home_shard(q, shards, seed=7) for q in homes} != homes
+    with pytest.raises(RoutingError):
+        home_shard("q", [])

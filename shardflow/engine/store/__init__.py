@@ -12,6 +12,8 @@ One method per query (named queries in ``shardflow/sql/queries``), grouped by co
 - :mod:`~shardflow.engine.store.waits`: suspend and wake, messages, events, timeouts, fork;
 - :mod:`~shardflow.engine.store.slots`: identity, slot map and states, the copy lookup
   across moves;
+- :mod:`~shardflow.engine.store.queue_leases`: places of queue-wide concurrency on a
+  queue's home shard;
 - :mod:`~shardflow.engine.store.ops`: the worker registry, metrics counts, retention,
   the demo's checks.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from shardflow.engine.records import FinishWrite, StepWrite
 from shardflow.engine.store.ops import EffectsLog, OpsQueries, RetentionSession
+from shardflow.engine.store.queue_leases import QueueLeaseQueries
 from shardflow.engine.store.rows import (
     NO_HOLDING,
     Delivery,
@@ -70,5 +73,5 @@ __all__ = [
 ]
 
 
-class Store(WorkflowQueries, StepQueries, WaitQueries, SlotQueries, OpsQueries):
+class Store(WorkflowQueries, StepQueries, WaitQueries, SlotQueries, OpsQueries, QueueLeaseQueries):
     """Named queries against the shards of one cluster (``Store(pools, codec)``)."""

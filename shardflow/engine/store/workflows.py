@@ -136,14 +136,17 @@ class WorkflowQueries(ShardAccess):
         global_limit: int | None = None,
         rate_limit: tuple[int, float] | None = None,
         key_concurrency: int | None = None,
+        key_rate_limit: tuple[int, float] | None = None,
         app_version: str | None = None,
         now: datetime | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` ENQUEUED workflows of ``queue``.
 
-        With a global concurrency share, a rate limit or a per-key limit, the claim is
-        serialized per queue on this shard (advisory lock) so the limits hold exactly on
-        it; a per-key limit also makes the keys take turns (``claim_enqueued_keyed``).
+        With a global concurrency share, a rate limit or a per-key limit (concurrency
+        ``key_concurrency``, or starts ``key_rate_limit``: (limit, period seconds)), the
+        claim is serialized per queue on this shard (advisory lock) so the limits hold
+        exactly on it; a per-key limit also makes the keys take turns
+        (``claim_enqueued_keyed``).
         ``now`` replaces the database clock (tests).
         """
         params: dict[str, Any] = {
@@ -157,9 +160,11 @@ class WorkflowQueries(ShardAccess):
         }
         sent = time.monotonic()
         claims = claim_rows(shard, sent)
-        keyed = key_concurrency is not None
+        keyed = key_concurrency is not None or key_rate_limit is not None
         if keyed:
             params["key_limit"] = key_concurrency
+            params["key_rate"] = key_rate_limit[0] if key_rate_limit else None
+            params["key_period"] = key_rate_limit[1] if key_rate_limit else 0.0
         with self._conn(shard) as conn:
             if not keyed and global_limit is None and rate_limit is None:
                 return fetch_all(conn, "claim_enqueued", params, claims)

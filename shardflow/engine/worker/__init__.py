@@ -14,8 +14,10 @@ loop dies of an error: each logs it, backs off and goes on, and records its prog
 ``worker.events`` (:mod:`shardflow.engine.worker.events`).
 
 Modules: ``base`` (configuration, shared state, thread capacity), ``claiming`` (claim
-loops, running and ending runs), ``leases`` (heartbeats, deadlines), ``listening``
-(notifications), ``events`` (the event hub), ``lifecycle`` (start, stop, health).
+loops, running and ending runs), ``leases`` (heartbeats, deadlines), ``queue_leases``
+(a queue's ``concurrency``, held on its home shard; ``home_calls``: the takes' thread),
+``listening`` (notifications), ``events`` (the event hub), ``lifecycle`` (start, stop,
+health).
 """
 
 from __future__ import annotations

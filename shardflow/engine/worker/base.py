@@ -23,8 +23,10 @@ from shardflow.engine.timings import StepTimes
 from shardflow.engine.versions import app_version
 from shardflow.engine.worker.aio import RunLoop
 from shardflow.engine.worker.events import WorkerEvents
+from shardflow.engine.worker.home_calls import HomeCalls
 from shardflow.errors import ShardflowError
 from shardflow.retry import Failure, classify, first_line
+from shardflow.router.hashing import home_shard
 from shardflow.router.slotmap import quotas
 
 if TYPE_CHECKING:
@@ -39,8 +41,8 @@ log = logging.getLogger("shardflow.engine.worker")
 DEFAULT_ASYNC_CONCURRENCY = 1000
 ASYNC_CALL_THREADS = 256
 
-# A queue's share on one shard: (global concurrency, (rate limit, period seconds)).
-Share = tuple[int | None, tuple[int, float] | None]
+# A queue's share of its rate limit on one shard: (starts, period seconds).
+Share = tuple[int, float] | None
 
 
 @dataclass(slots=True)
@@ -68,27 +70,25 @@ class WorkerStats:
 
 
 def queue_shares(cluster: Cluster, queues: Sequence[QueueConfig]) -> dict[str, dict[str, Share]]:
-    """Each queue's global concurrency and rate limit, split over shards by weight.
+    """Each queue's rate limit, split over shards by weight.
 
     A shard's share is its quota of the limit (largest remainder), at least 1 so that
-    no shard's workflows starve; see docs/queues.md.
+    no shard's workflows starve; see docs/queues.md. (A queue-wide ``concurrency`` is
+    not split: its queue leases live on the queue's home shard.)
     """
     shards = cluster.config.shards
     weights = [(s.name, s.weight) for s in shards]
     out: dict[str, dict[str, Share]] = {}
     for q in queues:
-        per: dict[str, Share] = {}
-        conc = quotas(weights, q.concurrency) if q.concurrency else None
         rate = quotas(weights, q.rate_limit.limit) if q.rate_limit else None
-        for s in shards:
-            g = max(conc.get(s.name, 0), 1) if conc is not None else None
-            r = (
+        out[q.name] = {
+            s.name: (
                 (max(rate.get(s.name, 0), 1), q.rate_limit.period_seconds)
                 if rate is not None and q.rate_limit is not None
                 else None
             )
-            per[s.name] = (g, r)
-        out[q.name] = per
+            for s in shards
+        }
     return out
 
 
@@ -111,12 +111,13 @@ class WorkerBase:
         max_recoveries: int | None = None,
         worker_id: str | None = None,
         retention: bool = True,
+        version: str | None = None,
     ) -> None:
         cfg = cluster.config.worker
         self.cluster = cluster
         self.app = app
         # Recorded on every attempt this worker starts (docs/upgrades.md).
-        self.app_version = app_version(app)
+        self.app_version = app_version(app, version or cfg.app_version)
         self.shards = list(shards) if shards else list(cluster.config.shard_names)
         unknown = [s for s in self.shards if s not in cluster.config.shard_names]
         if unknown:
@@ -177,6 +178,18 @@ class WorkerBase:
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
         self._shares = queue_shares(cluster, self.queues)
+        # Queue-wide concurrency (worker/queue_leases.py): each limited queue's home shard,
+        # the queue leases held there by this worker's runs, and those to delete.
+        shard_names = cluster.config.shard_names
+        seed = cluster.config.hash.seed
+        self._homes = {
+            q.name: home_shard(q.name, shard_names, seed) for q in self.queues if q.concurrency
+        }
+        self._held: dict[str, dict[str, WorkflowRun]] = {h: {} for h in self._homes.values()}
+        self._unheld: dict[str, list[str]] = {h: [] for h in self._homes.values()}
+        self._leases_due = {h: threading.Event() for h in self._homes.values()}
+        self._home_down_until: dict[str, float] = {}
+        self._home_calls = {h: HomeCalls(h) for h in set(self._homes.values())}
         self.scheduler: Scheduler | None = None
         # Deletes expired workflows where this worker wins the shard's leader lock.
         self.retention: RetentionLeader | None = None

@@ -15,15 +15,16 @@ from shardflow.engine.execution import execute
 from shardflow.engine.records import Claim, StepWrite
 from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.worker.base import WorkerBase, log
+from shardflow.engine.worker.base import log
 from shardflow.engine.worker.events import EventKind
+from shardflow.engine.worker.queue_leases import QUEUE_LEASE_LOST, QueueLease, QueueLeaseLoops
 from shardflow.retry import Backoff, first_line
 
 # Why stop() interrupts a run: such a run hands its workflow back when its thread stops.
 STOPPING = "worker stopping"
 
 
-class ClaimLoops(WorkerBase):
+class ClaimLoops(QueueLeaseLoops):
     """The claim side of a worker (a part of :class:`~shardflow.engine.worker.Worker`)."""
 
     def _claim_loop(self, shard: str) -> None:
@@ -68,7 +69,9 @@ class ClaimLoops(WorkerBase):
         n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
         if n == 0:
             return 0
-        global_limit, rate_limit = self._shares[queue.name][shard]
+        n, leases = self._take_leases(queue, n, aio)
+        if n == 0:
+            return 0
         claims: list[Claim] = []
         try:
             claims = self.cluster.store.claim_enqueued(
@@ -78,32 +81,39 @@ class ClaimLoops(WorkerBase):
                 owner=self.worker_id,
                 lease_seconds=self.lease_seconds,
                 limit=n,
-                global_limit=global_limit,
-                rate_limit=rate_limit,
+                rate_limit=self._shares[queue.name][shard],
                 key_concurrency=queue.key_concurrency,
+                key_rate_limit=queue.key_rate_limit.pair() if queue.key_rate_limit else None,
                 app_version=self.app_version,
             )
         finally:
             self._unreserve(queue, n - len(claims), aio)
+            if leases is not None:
+                self._return_leases(leases[len(claims) :])
         with self._lock:  # several claim threads count here
             self.stats.claimed += len(claims)
             self.stats.claimed_by[(shard, queue.name)] += len(claims)
         started: list[Coroutine[Any, Any, None]] = []
         try:
-            for claim in claims:
-                self._launch(claim, queue, reserved=True, how="new", batch=started)
+            for i, claim in enumerate(claims):
+                lease = leases[i] if leases is not None else None
+                self._launch(claim, queue, reserved=True, how="new", lease=lease, batch=started)
         finally:
             self._aio.start_all(started)  # whatever was launched starts, even after an error
         return len(claims)
 
     def _claim_groups(self) -> list[tuple[QueueConfig | None, list[str]]]:
-        """Queues to claim resumed work for: the queues without a per-worker limit
-        together, then each limited queue alone, so that its limit holds exactly."""
-        unlimited = [q.name for q in self.queues if q.worker_concurrency is None]
+        """Queues to claim resumed work for: the queues without a per-worker or queue-wide
+        limit together, then each limited queue alone, so that its limit holds exactly."""
+
+        def limited(q: QueueConfig) -> bool:
+            return q.worker_concurrency is not None or q.concurrency is not None
+
+        unlimited = [q.name for q in self.queues if not limited(q)]
         groups: list[tuple[QueueConfig | None, list[str]]] = (
             [(None, unlimited)] if unlimited else []
         )
-        groups.extend((q, [q.name]) for q in self.queues if q.worker_concurrency is not None)
+        groups.extend((q, [q.name]) for q in self.queues if limited(q))
         return groups
 
     def _claim_wakeable(self, shard: str) -> int:
@@ -126,6 +136,9 @@ class ClaimLoops(WorkerBase):
             n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
             if n == 0:
                 continue
+            n, leases = self._take_leases(queue, n, aio)
+            if n == 0:
+                continue
             claims: list[Claim] = []
             try:
                 claims = claim_fn(
@@ -139,9 +152,11 @@ class ClaimLoops(WorkerBase):
                 )
             finally:
                 self._unreserve(queue, n - len(claims), aio)
+                if leases is not None:
+                    self._return_leases(leases[len(claims) :])
             started: list[Coroutine[Any, Any, None]] = []
             try:
-                self._launch_resumed(shard, queue, aio, claims, recovery, started)
+                self._launch_resumed(shard, queue, aio, claims, leases, recovery, started)
             finally:
                 self._aio.start_all(started)
             total += len(claims)
@@ -153,12 +168,17 @@ class ClaimLoops(WorkerBase):
         queue: QueueConfig | None,
         aio: bool,
         claims: list[Claim],
+        leases: list[QueueLease] | None,
         recovery: bool,
         started: list[Coroutine[Any, Any, None]],
     ) -> None:
-        """Launch woken or recovered runs of one kind (``aio``); dead-letter repeaters."""
-        for claim in claims:
+        """Launch woken or recovered runs of one kind (``aio``), each holding its queue
+        lease if its queue has a queue-wide limit; dead-letter repeaters."""
+        for i, claim in enumerate(claims):
+            lease = leases[i] if leases is not None else None
             if claim.state is WorkflowState.DEAD:
+                if lease is not None:
+                    self._return_leases([lease])
                 with self._lock:
                     self.stats.dead_lettered += 1
                 self._unreserve(queue, 1, aio)
@@ -182,7 +202,7 @@ class ClaimLoops(WorkerBase):
                 with self._lock:
                     self.stats.woken += 1
             how = "recovered" if recovery else "woken"
-            self._launch(claim, queue, reserved=True, how=how, batch=started)
+            self._launch(claim, queue, reserved=True, how=how, lease=lease, batch=started)
 
     def _launch(
         self,
@@ -191,11 +211,13 @@ class ClaimLoops(WorkerBase):
         *,
         reserved: bool,
         how: str,
+        lease: QueueLease | None = None,
         batch: list[Coroutine[Any, Any, None]] | None = None,
     ) -> None:
-        """Start ``claim``'s run: a sync one on a thread of the pool; an async one on the
-        loop, or, with ``batch``, appended to it for :meth:`RunLoop.start_all` (one
-        wake-up of the loop per claimed batch, not one per run)."""
+        """Start ``claim``'s run (holding ``lease``, its place in a queue with a
+        queue-wide limit): a sync one on a thread of the pool; an async one on the loop,
+        or, with ``batch``, appended to it for :meth:`RunLoop.start_all` (one wake-up of
+        the loop per claimed batch, not one per run)."""
         assert self._writer is not None
         writer = self._writer
         aio = self.app.lookup(claim.name).is_async
@@ -215,6 +237,8 @@ class ClaimLoops(WorkerBase):
             else WorkflowRun(claim, store, self.lease_seconds, self.cluster, writer)
         )
         run.observe_step = self.stats.step_seconds.observe
+        if lease is not None:
+            self._hold_lease(run, lease)
         with self._lock:
             self._running[claim.workflow_id] = run
             self._active[aio] += 1
@@ -234,7 +258,7 @@ class ClaimLoops(WorkerBase):
         state: WorkflowState | None = None
         try:
             state = execute(run, self.app)
-            if state is None and run.interrupt_reason == STOPPING:
+            if state is None and run.interrupt_reason in (STOPPING, QUEUE_LEASE_LOST):
                 self._release(run)
         except Exception:
             log.exception("unexpected failure running %s", run.workflow_id)
@@ -246,7 +270,7 @@ class ClaimLoops(WorkerBase):
         state: WorkflowState | None = None
         try:
             state = await execute_async(run, self.app)
-            if state is None and run.interrupt_reason == STOPPING:
+            if state is None and run.interrupt_reason in (STOPPING, QUEUE_LEASE_LOST):
                 await run.in_thread(lambda: self._release(run))
         except Exception:
             log.exception("unexpected failure running %s", run.workflow_id)
@@ -257,6 +281,7 @@ class ClaimLoops(WorkerBase):
         self, run: WorkflowRun, queue: QueueConfig | None, state: WorkflowState | None
     ) -> None:
         """Account for a run that returned, and wake the claim loops if capacity is free."""
+        self._drop_lease(run)
         with self._lock:
             # A newer run of the same workflow (recovered here) keeps its entry.
             if self._running.get(run.workflow_id) is run:

@@ -37,7 +37,8 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
     Its parts live in one module each: configuration and shared state
     (:mod:`~shardflow.engine.worker.base`), claiming and running
     (:mod:`~shardflow.engine.worker.claiming`), leases
-    (:mod:`~shardflow.engine.worker.leases`), notifications
+    (:mod:`~shardflow.engine.worker.leases`), queue-wide concurrency
+    (:mod:`~shardflow.engine.worker.queue_leases`), notifications
     (:mod:`~shardflow.engine.worker.listening`) and its events
     (:mod:`~shardflow.engine.worker.events`).
     """
@@ -58,6 +59,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
         max_recoveries: int | None = None,
         worker_id: str | None = None,
         retention: bool = True,
+        version: str | None = None,
     ) -> None:
         super().__init__(
             cluster,
@@ -73,6 +75,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
             max_recoveries=max_recoveries,
             worker_id=worker_id,
             retention=retention,
+            version=version,
         )
         self.presence = Presence(self)
 
@@ -106,6 +109,15 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
                         daemon=True,
                     )
                 )
+        for home in sorted(set(self._homes.values())):
+            self._threads.append(
+                threading.Thread(
+                    target=self._guarded,
+                    args=(f"queue-leases-{home}", self._queue_lease_loop, home),
+                    name=f"shardflow-queue-leases-{home}",
+                    daemon=True,
+                )
+            )
         schedules = collect(self.app, self.cluster)
         if schedules:
             self.scheduler = Scheduler(self.cluster, schedules, self._stopping)
@@ -174,6 +186,8 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
                 len(abandoned),
             )
         self._closed.set()
+        for calls in self._home_calls.values():
+            calls.close()
         for t in self._threads:
             t.join(timeout=5)
         if self._executor is not None:
@@ -256,7 +270,7 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
             age = now - self._progress.get(name, now)
             # cron and retention sleep until their next tick or round, which may be long:
             # only the per-shard loops, which beat every poll or heartbeat, can stall.
-            periodic = name.split("-")[0] in ("claim", "listen", "heartbeat")
+            periodic = name.split("-")[0] in ("claim", "listen", "heartbeat", "queue")
             out[name] = {
                 "alive": t.is_alive(),
                 "seconds_since_progress": round(age, 1),

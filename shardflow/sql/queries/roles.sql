@@ -27,11 +27,12 @@ GRANT SELECT ON ALL TABLES IN SCHEMA shardflow TO {role}
 -- name: grant_worker_write
 -- What running workflows writes: claims, leases, checkpoints, final states, messages,
 -- events, children, retention's deletes, activating a staged copy a read comes across,
--- and the worker's own row in the live-worker registry (0005).
+-- the worker's own row in the live-worker registry (0005), and the leases of queues
+-- whose home is this shard (0012).
 -- Not the slot tables, the identity, the migrations or the rebalance plans.
 GRANT INSERT, UPDATE, DELETE ON
     shardflow.workflow_status, shardflow.step_outputs, shardflow.messages, shardflow.events,
-    shardflow.workers
+    shardflow.workers, shardflow.queue_leases
 TO {role}
 
 -- name: grant_worker_slot_lock

@@ -130,8 +130,11 @@ RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
 -- per key); each key offers its first rows in claim order, at most its free places
 -- (key_limit minus its RUNNING workflows); an offer ranks by the load its key would
 -- have with it (RUNNING + its place among the key's offers), so the least loaded key
--- goes first and keys take turns, ties to priority, then age. Workflows without a key
--- form one more group, without a per-key limit.
+-- goes first; ties go to the key whose last start is oldest (so keys take turns even
+-- when runs end before the next claim), then priority, then age. Workflows without a
+-- key form one more group, without a per-key limit, last among equals. With key_rate
+-- (key_rate_limit), a key also offers at most key_rate minus its first starts in the
+-- last key_period seconds. key_limit and key_rate may each be NULL (no such limit).
 WITH RECURSIVE keys AS (
     (SELECT partition_key FROM shardflow.workflow_status
      WHERE state = 'ENQUEUED' AND wake_at IS NULL AND queue = %(queue)s
@@ -144,12 +147,26 @@ WITH RECURSIVE keys AS (
             ORDER BY w.partition_key LIMIT 1)
     FROM keys k WHERE k.partition_key IS NOT NULL
 ), offers AS MATERIALIZED (
-    SELECT o.workflow_id, o.priority, o.created_at, n.running + o.place AS rank
+    SELECT o.workflow_id, o.priority, o.created_at, n.running + o.place AS rank,
+           l.last_start
     FROM keys k
     CROSS JOIN LATERAL (
         SELECT count(*) AS running FROM shardflow.workflow_status r
         WHERE r.state = 'RUNNING' AND r.queue = %(queue)s AND r.partition_key = k.partition_key
     ) n
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS started FROM shardflow.workflow_status r
+        WHERE %(key_rate)s::bigint IS NOT NULL
+          AND r.queue = %(queue)s AND r.partition_key = k.partition_key
+          AND r.started_at > coalesce(%(now)s::timestamptz, now())
+                             - make_interval(secs => %(key_period)s::float8)
+    ) s
+    CROSS JOIN LATERAL (
+        -- One backward probe of workflow_status_started_key (0013).
+        SELECT max(r.started_at) AS last_start FROM shardflow.workflow_status r
+        WHERE r.queue = %(queue)s AND r.partition_key = k.partition_key
+          AND r.started_at IS NOT NULL
+    ) l
     CROSS JOIN LATERAL (
         SELECT w.workflow_id, w.priority, w.created_at,
                row_number() OVER (ORDER BY w.priority DESC, w.created_at, w.workflow_id) AS place
@@ -157,14 +174,16 @@ WITH RECURSIVE keys AS (
         WHERE w.state = 'ENQUEUED' AND w.wake_at IS NULL AND w.queue = %(queue)s
           AND w.partition_key = k.partition_key AND w.name = ANY(%(names)s)
         ORDER BY w.priority DESC, w.created_at, w.workflow_id
-        LIMIT greatest(0, least(%(limit)s, %(key_limit)s - n.running))
+        LIMIT greatest(0, least(%(limit)s, coalesce(%(key_limit)s::bigint - n.running, %(limit)s),
+                                coalesce(%(key_rate)s::bigint - s.started, %(limit)s)))
     ) o
     WHERE k.partition_key IS NOT NULL
     UNION ALL
     SELECT u.workflow_id, u.priority, u.created_at,
            u.place + (SELECT count(*) FROM shardflow.workflow_status r
                       WHERE r.state = 'RUNNING' AND r.queue = %(queue)s
-                        AND r.partition_key IS NULL)
+                        AND r.partition_key IS NULL),
+           'infinity'::timestamptz
     FROM (
         -- Ordered as workflow_status_claim_keyed is (the key, NULL here, first), so
         -- that the index yields the rows in order and the scan stops at the limit.
@@ -182,9 +201,10 @@ WITH RECURSIVE keys AS (
     -- key (a join with all offers could be planned as a scan of all ready rows). The
     -- claim holds the queue's lock, so an offer is rarely locked (a cancel, a debounce
     -- update); if one is, this claim takes one fewer and the next claim goes on.
-    SELECT array_agg(b.workflow_id ORDER BY b.rank, b.priority DESC, b.created_at,
-                     b.workflow_id) AS ids
-    FROM (SELECT * FROM offers ORDER BY rank, priority DESC, created_at, workflow_id
+    SELECT array_agg(b.workflow_id ORDER BY b.rank, b.last_start NULLS FIRST,
+                     b.priority DESC, b.created_at, b.workflow_id) AS ids
+    FROM (SELECT * FROM offers
+          ORDER BY rank, last_start NULLS FIRST, priority DESC, created_at, workflow_id
           LIMIT %(limit)s) b
 ), picked AS (
     SELECT w.workflow_id FROM ranked r, shardflow.workflow_status w
@@ -196,7 +216,7 @@ WITH RECURSIVE keys AS (
 UPDATE shardflow.workflow_status AS w
 SET state = 'RUNNING', attempt = w.attempt + 1, lease_owner = %(owner)s,
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
-    started_at = coalesce(w.started_at, now()), updated_at = now(),
+    started_at = coalesce(w.started_at, %(now)s::timestamptz, now()), updated_at = now(),
     app_version = %(app_version)s::text
 FROM picked WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
