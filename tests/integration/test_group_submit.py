@@ -15,6 +15,7 @@ import pytest
 
 import shardflow
 from shardflow.engine.cluster import Cluster
+from shardflow.engine.group_submit import SubmitGroups
 from shardflow.testing.servers import id_on, wait_until
 from tests.apps import faults
 
@@ -120,6 +121,8 @@ def test_a_lone_submit_commits_before_it_returns(cluster: Cluster) -> None:
 
 def test_closing_the_client_with_submits_queued_answers_every_one(cluster: Cluster) -> None:
     tag = "{" + id_on(cluster, SHARD, "closing") + "}"
+    # A closed client's submit is retried like an outage: 2 s here rather than 30.
+    cluster.submit_groups = SubmitGroups(cluster.locator, cluster.store, cluster.router, 2.0)
     ids = [f"{tag}-{i}" for i in range(12)]
     with inserts_held(cluster):
         running = [
