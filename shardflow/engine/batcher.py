@@ -14,15 +14,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
 
-from shardflow.engine.records import StepRecord
-from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import FinishWrite, StepWrite, Store
+from shardflow.engine.records import FinishWrite, StepRecord, StepWrite
+from shardflow.engine.store import Store
 from shardflow.engine.store_errors import StoreError, TransientStoreError
 from shardflow.errors import ShardUnavailable, ValueRejected
 from shardflow.retry import Backoff, Failure, classify, first_line
@@ -198,99 +196,61 @@ def _write_error(shard: str, kind: Failure, exc: Exception) -> Exception:
 
 class GroupWriter:
     """A run's step and final-state writes through per-shard committers (the contract of
-    ``Store.record_step`` and ``Store.finish``, which write a batch of one)."""
+    ``Store.record_step`` and ``Store.finish``, which write a batch of one).
+
+    ``on_committed(shard, write)`` is called after each step write this writer committed
+    for its run (not for one that lost to another run's record)."""
 
     def __init__(
-        self, store: Store, shards: Sequence[str], *, answer_timeout: float | None = None
+        self,
+        store: Store,
+        shards: Sequence[str],
+        *,
+        answer_timeout: float | None = None,
+        on_committed: Callable[[str, StepWrite], None] | None = None,
     ) -> None:
         self.store = store
         # How long a run waits for its commit before giving up on it (unknown outcome).
         self.answer_timeout = answer_timeout
+        self.on_committed = on_committed
         retry = (answer_timeout or 10.0) / 2
         self.committers = {s: ShardCommitter(store, s, retry_seconds=retry) for s in shards}
 
-    def record_step(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None:
+    def record_step(self, shard: str, write: StepWrite) -> StepRecord | None:
         """Record a step. Returns None if written; the winning record if another run wrote
-        this step first. Raises :class:`Fenced` if this run no longer owns the workflow.
-
-        ``started_at`` is epoch seconds on the database clock; ``duration_ms`` how long
-        the step ran (None for records that are not steps: sleep, recv, events)."""
-        write = StepWrite(
-            workflow_id, attempt, step_no, name, output, error, started_at, duration_ms
-        )
-        written = self.committers[shard].record_step(write, self.answer_timeout)
-        if written:
+        this step first. Raises :class:`Fenced` if this run no longer owns the workflow."""
+        if self.committers[shard].record_step(write, self.answer_timeout):
+            self._committed(shard, write)
             return None
-        return self.store.resolve_unwritten_step(shard, workflow_id, attempt, step_no)
+        return self.store.resolve_unwritten_step(
+            shard, write.workflow_id, write.attempt, write.step_no
+        )
 
-    async def record_step_async(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None:
+    async def record_step_async(self, shard: str, write: StepWrite) -> StepRecord | None:
         """:meth:`record_step` for a run on an event loop: it awaits the commit without
         holding a thread."""
-        write = StepWrite(
-            workflow_id, attempt, step_no, name, output, error, started_at, duration_ms
-        )
-        written = await self._answer(shard, self.committers[shard].enqueue(write))
-        if written:
+        if await self._answer(shard, self.committers[shard].enqueue(write)):
+            self._committed(shard, write)
             return None
         return await asyncio.to_thread(
-            self.store.resolve_unwritten_step, shard, workflow_id, attempt, step_no
+            self.store.resolve_unwritten_step,
+            shard,
+            write.workflow_id,
+            write.attempt,
+            write.step_no,
         )
 
-    def finish(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool:
+    def finish(self, shard: str, write: FinishWrite) -> bool:
         """Record the final state once. False if this run was fenced off."""
-        return self.committers[shard].finish(
-            FinishWrite(workflow_id, attempt, state.value, output, error, reason),
-            self.answer_timeout,
-        )
+        return self.committers[shard].finish(write, self.answer_timeout)
 
-    async def finish_async(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool:
+    async def finish_async(self, shard: str, write: FinishWrite) -> bool:
         """:meth:`finish` for a run on an event loop (no thread held)."""
-        write = FinishWrite(workflow_id, attempt, state.value, output, error, reason)
         return await self._answer(shard, self.committers[shard].enqueue(write))
+
+    def _committed(self, shard: str, write: StepWrite) -> None:
+        if self.on_committed is not None:
+            self.on_committed(shard, write)
 
     async def _answer(self, shard: str, future: Future[bool]) -> bool:
         """Await the committer's answer, at most ``answer_timeout`` (then the outcome is

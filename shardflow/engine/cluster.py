@@ -3,7 +3,6 @@
 - :mod:`~shardflow.engine.topology`: shard identities and the live slot map;
 - :mod:`~shardflow.engine.locator`: find a workflow across moves, place new rows;
 - :mod:`~shardflow.engine.placement`: a submission's row (ID, checks, inputs, slot);
-- :mod:`~shardflow.engine.group_submit`: concurrent submits sharing commits;
 - :mod:`~shardflow.engine.listing`: the cross-shard listing and its page merge;
 - :mod:`~shardflow.engine.waits`: messages, events, wake-ups, children, fork;
 - :mod:`~shardflow.engine.listeners`: what wakes result() and get_event (LISTEN per shard);
@@ -67,8 +66,7 @@ class Cluster:
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         self.config = config
-        # How long a read or an idempotent write rides through a shard's restart or
-        # failover (reconnecting, with backoff) before ShardUnavailable reaches the caller.
+        # How long reads and idempotent writes ride through a restart or failover (reconnecting).
         self.retry_seconds = retry_seconds
         self.codec = Codec.for_config(serializer or JsonSerializer(), config)
         self.pools = ShardPools(
@@ -88,7 +86,11 @@ class Cluster:
         )
         self.control = Control(self.store, self.locator, self.waits, retry_seconds)
         self.submit_groups = SubmitGroups(self.locator, self.store, self.router, retry_seconds)
-        self.topology.refresh()
+        try:
+            self.topology.refresh()
+        except BaseException:
+            self.close()  # a client that failed to start leaves no pool threads behind
+            raise
 
     # -- topology -------------------------------------------------------------------------
 

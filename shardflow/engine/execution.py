@@ -11,7 +11,7 @@ from typing import Any
 from shardflow import retry, tracing
 from shardflow.engine import context
 from shardflow.engine.app import App
-from shardflow.engine.records import Claim
+from shardflow.engine.records import Claim, FinishWrite
 from shardflow.engine.runner import OTHER_SHARD_RETRY_SECONDS, RUN_RETRY_SECONDS, WorkflowRun
 from shardflow.engine.serialization import error_record
 from shardflow.engine.signals import RunInterrupted, Suspend
@@ -121,13 +121,7 @@ def _finish(
 ) -> WorkflowState | None:
     try:
         written = run.writer.finish(
-            run.shard,
-            workflow_id=run.workflow_id,
-            attempt=run.attempt,
-            state=state,
-            output=output,
-            error=error,
-            reason=reason,
+            run.shard, FinishWrite(run.workflow_id, run.attempt, state, output, error, reason)
         )
     except ValueRejected as exc:
         # The database refused the result itself (an unforeseen server limit): end in

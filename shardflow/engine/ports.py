@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from shardflow.engine.app import Workflow
-from shardflow.engine.records import StepRecord, WorkflowStatus
-from shardflow.engine.states import WorkflowState
+from shardflow.engine.records import FinishWrite, StepRecord, StepWrite, WorkflowStatus
 
 
 class RunClient(Protocol):
@@ -65,59 +64,21 @@ class RunClient(Protocol):
 class RunWriter(Protocol):
     """Where a run's checkpoints and final state are written (fenced on the attempt)."""
 
-    def record_step(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None: ...
+    def record_step(self, shard: str, write: StepWrite) -> StepRecord | None:
+        """None if written; the winning record if another run wrote this step first.
+        Raises :class:`~shardflow.engine.store_errors.Fenced` if the run lost the
+        workflow."""
+        ...
 
-    def finish(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool: ...
+    def finish(self, shard: str, write: FinishWrite) -> bool:
+        """Record the final state once; False if the run was fenced off."""
+        ...
 
 
 class AsyncRunWriter(RunWriter, Protocol):
     """A writer whose checkpoints an async run can await without holding a thread (the
     worker's group committer)."""
 
-    async def record_step_async(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None: ...
+    async def record_step_async(self, shard: str, write: StepWrite) -> StepRecord | None: ...
 
-    async def finish_async(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool: ...
+    async def finish_async(self, shard: str, write: FinishWrite) -> bool: ...

@@ -139,3 +139,30 @@ class NewWorkflow:
     # A debounced submit (docs/queues.md#debounce): its key and window, or None.
     debounce_key: str | None = None
     debounce_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepWrite:
+    """A step checkpoint (or a recorded value: sleep, recv, event) of one run."""
+
+    workflow_id: str
+    attempt: int
+    step_no: int
+    name: str
+    output: str | None
+    error: dict[str, Any] | None
+    # Epoch seconds on the database clock; how long the step ran (None: not a step).
+    started_at: float | None = None
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishWrite:
+    """A run's final state, recorded once."""
+
+    workflow_id: str
+    attempt: int
+    state: WorkflowState
+    output: str | None
+    error: dict[str, Any] | None
+    reason: str | None = None

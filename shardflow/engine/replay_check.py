@@ -30,7 +30,7 @@ from shardflow.engine.app import App, Workflow
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.execution import execute
 from shardflow.engine.filters import WorkflowFilter
-from shardflow.engine.records import Claim, StepRecord, WorkflowStatus
+from shardflow.engine.records import Claim, FinishWrite, StepRecord, StepWrite, WorkflowStatus
 from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.signals import RunInterrupted
 from shardflow.engine.states import WorkflowState
@@ -95,33 +95,11 @@ class ReplayWriter:
     def __init__(self) -> None:
         self.finished: tuple[WorkflowState, dict[str, Any] | None, str | None] | None = None
 
-    def record_step(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None:
+    def record_step(self, shard: str, write: StepWrite) -> StepRecord | None:
         raise RunInterrupted(_END)
 
-    def finish(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool:
-        self.finished = (state, error, reason)
+    def finish(self, shard: str, write: FinishWrite) -> bool:
+        self.finished = (write.state, write.error, write.reason)
         return False
 
 

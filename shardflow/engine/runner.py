@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from shardflow import tracing
 from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import RunClient, RunWriter
-from shardflow.engine.records import Claim, StepRecord
+from shardflow.engine.records import Claim, StepRecord, StepWrite
 from shardflow.engine.serialization import error_record, rebuild_error
 from shardflow.engine.signals import RunInterrupted, Suspend
 from shardflow.engine.store import Fenced, Store, TransientStoreError
@@ -231,17 +231,24 @@ class WorkflowRun:
     ) -> StepRecord | None:
         with owned():
             return self.writer.record_step(
-                self.shard,
-                workflow_id=self.workflow_id,
-                attempt=self.attempt,
-                step_no=step_no,
-                name=name,
-                output=output,
-                error=error,
-                # Recorded without a start, a record still says which attempt wrote it.
-                started_at=self.db_time() if started_at is None else started_at,
-                duration_ms=duration_ms,
+                self.shard, self.step_write(step_no, name, output, error, started_at, duration_ms)
             )
+
+    def step_write(
+        self,
+        step_no: int,
+        name: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        started_at: float | None = None,
+        duration_ms: float | None = None,
+    ) -> StepWrite:
+        """This attempt's record of step ``step_no`` (fenced on the attempt when written)."""
+        # Recorded without a start, a record still says which attempt wrote it.
+        at = self.db_time() if started_at is None else started_at
+        return StepWrite(
+            self.workflow_id, self.attempt, step_no, name, output, error, at, duration_ms
+        )
 
 
 @contextmanager

@@ -1,8 +1,11 @@
 """SQL text of shardflow: numbered migrations and named queries, loaded once.
 
 Queries live in ``queries/*.sql``; each begins with a ``-- name: some_query`` line and runs
-to the next one. Parameters are psycopg placeholders (``%(name)s``): user values always
-travel as parameters, never inside SQL text.
+to the next header. A ``-- fragment: some_part`` header starts a piece of SQL text that
+queries share: a line ``-- include: some_part`` in a query is replaced by it when the
+queries are loaded (static text of this package, never a value). Parameters are psycopg
+placeholders (``%(name)s``): user values always travel as parameters, never inside SQL
+text.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 SCHEMA = "shardflow"
-_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^--\s*(name|fragment):\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^[ \t]*--\s*include:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -26,21 +30,40 @@ class Migration:
 
 @functools.cache
 def queries() -> dict[str, str]:
-    """All named queries, by name."""
-    out: dict[str, str] = {}
+    """All named queries, by name, with their fragments included."""
+    named: dict[str, str] = {}
+    fragments: dict[str, str] = {}
     folder = resources.files(__package__).joinpath("queries")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        text = entry.read_text(encoding="utf-8")
-        names = list(_NAME.finditer(text))
-        for i, match in enumerate(names):
-            end = names[i + 1].start() if i + 1 < len(names) else len(text)
-            name = match.group(1)
-            if name in out:
-                raise RuntimeError(f"query {name!r} is defined twice")
-            out[name] = text[match.end() : end].strip().rstrip(";")
-    return out
+        if entry.name.endswith(".sql"):
+            parse_sections(entry.read_text(encoding="utf-8"), named, fragments)
+    return {name: include_fragments(text, fragments) for name, text in named.items()}
+
+
+def parse_sections(text: str, named: dict[str, str], fragments: dict[str, str]) -> None:
+    """Add the named queries and fragments of one file's ``text``."""
+    headers = list(_HEADER.finditer(text))
+    for i, match in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        kind, name = match.group(1), match.group(2)
+        into = named if kind == "name" else fragments
+        if name in into:
+            raise RuntimeError(
+                f"{'query' if kind == 'name' else 'fragment'} {name!r} is defined twice"
+            )
+        into[name] = text[match.end() : end].strip().rstrip(";")
+
+
+def include_fragments(text: str, fragments: dict[str, str]) -> str:
+    """``text`` with each ``-- include: part`` line replaced by that fragment."""
+
+    def fragment(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in fragments:
+            raise RuntimeError(f"unknown SQL fragment {name!r}")
+        return fragments[name]
+
+    return _INCLUDE.sub(fragment, text)
 
 
 def query(name: str) -> str:

@@ -147,8 +147,12 @@ def screenshot(page: Any, name: str) -> Path:
     """Save a full-page screenshot and check it is not blank."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"dashboard-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert_not_blank(path)
+    # Written aside and renamed into place: two test runs at once (CI runs one per
+    # PostgreSQL version) never read each other's half-written file.
+    written = path.with_name(f"{path.stem}.{os.getpid()}.png")
+    page.screenshot(path=str(written), full_page=True)
+    assert_not_blank(written)
+    os.replace(written, path)
     if os.environ.get("SHARDFLOW_DOC_SCREENSHOTS") == "1":
         DOC_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOC_IMAGES / path.name)

@@ -185,8 +185,13 @@ def test_async_client_against_a_running_worker(test_cluster: TestCluster, cluste
             assert (await aclient.cancel(gated.workflow_id)).state is WorkflowState.CANCELLED
             with pytest.raises(shardflow.WorkflowCancelled):
                 await gated.result(timeout=5)
-            assert (await aclient.resume(gated.workflow_id)).state is WorkflowState.ENQUEUED
+            # Resumed, it runs again on the worker (which may claim it at once) to its end.
+            resumed = await aclient.resume(gated.workflow_id)
+            assert resumed.state is not WorkflowState.CANCELLED
+            assert await gated.result(timeout=30) == "x"
 
+    twins.CONTROL.update(started=threading.Event(), gate=threading.Event())
+    twins.CONTROL["gate"].set()  # the resumed gated run passes its gate
     with shardflow.Worker(cluster, app, concurrency=2):
         asyncio.run(scenario())
     # The fork replayed steps 0 and 1 and ran only step 2.

@@ -94,31 +94,16 @@ def test_a_stale_attempt_is_fenced_off(cluster: Cluster) -> None:
         assert writer.committers[SHARD].record_step(_step(stale, '"zombie"')) is False
         with pytest.raises(Fenced):
             writer.record_step(
-                SHARD,
-                workflow_id=stale.workflow_id,
-                attempt=stale.attempt,
-                step_no=0,
-                name="s",
-                output='"zombie"',
-                error=None,
+                SHARD, StepWrite(stale.workflow_id, stale.attempt, 0, "s", '"zombie"', None)
             )
         assert not writer.finish(
-            SHARD,
-            workflow_id=stale.workflow_id,
-            attempt=stale.attempt,
-            state=WorkflowState.SUCCESS,
-            output="1",
-            error=None,
+            SHARD, FinishWrite(stale.workflow_id, stale.attempt, WorkflowState.SUCCESS, "1", None)
         )
         # The current attempt writes and finishes.
         assert writer.committers[SHARD].record_step(_step(current, '"live"')) is True
         assert writer.finish(
             SHARD,
-            workflow_id=current.workflow_id,
-            attempt=current.attempt,
-            state=WorkflowState.SUCCESS,
-            output="1",
-            error=None,
+            FinishWrite(current.workflow_id, current.attempt, WorkflowState.SUCCESS, "1", None),
         )
     finally:
         writer.close()
@@ -163,7 +148,7 @@ def test_one_bad_row_fails_only_its_own_write(cluster: Cluster) -> None:
                 pool.submit(committer.record_step, _step(good1, '"g1"'), 30),
                 pool.submit(
                     committer.finish,
-                    FinishWrite(good2.workflow_id, good2.attempt, "SUCCESS", "2", None),
+                    FinishWrite(good2.workflow_id, good2.attempt, WorkflowState.SUCCESS, "2", None),
                     30,
                 ),
             ]

@@ -14,6 +14,7 @@ import pytest
 import shardflow
 from shardflow import WorkflowState
 from shardflow.engine.cluster import Cluster
+from shardflow.engine.records import FinishWrite
 from shardflow.engine.worker import EventKind
 from shardflow.testing.events import EventRecorder
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
@@ -287,11 +288,7 @@ def test_a_late_finish_never_overwrites_cancelled(cluster: Cluster) -> None:
     cluster.cancel(handle.workflow_id)
     written = cluster.store.finish(
         handle.shard,
-        workflow_id=claim.workflow_id,
-        attempt=claim.attempt,
-        state=WorkflowState.SUCCESS,
-        output="1",
-        error=None,
+        FinishWrite(claim.workflow_id, claim.attempt, WorkflowState.SUCCESS, "1", None),
     )
     assert written is False
     assert handle.status().state is WorkflowState.CANCELLED

@@ -16,6 +16,7 @@ import shardflow
 from shardflow.cli.main import main
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.patching import marker_name
+from shardflow.engine.records import StepWrite
 from shardflow.testing import TestCluster
 from shardflow.testing.servers import wait_until
 from tests.apps import upgrades
@@ -108,13 +109,7 @@ def test_patched_answers_the_same_after_a_crash(cluster: Cluster) -> None:
         )
         for step_no, (name, output) in enumerate(steps):
             store.record_step(
-                shard,
-                workflow_id=workflow_id,
-                attempt=claim.attempt,
-                step_no=step_no,
-                name=name,
-                output=output,
-                error=None,
+                shard, StepWrite(workflow_id, claim.attempt, step_no, name, output, None)
             )
         assert cluster.get(workflow_id).app_version == "ghost"
     results = approve_and_finish(cluster, upgrades.v2, list(recorded))

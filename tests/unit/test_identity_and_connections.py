@@ -3,11 +3,14 @@ fails (no database needed: libpq refuses these before any network I/O)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from shardflow.config import parse
 from shardflow.config.model import ShardConfig
-from shardflow.errors import IdentityMismatch, ShardUnavailable
+from shardflow.engine import connect
+from shardflow.errors import IdentityMismatch, ShardflowError, ShardUnavailable
 from shardflow.router.pools import MIGRATOR_LIMITS, REBALANCER_LIMITS, connect_kwargs, dedicated
 from shardflow.sql.identity import Identity, check_identity
 
@@ -77,3 +80,18 @@ def test_session_limits_become_connection_options() -> None:
     migrator = connect_kwargs(MIGRATOR_LIMITS)
     assert "options" not in migrator  # no session timeouts: index builds take long
     assert migrator["tcp_user_timeout"] == 60_000 and migrator["keepalives_idle"] == 10
+
+
+def test_a_client_that_cannot_reach_any_shard_fails_and_leaves_no_thread_behind() -> None:
+    # Port 1 on loopback: nothing listens, every connection is refused at once.
+    config = parse(
+        "name: c\nshards:\n"
+        "  - {name: s0, dsn: 'postgresql://u:pw1secret@127.0.0.1:1/db?connect_timeout=2'}\n"
+        "  - {name: s1, dsn: 'host=127.0.0.1 port=1 dbname=db connect_timeout=2'}\n"
+    )
+    before = set(threading.enumerate())
+    with pytest.raises(ShardflowError) as caught:
+        connect(config, retry_seconds=0.5)
+    assert "pw1secret" not in str(caught.value)
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert left == []

@@ -29,7 +29,7 @@ from shardflow.engine.app import App
 from shardflow.engine.execution import after_finish, end_by, end_with, run_attributes
 from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import AsyncRunWriter, RunClient, RunWriter
-from shardflow.engine.records import Claim
+from shardflow.engine.records import Claim, FinishWrite
 from shardflow.engine.runner import RUN_RETRY_SECONDS, WorkflowRun, owned
 from shardflow.engine.serialization import error_record
 from shardflow.engine.signals import RunInterrupted
@@ -194,15 +194,7 @@ class AsyncWorkflowRun(WorkflowRun):
         output = self.store.codec.dumps(value, f"{what} of step {name!r}")
         with owned():
             winner = await writer.record_step_async(
-                self.shard,
-                workflow_id=self.workflow_id,
-                attempt=self.attempt,
-                step_no=step_no,
-                name=name,
-                output=output,
-                error=None,
-                started_at=started_at,
-                duration_ms=duration_ms,
+                self.shard, self.step_write(step_no, name, output, None, started_at, duration_ms)
             )
         if winner is not None:
             return self._replay(winner, name)
@@ -251,11 +243,7 @@ async def _end_with_async(run: AsyncWorkflowRun, output: str) -> WorkflowState |
     try:
         written = await writer.finish_async(
             run.shard,
-            workflow_id=run.workflow_id,
-            attempt=run.attempt,
-            state=WorkflowState.SUCCESS,
-            output=output,
-            error=None,
+            FinishWrite(run.workflow_id, run.attempt, WorkflowState.SUCCESS, output, None),
         )
     except ValueRejected:
         # The sync path writes it again, is refused again, and ends the run in ERROR.

@@ -22,6 +22,7 @@ optional ``now`` (None: the database's clock) so that tests need not wait.
 
 from __future__ import annotations
 
+from shardflow.engine.records import FinishWrite, StepWrite
 from shardflow.engine.store.ops import EffectsLog, OpsQueries, RetentionSession
 from shardflow.engine.store.rows import (
     NO_HOLDING,
@@ -38,7 +39,7 @@ from shardflow.engine.store.rows import (
     WorkerRecord,
 )
 from shardflow.engine.store.slots import SlotQueries
-from shardflow.engine.store.steps import BatchResult, FinishWrite, StepQueries, StepWrite
+from shardflow.engine.store.steps import BatchResult, StepQueries
 from shardflow.engine.store.waits import WaitQueries
 from shardflow.engine.store.workflows import WorkflowQueries
 from shardflow.engine.store_errors import DedupConflict, Fenced, StoreError, TransientStoreError

@@ -11,45 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from psycopg.rows import class_row, kwargs_row
 
-from shardflow.engine.records import StepRecord
-from shardflow.engine.states import WorkflowState
+from shardflow.engine.records import FinishWrite, StepRecord, StepWrite
 from shardflow.engine.store._conn import ShardAccess, fetch_all, fetch_one
 from shardflow.engine.store.rows import RunState, step_rows
 from shardflow.engine.store_errors import Fenced
 from shardflow.router.pools import Conn
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-@dataclass(frozen=True, slots=True)
-class StepWrite:
-    """A step checkpoint (or a recorded value: sleep, recv, event) of one run."""
-
-    workflow_id: str
-    attempt: int
-    step_no: int
-    name: str
-    output: str | None
-    error: dict[str, Any] | None
-    # Epoch seconds on the database clock; how long the step ran (None: not a step).
-    started_at: float | None = None
-    duration_ms: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FinishWrite:
-    """A run's final state, recorded once."""
-
-    workflow_id: str
-    attempt: int
-    state: str
-    output: str | None
-    error: dict[str, Any] | None
-    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,46 +125,17 @@ class StepQueries(ShardAccess):
         with self._conn(shard) as conn:
             return write_in(conn, writes)
 
-    def record_step(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None:
+    def record_step(self, shard: str, write: StepWrite) -> StepRecord | None:
         """Record a step (a batch of one). Returns None if written; the winning record if
         another run wrote this step first. Raises :class:`Fenced` if this run no longer
-        owns the workflow.
-
-        ``started_at`` is epoch seconds on the database clock; ``duration_ms`` how long
-        the step ran (None for records that are not steps: sleep, recv, events)."""
-        write = StepWrite(
-            workflow_id, attempt, step_no, name, output, error, started_at, duration_ms
-        )
+        owns the workflow."""
         if self.write_batch(shard, [write]).written(write):
             return None
-        return self.resolve_unwritten_step(shard, workflow_id, attempt, step_no)
+        return self.resolve_unwritten_step(shard, write.workflow_id, write.attempt, write.step_no)
 
-    def finish(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool:
+    def finish(self, shard: str, write: FinishWrite) -> bool:
         """Record the final state once (a batch of one). False if this run was fenced
         off."""
-        write = FinishWrite(workflow_id, attempt, state.value, output, error, reason)
         return self.write_batch(shard, [write]).written(write)
 
     def resolve_unwritten_step(

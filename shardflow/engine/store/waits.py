@@ -15,7 +15,7 @@ from typing import Any
 from psycopg.rows import class_row, scalar_row
 from psycopg.types.json import Jsonb
 
-from shardflow.engine.records import Claim, NewWorkflow
+from shardflow.engine.records import Claim, NewWorkflow, StepWrite
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store._conn import (
     ShardAccess,
@@ -33,7 +33,7 @@ from shardflow.engine.store.rows import (
     Target,
     claim_rows,
 )
-from shardflow.engine.store.steps import StepWrite, write_in
+from shardflow.engine.store.steps import write_in
 from shardflow.engine.store_errors import Fenced
 from shardflow.errors import WorkflowNotFound
 from shardflow.router.pools import Conn

@@ -7,17 +7,15 @@ import functools
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
 
 from shardflow.config.model import QueueConfig
 from shardflow.engine.aio.run import AsyncWorkflowRun, execute_async
-from shardflow.engine.batcher import GroupWriter
 from shardflow.engine.execution import execute
-from shardflow.engine.records import Claim, StepRecord
+from shardflow.engine.records import Claim, StepWrite
 from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.worker.base import WorkerBase, log
-from shardflow.engine.worker.events import EventKind, WorkerEvents
+from shardflow.engine.worker.events import EventKind
 from shardflow.retry import Backoff, first_line
 
 # Why stop() interrupts a run: such a run hands its workflow back when its thread stops.
@@ -168,7 +166,7 @@ class ClaimLoops(WorkerBase):
 
     def _launch(self, claim: Claim, queue: QueueConfig | None, *, reserved: bool, how: str) -> None:
         assert self._writer is not None
-        writer = _ReportingWriter(self._writer, self.events)
+        writer = self._writer
         aio = self.app.lookup(claim.name).is_async
         store = self.cluster.store
         run = (
@@ -256,6 +254,11 @@ class ClaimLoops(WorkerBase):
             kind, detail = EventKind.FINISHED, state.value
         self.events.emit(kind, run.workflow_id, run.shard, run.attempt, detail)
 
+    def _step_committed(self, shard: str, write: StepWrite) -> None:
+        self.events.emit(
+            EventKind.COMMITTED, write.workflow_id, shard, write.attempt, write.name, write.step_no
+        )
+
     def _wake_parent(self, parent_id: str) -> None:
         try:
             self.cluster.wake(parent_id, wait_for="child")
@@ -275,111 +278,3 @@ class ClaimLoops(WorkerBase):
                 self.stats.released += 1
             log.info("released %s (attempt %d) on %s", run.workflow_id, run.attempt, run.shard)
             self.events.emit(EventKind.RELEASED, run.workflow_id, run.shard, run.attempt)
-
-
-class _ReportingWriter:
-    """The worker's group writer, telling subscribers of each checkpoint it committed."""
-
-    __slots__ = ("_events", "_writer")
-
-    def __init__(self, writer: GroupWriter, events: WorkerEvents) -> None:
-        self._writer = writer
-        self._events = events
-
-    def record_step(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None:
-        winner = self._writer.record_step(
-            shard,
-            workflow_id=workflow_id,
-            attempt=attempt,
-            step_no=step_no,
-            name=name,
-            output=output,
-            error=error,
-            started_at=started_at,
-            duration_ms=duration_ms,
-        )
-        if winner is None:  # None: this run's record is the one committed
-            self._events.emit(EventKind.COMMITTED, workflow_id, shard, attempt, name, step_no)
-        return winner
-
-    async def record_step_async(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        step_no: int,
-        name: str,
-        output: str | None,
-        error: dict[str, Any] | None,
-        started_at: float | None = None,
-        duration_ms: float | None = None,
-    ) -> StepRecord | None:
-        winner = await self._writer.record_step_async(
-            shard,
-            workflow_id=workflow_id,
-            attempt=attempt,
-            step_no=step_no,
-            name=name,
-            output=output,
-            error=error,
-            started_at=started_at,
-            duration_ms=duration_ms,
-        )
-        if winner is None:
-            self._events.emit(EventKind.COMMITTED, workflow_id, shard, attempt, name, step_no)
-        return winner
-
-    def finish(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool:
-        return self._writer.finish(
-            shard,
-            workflow_id=workflow_id,
-            attempt=attempt,
-            state=state,
-            output=output,
-            error=error,
-            reason=reason,
-        )
-
-    async def finish_async(
-        self,
-        shard: str,
-        *,
-        workflow_id: str,
-        attempt: int,
-        state: WorkflowState,
-        output: str | None,
-        error: dict[str, Any] | None,
-        reason: str | None = None,
-    ) -> bool:
-        return await self._writer.finish_async(
-            shard,
-            workflow_id=workflow_id,
-            attempt=attempt,
-            state=state,
-            output=output,
-            error=error,
-            reason=reason,
-        )

@@ -83,7 +83,10 @@ class Worker(ClaimLoops, LeaseLoops, ListenLoops):
         # A run waits for its checkpoint's commit at most a third of a lease: past that
         # its outcome is unknown and the run stops (the lease decides who goes on).
         self._writer = GroupWriter(
-            self.cluster.store, self.shards, answer_timeout=self.lease_seconds / 3
+            self.cluster.store,
+            self.shards,
+            answer_timeout=self.lease_seconds / 3,
+            on_committed=self._step_committed,
         )
         for shard in self.shards:
             for kind, target in (

@@ -4,13 +4,8 @@
 -- "any". These statements run unprepared (a custom plan per call), so the planner sees
 -- which filters are set and picks the index for them (migration 0007).
 
--- name: admin_list_workflows
--- One page of one shard, newest first; the client merges the shards' pages.
-SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
-       reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
-       moved_to, deadline, lease_owner, app_version
-FROM shardflow.workflow_status
-WHERE state NOT IN ('MOVED', 'IMPORTING')
+-- fragment: workflow_filter
+-- The conditions of a WorkflowFilter (a NULL parameter: any), after a WHERE condition.
   AND (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
@@ -20,6 +15,15 @@ WHERE state NOT IN ('MOVED', 'IMPORTING')
   AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
   AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
   AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
+
+-- name: admin_list_workflows
+-- One page of one shard, newest first; the client merges the shards' pages.
+SELECT workflow_id, name, queue, state, priority, attempt, recoveries, output, error,
+       reason, created_at, updated_at, started_at, finished_at, parent_id, forked_from, dedup_key,
+       moved_to, deadline, lease_owner, app_version
+FROM shardflow.workflow_status
+WHERE state NOT IN ('MOVED', 'IMPORTING')
+  -- include: workflow_filter
   AND (%(after_created)s::timestamptz IS NULL
        OR (created_at, workflow_id) < (%(after_created)s, %(after_id)s::text))
 ORDER BY created_at DESC, workflow_id DESC
@@ -30,15 +34,7 @@ LIMIT %(limit)s
 -- states an action applies to): the dry run of a bulk action.
 SELECT count(*) FROM shardflow.workflow_status
 WHERE state = ANY(%(states)s::text[])
-  AND (%(state)s::text IS NULL OR state = %(state)s)
-  AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-  AND (%(id_like)s::text IS NULL OR workflow_id LIKE %(id_like)s)
-  AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
-  AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
-  AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
-  AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
-  AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
+  -- include: workflow_filter
 
 -- name: admin_cancel_matching
 -- Cancel up to %(batch)s matching active workflows, as cancel_workflow does one: the
@@ -48,15 +44,7 @@ WHERE state = ANY(%(states)s::text[])
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
     WHERE state IN ('ENQUEUED', 'RUNNING', 'SUSPENDED')
-      AND (%(state)s::text IS NULL OR state = %(state)s)
-      AND (%(name)s::text IS NULL OR name = %(name)s)
-      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-      AND (%(id_like)s::text IS NULL OR workflow_id LIKE %(id_like)s)
-      AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
-      AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
-      AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
-      AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
-      AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
+      -- include: workflow_filter
     ORDER BY workflow_id
     LIMIT %(batch)s
     FOR UPDATE
@@ -82,15 +70,7 @@ FROM cancelled c
 WITH picked AS (
     SELECT workflow_id FROM shardflow.workflow_status
     WHERE state IN ('CANCELLED', 'ERROR', 'DEAD')
-      AND (%(state)s::text IS NULL OR state = %(state)s)
-      AND (%(name)s::text IS NULL OR name = %(name)s)
-      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-      AND (%(id_like)s::text IS NULL OR workflow_id LIKE %(id_like)s)
-      AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
-      AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
-      AND (%(parent_id)s::text IS NULL OR parent_id = %(parent_id)s)
-      AND (%(forked_from)s::text IS NULL OR forked_from = %(forked_from)s)
-      AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s)
+      -- include: workflow_filter
     ORDER BY workflow_id
     LIMIT %(batch)s
     FOR UPDATE
