@@ -1,6 +1,6 @@
 """Concurrent ``Cluster.submit`` calls share commits (engine/group_submit.py): each gets
-its own answer, one bad row fails only its own call, and closing the client with
-submits queued answers every one of them."""
+its own answer, one bad row fails only its own call, a shard that is down fails only the
+submits placed on it, and closing the client with submits queued answers every one."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import shardflow
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.group_submit import SubmitGroups
-from shardflow.testing.servers import id_on, wait_until
+from shardflow.testing.servers import TestCluster, id_on, wait_until
 from tests.apps import faults
 
 SHARD = "shard1"
@@ -140,3 +142,48 @@ def test_closing_the_client_with_submits_queued_answers_every_one(cluster: Clust
             assert isinstance(call.error, shardflow.ShardflowError), call.error
     closing.join()
     assert cluster.submit_groups.waiting() == 0
+
+
+@contextmanager
+def shard_down(dsn: str) -> Iterator[None]:
+    """The shard's database refuses new connections and its sessions are ended."""
+    db = str(conninfo_to_dict(dsn)["dbname"])
+    admin_dsn = make_conninfo(dsn, dbname="postgres")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(db))
+        )
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,)
+        )
+        try:
+            yield
+        finally:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(db))
+            )
+
+
+def test_a_shard_that_is_down_fails_only_the_submits_placed_on_it(
+    test_cluster: TestCluster,
+) -> None:
+    with Cluster(test_cluster.config, retry_seconds=2.0) as client:
+        down = [id_on(client, "shard1", f"down{i}") for i in range(4)]
+        up = [id_on(client, "shard0", f"up{i}") for i in range(4)]
+        client.submit(faults.two_args, 0, workflow_id=id_on(client, "shard1", "before"))
+        with shard_down(client.config.shard("shard1").dsn):
+            running = {
+                wid: Background(
+                    functools.partial(client.submit, faults.two_args, 1, workflow_id=wid)
+                )
+                for wid in down + up
+            }
+            for wid in up:
+                assert running[wid].join().shard == "shard0"
+            for wid in down:
+                with pytest.raises(shardflow.ShardUnavailable):
+                    running[wid].join()
+        assert client.submit_groups.waiting() == 0
+        # Back up: the same IDs go in, once each.
+        for wid in down:
+            assert client.submit(faults.two_args, 1, workflow_id=wid).shard == "shard1"
