@@ -76,7 +76,12 @@ def write_config(directory: Path, dsns: list[str], *, active: str) -> Path:
             }
             for name, dsn in zip(("a", "b"), dsns, strict=True)
         ],
-        "worker": {"poll_interval_seconds": 0.05, "concurrency": 32, "claim_batch": 64},
+        "worker": {
+            "poll_interval_seconds": 0.05,
+            "concurrency": 32,
+            "claim_batch": 64,
+            "processes": 1,
+        },
     }
     path = directory / f"cluster-{active}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

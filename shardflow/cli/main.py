@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = argparse.Namespace()
     try:
         args = build_parser().parse_args(argv)
+        # What a command that starts copies of itself (``worker --processes``) passes on.
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         with _logging_to_stderr(args.log_level, args.log_format, lambda: _dsns(args)):
             status: int = args.run(args)
         return status

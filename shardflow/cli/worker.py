@@ -4,6 +4,10 @@
 on ``sys.path`` (as ``python -m`` does) so a project's own modules import. With
 ``--metrics-port`` the worker serves Prometheus metrics on ``/metrics`` and probes on
 ``/healthz`` and ``/readyz`` (see :mod:`shardflow.engine.metrics`).
+
+With ``--processes N`` above 1 (the default: the config's ``worker.processes``, else one
+per CPU) this process becomes a supervisor of N such workers (:mod:`shardflow.cli.supervise`);
+each child runs this command again with ``--processes 1 --supervised``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from shardflow.cli.options import (
     CliError,
@@ -24,10 +31,14 @@ from shardflow.cli.options import (
     positive_float,
     positive_int,
 )
+from shardflow.cli.supervise import run_supervisor
 from shardflow.engine import App, Worker, connect
 from shardflow.engine.metrics_http import MetricsServer, serve_metrics
+from shardflow.supervisor import available_cpus
 
 log = logging.getLogger(__name__)
+
+_SIGNAL_POLL = 0.1  # seconds between looks at the signals a supervised child received
 
 
 def register(subparsers: Subparsers) -> None:
@@ -50,7 +61,19 @@ def register(subparsers: Subparsers) -> None:
         help="claim only from these shards (default: all)",
     )
     add_option(
-        parser, "--concurrency", type=positive_int, help="workflows run at once (default: config)"
+        parser,
+        "--processes",
+        type=positive_int,
+        metavar="N",
+        help="worker processes under one supervisor, which restarts any that dies and serves"
+        " their metrics merged (default: config worker.processes, else one per CPU;"
+        " 1: no supervisor)",
+    )
+    add_option(
+        parser,
+        "--concurrency",
+        type=positive_int,
+        help="workflows run at once, per process (default: config)",
     )
     add_option(
         parser,
@@ -101,6 +124,10 @@ def register(subparsers: Subparsers) -> None:
         flag=True,
         help="do not take part in deleting expired workflows (the config's retention:)",
     )
+    # A supervised child (see shardflow.cli.supervise): commands on stdin, and where it
+    # writes the port its metrics server got. Not for users, so no help and no variable.
+    parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-port-file", type=Path, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
 
 
@@ -109,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("worker needs the app to run: pass --app MODULE:ATTR or set SHARDFLOW_APP")
     app = import_app(args.app)
     config = load_config(args)
+    processes = args.processes or config.worker.processes or available_cpus()
+    if processes > 1 and not args.supervised:
+        return run_supervisor(args, processes)
     with connect(config) as cluster:
         worker = Worker(
             cluster,
@@ -132,8 +162,13 @@ def run(args: argparse.Namespace) -> int:
         server: MetricsServer | None = None
         if args.metrics_port is not None:
             server = _serve_metrics(worker, args.metrics_port, args.metrics_host)
+            if args.metrics_port_file is not None:
+                _write_port(args.metrics_port_file, server.port)
         try:
-            worker.run()
+            if args.supervised:
+                _run_supervised(worker, sys.stdin.fileno())
+            else:
+                worker.run()
         finally:
             if server is not None:
                 server.close()
@@ -152,6 +187,60 @@ def _serve_metrics(worker: Worker, port: int, host: str) -> MetricsServer:
             f"--metrics-port {port}: cannot listen on {host}:{port}: {reason.lower()}"
             " (pick another port, or 0 for any free one)"
         ) from None
+
+
+def _write_port(path: Path, port: int) -> None:
+    """Write ``port`` to ``path`` whole (a reader never sees half of it)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(str(port))
+    partial.replace(path)
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 64)
+    except OSError:
+        return b""
+
+
+def _run_supervised(worker: Worker, commands: int) -> None:
+    """Run until the supervisor says ``stop`` on ``commands`` (a file descriptor; its end:
+    the supervisor is gone) or a signal comes; then stop gracefully, at once on ``force``
+    or a second signal. A stop from both (Ctrl-C reaches the whole process group) still
+    drains."""
+    stop, force = threading.Event(), threading.Event()
+    signals: list[int] = []  # the handler only appends: it may interrupt a held lock
+
+    def read_commands() -> None:
+        # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader would
+        # abort the interpreter's shutdown.
+        while chunk := _read(commands):
+            if b"force" in chunk:
+                force.set()
+            stop.set()
+        stop.set()
+
+    def force_when_asked() -> None:
+        while not force.wait(_SIGNAL_POLL) and len(signals) < 2:
+            pass
+        log.warning("worker %s: told to stop at once", worker.worker_id)
+        worker.force_stop()
+
+    previous = {
+        s: signal.signal(s, lambda signum, frame: signals.append(signum))
+        for s in (signal.SIGTERM, signal.SIGINT)
+    }
+    threading.Thread(target=read_commands, name="shardflow-commands", daemon=True).start()
+    threading.Thread(target=force_when_asked, name="shardflow-force", daemon=True).start()
+    try:
+        worker.start()
+        while not stop.wait(_SIGNAL_POLL) and not signals:
+            pass
+        log.info("worker %s stopping", worker.worker_id)
+    finally:
+        worker.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def port_number(text: str) -> int:

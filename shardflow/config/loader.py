@@ -77,12 +77,8 @@ _POOL_KEYS = ("min", "max")
 _QUEUE_KEYS = ("concurrency", "worker_concurrency", "rate_limit", "key_concurrency")
 _RATE_LIMIT_KEYS = ("limit", "period_seconds")
 _WORKER_KEYS = (
-    "concurrency",
-    "lease_seconds",
-    "heartbeat_seconds",
-    "poll_interval_seconds",
-    "claim_batch",
-    "max_recoveries",
+    *("concurrency", "lease_seconds", "heartbeat_seconds", "poll_interval_seconds"),
+    *("claim_batch", "max_recoveries", "processes"),
 )
 _LIMITS_KEYS = ("max_payload_bytes",)
 _RETENTION_KEYS = ("keep_finished_days", "batch_size", "interval_seconds", "batch_pause_seconds")
@@ -335,6 +331,7 @@ class _Walker(NodeReader):
             ),
             claim_batch=self._int_field(fields, "claim_batch", defaults.claim_batch),
             max_recoveries=self._int_field(fields, "max_recoveries", defaults.max_recoveries),
+            processes=self._int_field(fields, "processes", defaults.processes),
         )
         # A lease must outlive a heartbeat, or leases lapse between renewals.
         if worker.heartbeat_seconds >= worker.lease_seconds:

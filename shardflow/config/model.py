@@ -110,6 +110,8 @@ class WorkerConfig:
     poll_interval_seconds: float = 0.5
     claim_batch: int = 32
     max_recoveries: int = 10
+    # Worker processes ``shardflow worker`` runs under one supervisor; None: one per CPU.
+    processes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ def _demo_config(cluster_yaml: Path, lease_seconds: float) -> Path:
         "lease_seconds": lease_seconds,
         "heartbeat_seconds": max(lease_seconds / 4, 0.25),
         "poll_interval_seconds": 0.2,
+        "processes": 1,  # the demo starts and kills worker processes itself
     }
     path = cluster_yaml.with_name("demo.yaml")
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

@@ -36,9 +36,11 @@ class MetricsServer:
         alive: Callable[[], bool] = lambda: True,
         ready: Callable[[], bool] = lambda: True,
         health: Callable[[], dict[str, dict[str, Any]]] = dict,
+        health_key: str = "loops",
     ) -> None:
+        """``/healthz`` answers ``{"alive": alive(), health_key: health()}``."""
         self.registry = registry
-        handler = _handler(registry, alive, ready, health)
+        handler = _handler(registry, alive, ready, health, health_key)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -87,6 +89,7 @@ def _handler(
     alive: Callable[[], bool],
     ready: Callable[[], bool],
     health: Callable[[], dict[str, dict[str, Any]]],
+    health_key: str,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -103,7 +106,7 @@ def _handler(
                 # 503 when a background loop's thread died; the body reports every loop
                 # (alive, seconds since progress, stalled, errors).
                 ok = alive()
-                report = json.dumps({"alive": ok, "loops": health()}, sort_keys=True)
+                report = json.dumps({"alive": ok, health_key: health()}, sort_keys=True)
                 self._reply(200 if ok else 503, report.encode() + b"\n", "application/json")
             elif path == "/readyz":
                 ok = ready()

@@ -178,7 +178,8 @@ def spawn_worker(
 
     ``env`` is the child's whole environment (default: this process's; see
     :func:`child_env`); ``worker_id`` defaults to a fresh unique one (``--worker-id``, so
-    that :meth:`WorkerProcess.wait_ready` can find its registry rows).
+    that :meth:`WorkerProcess.wait_ready` can find its registry rows). Without
+    ``--processes`` in ``args`` the worker runs as one process (``--processes 1``).
     """
     command = [
         sys.executable, "-m", "shardflow", "--config", str(config_path),
@@ -191,6 +192,8 @@ def spawn_worker(
         command += ["--worker-id", worker_id]
     if concurrency is not None:
         command += ["--concurrency", str(concurrency)]
+    if "--processes" not in args:
+        command += ["--processes", "1"]  # one process, the one this handle controls
     command += args
     return WorkerProcess(
         command,

@@ -128,6 +128,7 @@ TEST_WORKER = {
     "concurrency": 16,
     "claim_batch": 16,
     "max_recoveries": 5,
+    "processes": 1,  # one process per `shardflow worker`, as tests count them
 }
 
 

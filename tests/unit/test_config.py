@@ -53,6 +53,7 @@ worker:
   poll_interval_seconds: 0.25
   claim_batch: 16
   max_recoveries: 3
+  processes: 4
 limits:
   max_payload_bytes: 65536
 """
@@ -99,6 +100,7 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
             poll_interval_seconds=0.25,
             claim_batch=16,
             max_recoveries=3,
+            processes=4,
         ),
         limits=LimitsConfig(max_payload_bytes=65536),
         source=str(path),
@@ -346,6 +348,12 @@ MALFORMED = [
          "worker.claim_batch", 6, "must be an integer, got number 1.5"),
     _bad("max-recoveries-zero", [*HEAD, "worker:", "  max_recoveries: 0"],
          "worker.max_recoveries", 6, "must be > 0, got 0"),
+    _bad("processes-zero", [*HEAD, "worker:", "  processes: 0"],
+         "worker.processes", 6, "must be > 0, got 0"),
+    _bad("processes-negative", [*HEAD, "worker: {processes: -2}"],
+         "worker.processes", 5, "must be > 0, got -2"),
+    _bad("processes-not-int", [*HEAD, "worker:", "  processes: two"],
+         "worker.processes", 6, "must be an integer, got string 'two'"),
     _bad("payload-limit-string", [*HEAD, "limits:", "  max_payload_bytes: 1MB"],
          "limits.max_payload_bytes", 6, "must be an integer, got string '1MB'"),
     _bad("bad-queue-name", [*HEAD, "queues:", "  emails: {}", "  bad name!: {}"],
