@@ -29,6 +29,7 @@ from shardflow.engine.app import Workflow
 from shardflow.engine.control import Control
 from shardflow.engine.coverage import warn_unserved
 from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine.group_submit import SubmitGroups
 from shardflow.engine.handles import Page, Submission, WorkflowHandle
 from shardflow.engine.listeners import WaitListeners
 from shardflow.engine.listing import list_workflows
@@ -38,7 +39,6 @@ from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store
-from shardflow.engine.submits import place_rows
 from shardflow.engine.topology import Topology
 from shardflow.engine.typed import SubmitOptions, Submitter
 from shardflow.engine.waits import Waits
@@ -66,8 +66,7 @@ class Cluster:
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         self.config = config
-        # How long a read or an idempotent write rides through a shard's restart or
-        # failover (reconnecting, with backoff) before ShardUnavailable reaches the caller.
+        # How long reads and idempotent writes ride through a restart or failover (reconnecting).
         self.retry_seconds = retry_seconds
         self.codec = Codec.for_config(serializer or JsonSerializer(), config)
         self.pools = ShardPools(
@@ -86,6 +85,7 @@ class Cluster:
             self.codec, self.store, self.locator, self._new_row, retry_seconds, self.listeners
         )
         self.control = Control(self.store, self.locator, self.waits, retry_seconds)
+        self.submit_groups = SubmitGroups(self.locator, self.store, self.router, retry_seconds)
         try:
             self.topology.refresh()
         except BaseException:
@@ -199,7 +199,7 @@ class Cluster:
             self._new_row(s if isinstance(s, Submission) else Submission(s[0], s[1:]), new_ids)
             for s in submissions
         ]
-        placed = place_rows(self.locator, self.store, rows, self.retry_seconds)
+        placed = self.submit_groups.place(rows)
         warn_unserved(self, [(r.name, r.queue, placed[r.workflow_id][1]) for r in rows])
         return [WorkflowHandle[Any](self, *placed[r.workflow_id]) for r in rows]
 

@@ -1,9 +1,11 @@
 """What wakes a client waiting for a workflow: one LISTEN connection per shard per
 client process, fanned out to every waiter of the process.
 
-A workflow's final write notifies ``shardflow_done`` (or ``shardflow_cancel``) and
-publishing an event notifies ``shardflow_event``, each with the workflow ID as payload
-(see ``listen_waits`` in ``shardflow/sql/queries/workflows.sql``). A waiter
+A worker's batch of final writes notifies ``shardflow_done_ids`` once, with a JSON array
+of the workflow IDs as payload; dead-lettering, a cancel and an ID too long to share a
+payload notify ``shardflow_done`` (or ``shardflow_cancel``), and publishing an event
+notifies ``shardflow_event``, each with the workflow ID as payload (see ``listen_waits``
+in ``shardflow/sql/queries/workflows.sql``). A waiter
 (:meth:`WaitListeners.watch`) registers first, then reads the row, then sleeps on its
 own :class:`threading.Event` until a notification for its workflow sets it or the
 re-check interval passes. Notifications are only a hint: the caller reads the row again
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -51,7 +54,10 @@ class WaitFor(StrEnum):
     EVENT = "event"  # an event the workflow publishes (get_event)
 
 
+# Channels whose payload is a JSON array of workflow IDs.
+_MANY_IDS = "shardflow_done_ids"
 _CHANNELS = {
+    _MANY_IDS: WaitFor.DONE,
     "shardflow_done": WaitFor.DONE,
     "shardflow_cancel": WaitFor.DONE,
     "shardflow_event": WaitFor.EVENT,
@@ -115,6 +121,18 @@ class Waiter:
             # A closed loop (RuntimeError) has nothing waiting on it any more.
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._async_wake.set)
+
+
+def _ids(payload: str) -> list[str] | None:
+    """The IDs of a ``shardflow_done_ids`` payload; None (everyone looks) if it is not
+    a JSON array of strings."""
+    try:
+        ids = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return None
+    return ids
 
 
 class WaitListeners:
@@ -281,9 +299,10 @@ class WaitListeners:
         kind = _CHANNELS.get(channel)
         if kind is None:
             return
+        ids = _ids(payload) if channel == _MANY_IDS else [payload] if payload else None
         with self._lock:
-            if payload:
-                woken = list(self._waiters.get((kind, payload), ()))
+            if ids is not None:
+                woken = [w for i in ids for w in self._waiters.get((kind, i), ())]
             else:  # an ID too long for a payload: every waiter of that kind looks
                 woken = [w for (k, _), g in self._waiters.items() if k is kind for w in g]
         for waiter in woken:

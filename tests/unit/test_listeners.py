@@ -3,6 +3,7 @@ is in tests/integration/test_result_waits.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -135,3 +136,38 @@ def test_an_interrupt_ends_a_wait_early(listeners: WaitListeners) -> None:
     with listeners.watch(WaitFor.EVENT, "w") as w:
         listeners.wait(w, "s0", 600, interrupt)
     assert listeners.stats().rechecks == 1
+
+
+def test_a_batch_notification_wakes_the_waiters_of_each_id_it_names(
+    listeners: WaitListeners, script: Script
+) -> None:
+    listeners.listen_to("s0")
+    wait_until(lambda: listening(listeners))
+    with (
+        listeners.watch(WaitFor.DONE, 'a"\n') as a,
+        listeners.watch(WaitFor.DONE, "b") as b,
+        listeners.watch(WaitFor.DONE, "c") as c,
+        listeners.watch(WaitFor.EVENT, "b") as event_b,
+    ):
+        script.items.put(("shardflow_done_ids", json.dumps(['a"\n', "b", "unknown"])))
+        listeners.wait(a, "s0", 30)
+        listeners.wait(b, "s0", 30)
+        assert listeners.stats().notified == 2
+        # Neither the unnamed workflow nor another kind of wait on a named one woke.
+        listeners.wait(c, "s0", 0.01)
+        listeners.wait(event_b, "s0", 0.01)
+        assert listeners.stats().rechecks == 2
+
+
+@pytest.mark.parametrize("payload", ["not json", '{"a": 1}', '["a", 2]', ""])
+def test_a_batch_payload_that_is_not_a_list_of_ids_wakes_every_waiter_of_its_kind(
+    listeners: WaitListeners, script: Script, payload: str
+) -> None:
+    listeners.listen_to("s0")
+    wait_until(lambda: listening(listeners))
+    with listeners.watch(WaitFor.DONE, "x") as x, listeners.watch(WaitFor.DONE, "y") as y:
+        script.items.put(("shardflow_done_ids", payload))
+        listeners.wait(x, "s0", 30)
+        listeners.wait(y, "s0", 30)
+    assert listeners.stats().notified == 2
+    assert listeners.stats().rechecks == 0

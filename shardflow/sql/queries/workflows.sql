@@ -364,11 +364,12 @@ SELECT state, count(*) FROM shardflow.workflow_status GROUP BY state
 LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 
 -- name: listen_waits
--- A client's waits (result(), get_event): a workflow's final write notifies shardflow_done
--- (a run's end, dead-lettering) or shardflow_cancel (cancel, bulk cancel, a deadline),
--- and publishing an event notifies shardflow_event; each payload is the workflow ID
--- ('' for an ID too long for a payload: every waiter re-checks).
-LISTEN shardflow_done; LISTEN shardflow_cancel; LISTEN shardflow_event
+-- A client's waits (result(), get_event): a workflow's final write notifies
+-- shardflow_done_ids (a batch of runs' ends: a JSON array of IDs, see commit_batch),
+-- shardflow_done (dead-lettering, a long ID) or shardflow_cancel (cancel, bulk cancel, a
+-- deadline), and publishing an event notifies shardflow_event; the payload of the last
+-- three is the workflow ID ('' for an ID too long for a payload: every waiter re-checks).
+LISTEN shardflow_done_ids; LISTEN shardflow_done; LISTEN shardflow_cancel; LISTEN shardflow_event
 
 -- name: commit_batch
 -- The one fenced write: many runs' step checkpoints and final states in one statement
@@ -376,9 +377,14 @@ LISTEN shardflow_done; LISTEN shardflow_cancel; LISTEN shardflow_event
 -- one (shardflow/engine/store/steps.py). Returns (workflow_id, step_no, attempt) of each
 -- step written and (workflow_id, NULL, attempt) of each final state written; a write
 -- missing from the result was fenced off, or (a step) lost to a record written earlier.
--- The attempt tells apart two attempts' writes of one step in the same batch. Each final
--- state written notifies shardflow_done (payload: the workflow ID, '' if too long for a
--- payload) at commit, which wakes the clients waiting for its result.
+-- The attempt tells apart two attempts' writes of one step in the same batch. The final
+-- states written notify at commit, which wakes the clients waiting for their results:
+-- one shardflow_done_ids notification per batch (payload: a JSON array of the workflow
+-- IDs, split into several notifications past 6,500 bytes), and shardflow_done for an ID
+-- too long to share one (payload: the ID, '' if too long for a payload). One
+-- notification per batch rather than per workflow: every notification is a queue
+-- entry the server writes and each listener reads, and commits that notify are
+-- serialised on one lock.
 --
 -- The fence locks what it reads. A checkpoint takes FOR SHARE on its workflow's status
 -- row: a claim (claim_expired, cancel, a move) updates that row, so it either waits for
@@ -414,9 +420,26 @@ WITH fence AS (
          AS t(workflow_id text, attempt integer, state text, output text, error jsonb,
               reason text)
     WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
-    RETURNING w.workflow_id, w.attempt, pg_notify('shardflow_done',
-        CASE WHEN octet_length(w.workflow_id) < 7900 THEN w.workflow_id ELSE '' END) AS notified
+    RETURNING w.workflow_id, w.attempt, octet_length(to_json(w.workflow_id)::text) AS size
+), parts AS (
+    -- IDs of up to 1,000 bytes (as JSON) share notifications of at most 6,500 + 1,002
+    -- bytes of payload (the limit is 8,000); a longer ID gets one of its own (a negative
+    -- part).
+    SELECT workflow_id, attempt,
+           CASE WHEN size <= 1000
+                THEN sum(CASE WHEN size <= 1000 THEN size + 2 END)
+                         OVER (ORDER BY workflow_id) / 6500
+                ELSE -row_number() OVER (ORDER BY workflow_id) END AS part
+    FROM finished
+), notified AS (
+    SELECT part,
+           CASE WHEN part >= 0 THEN pg_notify('shardflow_done_ids', json_agg(workflow_id)::text)
+                ELSE pg_notify('shardflow_done', CASE WHEN max(octet_length(workflow_id)) < 7900
+                                                      THEN max(workflow_id) ELSE '' END)
+           END AS sent
+    FROM parts GROUP BY part
 )
 SELECT workflow_id, step_no, attempt FROM steps
 UNION ALL
-SELECT workflow_id, NULL, attempt FROM finished
+-- The join makes every part's notification be sent.
+SELECT p.workflow_id, NULL, p.attempt FROM parts p JOIN notified n ON n.part = p.part
