@@ -53,9 +53,18 @@ def stuck(key: str) -> int:
     return double(first)
 
 
+@app.step()
+def held(x: int) -> int:
+    """Returns once the test opens ``CONTROL["gate"]`` (at once if there is none)."""
+    gate = CONTROL.get("gate")
+    if gate is not None:
+        gate.wait(60)
+    return x
+
+
 @app.workflow(name="traced.child")
 def child(x: int) -> int:
-    return double(x)
+    return double(held(x))
 
 
 @app.workflow(name="traced.parent")

@@ -149,9 +149,14 @@ def test_a_submit_inside_a_span_joins_that_trace(
 def test_a_child_workflow_continues_its_parents_trace(
     cluster: Cluster, spans: InMemorySpanExporter
 ) -> None:
+    # The child waits at a gate until its parent has suspended waiting for it, so the
+    # parent runs twice (a child that ended first would spare it the second attempt).
+    traced.CONTROL.update(gate=threading.Event())
     handle = cluster.submit(traced.parent, 4)
     child_id = f"{handle.workflow_id}:child:0"
     with shardflow.Worker(cluster, traced.app, concurrency=4):
+        wait_until(lambda: handle.status().state is WorkflowState.SUSPENDED, timeout=30)
+        traced.CONTROL["gate"].set()
         assert handle.result(timeout=30) == 9
     [child_run] = wait_until(lambda: named(spans, "shardflow.run ", child_id))
     parent_runs = wait_until(
