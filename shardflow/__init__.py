@@ -59,6 +59,7 @@ from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.patching import deprecate_patch, patched
 from shardflow.engine.worker import EventKind, WorkerEvent
 from shardflow.errors import (
+    ClientClosed,
     ConfigError,
     IdentityMismatch,
     NonDeterminismError,
@@ -88,6 +89,7 @@ __all__ = [
     "AsyncCluster",
     "AsyncWorkflowHandle",
     "ChildHandle",
+    "ClientClosed",
     "Cluster",
     "ClusterConfig",
     "ConfigError",

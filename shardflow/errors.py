@@ -6,6 +6,7 @@ in the package, so a new class must be added here)::
     ShardflowError
     ├── ConfigError            bad YAML or values; carries the YAML path and line
     ├── IdentityMismatch       a shard's recorded cluster identity differs from the config
+    ├── ClientClosed           a call on a cluster client after its close()
     ├── RoutingError           an ID cannot be routed (no owner, too many redirects)
     ├── ShardUnavailable       a shard cannot be reached now (retryable)
     │   └── BlobStoreUnavailable   the blob store cannot be reached now (retryable)
@@ -77,6 +78,10 @@ class ConfigError(ShardflowError):
 
 class IdentityMismatch(ShardflowError):
     """A shard belongs to another cluster, or its slot count or seed differs."""
+
+
+class ClientClosed(ShardflowError):
+    """A call on a cluster client (or a worker's) after it was closed: not retried."""
 
 
 class RoutingError(ShardflowError):
@@ -210,6 +215,7 @@ class DedupConflict(ShardflowError):
 
 
 __all__ = [
+    "ClientClosed",
     "ConfigError",
     "DedupConflict",
     "EmbeddedServerError",

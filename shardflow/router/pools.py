@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.config.redaction import scrub_dsns
-from shardflow.errors import ShardUnavailable
+from shardflow.errors import ClientClosed, ShardUnavailable
 from shardflow.retry import Failure, classify, first_line, is_connection_failure
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class ShardPools:
             return pool
         with self._lock:
             if self._closed:
-                raise ShardUnavailable(name, "the cluster client is closed")
+                raise ClientClosed("the cluster client is closed")
             pool = self._pools.get(name)
             if pool is None:
                 shard = self.shard(name)

@@ -518,3 +518,19 @@ def test_worker_releases_unfinished_work_on_stop(cluster: Cluster) -> None:
 def _interrupted(worker: shardflow.Worker) -> bool:
     with worker._lock:
         return any(run.interrupted.is_set() for run in worker._running.values())
+
+
+def test_calls_after_close_fail_at_once(test_cluster: TestCluster) -> None:
+    cluster = shardflow.connect(test_cluster.config)
+    handle = cluster.submit(basic.three_steps, 1)
+    cluster.close()
+    started = time.monotonic()
+    for call in (
+        lambda: cluster.submit(basic.three_steps, 2),
+        lambda: cluster.get(handle.workflow_id),
+        lambda: handle.result(timeout=30),
+    ):
+        with pytest.raises(shardflow.ClientClosed, match="closed"):
+            call()
+    # Not retried through the 30 s retry window of an unavailable shard.
+    assert time.monotonic() - started < 5
