@@ -24,6 +24,10 @@ class Topology:
         self._checked: set[str] = set()
         self._lock = threading.Lock()
 
+    def is_checked(self, shard: str) -> bool:
+        """Whether ``shard``'s identity was checked already (no I/O)."""
+        return shard in self._checked
+
     def check_identity(self, shard: str) -> None:
         """Refuse a shard whose recorded identity disagrees with the config."""
         if shard in self._checked:

@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row, kwargs_row
 
+from shardflow.engine.store import statements
 from shardflow.engine.store._conn import ShardAccess, fetch_all, fetch_one, returns_row, run
 from shardflow.engine.store.rows import (
     Located,
     SlotHolding,
     SlotOwnership,
-    located_rows,
 )
 from shardflow.engine.store_errors import StoreError
 from shardflow.router.slotmap import SlotMap
@@ -53,23 +53,11 @@ class SlotQueries(ShardAccess):
 
     def slot_states(self, shard: str, slots: Sequence[int]) -> dict[int, SlotHolding]:
         """This shard's part in each of the given slots it has any part in."""
-
-        def make(*, slot: int, state: str, peer: str | None) -> tuple[int, SlotHolding]:
-            return slot, SlotHolding(state, peer)
-
-        with self._conn(shard) as conn:
-            rows = fetch_all(conn, "slot_states_among", {"slots": list(slots)}, kwargs_row(make))
-        return dict(rows)
+        return self.execute(shard, statements.slot_states(slots))
 
     def find_copy(self, shard: str, workflow_id: str) -> Located | None:
         """The workflow's row on ``shard`` (tombstone or staged copy included)."""
-        with self._conn(shard) as conn:
-            return fetch_one(
-                conn,
-                "get_workflow",
-                {"workflow_id": workflow_id},
-                located_rows(shard, self.codec),
-            )
+        return self.execute(shard, statements.find_copy(shard, self.codec, workflow_id))
 
     def finish_move(self, shard: str, workflow_id: str, move_id: str) -> bool:
         """Activate a staged copy whose move its source has decided (step 4 of a move,

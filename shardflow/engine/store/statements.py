@@ -1,0 +1,118 @@
+"""Store operations as values (sans I/O): a named query, its parameters, a row factory
+and how the rows become the answer. The sync store (:meth:`ShardAccess.execute`) and
+the async one (:class:`~shardflow.engine.store.aio.AsyncStore`) run the same
+:class:`Statement`, so an operation both clients use is written once.
+
+Each builder here is the body of one store method; the method of the same name in
+:class:`~shardflow.engine.store.Store` runs it on a pooled connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg.rows import RowFactory, kwargs_row, scalar_row
+
+from shardflow.engine.records import NewWorkflow
+from shardflow.engine.serialization import Codec
+from shardflow.engine.store.rows import Existing, Located, SlotHolding, located_rows
+from shardflow.engine.store_errors import DedupConflict
+
+T = TypeVar("T")
+
+
+def _reraise(exc: psycopg.Error) -> Any:
+    raise exc
+
+
+@dataclass(frozen=True, slots=True)
+class Statement(Generic[T]):
+    """One named query on one shard: ``answer(rows)`` is the operation's result.
+
+    ``catch``: a driver error the operation turns into its own answer or error
+    (``caught(exc)``) before the store's classification sees it."""
+
+    name: str
+    params: Mapping[str, Any] | None
+    rows: RowFactory[Any]
+    answer: Callable[[list[Any]], T]
+    catch: type[psycopg.Error] | None = None
+    caught: Callable[[psycopg.Error], T] = _reraise
+
+
+def find_copy(shard: str, codec: Codec, workflow_id: str) -> Statement[Located | None]:
+    """The workflow's row on ``shard`` (tombstone or staged copy included)."""
+    return Statement(
+        "get_workflow",
+        {"workflow_id": workflow_id},
+        located_rows(shard, codec),
+        lambda rows: rows[0] if rows else None,
+    )
+
+
+def _holding(*, slot: int, state: str, peer: str | None) -> tuple[int, SlotHolding]:
+    return slot, SlotHolding(state, peer)
+
+
+def slot_states(slots: Sequence[int]) -> Statement[dict[int, SlotHolding]]:
+    """This shard's part in each of the given slots it has any part in."""
+    return Statement("slot_states_among", {"slots": list(slots)}, kwargs_row(_holding), dict)
+
+
+def _existing(*, workflow_id: str, name: str, state: str, moved_to: str | None) -> Any:
+    return workflow_id, Existing(name, state, moved_to)
+
+
+def existing(workflow_ids: Sequence[str]) -> Statement[dict[str, Existing]]:
+    """The given IDs present on a shard (tombstones included)."""
+    return Statement(
+        "existing_workflows", {"workflow_ids": list(workflow_ids)}, kwargs_row(_existing), dict
+    )
+
+
+def _dedup(exc: psycopg.Error) -> set[str]:
+    raise DedupConflict(str(exc).splitlines()[0]) from exc
+
+
+def insert_workflows(
+    rows: Sequence[NewWorkflow], source_checked: Collection[str] = ()
+) -> Statement[set[str]]:
+    """Insert ``rows`` where the shard owns the slot; the answer is the IDs created (a
+    dedup key taken raises DedupConflict).
+
+    In a slot the shard is importing, only IDs in ``source_checked`` (looked up on the
+    slot's source first, and absent there) are created."""
+    document = json.dumps(
+        [
+            {
+                "workflow_id": r.workflow_id,
+                "slot": r.slot,
+                "route_hash": r.route_hash,
+                "name": r.name,
+                "queue": r.queue,
+                "priority": r.priority,
+                "inputs": r.inputs,
+                "delay_seconds": r.delay_seconds,
+                "timeout_seconds": r.timeout_seconds,
+                "dedup_key": r.dedup_key,
+                "parent_id": r.parent_id,
+                "trace_context": r.trace_context,
+                "partition_key": r.partition_key,
+                "source_checked": r.workflow_id in source_checked,
+            }
+            for r in rows
+        ],
+        separators=(",", ":"),
+    )
+    return Statement(
+        "insert_workflows",
+        {"rows": document},
+        scalar_row,
+        lambda created: {str(c) for c in created},
+        psycopg.errors.UniqueViolation,
+        _dedup,
+    )
