@@ -84,7 +84,7 @@ def drive(plan: Plan[T], store: Store, topology: Topology) -> T:
         answer, error = None, None
         try:
             if isinstance(request, Read):
-                answer = store.execute(request.shard, request.statement)
+                answer = store.perform(request.shard, request.statement)
             elif isinstance(request, CheckIdentity):
                 topology.check_identity(request.shard)
             elif isinstance(request, Refresh):
@@ -118,7 +118,7 @@ async def drive_async(plan: Plan[T], store: AsyncStore, topology: Topology) -> T
         answer, error = None, None
         try:
             if isinstance(request, Read):
-                answer = await store.execute(request.shard, request.statement)
+                answer = await store.perform(request.shard, request.statement)
             elif isinstance(request, CheckIdentity):
                 if not topology.is_checked(request.shard):
                     await asyncio.to_thread(topology.check_identity, request.shard)

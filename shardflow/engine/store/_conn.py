@@ -61,7 +61,7 @@ class ShardAccess:
                     raise  # the pools turn it into ShardUnavailable
                 raise error from exc
 
-    def execute(self, shard: str, statement: Statement[T]) -> T:
+    def perform(self, shard: str, statement: Statement[T]) -> T:
         """Run one store operation (:mod:`~shardflow.engine.store.statements`) on a
         pooled connection of ``shard``."""
         with self._conn(shard) as conn:

@@ -26,7 +26,7 @@ class AsyncStore:
         self.pools = pools
         self.codec = codec
 
-    async def execute(self, shard: str, statement: Statement[T]) -> T:
+    async def perform(self, shard: str, statement: Statement[T]) -> T:
         """Run one store operation on a pooled connection of ``shard``; errors leave as
         ShardUnavailable, TransientStoreError, ValueRejected or StoreError."""
         async with self.pools.connection(shard) as conn:

@@ -53,11 +53,11 @@ class SlotQueries(ShardAccess):
 
     def slot_states(self, shard: str, slots: Sequence[int]) -> dict[int, SlotHolding]:
         """This shard's part in each of the given slots it has any part in."""
-        return self.execute(shard, statements.slot_states(slots))
+        return self.perform(shard, statements.slot_states(slots))
 
     def find_copy(self, shard: str, workflow_id: str) -> Located | None:
         """The workflow's row on ``shard`` (tombstone or staged copy included)."""
-        return self.execute(shard, statements.find_copy(shard, self.codec, workflow_id))
+        return self.perform(shard, statements.find_copy(shard, self.codec, workflow_id))
 
     def finish_move(self, shard: str, workflow_id: str, move_id: str) -> bool:
         """Activate a staged copy whose move its source has decided (step 4 of a move,

@@ -30,7 +30,7 @@ class WorkflowQueries(ShardAccess):
     ) -> set[str]:
         """Insert ``rows`` where this shard owns the slot; returns the IDs created (see
         :func:`~shardflow.engine.store.statements.insert_workflows`)."""
-        return self.execute(shard, statements.insert_workflows(rows, source_checked))
+        return self.perform(shard, statements.insert_workflows(rows, source_checked))
 
     def debounce(self, shard: str, row: NewWorkflow) -> str | None:
         """Create or replace the pending run of ``row``'s debounce key; returns its ID,
@@ -55,7 +55,7 @@ class WorkflowQueries(ShardAccess):
 
     def existing(self, shard: str, workflow_ids: Sequence[str]) -> dict[str, Existing]:
         """The given IDs present on ``shard`` (tombstones included)."""
-        return self.execute(shard, statements.existing(workflow_ids))
+        return self.perform(shard, statements.existing(workflow_ids))
 
     def list_page(
         self,

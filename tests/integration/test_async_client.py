@@ -1,0 +1,183 @@
+"""The async client's native paths: submit, get and result()'s reads run on the event
+loop over async pools, with no thread; an unreachable shard is ShardUnavailable
+without its password; one ID submitted from many tasks is one workflow; a dedup key
+taken is WorkflowDeduplicated; calls after close fail at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+import shardflow
+from shardflow import WorkflowState
+from shardflow.engine.cluster import Cluster
+from shardflow.testing.servers import TestCluster
+from tests.apps import twins
+from tests.apps.twins import app
+
+
+@pytest.fixture(autouse=True)
+def _reset_twins() -> Iterator[None]:
+    twins.reset()
+    yield
+    twins.reset()
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting what is handed to a thread
+    (``asyncio.to_thread`` and ``run_in_executor(None, ...)`` both land here)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.calls: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls.append(repr(args[0] if args else fn))
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_submit_get_and_result_run_without_a_thread(
+    test_cluster: TestCluster, cluster: Cluster
+) -> None:
+    async def scenario() -> None:
+        async with await shardflow.connect_async(test_cluster.config) as aclient:
+            # Warm up: the first submit checks which workers serve the name (a thread,
+            # once per name, queue and shard), result() starts the client's LISTEN
+            # connections; pools open.
+            with shardflow.Worker(cluster, app, concurrency=2):
+                warm = [
+                    await aclient.submit(twins.three_steps, i, workflow_id=f"warm-{i}")
+                    for i in range(20)
+                ]
+                assert [await h.result(timeout=30) for h in warm] == [
+                    {"result": i + 3} for i in range(20)
+                ]
+            loop = asyncio.get_running_loop()
+            counting = CountingExecutor()
+            loop.set_default_executor(counting)
+            threads = threading.active_count()
+            handles = [
+                await aclient.submit(twins.three_steps, i, workflow_id=f"native-{i}")
+                for i in range(40)
+            ]
+            again = await asyncio.gather(
+                *(aclient.submit(twins.three_steps, 0, workflow_id=h.workflow_id) for h in handles)
+            )
+            assert [h.workflow_id for h in again] == [h.workflow_id for h in handles]
+            statuses = await asyncio.gather(*(aclient.get(h.workflow_id) for h in handles))
+            assert {s.state for s in statuses} == {WorkflowState.ENQUEUED}
+            assert [s.shard for s in statuses] == [h.shard for h in handles]
+            # result() of finished workflows: one native read each.
+            assert [await h.result(timeout=30) for h in warm] == [
+                {"result": i + 3} for i in range(20)
+            ]
+            assert counting.calls == []
+            # No thread started for them (one left over from the stopped worker may end).
+            assert threading.active_count() <= threads
+
+    asyncio.run(scenario())
+    assert {s.workflow_id for s in cluster.list_workflows(id_prefix="native-").items} == {
+        f"native-{i}" for i in range(40)
+    }
+
+
+def test_one_id_from_many_tasks_is_one_workflow(
+    test_cluster: TestCluster, cluster: Cluster
+) -> None:
+    async def scenario() -> set[tuple[str, str]]:
+        async with await shardflow.connect_async(test_cluster.config) as aclient:
+            handles = await asyncio.gather(
+                *(aclient.submit(twins.three_steps, i, workflow_id="same-id") for i in range(64))
+            )
+            return {(h.workflow_id, h.shard) for h in handles}
+
+    placed = asyncio.run(scenario())
+    assert placed == {("same-id", cluster.route("same-id"))}
+    page = cluster.list_workflows(id_prefix="same-id")
+    assert [s.workflow_id for s in page.items] == ["same-id"]
+    # The first insert won: its inputs are those of one of the 64 calls.
+    assert cluster.get("same-id").state is WorkflowState.ENQUEUED
+
+
+def test_a_dedup_key_taken_and_a_name_conflict_are_errors(
+    test_cluster: TestCluster, cluster: Cluster
+) -> None:
+    async def scenario() -> None:
+        async with await shardflow.connect_async(test_cluster.config) as aclient:
+            first = await aclient.submit(twins.three_steps, 1, dedup_key="order-7")
+            with pytest.raises(shardflow.WorkflowDeduplicated):
+                await aclient.submit(twins.three_steps, 2, dedup_key="order-7")
+            await aclient.submit(twins.three_steps, 1, workflow_id="named")
+            with pytest.raises(shardflow.WorkflowConflict, match="exists with workflow"):
+                await aclient.submit(twins.gated, "x", workflow_id="named")
+            assert (await aclient.get(first.workflow_id)).state is WorkflowState.ENQUEUED
+            with pytest.raises(shardflow.WorkflowNotFound):
+                await aclient.get("never-submitted")
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_shard_is_unavailable_without_its_password(
+    test_cluster: TestCluster,
+) -> None:
+    config = test_cluster.config
+    gone = config.shard_names[-1]
+    shards = tuple(
+        dataclasses.replace(s, dsn="postgresql://app:hunter2secret@127.0.0.1:1/db")
+        if s.name == gone
+        else s
+        for s in config.shards
+    )
+    broken = dataclasses.replace(config, shards=shards)
+
+    async def scenario() -> None:
+        aclient = await shardflow.connect_async(broken, retry_seconds=1.0)
+        async with aclient:
+            i = 0
+            while aclient.sync.route(f"down-{i}") != gone:
+                i += 1
+            started = time.monotonic()
+            for call in (
+                lambda: aclient.get(f"down-{i}"),
+                lambda: aclient.submit(twins.three_steps, 1, workflow_id=f"down-{i}"),
+            ):
+                with pytest.raises(shardflow.ShardUnavailable) as caught:
+                    await call()
+                assert caught.value.shard == gone
+                assert "hunter2secret" not in str(caught.value)
+                assert "hunter2secret" not in repr(caught.value.__cause__)
+            assert time.monotonic() - started < 10
+            # The healthy shards still answer.
+            j = 0
+            while aclient.sync.route(f"up-{j}") == gone:
+                j += 1
+            handle = await aclient.submit(twins.three_steps, 1, workflow_id=f"up-{j}")
+            assert (await aclient.get(handle.workflow_id)).shard == handle.shard
+
+    asyncio.run(scenario())
+
+
+def test_calls_after_close_fail_at_once(test_cluster: TestCluster) -> None:
+    async def scenario() -> None:
+        aclient = await shardflow.connect_async(test_cluster.config)
+        handle = await aclient.submit(twins.three_steps, 1)
+        await aclient.close()
+        started = time.monotonic()
+        for call in (
+            lambda: aclient.submit(twins.three_steps, 2),
+            lambda: aclient.get(handle.workflow_id),
+            lambda: handle.result(timeout=30),
+            lambda: aclient.send(handle.workflow_id, "x"),
+        ):
+            with pytest.raises(shardflow.ClientClosed, match="closed"):
+                await call()
+        assert time.monotonic() - started < 5
+
+    asyncio.run(scenario())
