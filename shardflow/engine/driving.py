@@ -1,8 +1,9 @@
 """Plans and their drivers: client logic written once, run sync or async.
 
 A plan is a generator that yields what it needs done (:class:`Read` a statement on a
-shard, :class:`Refresh` the slot map, :class:`CheckIdentity` of a shard, :class:`Pause`
-between hops, run sub-plans :class:`Together`) and receives the answer, or has the
+shard, :class:`Transact` several in one transaction, :class:`Refresh` the slot map,
+:class:`CheckIdentity` of a shard, :class:`Pause` between hops, :class:`Call` a sync
+store call, run sub-plans :class:`Together`) and receives the answer, or has the
 error thrown in where it yielded. :func:`drive` runs a plan on the sync store;
 :func:`drive_async` awaits it on the async store, so the rules of following moves
 (:class:`~shardflow.engine.locator.Locator`) exist once for both clients.
@@ -19,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from shardflow.engine.store import Store
 from shardflow.engine.store.aio import AsyncStore
-from shardflow.engine.store.statements import Statement
+from shardflow.engine.store.statements import Statement, Transaction
 from shardflow.engine.topology import Topology
 
 T = TypeVar("T")
@@ -31,6 +32,14 @@ class Read(Generic[T]):
 
     shard: str
     statement: Statement[T]
+
+
+@dataclass(frozen=True, slots=True)
+class Transact(Generic[T]):
+    """Run the statements of ``transaction`` in one transaction on ``shard``."""
+
+    shard: str
+    transaction: Transaction[T]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +77,7 @@ class Together:
     plans: list[Plan[Any]]
 
 
-Request = Read[Any] | Refresh | CheckIdentity | Pause | Call | Together
+Request = Read[Any] | Transact[Any] | Refresh | CheckIdentity | Pause | Call | Together
 Plan = Generator[Request, Any, T]
 
 
@@ -85,6 +94,8 @@ def drive(plan: Plan[T], store: Store, topology: Topology) -> T:
         try:
             if isinstance(request, Read):
                 answer = store.perform(request.shard, request.statement)
+            elif isinstance(request, Transact):
+                answer = store.transact(request.shard, request.transaction)
             elif isinstance(request, CheckIdentity):
                 topology.check_identity(request.shard)
             elif isinstance(request, Refresh):
@@ -119,6 +130,8 @@ async def drive_async(plan: Plan[T], store: AsyncStore, topology: Topology) -> T
         try:
             if isinstance(request, Read):
                 answer = await store.perform(request.shard, request.statement)
+            elif isinstance(request, Transact):
+                answer = await store.transact(request.shard, request.transaction)
             elif isinstance(request, CheckIdentity):
                 if not topology.is_checked(request.shard):
                     await asyncio.to_thread(topology.check_identity, request.shard)

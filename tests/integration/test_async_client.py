@@ -1,4 +1,4 @@
-"""The async client's native paths: submit, get and result()'s reads run on the event
+"""The async client's native paths: submit, get, send and result()'s reads run on the event
 loop over async pools, with no thread; an unreachable shard is ShardUnavailable
 without its password; one ID submitted from many tasks is one workflow; a dedup key
 taken is WorkflowDeduplicated; calls after close fail at once."""
@@ -43,7 +43,7 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-def test_submit_get_and_result_run_without_a_thread(
+def test_submit_get_send_and_result_run_without_a_thread(
     test_cluster: TestCluster, cluster: Cluster
 ) -> None:
     async def scenario() -> None:
@@ -74,6 +74,12 @@ def test_submit_get_and_result_run_without_a_thread(
             statuses = await asyncio.gather(*(aclient.get(h.workflow_id) for h in handles))
             assert {s.state for s in statuses} == {WorkflowState.ENQUEUED}
             assert [s.shard for s in statuses] == [h.shard for h in handles]
+            target = handles[0].workflow_id
+            assert await aclient.send(target, {"n": 1}, idempotency_key="k-1") is True
+            assert await aclient.send(target, {"n": 1}, idempotency_key="k-1") is False
+            assert await aclient.send(target, "no key") is True
+            with pytest.raises(shardflow.WorkflowNotFound):
+                await aclient.send("never-submitted", "x")
             # result() of finished workflows: one native read each.
             assert [await h.result(timeout=30) for h in warm] == [
                 {"result": i + 3} for i in range(20)

@@ -2,15 +2,15 @@
 
 An :class:`AsyncCluster` offers the client calls of :class:`~shardflow.engine.cluster.
 Cluster` as coroutines, for code that runs on an event loop (a FastAPI handler, an agent
-loop). ``submit``, ``submit_many`` (plain rows), ``get``, ``handle`` and the row reads
-of ``result()`` are native: they await psycopg async connections of one
+loop). ``submit``, ``submit_many`` (plain rows), ``get``, ``handle``, ``send`` and the
+row reads of ``result()`` are native: they await psycopg async connections of one
 ``psycopg_pool.AsyncConnectionPool`` per shard (:mod:`~shardflow.router.apools`, the
 same connection settings as the sync pools) and follow slot moves with the sync
 client's own rules (the Locator's plans, :mod:`~shardflow.engine.driving`), holding no
-thread. The other calls (``send``, ``list_workflows``, ``cancel``, ``resume``,
-``fork``, debounced submits, the event reads of ``get_event``) still run the sync
-client's call in a worker thread (``asyncio.to_thread``); so do a shard's first
-identity check and a slot map refresh after a redirect.
+thread. The other calls (``list_workflows``, ``cancel``, ``resume``, ``fork``,
+debounced submits, the event reads of ``get_event``) still run the sync client's call
+in a worker thread (``asyncio.to_thread``); so do a shard's first identity check, a
+slot map refresh after a redirect, and activating a staged copy.
 
 Waiting holds no thread: :meth:`AsyncWorkflowHandle.result` and
 :meth:`AsyncCluster.get_event` register with the client's LISTEN connection of the
@@ -271,9 +271,15 @@ class AsyncCluster:
         topic: str | None = None,
         idempotency_key: str | None = None,
     ) -> bool:
-        """Send ``message`` to a workflow (False: ``idempotency_key`` was sent before)."""
+        """Send ``message`` to a workflow (False: ``idempotency_key`` was sent before).
+        Native: follows the workflow across moves as :meth:`Cluster.send` does."""
         self._open()
-        return await asyncio.to_thread(self.sync.send, workflow_id, message, topic, idempotency_key)
+        waits = self.sync.waits
+        fixed = waits.prepare_send(workflow_id, message, topic, idempotency_key)
+        return await retrying_async(
+            lambda: self._drive(waits.send_plan(*fixed)),
+            deadline=time.monotonic() + self.retry_seconds,
+        )
 
     async def get_event(self, workflow_id: str, key: str, timeout: float = 0.0) -> Any:
         """The value a workflow published under ``key``, waiting up to ``timeout``

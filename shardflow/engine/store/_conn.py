@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import RowFactory
 
 from shardflow.engine.serialization import Codec
-from shardflow.engine.store.statements import Statement
+from shardflow.engine.store.statements import Statement, Transaction
 from shardflow.engine.store_errors import StoreError, TransientStoreError
 from shardflow.errors import ShardUnavailable, ValueRejected
 from shardflow.retry import Failure, classify, first_line
@@ -66,6 +66,17 @@ class ShardAccess:
         pooled connection of ``shard``."""
         with self._conn(shard) as conn:
             return run_statement(conn, statement)
+
+    def transact(self, shard: str, transaction: Transaction[T]) -> T:
+        """Run the statements of ``transaction`` in one transaction on ``shard``."""
+        with self._conn(shard) as conn, conn.transaction():
+            answer: Any = None
+            while True:
+                try:
+                    statement = transaction.send(answer)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                answer = run_statement(conn, statement)
 
 
 def run_statement(conn: Conn, statement: Statement[T]) -> T:

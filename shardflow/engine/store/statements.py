@@ -4,23 +4,35 @@ the async one (:class:`~shardflow.engine.store.aio.AsyncStore`) run the same
 :class:`Statement`, so an operation both clients use is written once.
 
 Each builder here is the body of one store method; the method of the same name in
-:class:`~shardflow.engine.store.Store` runs it on a pooled connection.
+:class:`~shardflow.engine.store.Store` runs it on a pooled connection. An operation of
+several statements in one transaction is a :data:`Transaction`: a generator that
+yields its statements and receives their answers (``Store.transact`` and
+``AsyncStore.transact`` run it inside ``BEGIN ... COMMIT`` on one connection).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import psycopg
-from psycopg.rows import RowFactory, kwargs_row, scalar_row
+from psycopg.rows import RowFactory, class_row, kwargs_row, scalar_row, tuple_row
 
 from shardflow.engine.records import NewWorkflow
 from shardflow.engine.serialization import Codec
-from shardflow.engine.store.rows import Existing, Located, SlotHolding, located_rows
+from shardflow.engine.states import WorkflowState
+from shardflow.engine.store.rows import (
+    Delivery,
+    Existing,
+    Located,
+    SlotHolding,
+    Target,
+    located_rows,
+)
 from shardflow.engine.store_errors import DedupConflict
+from shardflow.errors import WorkflowNotFound
 
 T = TypeVar("T")
 
@@ -44,13 +56,21 @@ class Statement(Generic[T]):
     caught: Callable[[psycopg.Error], T] = _reraise
 
 
+# Statements run in one transaction, in order; the generator's return value is the answer.
+Transaction = Generator[Statement[Any], Any, T]
+
+
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
+
+
 def find_copy(shard: str, codec: Codec, workflow_id: str) -> Statement[Located | None]:
     """The workflow's row on ``shard`` (tombstone or staged copy included)."""
     return Statement(
         "get_workflow",
         {"workflow_id": workflow_id},
         located_rows(shard, codec),
-        lambda rows: rows[0] if rows else None,
+        _first,
     )
 
 
@@ -116,3 +136,35 @@ def insert_workflows(
         psycopg.errors.UniqueViolation,
         _dedup,
     )
+
+
+def send_message(
+    workflow_id: str, topic: str, message_id: str, payload: str
+) -> Transaction[Delivery]:
+    """Deliver a message. Locks the target's status row first; a tombstone means the
+    workflow moved (``Delivery("moved", shard)``); WorkflowNotFound if there is no row."""
+    target: Target | None = yield Statement(
+        "lock_target", {"workflow_id": workflow_id}, class_row(Target), _first
+    )
+    if target is None:
+        raise WorkflowNotFound(workflow_id)
+    if target.state == "MOVED":
+        return Delivery("moved", target.moved_to)
+    message = {
+        "workflow_id": workflow_id,
+        "topic": topic,
+        "message_id": message_id,
+        "payload": payload,
+    }
+    inserted: bool = yield Statement("insert_message", message, tuple_row, bool)
+    if not inserted:
+        return Delivery("duplicate")
+    yield Statement("notify_message", {"workflow_id": workflow_id}, tuple_row, bool)
+    wake = {"workflow_id": workflow_id, "wait_for": f"message:{topic}"}
+    if target.state == WorkflowState.SUSPENDED:
+        yield Statement("wake_workflow", wake, tuple_row, bool)
+    elif target.state == WorkflowState.IMPORTING:
+        # A staged copy whose move is decided (the source's tombstone sent this here):
+        # it wakes when it is activated.
+        yield Statement("wake_staged_copy", wake, tuple_row, bool)
+    return Delivery("sent")
