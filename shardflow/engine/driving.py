@@ -1,12 +1,12 @@
 """Plans and their drivers: client logic written once, run sync or async.
 
 A plan is a generator that yields what it needs done (:class:`Read` a statement on a
-shard, :class:`Transact` several in one transaction, :class:`Refresh` the slot map,
-:class:`CheckIdentity` of a shard, :class:`Pause` between hops, :class:`Call` a sync
-store call, run sub-plans :class:`Together`) and receives the answer, or has the
-error thrown in where it yielded. :func:`drive` runs a plan on the sync store;
+shard, :class:`Transact` several in one transaction, :class:`Pause` between hops,
+:class:`Call` a sync store call, run sub-plans :class:`Together`) and receives the
+answer, or has the error thrown in where it yielded. :func:`drive` runs a plan on the sync store;
 :func:`drive_async` awaits it on the async store, so the rules of following moves
-(:class:`~shardflow.engine.locator.Locator`) exist once for both clients.
+(:class:`~shardflow.engine.locator.Locator`) and of loading the slot map
+(:class:`~shardflow.engine.topology.Topology`) exist once for both clients.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any, Generic, TypeVar
 from shardflow.engine.store import Store
 from shardflow.engine.store.aio import AsyncStore
 from shardflow.engine.store.statements import Statement, Transaction
-from shardflow.engine.topology import Topology
 
 T = TypeVar("T")
 
@@ -40,18 +39,6 @@ class Transact(Generic[T]):
 
     shard: str
     transaction: Transaction[T]
-
-
-@dataclass(frozen=True, slots=True)
-class Refresh:
-    """Load the newest slot map (answer: the adopted :class:`SlotMap`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckIdentity:
-    """Refuse ``shard`` if its recorded identity disagrees with the config."""
-
-    shard: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +64,11 @@ class Together:
     plans: list[Plan[Any]]
 
 
-Request = Read[Any] | Transact[Any] | Refresh | CheckIdentity | Pause | Call | Together
+Request = Read[Any] | Transact[Any] | Pause | Call | Together
 Plan = Generator[Request, Any, T]
 
 
-def drive(plan: Plan[T], store: Store, topology: Topology) -> T:
+def drive(plan: Plan[T], store: Store) -> T:
     """Run ``plan`` with the sync store (the calling thread does the I/O)."""
     answer: Any = None
     error: BaseException | None = None
@@ -96,29 +83,24 @@ def drive(plan: Plan[T], store: Store, topology: Topology) -> T:
                 answer = store.perform(request.shard, request.statement)
             elif isinstance(request, Transact):
                 answer = store.transact(request.shard, request.transaction)
-            elif isinstance(request, CheckIdentity):
-                topology.check_identity(request.shard)
-            elif isinstance(request, Refresh):
-                answer = topology.refresh()
             elif isinstance(request, Pause):
                 time.sleep(request.seconds)
             elif isinstance(request, Call):
                 answer = request.call()
             elif len(request.plans) == 1:
-                answer = [drive(request.plans[0], store, topology)]
+                answer = [drive(request.plans[0], store)]
             else:
                 # One shard's statement runs while the next is sent.
                 with ThreadPoolExecutor(len(request.plans)) as pool:
-                    futures = [pool.submit(drive, p, store, topology) for p in request.plans]
+                    futures = [pool.submit(drive, p, store) for p in request.plans]
                     answer = [f.result() for f in futures]
         except Exception as exc:
             error = exc
 
 
-async def drive_async(plan: Plan[T], store: AsyncStore, topology: Topology) -> T:
-    """Run ``plan`` on the event loop with the async store. Reads and waits are awaited
-    natively; a shard's first identity check, a slot map refresh (after a redirect:
-    rare) and a :class:`Call` run the sync client's code in a thread."""
+async def drive_async(plan: Plan[T], store: AsyncStore) -> T:
+    """Run ``plan`` on the event loop with the async store: reads, transactions and
+    waits are awaited natively; only a :class:`Call` runs in a thread."""
     answer: Any = None
     error: BaseException | None = None
     while True:
@@ -132,18 +114,11 @@ async def drive_async(plan: Plan[T], store: AsyncStore, topology: Topology) -> T
                 answer = await store.perform(request.shard, request.statement)
             elif isinstance(request, Transact):
                 answer = await store.transact(request.shard, request.transaction)
-            elif isinstance(request, CheckIdentity):
-                if not topology.is_checked(request.shard):
-                    await asyncio.to_thread(topology.check_identity, request.shard)
-            elif isinstance(request, Refresh):
-                answer = await asyncio.to_thread(topology.refresh)
             elif isinstance(request, Pause):
                 await asyncio.sleep(request.seconds)
             elif isinstance(request, Call):
                 answer = await asyncio.to_thread(request.call)
             else:
-                answer = list(
-                    await asyncio.gather(*(drive_async(p, store, topology) for p in request.plans))
-                )
+                answer = list(await asyncio.gather(*(drive_async(p, store) for p in request.plans)))
         except Exception as exc:
             error = exc

@@ -24,11 +24,9 @@ from collections.abc import Callable
 
 from shardflow.engine.driving import (
     Call,
-    CheckIdentity,
     Pause,
     Plan,
     Read,
-    Refresh,
     Together,
     drive,
 )
@@ -81,7 +79,7 @@ class Locator:
         return self._find(workflow_id, settle=True)
 
     def _find(self, workflow_id: str, settle: bool) -> WorkflowStatus:
-        return drive(self.find_plan(workflow_id, settle), self.store, self.topology)
+        return drive(self.find_plan(workflow_id, settle), self.store)
 
     def find_plan(self, workflow_id: str, settle: bool = False) -> Plan[WorkflowStatus]:
         """:meth:`find` (or with ``settle``, :meth:`find_to_write`) as a plan."""
@@ -95,7 +93,7 @@ class Locator:
                 if refreshed:
                     break
                 refreshed = True
-                yield Refresh()
+                yield from self.topology.refresh_plan()
                 candidates = [s for s in self._holders(slot) if s not in tried]
                 if not candidates:
                     break
@@ -133,7 +131,7 @@ class Locator:
         return [source, owner] if source is not None and source != owner else [owner]
 
     def _staged(self, copy: Located, settle: bool) -> WorkflowStatus | str:
-        return drive(self._staged_plan(copy, settle), self.store, self.topology)
+        return drive(self._staged_plan(copy, settle), self.store)
 
     def _staged_plan(self, copy: Located, settle: bool) -> Plan[WorkflowStatus | str]:
         """The status of a workflow found as a staged copy (a move in progress), or the
@@ -189,7 +187,7 @@ class Locator:
             exists_ok=exists_ok,
             creates_while_importing=creates_while_importing,
         )
-        return drive(plan, self.store, self.topology)
+        return drive(plan, self.store)
 
     def place_plan(
         self,
@@ -238,11 +236,11 @@ class Locator:
                 """Insert one group; returns the rows to retry, whether the map is stale,
                 and whether to wait for a move. Groups touch disjoint rows, so they run
                 side by side."""
-                yield CheckIdentity(shard)
+                yield from self.topology.check_plan(shard)
                 checked: set[str] = set()
                 back: list[NewWorkflow] = []
                 if source is not None and source != shard:
-                    yield CheckIdentity(source)
+                    yield from self.topology.check_plan(source)
                     # The lookup on the source proves an ID is new only once the source
                     # refuses new IDs of the slot (MIGRATING_OUT): while it still owns the
                     # slot (the target marks IMPORTING first), another client may create
@@ -299,11 +297,11 @@ class Locator:
             log.info("%d submit(s) redirected (hop %d)", len(retry), hop + 1)
             if any(wait for _, _, wait in outcomes):
                 # The slot is being imported: wait for the move to finish.
-                yield Refresh()
+                yield from self.topology.refresh_plan()
                 yield Pause(importing.next())
             elif any(stale for _, stale, _ in outcomes):
                 before = self.router.epoch
-                fresh = yield Refresh()
+                fresh = yield from self.topology.refresh_plan()
                 if fresh.epoch == before and hop:
                     # A rebalancer between two steps of a slot transition: brief.
                     yield Pause(between.next())

@@ -68,7 +68,7 @@ class Waits:
     @idempotent
     def _send(self, workflow_id: str, topic: str, message_id: str, payload: str) -> bool:
         plan = self.send_plan(workflow_id, topic, message_id, payload)
-        return drive(plan, self.store, self.locator.topology)
+        return drive(plan, self.store)
 
     def send_plan(self, workflow_id: str, topic: str, message_id: str, payload: str) -> Plan[bool]:
         """Deliver an encoded message under a fixed ``message_id``, following the

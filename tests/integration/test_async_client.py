@@ -187,3 +187,35 @@ def test_calls_after_close_fail_at_once(test_cluster: TestCluster) -> None:
         assert time.monotonic() - started < 5
 
     asyncio.run(scenario())
+
+
+def test_concurrent_submits_share_commits_and_a_cancelled_one_blocks_nobody(
+    test_cluster: TestCluster, cluster: Cluster
+) -> None:
+    async def scenario() -> None:
+        async with await shardflow.connect_async(test_cluster.config) as aclient:
+            handles = await asyncio.gather(
+                *(aclient.submit(twins.three_steps, i, workflow_id=f"g-{i}") for i in range(64))
+            )
+            assert [h.workflow_id for h in handles] == [f"g-{i}" for i in range(64)]
+            # 64 submits at once: far fewer inserts (each one commit per shard).
+            assert aclient.submit_groups.commits < 64
+            tasks = [
+                asyncio.ensure_future(aclient.submit(twins.three_steps, i, workflow_id=f"c-{i}"))
+                for i in range(20)
+            ]
+            await asyncio.sleep(0)  # every task queued; the first of each shard leads
+            for task in tasks[::2]:
+                task.cancel()
+            done = await asyncio.wait_for(
+                asyncio.gather(*tasks, return_exceptions=True), timeout=30
+            )
+            assert all(isinstance(d, asyncio.CancelledError) for d in done[::2]), done
+            kept = [d.workflow_id for d in done[1::2] if not isinstance(d, BaseException)]
+            assert kept == [f"c-{i}" for i in range(1, 20, 2)], done
+
+    asyncio.run(scenario())
+    ids = {s.workflow_id for s in cluster.list_workflows(id_prefix="g-", limit=100).items}
+    assert ids == {f"g-{i}" for i in range(64)}
+    kept = {s.workflow_id for s in cluster.list_workflows(id_prefix="c-").items}
+    assert {f"c-{i}" for i in range(1, 20, 2)} <= kept

@@ -9,8 +9,8 @@ same connection settings as the sync pools) and follow slot moves with the sync
 client's own rules (the Locator's plans, :mod:`~shardflow.engine.driving`), holding no
 thread. The other calls (``list_workflows``, ``cancel``, ``resume``, ``fork``,
 debounced submits, the event reads of ``get_event``) still run the sync client's call
-in a worker thread (``asyncio.to_thread``); so do a shard's first identity check, a
-slot map refresh after a redirect, and activating a staged copy.
+in a worker thread (``asyncio.to_thread``); so does activating a staged copy whose move
+was decided (a rare step of a move, safe for anyone).
 
 Waiting holds no thread: :meth:`AsyncWorkflowHandle.result` and
 :meth:`AsyncCluster.get_event` register with the client's LISTEN connection of the
@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 from shardflow.config.model import ClusterConfig
+from shardflow.engine.aio.group_submit import AsyncSubmitGroups
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster import DEFAULT_RETRY_SECONDS, Cluster, connect
 from shardflow.engine.coverage import needs_warn_check, warn_unserved
@@ -37,7 +38,7 @@ from shardflow.engine.driving import Plan, drive_async
 from shardflow.engine.handles import Page, Submission, judge_outcome
 from shardflow.engine.listeners import WaitFor
 from shardflow.engine.placement import IdSource
-from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.serialization import Serializer
 from shardflow.engine.store import TransientStoreError
 from shardflow.engine.store.aio import AsyncStore
@@ -133,6 +134,8 @@ class AsyncCluster:
         self.retry_seconds = cluster.retry_seconds
         self.pools = AsyncShardPools(cluster.config, limits=cluster.pools.limits)
         self.store = AsyncStore(self.pools, cluster.codec)
+        # Concurrent single submits share one insert per shard (group commit).
+        self.submit_groups = AsyncSubmitGroups(self._place_plain)
         self._closed = False
 
     def _open(self) -> None:
@@ -141,7 +144,7 @@ class AsyncCluster:
 
     async def _drive(self, plan: Plan[T]) -> T:
         """Run a Locator plan natively (callers retry by making a fresh plan)."""
-        return await drive_async(plan, self.store, self.sync.topology)
+        return await drive_async(plan, self.store)
 
     async def find(self, workflow_id: str, seconds: float | None = None) -> WorkflowStatus:
         """The workflow's status, wherever it lives, riding out an outage for
@@ -153,6 +156,17 @@ class AsyncCluster:
             lambda: self._drive(locator.find_plan(workflow_id)),
             deadline=time.monotonic() + budget,
         )
+
+    async def _place_plain(self, rows: list[NewWorkflow]) -> dict[str, tuple[str, str]]:
+        """Place plain rows natively. Every ID is fixed before the first attempt and an
+        insert of an existing ID does nothing: a retry after a lost commit answer
+        creates nothing twice."""
+        locator = self.sync.locator
+        shards = await retrying_async(
+            lambda: self._drive(locator.place_plan(rows)),
+            deadline=time.monotonic() + self.retry_seconds,
+        )
+        return {wid: (wid, shard) for wid, shard in shards.items()}
 
     def _handle(self, workflow_id: str, shard: str) -> AsyncWorkflowHandle[Any]:
         return AsyncWorkflowHandle(self, workflow_id, shard)
@@ -212,15 +226,13 @@ class AsyncCluster:
         check_unique(rows)
         plain = [r for r in rows if r.debounce_key is None]
         placed: dict[str, tuple[str, str]] = {}
-        if plain:
-            # Every ID is fixed before the first attempt and an insert of an existing ID
-            # does nothing: a retry after a lost commit answer creates nothing twice.
-            locator = sync.locator
-            shards = await retrying_async(
-                lambda: self._drive(locator.place_plan(plain)),
-                deadline=time.monotonic() + self.retry_seconds,
-            )
-            placed = {wid: (wid, shard) for wid, shard in shards.items()}
+        if len(plain) == 1 and len(rows) == 1:
+            # A single submit joins the other tasks' submits (one insert per shard).
+            row = plain[0]
+            owner = sync.router.slot_map.owner(row.slot)
+            placed[row.workflow_id] = await self.submit_groups.submit(owner, row)
+        elif plain:
+            placed = await self._place_plain(plain)
         for row in rows:
             if row.debounce_key is not None:
                 placed[row.workflow_id] = await asyncio.to_thread(

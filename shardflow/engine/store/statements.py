@@ -33,6 +33,8 @@ from shardflow.engine.store.rows import (
 )
 from shardflow.engine.store_errors import DedupConflict
 from shardflow.errors import WorkflowNotFound
+from shardflow.router.slotmap import SlotMap
+from shardflow.sql.identity import Identity
 
 T = TypeVar("T")
 
@@ -62,6 +64,35 @@ Transaction = Generator[Statement[Any], Any, T]
 
 def _first(rows: list[Any]) -> Any:
     return rows[0] if rows else None
+
+
+def _identity(*, cluster_name: str, shard_name: str, slots: int, hash_seed: int) -> Identity:
+    return Identity(cluster_name, shard_name, slots, hash_seed)
+
+
+def _never_migrated(exc: psycopg.Error) -> None:
+    return None
+
+
+def identity() -> Statement[Identity | None]:
+    """The shard's recorded identity; None if it was never migrated."""
+    return Statement(
+        "get_identity",
+        None,
+        kwargs_row(_identity),
+        _first,
+        psycopg.errors.UndefinedTable,
+        _never_migrated,
+    )
+
+
+def slot_map_full(slots: int) -> Statement[SlotMap | None]:
+    """The shard's copy of the slot map, with the slots in motion."""
+
+    def make(*, epoch: int, ranges: Any, migrating: Any) -> SlotMap:
+        return SlotMap.from_ranges(int(epoch), ranges, slots, migrating=migrating)
+
+    return Statement("get_slot_map_full", None, kwargs_row(make), _first)
 
 
 def find_copy(shard: str, codec: Codec, workflow_id: str) -> Statement[Located | None]:
