@@ -11,14 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 import shardflow
 from shardflow import WorkflowState
 from shardflow.engine.cluster import Cluster
-from shardflow.testing.servers import TestCluster
+from shardflow.testing.faults import proxied_cluster
+from shardflow.testing.servers import TestCluster, id_on, with_worker_settings
 from tests.apps import twins
 from tests.apps.twins import app
 
@@ -219,3 +222,46 @@ def test_concurrent_submits_share_commits_and_a_cancelled_one_blocks_nobody(
     assert ids == {f"g-{i}" for i in range(64)}
     kept = {s.workflow_id for s in cluster.list_workflows(id_prefix="c-").items}
     assert {f"c-{i}" for i in range(1, 20, 2)} <= kept
+
+
+def test_native_reads_ride_through_an_outage_of_one_shard(
+    test_cluster: TestCluster, tmp_path: Path
+) -> None:
+    """One shard's proxy drops every connection and then stays silent: a native read of
+    a workflow there is ShardUnavailable once its budget is spent (the password never
+    shown), another shard keeps answering, and a read with the full budget that starts
+    during the outage returns once the shard is back."""
+    proxied = proxied_cluster(test_cluster.path, tmp_path / "proxied.yaml")
+    try:
+        config = with_worker_settings(proxied.path, lease_seconds=3)
+        secrets = {p for s in config.shards if (p := urlsplit(s.dsn).password)}
+
+        async def scenario() -> None:
+            async with await shardflow.connect_async(config, retry_seconds=60) as aclient:
+                down, up = config.shard_names[0], config.shard_names[1]
+                there = id_on(aclient.sync, down, "out")
+                here = id_on(aclient.sync, up, "in")
+                await aclient.submit(twins.three_steps, 1, workflow_id=there)
+                await aclient.submit(twins.three_steps, 1, workflow_id=here)
+                proxy = proxied.proxies[down]
+                proxy.blackhole()
+                await asyncio.to_thread(proxy.reset)
+                with pytest.raises(shardflow.ShardUnavailable) as caught:
+                    await aclient.find(there, seconds=1.0)
+                assert caught.value.shard == down
+                assert not any(s in str(caught.value) for s in secrets)
+                assert (await aclient.get(here)).shard == up
+                tried = proxy.connections_accepted
+                reading = asyncio.ensure_future(aclient.get(there))
+                deadline = time.monotonic() + 30
+                while proxy.connections_accepted <= tried and not reading.done():
+                    assert time.monotonic() < deadline, "the read never tried the shard again"
+                    await asyncio.sleep(0.05)
+                assert not reading.done()
+                proxy.heal()
+                status = await asyncio.wait_for(reading, 60)
+                assert (status.workflow_id, status.shard) == (there, down)
+
+        asyncio.run(scenario())
+    finally:
+        proxied.close()
