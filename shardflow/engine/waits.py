@@ -15,7 +15,7 @@ from typing import Any
 
 from shardflow import tracing
 from shardflow.engine.app import Workflow
-from shardflow.engine.driving import Plan, Transact, drive
+from shardflow.engine.driving import Plan, Read, Transact, drive
 from shardflow.engine.handles import Submission
 from shardflow.engine.listeners import WaitFor, WaitListeners
 from shardflow.engine.locator import MAX_HOPS, Locator
@@ -131,8 +131,15 @@ class Waits:
 
     @idempotent
     def _read_event(self, workflow_id: str, key: str) -> tuple[str, bool, Any]:
-        shard = self.locator.find(workflow_id).shard
-        return (shard, *self.store.get_event(shard, workflow_id, key))
+        return drive(self.read_event_plan(workflow_id, key), self.store)
+
+    def read_event_plan(self, workflow_id: str, key: str) -> Plan[tuple[str, bool, Any]]:
+        """Where the workflow is, and whether it published ``key`` (and the value)."""
+        shard = (yield from self.locator.find_plan(workflow_id)).shard
+        found: tuple[bool, Any] = yield Read(
+            shard, statements.get_event(self.store.codec, workflow_id, key)
+        )
+        return (shard, *found)
 
     @idempotent
     def wake_parent_of(self, workflow_id: str) -> bool:

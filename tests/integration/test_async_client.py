@@ -1,7 +1,8 @@
-"""The async client's native paths: submit, get, send and result()'s reads run on the event
-loop over async pools, with no thread; an unreachable shard is ShardUnavailable
-without its password; one ID submitted from many tasks is one workflow; a dedup key
-taken is WorkflowDeduplicated; calls after close fail at once."""
+"""The async client's native paths: submit, get, send, and the reads of get_event and
+result() run on the event loop over async pools, with no thread; an unreachable shard
+is ShardUnavailable without its password, and reads ride through an outage; one ID
+submitted from many tasks is one workflow; concurrent submits share commits; a dedup
+key taken is WorkflowDeduplicated; calls after close fail at once."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-def test_submit_get_send_and_result_run_without_a_thread(
+def test_submit_get_send_events_and_result_run_without_a_thread(
     test_cluster: TestCluster, cluster: Cluster
 ) -> None:
     async def scenario() -> None:
@@ -62,6 +63,8 @@ def test_submit_get_send_and_result_run_without_a_thread(
                 assert [await h.result(timeout=30) for h in warm] == [
                     {"result": i + 3} for i in range(20)
                 ]
+                publisher = await aclient.submit(twins.publisher_async, 7)
+                assert await publisher.result(timeout=30) == "done"
             loop = asyncio.get_running_loop()
             counting = CountingExecutor()
             loop.set_default_executor(counting)
@@ -83,6 +86,8 @@ def test_submit_get_send_and_result_run_without_a_thread(
             assert await aclient.send(target, "no key") is True
             with pytest.raises(shardflow.WorkflowNotFound):
                 await aclient.send("never-submitted", "x")
+            assert await aclient.get_event(publisher.workflow_id, "status") == 7
+            assert await aclient.get_event(publisher.workflow_id, "never", 0.2) is None
             # result() of finished workflows: one native read each.
             assert [await h.result(timeout=30) for h in warm] == [
                 {"result": i + 3} for i in range(20)

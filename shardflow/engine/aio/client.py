@@ -7,8 +7,8 @@ row reads of ``result()`` are native: they await psycopg async connections of on
 ``psycopg_pool.AsyncConnectionPool`` per shard (:mod:`~shardflow.router.apools`, the
 same connection settings as the sync pools) and follow slot moves with the sync
 client's own rules (the Locator's plans, :mod:`~shardflow.engine.driving`), holding no
-thread. The other calls (``list_workflows``, ``cancel``, ``resume``, ``fork``,
-debounced submits, the event reads of ``get_event``) still run the sync client's call
+thread; so are the reads of ``get_event``. The other calls (``list_workflows``,
+``cancel``, ``resume``, ``fork``, debounced submits) still run the sync client's call
 in a worker thread (``asyncio.to_thread``); so does activating a staged copy whose move
 was decided (a rare step of a move, safe for anyone).
 
@@ -43,7 +43,7 @@ from shardflow.engine.serialization import Serializer
 from shardflow.engine.store import TransientStoreError
 from shardflow.engine.store.aio import AsyncStore
 from shardflow.engine.submits import check_unique, place_debounced
-from shardflow.errors import ClientClosed, ShardflowError, ShardUnavailable
+from shardflow.errors import ClientClosed, ShardflowError, ShardUnavailable, WorkflowNotFound
 from shardflow.retry import retrying_async, with_retries
 from shardflow.router.apools import AsyncShardPools
 
@@ -306,15 +306,34 @@ class AsyncCluster:
             while True:
                 remaining = max(deadline - time.monotonic(), 0.0)
                 # One read, up to the time left (a shard restarting is waited out).
-                found, value, shard = await asyncio.to_thread(
-                    self.sync.waits.read_event_once, workflow_id, key, remaining
-                )
+                found, value, shard = await self._read_event_once(workflow_id, key, remaining)
                 if found:
                     return value
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 await listeners.wait_async(waiter, shard, remaining)
+
+    async def _read_event_once(
+        self, workflow_id: str, key: str, remaining: float
+    ) -> tuple[bool, Any, str]:
+        """One native read of :meth:`get_event`'s loop (see ``Waits.read_event_once``):
+        (found, value, the shard to listen to); an outage is ridden out up to
+        ``remaining`` seconds, a workflow not there yet is not found yet."""
+        deadline = time.monotonic() + remaining
+        waits, shard = self.sync.waits, None
+        try:
+            shard, found, value = await retrying_async(
+                lambda: self._drive(waits.read_event_plan(workflow_id, key)),
+                deadline=time.monotonic() + max(min(remaining, self.retry_seconds), 0.0),
+            )
+        except WorkflowNotFound:
+            found, value = False, None
+        except ShardUnavailable:
+            if deadline - time.monotonic() <= 0:
+                raise
+            found, value = False, None
+        return found, value, shard or self.sync.router.route(workflow_id)
 
 
 async def connect_async(

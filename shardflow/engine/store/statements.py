@@ -169,6 +169,15 @@ def insert_workflows(
     )
 
 
+def get_event(codec: Codec, workflow_id: str, key: str) -> Statement[tuple[bool, Any]]:
+    """``(True, value)`` of a published event; ``(False, None)`` if not published."""
+
+    def answer(rows: list[Any]) -> tuple[bool, Any]:
+        return (False, None) if not rows else (True, codec.loads(rows[0]))
+
+    return Statement("get_event", {"workflow_id": workflow_id, "key": key}, scalar_row, answer)
+
+
 def send_message(
     workflow_id: str, topic: str, message_id: str, payload: str
 ) -> Transaction[Delivery]:

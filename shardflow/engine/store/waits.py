@@ -152,9 +152,7 @@ class WaitQueries(ShardAccess):
 
     def get_event(self, shard: str, workflow_id: str, key: str) -> tuple[bool, Any]:
         """``(True, value)`` of a published event; ``(False, None)`` if not published."""
-        with self._conn(shard) as conn:
-            row = fetch_one(conn, "get_event", {"workflow_id": workflow_id, "key": key}, scalar_row)
-        return (False, None) if row is None else (True, self.codec.loads(row))
+        return self.perform(shard, statements.get_event(self.codec, workflow_id, key))
 
     def expire_deadlines(self, shard: str, now: datetime | None = None) -> list[str]:
         """Cancel active workflows past their deadline; returns their IDs."""
