@@ -119,6 +119,13 @@ async def drive_async(plan: Plan[T], store: AsyncStore) -> T:
             elif isinstance(request, Call):
                 answer = await asyncio.to_thread(request.call)
             else:
-                answer = list(await asyncio.gather(*(drive_async(p, store) for p in request.plans)))
+                # As the sync driver's pool: every sub-plan ends before an error leaves.
+                answers = await asyncio.gather(
+                    *(drive_async(p, store) for p in request.plans), return_exceptions=True
+                )
+                failed = [a for a in answers if isinstance(a, BaseException)]
+                if failed:
+                    raise failed[0]
+                answer = answers
         except Exception as exc:
             error = exc

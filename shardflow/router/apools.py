@@ -86,10 +86,16 @@ class AsyncShardPools:
             name=f"shardflow-async-{name}",
             open=False,
         )
-        # One loop, no await between the check and the insert: a pool per shard.
+        await pool.open(wait=False)
+        # Another task may have opened one meanwhile, or the client closed: keep one.
+        existing = self._pools.get(name)
+        if existing is not None or self._closed:
+            await pool.close()
+            if existing is None:
+                raise ClientClosed("the cluster client is closed")
+            return existing
         self._pools[name] = pool
         self._unproven.add(name)
-        await pool.open(wait=False)
         return pool
 
     @asynccontextmanager
