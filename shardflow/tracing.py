@@ -9,8 +9,9 @@ The submitter's trace context (the global propagator's headers, W3C ``traceparen
 attempt, wherever and whenever it runs (docs/operations.md#tracing).
 
 Without the package every function here is a no-op; with it but without a configured
-tracer provider the spans are the API's non-recording ones, and a step costs one check
-of the current span (:func:`step_span`).
+tracer provider a run whose workflow stored no trace context makes no span at all (one
+check per run, :func:`run_span`), the other spans are the API's non-recording ones, and
+a step costs one check of the current span (:func:`step_span`).
 """
 
 from __future__ import annotations
@@ -123,16 +124,35 @@ def step_span(name: str, step_no: int) -> AbstractContextManager[Any]:
     return span(f"shardflow.step {name}", {STEP: name, STEP_NO: step_no})
 
 
-@contextmanager
 def run_span(
-    name: str, stored: Mapping[str, str] | None, attributes: Attributes
-) -> Iterator[Callable[[str | None], None]]:
+    name: str,
+    stored: Mapping[str, str] | None,
+    attributes: Attributes,
+) -> AbstractContextManager[Callable[[str | None], None]]:
     """The span of one run attempt, whose parent is the trace context stored with the
     workflow at submit (a new trace if none was). Yields a function to call with the
-    state the attempt ended in (None: it stopped without writing one)."""
-    if not AVAILABLE:
-        yield _ignore
-        return
+    state the attempt ended in (None: it stopped without writing one).
+
+    Nothing at all (one check per run) while no tracer provider is set and the workflow
+    stored no trace context: the API's span would be the invalid one, the same as none.
+    A stored context is still made current without a provider, so that the run's
+    children and messages carry the submitter's trace on."""
+    if not AVAILABLE or (not stored and not configured()):
+        return _UNTRACED_RUN
+    return _run_span(name, stored, attributes)
+
+
+def configured() -> bool:
+    """Whether a tracer provider is set (in code or by ``OTEL_PYTHON_TRACER_PROVIDER``):
+    without one every span is the API's non-recording one."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+@contextmanager
+def _run_span(
+    name: str, stored: Mapping[str, str] | None, attributes: Attributes
+) -> Iterator[Callable[[str | None], None]]:
     parent = propagate.extract(stored) if stored else otel_context.Context()
     with _tracer.start_as_current_span(
         f"shardflow.run {name}",
@@ -177,6 +197,9 @@ def traced_submit(fn: Callable[P, R]) -> Callable[P, R]:
 
 def _ignore(state: str | None) -> None:
     """The run outcome when tracing is off."""
+
+
+_UNTRACED_RUN: AbstractContextManager[Callable[[str | None], None]] = nullcontext(_ignore)
 
 
 def _failed(current: Span, exc: Exception) -> None:

@@ -226,3 +226,13 @@ def load_config(args: argparse.Namespace) -> ClusterConfig:
         raise ConfigError(f"{path}: {exc}") from exc
     args.cluster_config = config
     return config
+
+
+def port_in_use(flag: str, host: str, port: int, exc: OSError) -> CliError:
+    """A port that cannot be bound (in use, not allowed) is a mistake in how the command
+    was called, said in one line before any work starts."""
+    reason = exc.strerror or str(exc)
+    return CliError(
+        f"{flag} {port}: cannot listen on {host}:{port}: {reason.lower()}"
+        " (pick another port, or 0 for any free one)"
+    )

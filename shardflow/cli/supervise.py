@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from shardflow.cli.options import CliError
+from shardflow.cli.options import port_in_use
 from shardflow.engine.metrics_http import MetricsServer
 from shardflow.supervisor import Supervisor, port_file, serve_supervisor_metrics
 
@@ -72,8 +72,4 @@ def _serve(supervisor: Supervisor, ports: Path, port: int, host: str) -> Metrics
     try:
         return serve_supervisor_metrics(supervisor, ports, port, host)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise CliError(
-            f"--metrics-port {port}: cannot listen on {host}:{port}: {reason.lower()}"
-            " (pick another port, or 0 for any free one)"
-        ) from None
+        raise port_in_use("--metrics-port", host, port, exc) from None

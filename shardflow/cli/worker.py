@@ -28,6 +28,7 @@ from shardflow.cli.options import (
     add_option,
     load_config,
     name_list,
+    port_in_use,
     positive_float,
     positive_int,
 )
@@ -202,11 +203,7 @@ def _serve_metrics(worker: Worker, port: int, host: str) -> MetricsServer:
     try:
         return serve_metrics(worker, port, host)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise CliError(
-            f"--metrics-port {port}: cannot listen on {host}:{port}: {reason.lower()}"
-            " (pick another port, or 0 for any free one)"
-        ) from None
+        raise port_in_use("--metrics-port", host, port, exc) from None
 
 
 def _write_port(path: Path, port: int) -> None:

@@ -28,10 +28,7 @@ def _events(log: Path) -> list[dict[str, object]]:
 def test_defect19_sigterm_keeps_a_running_step_leased_until_it_returns(
     test_cluster: TestCluster, tmp_path: Path
 ) -> None:
-    doc = yaml.safe_load(test_cluster.path.read_text())
-    doc.setdefault("worker", {}).update(lease_seconds=2, heartbeat_seconds=0.5)
-    config_path = tmp_path / "cluster.yaml"
-    config_path.write_text(yaml.safe_dump(doc))
+    config_path = _short_leases(test_cluster, tmp_path)
     log = tmp_path / "executions.jsonl"
     env = {"SHARDFLOW_FAULT_LOG": str(log)}
     with shardflow.connect(shardflow.config.load(config_path)) as cluster:
@@ -62,10 +59,7 @@ def test_defect19_sigterm_keeps_a_running_step_leased_until_it_returns(
 def test_a_second_sigterm_stops_at_once_and_another_worker_finishes_the_run(
     test_cluster: TestCluster, tmp_path: Path
 ) -> None:
-    doc = yaml.safe_load(test_cluster.path.read_text())
-    doc.setdefault("worker", {}).update(lease_seconds=2, heartbeat_seconds=0.5)
-    config_path = tmp_path / "cluster.yaml"
-    config_path.write_text(yaml.safe_dump(doc))
+    config_path = _short_leases(test_cluster, tmp_path)
     log = tmp_path / "executions.jsonl"
     worker_log = tmp_path / "a.log"
     gate = tmp_path / "gate"
@@ -98,6 +92,15 @@ def test_a_second_sigterm_stops_at_once_and_another_worker_finishes_the_run(
                 assert stop(second) == 0
     starts = _gated_starts(log)
     assert [e["pid"] for e in starts] == [first.pid, second.pid]
+
+
+def _short_leases(test_cluster: TestCluster, tmp_path: Path) -> Path:
+    """The test cluster's YAML with 2 s leases, so a lapsed run is recovered soon."""
+    doc = yaml.safe_load(test_cluster.path.read_text())
+    doc.setdefault("worker", {}).update(lease_seconds=2, heartbeat_seconds=0.5)
+    config_path = tmp_path / "cluster.yaml"
+    config_path.write_text(yaml.safe_dump(doc))
+    return config_path
 
 
 def _gated_starts(log: Path) -> list[dict[str, object]]:

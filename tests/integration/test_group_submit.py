@@ -5,7 +5,6 @@ submits placed on it, and closing the client with submits queued answers every o
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,32 +19,9 @@ from shardflow.engine.cluster import Cluster
 from shardflow.engine.group_submit import SubmitGroups
 from shardflow.testing.servers import TestCluster, id_on, wait_until
 from tests.apps import faults
+from tests.integration.background import Background
 
 SHARD = "shard1"
-
-
-class Background:
-    """Run a blocking call in a thread; keep what it returned or raised."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        threading.Thread(target=self._run, args=(call,), daemon=True).start()
-
-    def _run(self, call: Callable[[], Any]) -> None:
-        try:
-            self.value = call()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def join(self, timeout: float = 60.0) -> Any:
-        assert self.done.wait(timeout), "the call did not return"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -140,6 +141,33 @@ def run_all(cluster: Cluster, handles: list[shardflow.WorkflowHandle[Any]], **wo
 
 
 # -- metrics --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_metrics_port_in_use_is_one_line_before_any_work(
+    test_cluster: TestCluster, processes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = main(
+            [
+                "--config",
+                str(test_cluster.path),
+                "worker",
+                "--app",
+                "tests.apps.ops:app",
+                "--processes",
+                processes,
+                "--metrics-port",
+                str(port),
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err[-1].startswith(f"shardflow: error: --metrics-port {port}: cannot listen on")
+    assert "pick another port" in err[-1]
 
 
 def test_worker_process_serves_metrics_and_its_counters_move(

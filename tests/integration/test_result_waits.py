@@ -5,9 +5,7 @@ lost."""
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -18,33 +16,9 @@ from shardflow.errors import WorkflowCancelled
 from shardflow.testing.servers import wait_until
 from tests.apps import waits
 from tests.apps.waits import app
+from tests.integration.background import Background
 
 LISTENER = "shardflow-waits"
-
-
-class Background:
-    """Run a blocking call in a thread; keep what it returned or raised."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[], Any]) -> None:
-        try:
-            self.value = call()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def join(self, timeout: float = 30.0) -> Any:
-        assert self.done.wait(timeout), "the call did not return"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 @pytest.fixture

@@ -34,11 +34,44 @@ assert tracing.AVAILABLE is True
 # No tracer provider configured: nothing is stored with a workflow, and a step's span is
 # the one shared no-op context manager (a single check of the current span).
 assert tracing.carrier() is None
+assert tracing.configured() is False
+# A run that stored no trace context makes no span at all: one shared context manager.
+assert tracing.run_span("wf", None, {"shardflow.attempt": 1}) is tracing._UNTRACED_RUN
 with tracing.run_span("wf", None, {"shardflow.attempt": 1}) as ended:
     assert not trace.get_current_span().is_recording()
     assert tracing.step_span("step", 0) is tracing._NULL
     assert tracing.carrier() is None
     ended("SUCCESS")
+# A stored context is still made current (and handed on to what the run submits).
+parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+stored = {"traceparent": parent}
+assert tracing.run_span("wf", stored, {}) is not tracing._UNTRACED_RUN
+with tracing.run_span("wf", stored, {}) as ended:
+    assert not trace.get_current_span().is_recording()
+    assert tracing.carrier() == stored
+    ended("SUCCESS")
+print("ok")
+"""
+
+WITH_PROVIDER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from shardflow import tracing
+assert tracing.configured() is False
+provider = TracerProvider()
+exporter = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+# Set after the import: the next run checks again and makes its span.
+assert tracing.configured() is True
+with tracing.run_span("wf", None, {"shardflow.attempt": 1}) as ended:
+    assert trace.get_current_span().is_recording()
+    ended("SUCCESS")
+(made,) = exporter.get_finished_spans()
+assert made.name == "shardflow.run wf", made.name
+assert made.attributes["shardflow.state"] == "SUCCESS"
 print("ok")
 """
 
@@ -57,3 +90,7 @@ def test_the_engine_imports_and_traces_nothing_without_opentelemetry() -> None:
 
 def test_without_a_tracer_provider_a_step_costs_one_check() -> None:
     assert run(WITHOUT_PROVIDER) == "ok"
+
+
+def test_a_provider_set_after_import_traces_the_next_run() -> None:
+    assert run(WITH_PROVIDER) == "ok"

@@ -14,6 +14,7 @@ and its running workflows stop after one lease, handed back for a later claim.""
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -114,7 +115,10 @@ class QueueLeaseLoops(WorkerBase):
             self._held[lease.home][lease.lease_id] = run
 
     def _drop_lease(self, run: WorkflowRun) -> None:
-        """``run`` ended (its thread returned): its place is free once deleted."""
+        """``run`` ended (its thread returned): its place is free once deleted. A run of a
+        queue without a queue-wide limit never held one (no lock taken, nothing scanned)."""
+        if run.queue_lease_valid_until == math.inf:
+            return
         with self._lock:
             for home, held in self._held.items():
                 for lease_id in [i for i, r in held.items() if r is run]:
