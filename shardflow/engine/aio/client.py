@@ -128,11 +128,14 @@ class AsyncCluster:
     """The client calls of a :class:`Cluster` as coroutines. Use ``async with``, or
     ``await cluster.close()``."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, *, pool_max_size: int | None = None) -> None:
         #: The sync client underneath (for calls not offered here yet).
         self.sync = cluster
         self.retry_seconds = cluster.retry_seconds
-        self.pools = AsyncShardPools(cluster.config, limits=cluster.pools.limits)
+        # Sized and set up as the sync pools (pool_max_size, or each shard's pool.max).
+        self.pools = AsyncShardPools(
+            cluster.config, max_size=pool_max_size, limits=cluster.pools.limits
+        )
         self.store = AsyncStore(self.pools, cluster.codec)
         # Concurrent single submits share one insert per shard (group commit).
         self.submit_groups = AsyncSubmitGroups(self._place_plain)
@@ -351,4 +354,4 @@ async def connect_async(
         pool_max_size=pool_max_size,
         retry_seconds=retry_seconds,
     )
-    return AsyncCluster(cluster)
+    return AsyncCluster(cluster, pool_max_size=pool_max_size)
