@@ -12,6 +12,12 @@ Issue 14's target for N=10,000: under 3 s beyond the wait, RSS under 500 MB.
 alternation (sync, async, sync, async: A/B in one run) and prints the workflows/s of
 each, and the p50/p90 latency from submit to result of ``--samples`` 1-step async
 workflows submitted one at a time with the async client (light load).
+
+``--client``: the async client's native calls against the thread-backed way (the sync
+client's call in ``asyncio.to_thread``, and result()'s reads in a thread: what the
+async client did before), alternating in one run: submits/s from ``--tasks`` tasks
+(default 64) submitting at once, and the p50/p90 submit-to-result latency of
+``--samples`` workflows one at a time, with one worker process.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import shardflow
+from shardflow.engine.handles import WorkflowHandle
+from shardflow.engine.listeners import WaitFor
 from shardflow.engine.states import WorkflowState
 from shardflow.testing.servers import ClusterFactory, start_servers
 
@@ -105,6 +113,100 @@ async def latencies(config: Path, samples: int) -> list[float]:
             assert await handle.result(timeout=30) == i
             out.append((time.perf_counter() - started) * 1000.0)
     return out
+
+
+async def threaded_result(cluster: shardflow.Cluster, handle: WorkflowHandle[Any]) -> Any:
+    """result() as the async client awaited it before: each read of the row in a thread,
+    the wait for the notification on the loop."""
+    deadline = time.monotonic() + 30
+    listeners = cluster.listeners
+    with listeners.watch(WaitFor.DONE, handle.workflow_id, asyncio.get_running_loop()) as w:
+        while True:
+            outcome = await asyncio.to_thread(handle.read_outcome, deadline, 30)
+            if outcome is not None:
+                return outcome.value
+            await listeners.wait_async(w, handle.shard, deadline - time.monotonic())
+
+
+async def client_round(
+    aclient: shardflow.AsyncCluster, native: bool, tasks: int, each: int, samples: int
+) -> tuple[float, list[float]]:
+    """One round of one way: submits/s from ``tasks`` tasks, then latencies in ms."""
+    sync = aclient.sync
+
+    async def submitter(t: int) -> None:
+        for i in range(each):
+            if native:
+                await aclient.submit(echo, i)
+            else:
+                await asyncio.to_thread(sync.submit, echo, i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(submitter(t) for t in range(tasks)))
+    rate = tasks * each / (time.perf_counter() - started)
+    out = []
+    for i in range(samples):
+        started = time.perf_counter()
+        if native:
+            value = await (await aclient.submit(echo, i)).result(timeout=30)
+        else:
+            value = await threaded_result(sync, await asyncio.to_thread(sync.submit, echo, i))
+        assert value == i
+        out.append((time.perf_counter() - started) * 1000.0)
+    return rate, sorted(out)
+
+
+def client_compare(config: Path, tasks: int, samples: int) -> None:
+    """Native vs thread-backed async client, alternating (A/B/A/B) in one run."""
+    with worker_process(config):
+
+        async def run() -> dict[str, list[tuple[float, list[float]]]]:
+            rounds: dict[str, list[tuple[float, list[float]]]] = {"native": [], "thread": []}
+            async with await shardflow.connect_async(config) as aclient:
+                for native in (True, False):  # warm: pools, listeners, executor threads
+                    await client_round(aclient, native, tasks, 2, 20)
+                for _ in range(3):
+                    for native in (True, False):
+                        got = await client_round(aclient, native, tasks, 20, samples)
+                        rounds["native" if native else "thread"].append(got)
+            return rounds
+
+        rounds = asyncio.run(run())
+    for way, got in rounds.items():
+        rates = ", ".join(f"{r:.0f}" for r, _ in got)
+        p50s = ", ".join(f"{ms[len(ms) // 2]:.2f}" for _, ms in got)
+        p90s = ", ".join(f"{ms[int(len(ms) * 0.9)]:.2f}" for _, ms in got)
+        print(f"{way}: submits/s from {tasks} tasks [{rates}]; p50 ms [{p50s}]; p90 ms [{p90s}]")
+    best = {w: max(r for r, _ in g) for w, g in rounds.items()}
+    med = {w: sorted(ms[len(ms) // 2] for _, ms in g)[1] for w, g in rounds.items()}
+    print(
+        f"native/thread: submits/s (best) {best['native'] / best['thread']:.2f},"
+        f" p50 latency (median round) {med['native'] / med['thread']:.2f}"
+    )
+
+
+class worker_process:
+    """One worker process serving this app (``--serve``), for as long as the block."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+
+    def __enter__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.async_bench", "--serve", str(self.config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(60)
 
 
 def compare(config: Path, k: int, samples: int) -> None:
@@ -203,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease", type=float, default=30.0, help="worker lease seconds")
     parser.add_argument("--compare", type=int, default=0, help="K: sync vs async drains")
     parser.add_argument("--samples", type=int, default=200, help="latency samples")
+    parser.add_argument("--client", action="store_true", help="native vs thread-backed client")
+    parser.add_argument("--tasks", type=int, default=64, help="tasks submitting at once")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,6 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker is not None:
         print(json.dumps(run_worker(args.worker, args.n, args.lease)))
+        return 0
+    if args.client:
+        with start_servers(1) as dsns, tempfile.TemporaryDirectory() as workdir:
+            factory = ClusterFactory(dsns, Path(workdir))
+            made = factory.make(3)
+            try:
+                client_compare(made.path, args.tasks, args.samples)
+            finally:
+                factory.drop(made)
         return 0
     with start_servers(1) as dsns, tempfile.TemporaryDirectory() as workdir:
         factory = ClusterFactory(dsns, Path(workdir))

@@ -21,11 +21,12 @@ threads per shard), capped, and resettable after a success.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -168,6 +169,27 @@ def retrying(
             if time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
+
+
+async def retrying_async(
+    call: Callable[[], Awaitable[T]],
+    *,
+    deadline: float,
+    backoff: Backoff | None = None,
+    retry_on: frozenset[Failure] = frozenset({Failure.UNAVAILABLE, Failure.RETRY}),
+) -> T:
+    """:func:`retrying` on an event loop: the waits are ``asyncio.sleep``."""
+    backoff = backoff or Backoff(0.05, 1.0)
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if classify(exc) not in retry_on:
+                raise
+            delay = backoff.next()
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
 
 
 _local = threading.local()

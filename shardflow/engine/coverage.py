@@ -159,6 +159,15 @@ _checks: weakref.WeakKeyDictionary[CoverageClient, _SubmitCheck] = weakref.WeakK
 _checks_lock = threading.Lock()
 
 
+def needs_warn_check(cluster: CoverageClient, placed: Iterable[tuple[str, str, str]]) -> bool:
+    """Whether :func:`warn_unserved` would ask a shard anything for ``placed`` (no I/O):
+    the async client runs the check in a thread only then."""
+    check = _checks.get(cluster)
+    if check is None:
+        return True
+    return any(key not in check.checked and key[0] not in check.warned for key in placed)
+
+
 def warn_unserved(cluster: CoverageClient, placed: Iterable[tuple[str, str, str]]) -> None:
     """After a submit: log a warning, once per workflow name and client, if no live
     worker of the shard it landed on can run it. ``placed``: (name, queue, shard).

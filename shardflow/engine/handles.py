@@ -127,30 +127,42 @@ class WorkflowHandle(Generic[R]):
                 status = self.status()
         except (ShardUnavailable, TransientStoreError) as exc:
             unavailable = exc
-        if status is not None:
-            if status.state is WorkflowState.SUCCESS:
-                return _Outcome(status.output)
-            if status.state is WorkflowState.ERROR:
-                raise WorkflowFailed(self.workflow_id, status.error)
-            if status.state is WorkflowState.DEAD:
-                raise WorkflowFailed(
-                    self.workflow_id,
-                    {"type": "DeadLettered", "message": status.reason or ""},
-                )
-            if status.state is WorkflowState.CANCELLED:
-                raise WorkflowCancelled(self.workflow_id, status.reason)
-        if deadline is not None and time.monotonic() >= deadline:
-            if unavailable is not None:
-                raise WorkflowTimeout(
-                    f"workflow {self.workflow_id!r}: no answer after {timeout}s ({unavailable})"
-                )
-            state = status.state.value if status is not None else "unknown"
-            why = None if status is None else why_waiting(self.cluster, status)
-            raise WorkflowTimeout(
-                f"workflow {self.workflow_id!r} still {state} after {timeout}s"
-                + (f": {why}" if why else "")
+        return judge_outcome(self.cluster, self.workflow_id, status, unavailable, deadline, timeout)
+
+
+def judge_outcome(
+    cluster: CoverageClient,
+    workflow_id: str,
+    status: WorkflowStatus | None,
+    unavailable: ShardflowError | None,
+    deadline: float | None,
+    timeout: float | None,
+) -> _Outcome[Any] | None:
+    """What one read of a waited-for workflow means: its result if it ended (raising
+    what ended it badly), None if it goes on; WorkflowTimeout once ``deadline`` passed
+    (only then does it ask the shard's worker registry why, for the message)."""
+    if status is not None:
+        if status.state is WorkflowState.SUCCESS:
+            return _Outcome(status.output)
+        if status.state is WorkflowState.ERROR:
+            raise WorkflowFailed(workflow_id, status.error)
+        if status.state is WorkflowState.DEAD:
+            raise WorkflowFailed(
+                workflow_id, {"type": "DeadLettered", "message": status.reason or ""}
             )
-        return None
+        if status.state is WorkflowState.CANCELLED:
+            raise WorkflowCancelled(workflow_id, status.reason)
+    if deadline is not None and time.monotonic() >= deadline:
+        if unavailable is not None:
+            raise WorkflowTimeout(
+                f"workflow {workflow_id!r}: no answer after {timeout}s ({unavailable})"
+            )
+        state = status.state.value if status is not None else "unknown"
+        why = None if status is None else why_waiting(cluster, status)
+        raise WorkflowTimeout(
+            f"workflow {workflow_id!r} still {state} after {timeout}s" + (f": {why}" if why else "")
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)

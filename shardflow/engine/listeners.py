@@ -150,6 +150,7 @@ class WaitListeners:
         self._health: dict[str, ListenerHealth] = {}
         self._stop = threading.Event()
         self._notified = self._resynced = self._rechecks = 0
+        self._sleeping = 0  # waiters inside wait() or wait_async() now
 
     # -- the waiter's side --------------------------------------------------------------------
 
@@ -187,10 +188,14 @@ class WaitListeners:
         pass, listening to ``shard`` (where the caller last found the workflow)."""
         self.listen_to(shard)
         seconds = max(min(seconds, self.recheck_seconds), 0.0)
-        if interrupt is None:
-            woken = waiter._wake.wait(seconds)
-        else:
-            woken = self._wait_or_interrupt(waiter, seconds, interrupt)
+        self._asleep(1)
+        try:
+            if interrupt is None:
+                woken = waiter._wake.wait(seconds)
+            else:
+                woken = self._wait_or_interrupt(waiter, seconds, interrupt)
+        finally:
+            self._asleep(-1)
         self._woke(waiter, woken)
 
     async def wait_async(self, waiter: Waiter, shard: str, seconds: float) -> None:
@@ -201,10 +206,18 @@ class WaitListeners:
             raise ValueError("wait_async: register the waiter with watch(..., loop=)")
         self.listen_to(shard)
         seconds = max(min(seconds, self.recheck_seconds), 0.0)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), seconds)
+        self._asleep(1)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), seconds)
+        finally:
+            self._asleep(-1)
         wake.clear()
         self._woke(waiter, waiter._wake.is_set())
+
+    def _asleep(self, change: int) -> None:
+        with self._lock:
+            self._sleeping += change
 
     def _woke(self, waiter: Waiter, woken: bool) -> None:
         with self._lock:
@@ -236,6 +249,12 @@ class WaitListeners:
         """How many waiters are registered now."""
         with self._lock:
             return sum(len(group) for group in self._waiters.values())
+
+    def sleeping(self) -> int:
+        """How many waiters are inside :meth:`wait` or :meth:`wait_async` now (they read
+        their row and found nothing yet)."""
+        with self._lock:
+            return self._sleeping
 
     def health(self) -> dict[str, ListenerHealth]:
         """The listener of each shard waited on so far."""

@@ -10,6 +10,10 @@ rebalancer's recovery.
 Placing (:meth:`Locator.place`): the one loop that creates workflows, shared by submit,
 submit_many, children, fork and cron ticks. It follows slot redirects and keeps IDs
 unique across a slot's source and target.
+
+Both are written once, as plans (:mod:`~shardflow.engine.driving`: generators that yield
+the reads they need): :meth:`find_plan` and :meth:`place_plan`. The sync client drives
+them on its thread (:meth:`find`, :meth:`place`); the async client awaits them.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
+from shardflow.engine.driving import (
+    Call,
+    Pause,
+    Plan,
+    Read,
+    Together,
+    drive,
+)
 from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import NO_HOLDING, DedupConflict, Located, Store
+from shardflow.engine.store import NO_HOLDING, DedupConflict, Located, Store, statements
 from shardflow.engine.topology import Topology
 from shardflow.errors import RoutingError, WorkflowConflict, WorkflowDeduplicated, WorkflowNotFound
 from shardflow.retry import Backoff, idempotent
@@ -37,6 +48,8 @@ REDIRECTS = 8
 # Creates rows on one shard: (shard, rows, IDs checked absent on the slot's source) ->
 # the IDs created. A row it does not create is refused (not this shard's slot) or exists.
 Insert = Callable[[str, list[NewWorkflow], set[str]], set[str]]
+# The same as a plan (see shardflow.engine.driving), for the drivers to run.
+InsertPlan = Callable[[str, list[NewWorkflow], set[str]], Plan[set[str]]]
 
 
 class Locator:
@@ -66,6 +79,11 @@ class Locator:
         return self._find(workflow_id, settle=True)
 
     def _find(self, workflow_id: str, settle: bool) -> WorkflowStatus:
+        return drive(self.find_plan(workflow_id, settle), self.store)
+
+    def find_plan(self, workflow_id: str, settle: bool = False) -> Plan[WorkflowStatus]:
+        """:meth:`find` (or with ``settle``, :meth:`find_to_write`) as a plan."""
+        codec = self.store.codec
         slot = self.router.hasher.slot(workflow_id)
         candidates = self._holders(slot)
         tried: set[str] = set()
@@ -75,15 +93,18 @@ class Locator:
                 if refreshed:
                     break
                 refreshed = True
-                self.topology.refresh()
+                yield from self.topology.refresh_plan()
                 candidates = [s for s in self._holders(slot) if s not in tried]
                 if not candidates:
                     break
             shard = candidates.pop(0)
             tried.add(shard)
-            found = self.store.find_copy(shard, workflow_id)
+            found: Located | None = yield Read(
+                shard, statements.find_copy(shard, codec, workflow_id)
+            )
             if found is None:
-                held = self.store.slot_states(shard, [slot]).get(slot, NO_HOLDING)
+                states = yield Read(shard, statements.slot_states([slot]))
+                held = states.get(slot, NO_HOLDING)
                 state, peer = held.state, held.peer
                 moving = state != SlotState.OWNED
                 if peer and moving and peer not in tried and peer not in candidates:
@@ -94,7 +115,7 @@ class Locator:
                     candidates = [found.moved_to]
                 continue
             if found.status.state is WorkflowState.IMPORTING:
-                staged = self._staged(found, settle)
+                staged = yield from self._staged_plan(found, settle)
                 if not isinstance(staged, str):
                     return staged
                 candidates = [staged]
@@ -110,6 +131,9 @@ class Locator:
         return [source, owner] if source is not None and source != owner else [owner]
 
     def _staged(self, copy: Located, settle: bool) -> WorkflowStatus | str:
+        return drive(self._staged_plan(copy, settle), self.store)
+
+    def _staged_plan(self, copy: Located, settle: bool) -> Plan[WorkflowStatus | str]:
         """The status of a workflow found as a staged copy (a move in progress), or the
         shard to look on next.
 
@@ -120,10 +144,12 @@ class Locator:
         (step 4, safe for anyone) is a write: only with ``settle``. Unsure: the copy's
         own state.
         """
-        status = copy.status
-        source = (
-            self.store.find_copy(copy.moved_from, status.workflow_id) if copy.moved_from else None
-        )
+        status, codec = copy.status, self.store.codec
+        source: Located | None = None
+        if copy.moved_from:
+            source = yield Read(
+                copy.moved_from, statements.find_copy(copy.moved_from, codec, status.workflow_id)
+            )
         row = None if source is None else SourceRow(source.status.state.value, source.move_id)
         verdict = copy_verdict(copy.move_id, row)
         if verdict is Verdict.DISCARD and source is not None and row is not None:
@@ -132,8 +158,11 @@ class Locator:
             if source.moved_to:
                 return source.moved_to  # a tombstone of another move: follow it
         if settle and verdict is Verdict.ACTIVATE and copy.move_id is not None:
-            self.store.finish_move(status.shard, status.workflow_id, copy.move_id)
-            after = self.store.find_copy(status.shard, status.workflow_id)
+            finish, move_id = self.store.finish_move, copy.move_id
+            yield Call(lambda: finish(status.shard, status.workflow_id, move_id))
+            after: Located | None = yield Read(
+                status.shard, statements.find_copy(status.shard, codec, status.workflow_id)
+            )
             if after is not None and after.status.state is not WorkflowState.IMPORTING:
                 return after.status
         return dataclasses.replace(
@@ -150,6 +179,24 @@ class Locator:
         exists_ok: bool = True,
         creates_while_importing: bool = True,
     ) -> dict[str, str]:
+        """Create ``rows`` on their shards, following redirects; returns id -> shard.
+        See :meth:`place_plan`."""
+        plan = self.place_plan(
+            rows,
+            None if insert is None else _called(insert),
+            exists_ok=exists_ok,
+            creates_while_importing=creates_while_importing,
+        )
+        return drive(plan, self.store)
+
+    def place_plan(
+        self,
+        rows: list[NewWorkflow],
+        insert: InsertPlan | None = None,
+        *,
+        exists_ok: bool = True,
+        creates_while_importing: bool = True,
+    ) -> Plan[dict[str, str]]:
         """Create ``rows`` on their shards, following redirects; returns id -> shard.
 
         ``insert`` creates rows on one shard (default: plain workflow rows). An ID that
@@ -185,20 +232,21 @@ class Locator:
 
             def place_group(
                 shard: str, source: str | None, group: list[NewWorkflow]
-            ) -> tuple[list[NewWorkflow], bool, bool]:
+            ) -> Plan[tuple[list[NewWorkflow], bool, bool]]:
                 """Insert one group; returns the rows to retry, whether the map is stale,
                 and whether to wait for a move. Groups touch disjoint rows, so they run
                 side by side."""
-                self.topology.check_identity(shard)
+                yield from self.topology.check_plan(shard)
                 checked: set[str] = set()
                 back: list[NewWorkflow] = []
                 if source is not None and source != shard:
-                    self.topology.check_identity(source)
+                    yield from self.topology.check_plan(source)
                     # The lookup on the source proves an ID is new only once the source
                     # refuses new IDs of the slot (MIGRATING_OUT): while it still owns the
                     # slot (the target marks IMPORTING first), another client may create
                     # the same ID there, so such rows go to the source instead.
-                    owned = self.store.slot_states(source, sorted({r.slot for r in group}))
+                    slots = sorted({r.slot for r in group})
+                    owned = yield Read(source, statements.slot_states(slots))
                     back = [
                         r for r in group if owned.get(r.slot, NO_HOLDING).state == SlotState.OWNED
                     ]
@@ -206,20 +254,21 @@ class Locator:
                         redirects[r.workflow_id] = (source, None)
                     sent_back = {r.workflow_id for r in back}
                     group = [r for r in group if r.workflow_id not in sent_back]
-                    group = self._not_held_by(source, group, placed, exists_ok)
+                    group = yield from self._not_held_by(source, group, placed, exists_ok)
                     checked = {r.workflow_id for r in group}
                 if not group:
                     return back, False, False
-                created = create(shard, group, checked)
+                created = yield from create(shard, group, checked)
                 for r in group:
                     if r.workflow_id in created:
                         placed[r.workflow_id] = shard
-                refused = self._not_held_by(
+                refused = yield from self._not_held_by(
                     shard, [r for r in group if r.workflow_id not in created], placed, exists_ok
                 )
                 if not refused:
                     return back, False, False
-                states = self.store.slot_states(shard, sorted({r.slot for r in refused}))
+                slots = sorted({r.slot for r in refused})
+                states = yield Read(shard, statements.slot_states(slots))
                 again: list[NewWorkflow] = []
                 stale = wait = False
                 for r in refused:
@@ -238,28 +287,24 @@ class Locator:
                     again.append(r)
                 return again + back, stale, wait
 
-            if len(groups) == 1:
-                outcomes = [place_group(*where, group) for where, group in groups.items()]
-            else:
-                # One shard's insert runs while the next batch is encoded and sent.
-                with ThreadPoolExecutor(len(groups)) as pool:
-                    futures = [
-                        pool.submit(place_group, *where, group) for where, group in groups.items()
-                    ]
-                    outcomes = [f.result() for f in futures]
+            # Groups touch disjoint rows: the driver runs them side by side.
+            outcomes: list[tuple[list[NewWorkflow], bool, bool]] = yield Together(
+                [place_group(*where, group) for where, group in groups.items()]
+            )
             retry = [r for again, _, _ in outcomes for r in again]
             if not retry:
                 return placed
             log.info("%d submit(s) redirected (hop %d)", len(retry), hop + 1)
             if any(wait for _, _, wait in outcomes):
                 # The slot is being imported: wait for the move to finish.
-                self.topology.refresh()
-                importing.wait()
+                yield from self.topology.refresh_plan()
+                yield Pause(importing.next())
             elif any(stale for _, stale, _ in outcomes):
                 before = self.router.epoch
-                if self.topology.refresh().epoch == before and hop:
+                fresh = yield from self.topology.refresh_plan()
+                if fresh.epoch == before and hop:
                     # A rebalancer between two steps of a slot transition: brief.
-                    between.wait()
+                    yield Pause(between.next())
             pending = retry
         raise RoutingError(
             f"could not place {len(pending)} workflow(s) after {REDIRECTS} redirects;"
@@ -268,12 +313,12 @@ class Locator:
 
     def _not_held_by(
         self, shard: str, rows: list[NewWorkflow], placed: dict[str, str], exists_ok: bool
-    ) -> list[NewWorkflow]:
+    ) -> Plan[list[NewWorkflow]]:
         """The rows whose ID ``shard`` does not hold; the others are placed where their
         workflow is (a tombstone's target), after checking the workflow name."""
         if not rows:
             return []
-        existing = self.store.existing(shard, [r.workflow_id for r in rows])
+        existing = yield Read(shard, statements.existing([r.workflow_id for r in rows]))
         missing: list[NewWorkflow] = []
         for r in rows:
             found = existing.get(r.workflow_id)
@@ -291,15 +336,26 @@ class Locator:
             placed[r.workflow_id] = moved_to if moved and moved_to else shard
         return missing
 
-    def _insert_on(self, shard: str, rows: list[NewWorkflow], checked: set[str]) -> set[str]:
+    def _insert_on(self, shard: str, rows: list[NewWorkflow], checked: set[str]) -> Plan[set[str]]:
         try:
-            return self.store.insert_workflows(shard, rows, checked)
+            created: set[str] = yield Read(shard, statements.insert_workflows(rows, checked))
+            return created
         except DedupConflict:
             if len(rows) == 1:
                 r = rows[0]
                 raise WorkflowDeduplicated(r.queue, r.dedup_key or "") from None
             # One duplicate fails the whole statement: find it row by row.
-            created: set[str] = set()
+            each: set[str] = set()
             for r in rows:
-                created |= self._insert_on(shard, [r], checked)
-            return created
+                each |= yield from self._insert_on(shard, [r], checked)
+            return each
+
+
+def _called(insert: Insert) -> InsertPlan:
+    """A sync ``insert`` as a plan step (the async driver runs it in a thread)."""
+
+    def plan(shard: str, rows: list[NewWorkflow], checked: set[str]) -> Plan[set[str]]:
+        created: set[str] = yield Call(lambda: insert(shard, rows, checked))
+        return created
+
+    return plan

@@ -18,11 +18,7 @@ def place_rows(
 ) -> dict[str, tuple[str, str]]:
     """Place ``rows``; returns, per row's ID, ``(ID of the workflow it names, shard)``:
     the row's own ID, or for a debounced row the ID of the pending run it updated."""
-    ids = [r.workflow_id for r in rows]
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise WorkflowConflict(f"workflow id {dup!r} appears twice in one submit_many")
+    check_unique(rows)
     plain = [r for r in rows if r.debounce_key is None]
     # Every ID is fixed before the first attempt, and an insert of an ID that exists
     # does nothing: a retry after a lost commit answer never creates a second one.
@@ -34,6 +30,15 @@ def place_rows(
             upsert = functools.partial(place_debounced, locator, store, row)
             out[row.workflow_id] = with_retries(upsert, retry_seconds)
     return out
+
+
+def check_unique(rows: list[NewWorkflow]) -> None:
+    """Raise WorkflowConflict if one submit_many names an ID twice."""
+    ids = [r.workflow_id for r in rows]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise WorkflowConflict(f"workflow id {dup!r} appears twice in one submit_many")
 
 
 def place_debounced(locator: Locator, store: Store, row: NewWorkflow) -> tuple[str, str]:

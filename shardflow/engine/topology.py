@@ -4,10 +4,10 @@ identity matches the config) and the newest live slot map they hold."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from shardflow.config.model import ClusterConfig
-from shardflow.engine.store import Store
+from shardflow.engine.driving import Plan, Read, Together, drive
+from shardflow.engine.store import Store, statements
 from shardflow.errors import IdentityMismatch, RoutingError, ShardUnavailable
 from shardflow.router.router import Router
 from shardflow.router.slotmap import SlotMap
@@ -15,7 +15,8 @@ from shardflow.sql.identity import check_identity
 
 
 class Topology:
-    """Checks each shard's identity once, and refreshes the router's slot map."""
+    """Checks each shard's identity once, and refreshes the router's slot map. Both as
+    plans (:mod:`~shardflow.engine.driving`), for the sync and the async client."""
 
     def __init__(self, config: ClusterConfig, store: Store, router: Router) -> None:
         self.config = config
@@ -26,31 +27,39 @@ class Topology:
 
     def check_identity(self, shard: str) -> None:
         """Refuse a shard whose recorded identity disagrees with the config."""
+        if shard not in self._checked:
+            drive(self.check_plan(shard), self.store)
+
+    def check_plan(self, shard: str) -> Plan[None]:
+        """:meth:`check_identity` as a plan (no I/O once the shard was checked)."""
         if shard in self._checked:
             return
-        check_identity(self.config, shard, self.store.identity(shard))
+        found = yield Read(shard, statements.identity())
+        check_identity(self.config, shard, found)
         with self._lock:
             self._checked.add(shard)
 
     def refresh(self) -> SlotMap:
         """Load the newest slot map from the reachable shards and adopt it."""
-        maps: list[SlotMap] = []
-        errors: list[ShardUnavailable] = []
+        return drive(self.refresh_plan(), self.store)
 
-        def read(shard: str) -> SlotMap | None:
-            self.check_identity(shard)
-            return self.store.slot_map_full(shard, self.config.hash.slots)
+    def refresh_plan(self) -> Plan[SlotMap]:
+        """:meth:`refresh` as a plan: the shards are read side by side."""
+        slots = self.config.hash.slots
 
-        with ThreadPoolExecutor(max(len(self.config.shards), 1)) as pool:
-            futures = [pool.submit(read, name) for name in self.config.shard_names]
-            for future in futures:
-                try:
-                    found = future.result()
-                except ShardUnavailable as exc:
-                    errors.append(exc)
-                    continue
-                if found is not None:
-                    maps.append(found)
+        def read(shard: str) -> Plan[SlotMap | ShardUnavailable | None]:
+            try:
+                yield from self.check_plan(shard)
+                found: SlotMap | None = yield Read(shard, statements.slot_map_full(slots))
+            except ShardUnavailable as exc:
+                return exc
+            return found
+
+        answers: list[SlotMap | ShardUnavailable | None] = yield Together(
+            [read(name) for name in self.config.shard_names]
+        )
+        maps = [a for a in answers if isinstance(a, SlotMap)]
+        errors = [a for a in answers if isinstance(a, ShardUnavailable)]
         if not maps:
             if errors:
                 raise errors[0]

@@ -15,6 +15,7 @@ from typing import Any
 
 from shardflow import tracing
 from shardflow.engine.app import Workflow
+from shardflow.engine.driving import Plan, Read, Transact, drive
 from shardflow.engine.handles import Submission
 from shardflow.engine.listeners import WaitFor, WaitListeners
 from shardflow.engine.locator import MAX_HOPS, Locator
@@ -22,7 +23,7 @@ from shardflow.engine.placement import check_id
 from shardflow.engine.records import NewWorkflow
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Store
+from shardflow.engine.store import Delivery, Store, statements
 from shardflow.errors import RoutingError, ShardUnavailable, WorkflowNotFound
 from shardflow.retry import budget, idempotent
 
@@ -54,25 +55,34 @@ class Waits:
         idempotency_key: str | None = None,
     ) -> bool:
         """See :meth:`Cluster.send`."""
+        return self._send(*self.prepare_send(workflow_id, message, topic, idempotency_key))
+
+    def prepare_send(
+        self, workflow_id: str, message: Any, topic: str | None, idempotency_key: str | None
+    ) -> tuple[str, str, str, str]:
+        """``(workflow_id, topic, message_id, payload)`` of a send: the message encoded
+        and its ID fixed before the first attempt (a retry never delivers it twice)."""
         payload = self.codec.dumps(message, f"message to {workflow_id!r}")
-        message_id = idempotency_key or str(uuid.uuid4())
-        return self._send(workflow_id, topic or "", message_id, payload)
+        return workflow_id, topic or "", idempotency_key or str(uuid.uuid4()), payload
 
     @idempotent
     def _send(self, workflow_id: str, topic: str, message_id: str, payload: str) -> bool:
+        plan = self.send_plan(workflow_id, topic, message_id, payload)
+        return drive(plan, self.store)
+
+    def send_plan(self, workflow_id: str, topic: str, message_id: str, payload: str) -> Plan[bool]:
+        """Deliver an encoded message under a fixed ``message_id``, following the
+        workflow if it moves meanwhile; False if that message ID was delivered before.
+        A plan (:mod:`~shardflow.engine.driving`): the async client awaits it."""
         # A staged copy whose move is decided takes the message (it wakes when activated).
-        shard = self.locator.find(workflow_id).shard
+        shard = (yield from self.locator.find_plan(workflow_id)).shard
         for _ in range(MAX_HOPS):
-            delivery = self.store.send_message(
-                shard,
-                workflow_id=workflow_id,
-                topic=topic,
-                message_id=message_id,
-                payload=payload,
+            delivery: Delivery = yield Transact(
+                shard, statements.send_message(workflow_id, topic, message_id, payload)
             )
             if delivery.outcome != "moved":
                 return delivery.outcome == "sent"
-            shard = delivery.moved_to or self.locator.find(workflow_id).shard
+            shard = delivery.moved_to or (yield from self.locator.find_plan(workflow_id)).shard
         raise RoutingError(f"workflow {workflow_id!r} kept moving while a message was sent")
 
     def get_event(
@@ -121,8 +131,15 @@ class Waits:
 
     @idempotent
     def _read_event(self, workflow_id: str, key: str) -> tuple[str, bool, Any]:
-        shard = self.locator.find(workflow_id).shard
-        return (shard, *self.store.get_event(shard, workflow_id, key))
+        return drive(self.read_event_plan(workflow_id, key), self.store)
+
+    def read_event_plan(self, workflow_id: str, key: str) -> Plan[tuple[str, bool, Any]]:
+        """Where the workflow is, and whether it published ``key`` (and the value)."""
+        shard = (yield from self.locator.find_plan(workflow_id)).shard
+        found: tuple[bool, Any] = yield Read(
+            shard, statements.get_event(self.store.codec, workflow_id, key)
+        )
+        return (shard, *found)
 
     @idempotent
     def wake_parent_of(self, workflow_id: str) -> bool:

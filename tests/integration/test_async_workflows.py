@@ -300,8 +300,10 @@ def test_async_waits_are_woken_by_notifications(
             await asyncio.to_thread(wait_until, all_listening, timeout=30)
             results = [asyncio.ensure_future(h.result(timeout=60)) for h in receivers]
             event = asyncio.ensure_future(aclient.get_event(publisher.workflow_id, "status", 60))
+            # Every waiter read its row (found nothing) and sleeps: from now on only a
+            # notification (or a re-check) wakes it.
             await asyncio.to_thread(
-                wait_until, lambda: listeners.waiting() == waiters + 1, timeout=30
+                wait_until, lambda: listeners.sleeping() == waiters + 1, timeout=30
             )
             before = listeners.stats()
             worker = shardflow.Worker(cluster, app, concurrency=2, async_concurrency=100)

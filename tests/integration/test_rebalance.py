@@ -209,6 +209,19 @@ def test_an_async_client_follows_moved_workflows_and_awaits_them(grown: TestClus
             for wid in ids:
                 status = await aclient.get(wid)  # follows the tombstone
                 assert status.shard == "shard3" and status.state is WorkflowState.ENQUEUED
+            # Submitted again, each is placed where it is now; a message follows it.
+            again = [
+                await aclient.submit(twins.three_steps_async, i, workflow_id=w)
+                for i, w in enumerate(ids)
+            ]
+            assert {h.shard for h in again} == {"shard3"}
+            assert await aclient.send(ids[0], "hello", idempotency_key="after-move") is True
+            # New IDs of the moved slots go to their new owner.
+            fresh = ids_in_slots(config, moving, "aio-new", 4)
+            created = [
+                await aclient.submit(twins.three_steps_async, 0, workflow_id=w) for w in fresh
+            ]
+            assert {h.shard for h in created} == {"shard3"}
             waits = [asyncio.ensure_future(h.result(timeout=60)) for h in handles]
             worker = shardflow.Worker(worker_client, twins.app, concurrency=2)
             await asyncio.to_thread(worker.start)
@@ -222,7 +235,9 @@ def test_an_async_client_follows_moved_workflows_and_awaits_them(grown: TestClus
     twins.reset()
     with shardflow.connect(config) as other:
         asyncio.run(scenario(other))
-    assert live_rows(config) == Counter({wid: 1 for wid in ids})
+    live = live_rows(config)
+    assert {w: live[w] for w in ids} == {wid: 1 for wid in ids}
+    assert all(n == 1 for n in live.values())
     assert_settled_on_plan(config)
 
 

@@ -2,9 +2,15 @@
 
 An :class:`AsyncCluster` offers the client calls of :class:`~shardflow.engine.cluster.
 Cluster` as coroutines, for code that runs on an event loop (a FastAPI handler, an agent
-loop). Each read or write runs the sync client's call in a worker thread
-(``asyncio.to_thread``, so routing follows slot moves exactly as the sync client does):
-the loop is never blocked, and a call holds a thread only while its statement runs.
+loop). ``submit``, ``submit_many`` (plain rows), ``get``, ``handle``, ``send`` and the
+row reads of ``result()`` are native: they await psycopg async connections of one
+``psycopg_pool.AsyncConnectionPool`` per shard (:mod:`~shardflow.router.apools`, the
+same connection settings as the sync pools) and follow slot moves with the sync
+client's own rules (the Locator's plans, :mod:`~shardflow.engine.driving`), holding no
+thread; so are the reads of ``get_event``. The other calls (``list_workflows``,
+``cancel``, ``resume``, ``fork``, debounced submits) still run the sync client's call
+in a worker thread (``asyncio.to_thread``); so does activating a staged copy whose move
+was decided (a rare step of a move, safe for anyone).
 
 Waiting holds no thread: :meth:`AsyncWorkflowHandle.result` and
 :meth:`AsyncCluster.get_event` register with the client's LISTEN connection of the
@@ -24,23 +30,48 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 from shardflow.config.model import ClusterConfig
+from shardflow.engine.aio.group_submit import AsyncSubmitGroups
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster import DEFAULT_RETRY_SECONDS, Cluster, connect
-from shardflow.engine.handles import Page, Submission, WorkflowHandle
+from shardflow.engine.coverage import needs_warn_check, warn_unserved
+from shardflow.engine.driving import Plan, drive_async
+from shardflow.engine.handles import Page, Submission, judge_outcome
 from shardflow.engine.listeners import WaitFor
-from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.placement import IdSource
+from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.serialization import Serializer
+from shardflow.engine.store import TransientStoreError
+from shardflow.engine.store.aio import AsyncStore
+from shardflow.engine.submits import check_unique, place_debounced
+from shardflow.errors import ClientClosed, ShardflowError, ShardUnavailable, WorkflowNotFound
+from shardflow.retry import retrying_async, with_retries
+from shardflow.router.apools import AsyncShardPools
 
 __all__ = ["AsyncCluster", "AsyncWorkflowHandle", "connect_async"]
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+# Keyword arguments of submit() that are options, not the workflow's arguments.
+_OPTIONS = (
+    "workflow_id",
+    "queue",
+    "priority",
+    "dedup_key",
+    "delay_seconds",
+    "timeout_seconds",
+    "partition_key",
+    "debounce_key",
+    "debounce_seconds",
+)
 
 
 class AsyncWorkflowHandle(Generic[R]):
     """A submitted workflow, seen from async code; ``R`` is its result type."""
 
-    def __init__(self, cluster: Cluster, workflow_id: str, shard: str) -> None:
-        self.cluster = cluster
+    def __init__(self, client: AsyncCluster, workflow_id: str, shard: str) -> None:
+        self.client = client
+        self.cluster = client.sync
         self.workflow_id = workflow_id
         self.shard = shard
 
@@ -48,7 +79,7 @@ class AsyncWorkflowHandle(Generic[R]):
         return f"AsyncWorkflowHandle({self.workflow_id!r}, shard={self.shard!r})"
 
     async def status(self) -> WorkflowStatus:
-        status = await asyncio.to_thread(self.cluster.get, self.workflow_id)
+        status = await self.client.get(self.workflow_id)
         self.shard = status.shard
         return status
 
@@ -56,18 +87,17 @@ class AsyncWorkflowHandle(Generic[R]):
         """Wait for the workflow to end and return its result (see
         :meth:`WorkflowHandle.result`: the same errors, and an outage of the shard is
         waited out up to ``timeout``). Woken by the workflow's final write (LISTEN/NOTIFY),
-        with a re-check of the row at least once per re-check interval."""
+        with a re-check of the row at least once per re-check interval. The row reads
+        are native (no thread)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         listeners = self.cluster.listeners
-        reader: WorkflowHandle[R] = WorkflowHandle(self.cluster, self.workflow_id, self.shard)
         loop = asyncio.get_running_loop()
         with listeners.watch(WaitFor.DONE, self.workflow_id, loop) as waiter:
             # Registered before the first read (see WorkflowHandle.result).
             while True:
-                outcome = await asyncio.to_thread(reader.read_outcome, deadline, timeout)
-                self.shard = reader.shard
+                outcome = await self._read_outcome(deadline, timeout)
                 if outcome is not None:
-                    return outcome.value
+                    return outcome
                 remaining = None if deadline is None else deadline - time.monotonic()
                 await listeners.wait_async(
                     waiter,
@@ -75,18 +105,74 @@ class AsyncWorkflowHandle(Generic[R]):
                     listeners.recheck_seconds if remaining is None else remaining,
                 )
 
-
-def _wrap(cluster: Cluster, handle: WorkflowHandle[Any]) -> AsyncWorkflowHandle[Any]:
-    return AsyncWorkflowHandle(cluster, handle.workflow_id, handle.shard)
+    async def _read_outcome(self, deadline: float | None, timeout: float | None) -> R | None:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        status: WorkflowStatus | None = None
+        unavailable: ShardflowError | None = None
+        try:
+            # A shard restarting is waited out up to this call's own timeout.
+            status = await self.client.find(self.workflow_id, remaining)
+            self.shard = status.shard
+        except (ShardUnavailable, TransientStoreError) as exc:
+            unavailable = exc
+        judge = (self.cluster, self.workflow_id, status, unavailable, deadline, timeout)
+        if deadline is not None and time.monotonic() >= deadline:
+            # Timed out: the message asks the shard's worker registry why (sync, rare).
+            outcome = await asyncio.to_thread(judge_outcome, *judge)
+        else:
+            outcome = judge_outcome(*judge)
+        return None if outcome is None else outcome.value
 
 
 class AsyncCluster:
     """The client calls of a :class:`Cluster` as coroutines. Use ``async with``, or
     ``await cluster.close()``."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, *, pool_max_size: int | None = None) -> None:
         #: The sync client underneath (for calls not offered here yet).
         self.sync = cluster
+        self.retry_seconds = cluster.retry_seconds
+        # Sized and set up as the sync pools (pool_max_size, or each shard's pool.max).
+        self.pools = AsyncShardPools(
+            cluster.config, max_size=pool_max_size, limits=cluster.pools.limits
+        )
+        self.store = AsyncStore(self.pools, cluster.codec)
+        # Concurrent single submits share one insert per shard (group commit).
+        self.submit_groups = AsyncSubmitGroups(self._place_plain)
+        self._closed = False
+
+    def _open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the cluster client is closed")
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Run a Locator plan natively (callers retry by making a fresh plan)."""
+        return await drive_async(plan, self.store)
+
+    async def find(self, workflow_id: str, seconds: float | None = None) -> WorkflowStatus:
+        """The workflow's status, wherever it lives, riding out an outage for
+        ``seconds`` (default ``retry_seconds``)."""
+        self._open()
+        budget = self.retry_seconds if seconds is None else seconds
+        locator = self.sync.locator
+        return await retrying_async(
+            lambda: self._drive(locator.find_plan(workflow_id)),
+            deadline=time.monotonic() + budget,
+        )
+
+    async def _place_plain(self, rows: list[NewWorkflow]) -> dict[str, tuple[str, str]]:
+        """Place plain rows natively. Every ID is fixed before the first attempt and an
+        insert of an existing ID does nothing: a retry after a lost commit answer
+        creates nothing twice."""
+        locator = self.sync.locator
+        shards = await retrying_async(
+            lambda: self._drive(locator.place_plan(rows)),
+            deadline=time.monotonic() + self.retry_seconds,
+        )
+        return {wid: (wid, shard) for wid, shard in shards.items()}
+
+    def _handle(self, workflow_id: str, shard: str) -> AsyncWorkflowHandle[Any]:
+        return AsyncWorkflowHandle(self, workflow_id, shard)
 
     async def __aenter__(self) -> AsyncCluster:
         return self
@@ -100,6 +186,8 @@ class AsyncCluster:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
+        await self.pools.close()
         await asyncio.to_thread(self.sync.close)
 
     @overload
@@ -121,41 +209,75 @@ class AsyncCluster:
         self, workflow: Workflow[Any, Any] | str, *args: Any, **kwargs: Any
     ) -> AsyncWorkflowHandle[Any]:
         """Start a workflow (see :meth:`Cluster.submit`: the same options, such as
-        ``workflow_id=``, ``queue=``, ``delay_seconds=``)."""
-        handle = await asyncio.to_thread(self.sync.submit, workflow, *args, **kwargs)
-        return _wrap(self.sync, handle)
+        ``workflow_id=``, ``queue=``, ``delay_seconds=``); idempotent on
+        ``workflow_id``. Native (no thread), except a debounced submit."""
+        options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
+        sub = Submission(workflow, args, kwargs, **options)
+        return (await self.submit_many([sub]))[0]
 
     async def submit_many(
         self, submissions: Iterable[Submission | tuple[Any, ...]]
     ) -> list[AsyncWorkflowHandle[Any]]:
-        """Submit many workflows: one insert statement per shard."""
-        handles = await asyncio.to_thread(self.sync.submit_many, list(submissions))
-        return [_wrap(self.sync, h) for h in handles]
+        """Submit many workflows: one insert statement per shard. Plain rows are placed
+        natively; debounced ones (an upsert each) in a thread."""
+        self._open()
+        sync, new_ids = self.sync, IdSource()
+        rows = [
+            sync._new_row(s if isinstance(s, Submission) else Submission(s[0], s[1:]), new_ids)
+            for s in submissions
+        ]
+        check_unique(rows)
+        plain = [r for r in rows if r.debounce_key is None]
+        placed: dict[str, tuple[str, str]] = {}
+        if len(plain) == 1 and len(rows) == 1:
+            # A single submit joins the other tasks' submits (one insert per shard).
+            row = plain[0]
+            owner = sync.router.slot_map.owner(row.slot)
+            placed[row.workflow_id] = await self.submit_groups.submit(owner, row)
+        elif plain:
+            placed = await self._place_plain(plain)
+        for row in rows:
+            if row.debounce_key is not None:
+                placed[row.workflow_id] = await asyncio.to_thread(
+                    with_retries,
+                    lambda r=row: place_debounced(sync.locator, sync.store, r),
+                    self.retry_seconds,
+                )
+        landed = [(r.name, r.queue, placed[r.workflow_id][1]) for r in rows]
+        if needs_warn_check(sync, landed):
+            await asyncio.to_thread(warn_unserved, sync, landed)
+        return [self._handle(*placed[r.workflow_id]) for r in rows]
 
     async def get(self, workflow_id: str) -> WorkflowStatus:
-        """The workflow's current status, wherever it lives (WorkflowNotFound if none)."""
-        return await asyncio.to_thread(self.sync.get, workflow_id)
+        """The workflow's current status, wherever it lives (WorkflowNotFound if none).
+        Native: follows tombstones and slot redirects as :meth:`Cluster.get` does."""
+        return await self.find(workflow_id)
 
     async def handle(self, workflow_id: str) -> AsyncWorkflowHandle[Any]:
         """A handle to an existing workflow (checked)."""
-        return _wrap(self.sync, await asyncio.to_thread(self.sync.handle, workflow_id))
+        status = await self.get(workflow_id)
+        return self._handle(workflow_id, status.shard)
 
     async def list_workflows(self, *args: Any, **kwargs: Any) -> Page:
         """One page of workflows (see :meth:`Cluster.list_workflows`)."""
+        self._open()
         return await asyncio.to_thread(self.sync.list_workflows, *args, **kwargs)
 
     async def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
+        self._open()
         return await asyncio.to_thread(self.sync.cancel, workflow_id, reason)
 
     async def resume(self, workflow_id: str) -> WorkflowStatus:
+        self._open()
         return await asyncio.to_thread(self.sync.resume, workflow_id)
 
     async def fork(
         self, workflow_id: str, from_step: int, new_workflow_id: str | None = None
     ) -> AsyncWorkflowHandle[Any]:
         """A new workflow that reruns ``workflow_id`` from step ``from_step``."""
+        self._open()
         handle = await asyncio.to_thread(self.sync.fork, workflow_id, from_step, new_workflow_id)
-        return _wrap(self.sync, handle)
+        return self._handle(handle.workflow_id, handle.shard)
 
     async def send(
         self,
@@ -164,13 +286,21 @@ class AsyncCluster:
         topic: str | None = None,
         idempotency_key: str | None = None,
     ) -> bool:
-        """Send ``message`` to a workflow (False: ``idempotency_key`` was sent before)."""
-        return await asyncio.to_thread(self.sync.send, workflow_id, message, topic, idempotency_key)
+        """Send ``message`` to a workflow (False: ``idempotency_key`` was sent before).
+        Native: follows the workflow across moves as :meth:`Cluster.send` does."""
+        self._open()
+        waits = self.sync.waits
+        fixed = waits.prepare_send(workflow_id, message, topic, idempotency_key)
+        return await retrying_async(
+            lambda: self._drive(waits.send_plan(*fixed)),
+            deadline=time.monotonic() + self.retry_seconds,
+        )
 
     async def get_event(self, workflow_id: str, key: str, timeout: float = 0.0) -> Any:
         """The value a workflow published under ``key``, waiting up to ``timeout``
         seconds (None if nothing was published by then). Woken by the publication
         (LISTEN/NOTIFY); the wait holds no thread."""
+        self._open()
         deadline = time.monotonic() + timeout
         listeners = self.sync.listeners
         loop = asyncio.get_running_loop()
@@ -179,15 +309,34 @@ class AsyncCluster:
             while True:
                 remaining = max(deadline - time.monotonic(), 0.0)
                 # One read, up to the time left (a shard restarting is waited out).
-                found, value, shard = await asyncio.to_thread(
-                    self.sync.waits.read_event_once, workflow_id, key, remaining
-                )
+                found, value, shard = await self._read_event_once(workflow_id, key, remaining)
                 if found:
                     return value
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 await listeners.wait_async(waiter, shard, remaining)
+
+    async def _read_event_once(
+        self, workflow_id: str, key: str, remaining: float
+    ) -> tuple[bool, Any, str]:
+        """One native read of :meth:`get_event`'s loop (see ``Waits.read_event_once``):
+        (found, value, the shard to listen to); an outage is ridden out up to
+        ``remaining`` seconds, a workflow not there yet is not found yet."""
+        deadline = time.monotonic() + remaining
+        waits, shard = self.sync.waits, None
+        try:
+            shard, found, value = await retrying_async(
+                lambda: self._drive(waits.read_event_plan(workflow_id, key)),
+                deadline=time.monotonic() + max(min(remaining, self.retry_seconds), 0.0),
+            )
+        except WorkflowNotFound:
+            found, value = False, None
+        except ShardUnavailable:
+            if deadline - time.monotonic() <= 0:
+                raise
+            found, value = False, None
+        return found, value, shard or self.sync.router.route(workflow_id)
 
 
 async def connect_async(
@@ -205,4 +354,4 @@ async def connect_async(
         pool_max_size=pool_max_size,
         retry_seconds=retry_seconds,
     )
-    return AsyncCluster(cluster)
+    return AsyncCluster(cluster, pool_max_size=pool_max_size)

@@ -12,6 +12,7 @@ import psycopg
 from psycopg.rows import RowFactory
 
 from shardflow.engine.serialization import Codec
+from shardflow.engine.store.statements import Statement, Transaction
 from shardflow.engine.store_errors import StoreError, TransientStoreError
 from shardflow.errors import ShardUnavailable, ValueRejected
 from shardflow.retry import Failure, classify, first_line
@@ -19,6 +20,7 @@ from shardflow.router.pools import Conn, ShardPools
 from shardflow.sql import query
 
 R = TypeVar("R")
+T = TypeVar("T")
 Params = Mapping[str, Any]
 
 
@@ -58,6 +60,35 @@ class ShardAccess:
                 if error is None:
                     raise  # the pools turn it into ShardUnavailable
                 raise error from exc
+
+    def perform(self, shard: str, statement: Statement[T]) -> T:
+        """Run one store operation (:mod:`~shardflow.engine.store.statements`) on a
+        pooled connection of ``shard``."""
+        with self._conn(shard) as conn:
+            return run_statement(conn, statement)
+
+    def transact(self, shard: str, transaction: Transaction[T]) -> T:
+        """Run the statements of ``transaction`` in one transaction on ``shard``."""
+        with self._conn(shard) as conn, conn.transaction():
+            answer: Any = None
+            while True:
+                try:
+                    statement = transaction.send(answer)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                answer = run_statement(conn, statement)
+
+
+def run_statement(conn: Conn, statement: Statement[T]) -> T:
+    """Run ``statement`` on ``conn`` and return its answer."""
+    try:
+        with conn.cursor(row_factory=statement.rows) as cur:
+            rows = cur.execute(query(statement.name), statement.params).fetchall()
+    except psycopg.Error as exc:
+        if statement.catch is not None and isinstance(exc, statement.catch):
+            return statement.caught(exc)
+        raise
+    return statement.answer(rows)
 
 
 def fetch_all(conn: Conn, name: str, params: Params | None, rows: RowFactory[R]) -> list[R]:

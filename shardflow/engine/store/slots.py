@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
-import psycopg
-from psycopg.rows import class_row, kwargs_row
+from psycopg.rows import class_row
 
-from shardflow.engine.store._conn import ShardAccess, fetch_all, fetch_one, returns_row, run
+from shardflow.engine.store import statements
+from shardflow.engine.store._conn import ShardAccess, fetch_all, returns_row, run
 from shardflow.engine.store.rows import (
     Located,
     SlotHolding,
     SlotOwnership,
-    located_rows,
 )
 from shardflow.engine.store_errors import StoreError
 from shardflow.router.slotmap import SlotMap
@@ -28,15 +26,7 @@ log = logging.getLogger(__name__)
 class SlotQueries(ShardAccess):
     def identity(self, shard: str) -> Identity | None:
         """The shard's recorded identity; None if it was never migrated."""
-
-        def make(*, cluster_name: str, shard_name: str, slots: int, hash_seed: int) -> Identity:
-            return Identity(cluster_name, shard_name, slots, hash_seed)
-
-        with self._conn(shard) as conn:
-            try:
-                return fetch_one(conn, "get_identity", None, kwargs_row(make))
-            except psycopg.errors.UndefinedTable:
-                return None
+        return self.perform(shard, statements.identity())
 
     def owned_slots(self, shard: str) -> list[SlotOwnership]:
         with self._conn(shard) as conn:
@@ -44,32 +34,15 @@ class SlotQueries(ShardAccess):
 
     def slot_map_full(self, shard: str, slots: int) -> SlotMap | None:
         """This shard's copy of the slot map, with the slots in motion."""
-
-        def make(*, epoch: int, ranges: Any, migrating: Any) -> SlotMap:
-            return SlotMap.from_ranges(int(epoch), ranges, slots, migrating=migrating)
-
-        with self._conn(shard) as conn:
-            return fetch_one(conn, "get_slot_map_full", None, kwargs_row(make))
+        return self.perform(shard, statements.slot_map_full(slots))
 
     def slot_states(self, shard: str, slots: Sequence[int]) -> dict[int, SlotHolding]:
         """This shard's part in each of the given slots it has any part in."""
-
-        def make(*, slot: int, state: str, peer: str | None) -> tuple[int, SlotHolding]:
-            return slot, SlotHolding(state, peer)
-
-        with self._conn(shard) as conn:
-            rows = fetch_all(conn, "slot_states_among", {"slots": list(slots)}, kwargs_row(make))
-        return dict(rows)
+        return self.perform(shard, statements.slot_states(slots))
 
     def find_copy(self, shard: str, workflow_id: str) -> Located | None:
         """The workflow's row on ``shard`` (tombstone or staged copy included)."""
-        with self._conn(shard) as conn:
-            return fetch_one(
-                conn,
-                "get_workflow",
-                {"workflow_id": workflow_id},
-                located_rows(shard, self.codec),
-            )
+        return self.perform(shard, statements.find_copy(shard, self.codec, workflow_id))
 
     def finish_move(self, shard: str, workflow_id: str, move_id: str) -> bool:
         """Activate a staged copy whose move its source has decided (step 4 of a move,

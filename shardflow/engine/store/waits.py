@@ -16,7 +16,7 @@ from psycopg.rows import class_row, scalar_row
 from psycopg.types.json import Jsonb
 
 from shardflow.engine.records import Claim, NewWorkflow, StepWrite
-from shardflow.engine.states import WorkflowState
+from shardflow.engine.store import statements
 from shardflow.engine.store._conn import (
     ShardAccess,
     at,
@@ -30,12 +30,10 @@ from shardflow.engine.store.rows import (
     ForkSource,
     Message,
     RunState,
-    Target,
     claim_rows,
 )
 from shardflow.engine.store.steps import write_in
 from shardflow.engine.store_errors import Fenced
-from shardflow.errors import WorkflowNotFound
 from shardflow.router.pools import Conn
 
 
@@ -110,35 +108,10 @@ class WaitQueries(ShardAccess):
     def send_message(
         self, shard: str, *, workflow_id: str, topic: str, message_id: str, payload: str
     ) -> Delivery:
-        """Deliver a message. Locks the target's status row first; a tombstone means the
-        workflow moved (``Delivery("moved", shard)``)."""
-        with self._conn(shard) as conn, conn.transaction():
-            target = fetch_one(conn, "lock_target", {"workflow_id": workflow_id}, class_row(Target))
-            if target is None:
-                raise WorkflowNotFound(workflow_id)
-            if target.state == "MOVED":
-                return Delivery("moved", target.moved_to)
-            inserted = returns_row(
-                conn,
-                "insert_message",
-                {
-                    "workflow_id": workflow_id,
-                    "topic": topic,
-                    "message_id": message_id,
-                    "payload": payload,
-                },
-            )
-            if not inserted:
-                return Delivery("duplicate")
-            run(conn, "notify_message", {"workflow_id": workflow_id})
-            wake = {"workflow_id": workflow_id, "wait_for": f"message:{topic}"}
-            if target.state == WorkflowState.SUSPENDED:
-                run(conn, "wake_workflow", wake)
-            elif target.state == WorkflowState.IMPORTING:
-                # A staged copy whose move is decided (the source's tombstone sent this
-                # here): it wakes when it is activated.
-                run(conn, "wake_staged_copy", wake)
-        return Delivery("sent")
+        """Deliver a message (see :func:`~shardflow.engine.store.statements.send_message`)."""
+        return self.transact(
+            shard, statements.send_message(workflow_id, topic, message_id, payload)
+        )
 
     def consume_message(
         self, shard: str, *, workflow_id: str, attempt: int, step_no: int, topic: str
@@ -179,9 +152,7 @@ class WaitQueries(ShardAccess):
 
     def get_event(self, shard: str, workflow_id: str, key: str) -> tuple[bool, Any]:
         """``(True, value)`` of a published event; ``(False, None)`` if not published."""
-        with self._conn(shard) as conn:
-            row = fetch_one(conn, "get_event", {"workflow_id": workflow_id, "key": key}, scalar_row)
-        return (False, None) if row is None else (True, self.codec.loads(row))
+        return self.perform(shard, statements.get_event(self.codec, workflow_id, key))
 
     def expire_deadlines(self, shard: str, now: datetime | None = None) -> list[str]:
         """Cancel active workflows past their deadline; returns their IDs."""

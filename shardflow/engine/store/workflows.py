@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import class_row, kwargs_row, scalar_row
 
 from shardflow.engine.records import Claim, NewWorkflow, WorkflowStatus
+from shardflow.engine.store import statements
 from shardflow.engine.store._conn import ShardAccess, at, fetch_all, fetch_one, returns_row, run
 from shardflow.engine.store.rows import Existing, QueueUsage, claim_rows, located_rows
 from shardflow.engine.store_errors import DedupConflict, StoreError
@@ -27,38 +28,9 @@ class WorkflowQueries(ShardAccess):
     def insert_workflows(
         self, shard: str, rows: Sequence[NewWorkflow], source_checked: Collection[str] = ()
     ) -> set[str]:
-        """Insert ``rows`` where this shard owns the slot; returns the IDs created.
-
-        In a slot this shard is importing, only IDs in ``source_checked`` (looked up on
-        the slot's source first, and absent there) are created."""
-        document = json.dumps(
-            [
-                {
-                    "workflow_id": r.workflow_id,
-                    "slot": r.slot,
-                    "route_hash": r.route_hash,
-                    "name": r.name,
-                    "queue": r.queue,
-                    "priority": r.priority,
-                    "inputs": r.inputs,
-                    "delay_seconds": r.delay_seconds,
-                    "timeout_seconds": r.timeout_seconds,
-                    "dedup_key": r.dedup_key,
-                    "parent_id": r.parent_id,
-                    "trace_context": r.trace_context,
-                    "partition_key": r.partition_key,
-                    "source_checked": r.workflow_id in source_checked,
-                }
-                for r in rows
-            ],
-            separators=(",", ":"),
-        )
-        with self._conn(shard) as conn:
-            try:
-                created = fetch_all(conn, "insert_workflows", {"rows": document}, scalar_row)
-            except psycopg.errors.UniqueViolation as exc:
-                raise DedupConflict(str(exc).splitlines()[0]) from exc
-        return {str(c) for c in created}
+        """Insert ``rows`` where this shard owns the slot; returns the IDs created (see
+        :func:`~shardflow.engine.store.statements.insert_workflows`)."""
+        return self.perform(shard, statements.insert_workflows(rows, source_checked))
 
     def debounce(self, shard: str, row: NewWorkflow) -> str | None:
         """Create or replace the pending run of ``row``'s debounce key; returns its ID,
@@ -83,15 +55,7 @@ class WorkflowQueries(ShardAccess):
 
     def existing(self, shard: str, workflow_ids: Sequence[str]) -> dict[str, Existing]:
         """The given IDs present on ``shard`` (tombstones included)."""
-
-        def make(*, workflow_id: str, name: str, state: str, moved_to: str | None) -> Any:
-            return workflow_id, Existing(name, state, moved_to)
-
-        with self._conn(shard) as conn:
-            rows = fetch_all(
-                conn, "existing_workflows", {"workflow_ids": list(workflow_ids)}, kwargs_row(make)
-            )
-        return dict(rows)
+        return self.perform(shard, statements.existing(workflow_ids))
 
     def list_page(
         self,
