@@ -14,7 +14,6 @@ between loops); the async client is used from one loop.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from shardflow.config.model import ClusterConfig, ShardConfig
 from shardflow.config.redaction import scrub_dsns
 from shardflow.errors import ClientClosed, ShardUnavailable
 from shardflow.retry import Failure, classify, first_line
-from shardflow.router.pools import SessionLimits, connect_kwargs
+from shardflow.router.pools import SessionLimits, ShardHealth, connect_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +49,9 @@ class AsyncShardPools:
         self._config = config
         self._max = max_size
         self._timeout = timeout
-        self._cooldown = cooldown
+        self.health = ShardHealth(cooldown)
         self.limits = limits or SessionLimits()
         self._pools: dict[str, AsyncConnectionPool[AsyncConn]] = {}
-        self._down_until: dict[str, float] = {}
-        self._down_reason: dict[str, str] = {}
-        self._unproven: set[str] = set()
-        self._reached: set[str] = set()
         self._closed = False
 
     @property
@@ -95,7 +90,7 @@ class AsyncShardPools:
                 raise ClientClosed("the cluster client is closed")
             return existing
         self._pools[name] = pool
-        self._unproven.add(name)
+        self.health.opened(name)
         return pool
 
     @asynccontextmanager
@@ -103,13 +98,9 @@ class AsyncShardPools:
         """A pooled autocommit connection to shard ``name``."""
         if self._closed:
             raise ClientClosed("the cluster client is closed")
-        until = self._down_until.get(name)
-        if until is not None:
-            if time.monotonic() < until:
-                raise ShardUnavailable(name, self._down_reason.get(name, "recently failed"))
-            self._down_until.pop(name, None)
+        self.health.check(name)
         pool = await self.pool(name)
-        if name in self._unproven:
+        if self.health.unproven(name):
             await self._probe(name)
         try:
             async with pool.connection() as conn:
@@ -117,13 +108,13 @@ class AsyncShardPools:
         except PoolTimeout as exc:
             if self._closed:
                 raise ClientClosed("the cluster client is closed") from None
-            self._mark_down(name, "no connection within the pool timeout")
+            self.health.mark_down(name, "no connection within the pool timeout")
             raise ShardUnavailable(name, "no connection within the pool timeout") from exc
         except psycopg.Error as exc:
             if classify(exc) is not Failure.UNAVAILABLE:
                 raise  # a statement's own failure: the caller's
             reason = scrub_dsns(first_line(exc), [self.shard(name).dsn])
-            self._mark_down(name, reason)
+            self.health.mark_down(name, reason)
             try:
                 await pool.check()
             except Exception:  # checking is best effort
@@ -145,20 +136,11 @@ class AsyncShardPools:
             reason = scrub_dsns(first_line(exc), [shard.dsn])
             if isinstance(exc, psycopg.ProgrammingError):
                 reason = f"invalid DSN: {reason}"
-            self._mark_down(name, reason)
+            self.health.mark_down(name, reason)
             # Not `from exc`: the driver's full text may quote the DSN, password included.
             raise ShardUnavailable(name, reason) from None
         await conn.close()
-        self._unproven.discard(name)
-        self._reached.add(name)
-
-    def _mark_down(self, name: str, reason: str) -> None:
-        level = logging.WARNING if name in self._reached else logging.INFO
-        self._reached.discard(name)
-        log.log(level, "shard %s unavailable: %s", name, reason)
-        self._unproven.add(name)
-        self._down_reason[name] = reason
-        self._down_until[name] = time.monotonic() + self._cooldown
+        self.health.reached(name)
 
     async def close(self) -> None:
         self._closed = True

@@ -154,6 +154,53 @@ def dedicated(
         raise ShardUnavailable(shard.name, reason) from None
 
 
+class ShardHealth:
+    """What one client knows of its shards' reachability, shared by the sync and the async
+    pools: a shard that just failed is refused for ``cooldown`` seconds with its reason;
+    a new or failed pool is probed with one direct connection before it is waited on; a
+    shard reached since it was last marked down is logged as a warning when lost."""
+
+    def __init__(self, cooldown: float) -> None:
+        self.cooldown = cooldown
+        self._down_until: dict[str, float] = {}
+        self._down_reason: dict[str, str] = {}
+        # Shards to probe with one direct connection before waiting on their pool: new
+        # pools, and pools whose shard failed. A refused shard then fails at once.
+        self._unproven: set[str] = set()
+        # Shards reached since they were last marked down: losing one is news (WARNING).
+        self._reached: set[str] = set()
+
+    def check(self, name: str) -> None:
+        """Raise ShardUnavailable while ``name`` is in its cool-down after a failure."""
+        until = self._down_until.get(name)
+        if until is not None:
+            if time.monotonic() < until:
+                raise ShardUnavailable(name, self._down_reason.get(name, "recently failed"))
+            self._down_until.pop(name, None)
+
+    def unproven(self, name: str) -> bool:
+        return name in self._unproven
+
+    def opened(self, name: str) -> None:
+        """A new pool for ``name``: probe it before waiting on it."""
+        self._unproven.add(name)
+
+    def reached(self, name: str) -> None:
+        self._unproven.discard(name)
+        self._reached.add(name)
+
+    def mark_down(self, name: str, reason: str) -> None:
+        # A shard that was reachable going down is logged once, as a warning. One never
+        # reached (or still down) only fails the call, whose caller reports it: a CLI
+        # command would otherwise say the same thing twice.
+        level = logging.WARNING if name in self._reached else logging.INFO
+        self._reached.discard(name)
+        log.log(level, "shard %s unavailable: %s", name, reason)
+        self._unproven.add(name)
+        self._down_reason[name] = reason
+        self._down_until[name] = time.monotonic() + self.cooldown
+
+
 class ShardPools:
     """Lazily opened psycopg pools, one per shard of ``config``."""
 
@@ -171,16 +218,9 @@ class ShardPools:
         self._min = min_size
         self._max = max_size
         self._timeout = timeout
-        self._cooldown = cooldown
+        self.health = ShardHealth(cooldown)
         self.limits = limits or SessionLimits()
         self._pools: dict[str, ConnectionPool[Conn]] = {}
-        self._down_until: dict[str, float] = {}
-        self._down_reason: dict[str, str] = {}
-        # Shards to probe with one direct connection before waiting on their pool: new
-        # pools, and pools whose shard failed. A refused shard then fails at once.
-        self._unproven: set[str] = set()
-        # Shards reached since they were last marked down: losing one is news (WARNING).
-        self._reached: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -213,31 +253,27 @@ class ShardPools:
                 )
                 pool.open(wait=False)
                 self._pools[name] = pool
-                self._unproven.add(name)
+                self.health.opened(name)
         return pool
 
     @contextmanager
     def connection(self, name: str) -> Iterator[Conn]:
         """A pooled autocommit connection to shard ``name``."""
-        until = self._down_until.get(name)
-        if until is not None:
-            if time.monotonic() < until:
-                raise ShardUnavailable(name, self._down_reason.get(name, "recently failed"))
-            self._down_until.pop(name, None)
+        self.health.check(name)
         pool = self.pool(name)
-        if name in self._unproven:
+        if self.health.unproven(name):
             self._probe(name)
         try:
             with pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
-            self._mark_down(name, "no connection within the pool timeout")
+            self.health.mark_down(name, "no connection within the pool timeout")
             raise ShardUnavailable(name, "no connection within the pool timeout") from exc
         except psycopg.Error as exc:
             if classify(exc) is not Failure.UNAVAILABLE:
                 raise  # a statement's own failure (deadlock, lock timeout): the caller's
             reason = scrub_dsns(first_line(exc), [self.shard(name).dsn])
-            self._mark_down(name, reason)
+            self.health.mark_down(name, reason)
             # The other idle connections of this pool are most likely dead too.
             try:
                 pool.check()
@@ -252,10 +288,9 @@ class ShardPools:
         try:
             self.dedicated(name, "probe").close()
         except ShardUnavailable as exc:
-            self._mark_down(name, exc.reason)
+            self.health.mark_down(name, exc.reason)
             raise
-        self._unproven.discard(name)
-        self._reached.add(name)
+        self.health.reached(name)
 
     def dedicated(self, name: str, purpose: str, *, autocommit: bool = True) -> Conn:
         """A connection to shard ``name`` outside the pool (LISTEN, session locks),
@@ -265,17 +300,6 @@ class ShardPools:
     def connect(self, name: str, *, autocommit: bool = True) -> Conn:
         """Kept for callers not yet converted: ``dedicated(name, "dedicated")``."""
         return self.dedicated(name, "dedicated", autocommit=autocommit)
-
-    def _mark_down(self, name: str, reason: str) -> None:
-        # A shard that was reachable going down is logged once, as a warning. One never
-        # reached (or still down) only fails the call, whose caller reports it: a CLI
-        # command would otherwise say the same thing twice.
-        level = logging.WARNING if name in self._reached else logging.INFO
-        self._reached.discard(name)
-        log.log(level, "shard %s unavailable: %s", name, reason)
-        self._unproven.add(name)
-        self._down_reason[name] = reason
-        self._down_until[name] = time.monotonic() + self._cooldown
 
     def close(self) -> None:
         with self._lock:

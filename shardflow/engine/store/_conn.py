@@ -38,6 +38,21 @@ def store_error(shard: str, exc: BaseException) -> Exception | None:
     return StoreError(text)
 
 
+@contextmanager
+def classified(shard: str) -> Iterator[None]:
+    """Driver errors raised inside leave classified (the pools turn a connection's loss
+    into ShardUnavailable, so that passes through); used by the sync and the async store."""
+    try:
+        yield
+    except ShardUnavailable:
+        raise
+    except (psycopg.Error, UnicodeEncodeError) as exc:
+        error = store_error(shard, exc)
+        if error is None:
+            raise  # the pools turn it into ShardUnavailable
+        raise error from exc
+
+
 class ShardAccess:
     """The base of every part of the store: the pools, the codec, and connections."""
 
@@ -50,16 +65,8 @@ class ShardAccess:
         """A pooled connection; driver errors leave classified (:mod:`shardflow.retry`):
         ShardUnavailable, TransientStoreError (retry in place), ValueRejected (this value
         can never be stored), StoreError (anything else)."""
-        with self.pools.connection(shard) as conn:
-            try:
-                yield conn
-            except ShardUnavailable:
-                raise
-            except (psycopg.Error, UnicodeEncodeError) as exc:
-                error = store_error(shard, exc)
-                if error is None:
-                    raise  # the pools turn it into ShardUnavailable
-                raise error from exc
+        with self.pools.connection(shard) as conn, classified(shard):
+            yield conn
 
     def perform(self, shard: str, statement: Statement[T]) -> T:
         """Run one store operation (:mod:`~shardflow.engine.store.statements`) on a

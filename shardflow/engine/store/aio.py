@@ -1,6 +1,6 @@
 """The async store: runs the same store operations (:mod:`~shardflow.engine.store.
 statements`) on the async pools, with driver errors classified as the sync store does
-(:func:`~shardflow.engine.store._conn.store_error`)."""
+(:func:`~shardflow.engine.store._conn.classified`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 import psycopg
 
 from shardflow.engine.serialization import Codec
-from shardflow.engine.store._conn import store_error
+from shardflow.engine.store._conn import classified
 from shardflow.engine.store.statements import Statement, Transaction
-from shardflow.errors import ShardUnavailable
 from shardflow.router.apools import AsyncConn, AsyncShardPools
 from shardflow.sql import query
 
@@ -33,15 +32,8 @@ class AsyncStore:
         """A pooled connection; driver errors leave classified as the sync store's:
         ShardUnavailable, TransientStoreError, ValueRejected, StoreError."""
         async with self.pools.connection(shard) as conn:
-            try:
+            with classified(shard):
                 yield conn
-            except ShardUnavailable:
-                raise
-            except (psycopg.Error, UnicodeEncodeError) as exc:
-                error = store_error(shard, exc)
-                if error is None:
-                    raise  # the pools turn it into ShardUnavailable
-                raise error from exc
 
     async def perform(self, shard: str, statement: Statement[T]) -> T:
         """Run one store operation on a pooled connection of ``shard``."""
