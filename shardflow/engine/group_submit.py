@@ -22,8 +22,10 @@ whatever ends a leader's batch (even an interrupt) answers every row it took.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from shardflow.engine.locator import Locator
 from shardflow.engine.records import NewWorkflow
@@ -38,16 +40,40 @@ MAX_ROWS = 500
 Place = Callable[[list[NewWorkflow]], dict[str, tuple[str, str]]]
 
 
-class _Pending:
+W = TypeVar("W", threading.Event, asyncio.Event)
+
+
+class Pending(Generic[W]):
+    """One caller's row waiting in a group: its answer, and how the caller is woken
+    (a thread's Event, or a task's asyncio.Event in the async client's groups)."""
+
     __slots__ = ("done", "error", "lead", "placed", "row", "wake")
 
-    def __init__(self, row: NewWorkflow) -> None:
+    def __init__(self, row: NewWorkflow, wake: W) -> None:
         self.row = row
-        self.wake = threading.Event()
+        self.wake: W = wake
         self.done = False
         self.lead = False
         self.placed: tuple[str, str] | None = None
         self.error: BaseException | None = None
+
+
+P = TypeVar("P", bound=Pending[Any])
+
+
+def take_batch(queued: list[P], max_rows: int) -> tuple[list[P], list[P]]:
+    """The next batch of ``queued`` (at most ``max_rows``) and what stays queued. The
+    same ID twice waits for the next batch: it then finds the first."""
+    batch: list[P] = []
+    rest: list[P] = []
+    ids: set[str] = set()
+    for p in queued:
+        if len(batch) < max_rows and p.row.workflow_id not in ids:
+            batch.append(p)
+            ids.add(p.row.workflow_id)
+        else:
+            rest.append(p)
+    return batch, rest
 
 
 class SubmitGroups:
@@ -67,7 +93,7 @@ class SubmitGroups:
         # rows -> {row ID: (ID of the workflow it names, shard)}
         self._place: Place = lambda rows: place_rows(locator, store, rows, retry_seconds)
         self._lock = threading.Lock()
-        self._queued: dict[str, list[_Pending]] = {}
+        self._queued: dict[str, list[Pending[threading.Event]]] = {}
         self._leading: set[str] = set()
         self._open = 0
         self.commits = 0  # batches placed (each one insert per shard it touched)
@@ -84,7 +110,7 @@ class SubmitGroups:
     def submit(self, shard: str, row: NewWorkflow) -> tuple[str, str]:
         """Place ``row`` (grouped under ``shard``, the owner of its slot when queued);
         returns ``(workflow ID, shard)`` once it is durable, or raises its error."""
-        me = _Pending(row)
+        me = Pending(row, threading.Event())
         with self._lock:
             self._open += 1
             self._queued.setdefault(shard, []).append(me)
@@ -107,17 +133,7 @@ class SubmitGroups:
 
     def _lead(self, shard: str) -> None:
         with self._lock:
-            batch: list[_Pending] = []
-            rest: list[_Pending] = []
-            ids: set[str] = set()
-            for p in self._queued[shard]:
-                # The same ID twice waits for the next batch: it then finds the first.
-                if len(batch) < self.max_rows and p.row.workflow_id not in ids:
-                    batch.append(p)
-                    ids.add(p.row.workflow_id)
-                else:
-                    rest.append(p)
-            self._queued[shard] = rest
+            batch, self._queued[shard] = take_batch(self._queued[shard], self.max_rows)
         try:
             self._commit(batch)
         finally:
@@ -137,7 +153,7 @@ class SubmitGroups:
                     del self._queued[shard]
                     self._leading.discard(shard)
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[Pending[threading.Event]]) -> None:
         try:
             placed = self._place([p.row for p in batch])
         except ShardUnavailable as exc:

@@ -12,24 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from shardflow.engine.group_submit import MAX_ROWS
+from shardflow.engine.group_submit import MAX_ROWS, Pending, take_batch
 from shardflow.engine.records import NewWorkflow
 from shardflow.errors import ShardUnavailable
 
 # rows -> {row ID: (ID of the workflow it names, shard)}
 Place = Callable[[list[NewWorkflow]], Awaitable[dict[str, tuple[str, str]]]]
-
-
-class _Pending:
-    __slots__ = ("done", "error", "lead", "placed", "row", "wake")
-
-    def __init__(self, row: NewWorkflow) -> None:
-        self.row = row
-        self.wake = asyncio.Event()
-        self.done = False
-        self.lead = False
-        self.placed: tuple[str, str] | None = None
-        self.error: BaseException | None = None
 
 
 class AsyncSubmitGroups:
@@ -38,14 +26,14 @@ class AsyncSubmitGroups:
     def __init__(self, place: Place, max_rows: int = MAX_ROWS) -> None:
         self._place = place
         self.max_rows = max_rows
-        self._queued: dict[str, list[_Pending]] = {}
+        self._queued: dict[str, list[Pending[asyncio.Event]]] = {}
         self._leading: set[str] = set()
         self.commits = 0  # batches placed
 
     async def submit(self, shard: str, row: NewWorkflow) -> tuple[str, str]:
         """Place ``row`` (grouped under ``shard``, the owner of its slot when queued);
         returns ``(workflow ID, shard)`` once it is durable, or raises its error."""
-        me = _Pending(row)
+        me = Pending(row, asyncio.Event())
         self._queued.setdefault(shard, []).append(me)
         me.lead = shard not in self._leading
         self._leading.add(shard)
@@ -63,7 +51,7 @@ class AsyncSubmitGroups:
         assert me.placed is not None
         return me.placed
 
-    def _leave(self, shard: str, me: _Pending) -> None:
+    def _leave(self, shard: str, me: Pending[asyncio.Event]) -> None:
         """A waiting caller was cancelled: take its row out, and hand on a lead it held."""
         queued = self._queued.get(shard, [])
         if me in queued:
@@ -81,17 +69,7 @@ class AsyncSubmitGroups:
             self._leading.discard(shard)
 
     async def _lead(self, shard: str) -> None:
-        batch: list[_Pending] = []
-        rest: list[_Pending] = []
-        ids: set[str] = set()
-        for p in self._queued[shard]:
-            # The same ID twice waits for the next batch: it then finds the first.
-            if len(batch) < self.max_rows and p.row.workflow_id not in ids:
-                batch.append(p)
-                ids.add(p.row.workflow_id)
-            else:
-                rest.append(p)
-        self._queued[shard] = rest
+        batch, self._queued[shard] = take_batch(self._queued[shard], self.max_rows)
         try:
             await self._commit(batch)
         finally:
@@ -103,7 +81,7 @@ class AsyncSubmitGroups:
             self.commits += 1
             self._hand_on(shard)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending[asyncio.Event]]) -> None:
         try:
             placed = await self._place([p.row for p in batch])
         except ShardUnavailable as exc:
