@@ -11,13 +11,15 @@ for company.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shardflow.engine.records import FinishWrite, StepRecord, StepWrite
 from shardflow.engine.store import Store
@@ -34,10 +36,45 @@ __all__ = ["MAX_BATCH", "FinishWrite", "GroupWriter", "ShardCommitter", "StepWri
 
 @dataclass(slots=True)
 class _Queued:
-    """A write waiting for its commit, and the answer its run waits for."""
+    """A write waiting for its commit, and the answer its run waits for: ``done`` for a
+    thread, or ``answer`` for a coroutine on ``loop`` (answered from the loop itself, all
+    of a batch's answers with one wake-up of the loop)."""
 
     write: StepWrite | FinishWrite
-    done: Future[bool] = field(default_factory=Future)
+    done: Future[bool] | None = None
+    answer: asyncio.Future[bool] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+Outcome = bool | BaseException
+
+
+def _settle(answers: Sequence[tuple[_Queued, Outcome]]) -> None:
+    """Hand each queued write its outcome: a thread's future at once, a coroutine's on its
+    loop, one ``call_soon_threadsafe`` per loop for the lot."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], Outcome]]] = {}
+    for q, outcome in answers:
+        if q.answer is not None and q.loop is not None:
+            by_loop.setdefault(q.loop, []).append((q.answer, outcome))
+        elif q.done is not None and not q.done.done():
+            if isinstance(outcome, BaseException):
+                q.done.set_exception(outcome)
+            else:
+                q.done.set_result(outcome)
+    for loop, settled in by_loop.items():
+        # A closed loop (RuntimeError) has nobody waiting on it any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_on_loop, settled)
+
+
+def _settle_on_loop(settled: list[tuple[asyncio.Future[bool], Outcome]]) -> None:
+    for answer, outcome in settled:
+        if answer.done():  # given up on (answer timeout) or cancelled
+            continue
+        if isinstance(outcome, BaseException):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(outcome)
 
 
 class ShardCommitter:
@@ -76,15 +113,17 @@ class ShardCommitter:
         """Queue a final state and wait until it is committed. False if fenced off."""
         return self._wait(write, timeout)
 
-    def enqueue(self, write: StepWrite | FinishWrite) -> Future[bool]:
-        """Queue a write without waiting: the future says what :meth:`record_step` or
-        :meth:`finish` would return (for runs that await it on an event loop)."""
-        queued = _Queued(write)
-        self._put(queued)
-        return queued.done
+    def enqueue_async(self, write: StepWrite | FinishWrite) -> asyncio.Future[bool]:
+        """Queue a write from a coroutine: the loop's future says what
+        :meth:`record_step` or :meth:`finish` would return."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+        self._put(_Queued(write, answer=answer, loop=loop))
+        return answer
 
     def _wait(self, write: StepWrite | FinishWrite, timeout: float | None) -> bool:
-        done = self.enqueue(write)
+        done: Future[bool] = Future()
+        self._put(_Queued(write, done=done))
         try:
             return done.result(timeout)
         except FutureTimeout:
@@ -117,9 +156,8 @@ class ShardCommitter:
         self._thread.join(timeout)
         with self._cond:
             left, self._queue = self._queue, []
-        for q in left:
-            if not q.done.done():
-                q.done.set_exception(ShardUnavailable(self.shard, "the worker stopped"))
+        stopped = ShardUnavailable(self.shard, "the worker stopped")
+        _settle([(q, stopped) for q in left])
 
     def _loop(self) -> None:
         while True:
@@ -130,18 +168,19 @@ class ShardCommitter:
                 if not self._queue and self._stopped:
                     return
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            answers: list[tuple[_Queued, Outcome]] = []
             try:
-                self._commit(batch)
+                self._commit(batch, answers)
             except BaseException as exc:  # never leave a waiter hanging, never die
                 log.exception("committer of %s failed on a batch of %d", self.shard, len(batch))
-                for q in batch:
-                    if not q.done.done():
-                        q.done.set_exception(
-                            exc if isinstance(exc, Exception) else StoreError(str(exc))
-                        )
+                error = exc if isinstance(exc, Exception) else StoreError(str(exc))
+                answered = {id(q) for q, _ in answers}
+                answers.extend((q, error) for q in batch if id(q) not in answered)
+            _settle(answers)
             self.last_progress = time.monotonic()
 
-    def _commit(self, batch: Sequence[_Queued]) -> None:
+    def _commit(self, batch: Sequence[_Queued], answers: list[tuple[_Queued, Outcome]]) -> None:
+        """Write ``batch`` and append each write's outcome to ``answers``."""
         backoff = Backoff(0.05, 1.0)
         deadline = time.monotonic() + self.retry_seconds
         while True:
@@ -162,8 +201,7 @@ class ShardCommitter:
                         if isinstance(exc, ShardUnavailable)
                         else ShardUnavailable(self.shard, first_line(exc))
                     )
-                    for q in batch:
-                        q.done.set_exception(error)
+                    answers.extend((q, error) for q in batch)
                     return
                 if len(batch) > 1:
                     # One bad row must not fail the others: retry each write on its own.
@@ -173,14 +211,13 @@ class ShardCommitter:
                         first_line(exc),
                     )
                     for q in batch:
-                        self._commit([q])
+                        self._commit([q], answers)
                     return
-                batch[0].done.set_exception(_write_error(self.shard, kind, exc))
+                answers.append((batch[0], _write_error(self.shard, kind, exc)))
                 return
         self.batches += 1
         self.writes += len(batch)
-        for q in batch:
-            q.done.set_result(result.written(q.write))
+        answers.extend((q, result.written(q.write)) for q in batch)
 
 
 def _write_error(shard: str, kind: Failure, exc: Exception) -> Exception:
@@ -215,6 +252,7 @@ class GroupWriter:
         self.on_committed = on_committed
         retry = (answer_timeout or 10.0) / 2
         self.committers = {s: ShardCommitter(store, s, retry_seconds=retry) for s in shards}
+        self._deadlines: dict[asyncio.AbstractEventLoop, _AnswerDeadlines] = {}
 
     def record_step(self, shard: str, write: StepWrite) -> StepRecord | None:
         """Record a step. Returns None if written; the winning record if another run wrote
@@ -229,7 +267,7 @@ class GroupWriter:
     async def record_step_async(self, shard: str, write: StepWrite) -> StepRecord | None:
         """:meth:`record_step` for a run on an event loop: it awaits the commit without
         holding a thread."""
-        if await self._answer(shard, self.committers[shard].enqueue(write)):
+        if await self._answer(shard, self.committers[shard].enqueue_async(write)):
             self._committed(shard, write)
             return None
         return await asyncio.to_thread(
@@ -246,24 +284,56 @@ class GroupWriter:
 
     async def finish_async(self, shard: str, write: FinishWrite) -> bool:
         """:meth:`finish` for a run on an event loop (no thread held)."""
-        return await self._answer(shard, self.committers[shard].enqueue(write))
+        return await self._answer(shard, self.committers[shard].enqueue_async(write))
 
     def _committed(self, shard: str, write: StepWrite) -> None:
         if self.on_committed is not None:
             self.on_committed(shard, write)
 
-    async def _answer(self, shard: str, future: Future[bool]) -> bool:
+    async def _answer(self, shard: str, answer: asyncio.Future[bool]) -> bool:
         """Await the committer's answer, at most ``answer_timeout`` (then the outcome is
         unknown: ShardUnavailable, as for a thread that waits)."""
-        # shield: a timeout must not cancel the committer's future (it answers later).
-        done = asyncio.shield(asyncio.wrap_future(future))
-        try:
-            return await asyncio.wait_for(done, self.answer_timeout)
-        except TimeoutError:
-            raise ShardUnavailable(
-                shard, f"no commit answer within {self.answer_timeout}s"
-            ) from None
+        if self.answer_timeout is not None:
+            loop = asyncio.get_running_loop()
+            deadlines = self._deadlines.get(loop)
+            if deadlines is None:
+                deadlines = self._deadlines[loop] = _AnswerDeadlines(loop, self.answer_timeout)
+            deadlines.watch(answer, shard)
+        return await answer
 
     def close(self) -> None:
         for committer in self.committers.values():
             committer.stop()
+
+
+class _AnswerDeadlines:
+    """Gives up on the commit answers a loop's runs still await after ``timeout``, with one
+    timer for them all (a timer per answer would grow the loop's timer heap by one entry
+    per checkpoint in flight). Deadlines arrive in order, so a queue is enough."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._watched: deque[tuple[float, asyncio.Future[bool], str]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, answer: asyncio.Future[bool], shard: str) -> None:
+        deadline = self._loop.time() + self._timeout
+        self._watched.append((deadline, answer, shard))
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        watched = self._watched
+        while watched and (watched[0][1].done() or watched[0][0] <= now):
+            _, answer, shard = watched.popleft()
+            if not answer.done():
+                # The outcome is unknown (the commit may still land): the run must not
+                # write again under this attempt. Its lease decides what happens next.
+                answer.set_exception(
+                    ShardUnavailable(shard, f"no commit answer within {self._timeout}s")
+                )
+        if watched:
+            self._timer = self._loop.call_at(watched[0][0], self._sweep)

@@ -3,6 +3,7 @@ one bad row in a batch, and stopping with writes queued."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -192,3 +193,101 @@ def test_stop_with_writes_queued_answers_every_write(cluster: Cluster) -> None:
         pool.shutdown()
     for c in rest:
         assert cluster.store.steps(SHARD, c.workflow_id) == []
+
+
+def test_coroutines_get_their_answers_on_their_loop(cluster: Cluster) -> None:
+    """Writes awaited on an event loop: each coroutine gets its own answer (written,
+    fenced off, refused)."""
+    stale = _claim(cluster, "aiostale")
+    _take_over(cluster, stale)  # (before the others are claimed: it takes all it finds)
+    live = [_claim(cluster, f"aio{i}") for i in range(6)]
+    bad = _claim(cluster, "aiobad")
+    writer = GroupWriter(cluster.store, [SHARD], answer_timeout=30)
+
+    async def main() -> list[object]:
+        writes = [writer.record_step_async(SHARD, _step(c, f'"v{i}"')) for i, c in enumerate(live)]
+        writes.append(
+            writer.finish_async(
+                SHARD,
+                FinishWrite(stale.workflow_id, stale.attempt, WorkflowState.SUCCESS, "1", None),
+            )
+        )
+        writes.append(writer.record_step_async(SHARD, _step(bad, '"a\x00b"')))
+        return await asyncio.gather(*writes, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        writer.close()
+    assert answers[:6] == [None] * 6  # recorded (no winner to replay)
+    assert answers[6] is False  # the stale attempt's end was fenced off
+    assert isinstance(answers[7], ValueRejected)
+    for i, c in enumerate(live):
+        assert [s.output for s in cluster.store.steps(SHARD, c.workflow_id)] == [f"v{i}"]
+
+
+def test_a_coroutine_gives_up_on_a_late_answer_and_the_late_answer_is_dropped(
+    cluster: Cluster,
+) -> None:
+    """A commit that does not answer within the answer timeout: the awaiting run gets
+    ShardUnavailable (the outcome is unknown), other runs on the loop go on, and the answer
+    that arrives later is dropped quietly."""
+    blocked, free = _claim(cluster, "late"), _claim(cluster, "notlate")
+    writer = GroupWriter(cluster.store, [SHARD], answer_timeout=0.5)
+
+    async def main() -> tuple[BaseException | None, float]:
+        task = asyncio.ensure_future(writer.record_step_async(SHARD, _step(blocked, '"b"')))
+        started = asyncio.get_running_loop().time()
+        try:
+            await task
+        except ShardUnavailable as exc:
+            return exc, asyncio.get_running_loop().time() - started
+        return None, 0.0
+
+    try:
+        with _row_locked(cluster, blocked.workflow_id):
+            error, waited = asyncio.run(main())
+            assert isinstance(error, ShardUnavailable)
+            assert "no commit answer within 0.5s" in str(error)
+            assert waited >= 0.5
+        # The blocked write lands once the lock goes; its answer has nobody to go to.
+        wait_until(
+            lambda: len(cluster.store.steps(SHARD, blocked.workflow_id)) == 1,
+            message="the late write committed",
+        )
+
+        async def again() -> object:
+            return await writer.record_step_async(SHARD, _step(free, '"f"'))
+
+        assert asyncio.run(again()) is None
+        assert all(c.alive() for c in writer.committers.values())
+    finally:
+        writer.close()
+
+
+def test_stop_answers_the_coroutines_still_waiting(cluster: Cluster) -> None:
+    blocker, queued = _claim(cluster, "astop0"), _claim(cluster, "astop1")
+    writer = GroupWriter(cluster.store, [SHARD], answer_timeout=60)
+    committer = writer.committers[SHARD]
+
+    async def main() -> BaseException | None:
+        first = asyncio.ensure_future(writer.record_step_async(SHARD, _step(blocker, '"b"')))
+        await asyncio.to_thread(
+            wait_until, lambda: _waiting_on_a_lock(cluster), message="the first write waits"
+        )
+        second = asyncio.ensure_future(writer.record_step_async(SHARD, _step(queued, '"q"')))
+        await asyncio.to_thread(wait_until, lambda: committer.queued() == 1, message="queued")
+        await asyncio.to_thread(committer.stop, 0.2)
+        try:
+            await second
+        except ShardUnavailable as exc:
+            first.cancel()
+            return exc
+        return None
+
+    try:
+        with _row_locked(cluster, blocker.workflow_id):
+            assert isinstance(asyncio.run(main()), ShardUnavailable)
+    finally:
+        writer.close()
+    assert cluster.store.steps(SHARD, queued.workflow_id) == []

@@ -311,6 +311,42 @@ def test_defect15_lease_renewals_are_hot_updates(cluster: Cluster) -> None:
     assert hot >= 180, f"only {hot} of {updated} renewals were HOT updates"
 
 
+def test_a_heartbeat_skips_rows_a_commit_holds_and_still_reports_lost_leases(
+    cluster: Cluster,
+) -> None:
+    """A renewal never queues behind a commit in flight (which would chain thousands of
+    rows' heartbeat behind every commit until lock_timeout): the locked row is left for
+    the next heartbeat, the others are renewed, and a lease taken away is reported lost."""
+    ids = [id_on(cluster, "shard0", f"beat{i}") for i in range(3)]
+    cluster.submit_many([shardflow.Submission(faults.two_args, (1,), workflow_id=w) for w in ids])
+    claims = cluster.store.claim_enqueued(
+        "shard0", queue="default", names=["faults.two_args"], owner="w", lease_seconds=30, limit=3
+    )
+    assert len(claims) == 3
+    free, held, taken = ids
+    with psycopg.connect(_dsn(cluster, "shard0"), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE shardflow.workflow_status SET lease_owner = 'other' WHERE workflow_id = %s",
+            (taken,),
+        )
+    with psycopg.connect(_dsn(cluster, "shard0")) as holder:
+        # What commit_batch's fence takes on a row while a checkpoint commits.
+        holder.execute(
+            "SELECT 1 FROM shardflow.workflow_status WHERE workflow_id = %s FOR SHARE", (held,)
+        )
+        # Had it waited for the lock it would fail with lock_timeout: the lock is held
+        # until after it returns.
+        renewal = cluster.store.renew_leases(
+            "shard0", owner="w", workflow_ids=ids, lease_seconds=30
+        )
+        assert renewal.renewed == {free}
+        assert renewal.lost == {taken}
+        holder.rollback()
+    renewal = cluster.store.renew_leases("shard0", owner="w", workflow_ids=ids, lease_seconds=30)
+    assert renewal.renewed == {free, held}
+    assert renewal.lost == {taken}
+
+
 def _update_counts(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     conn.execute("SELECT pg_stat_clear_snapshot()")
     row = conn.execute(

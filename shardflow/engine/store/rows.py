@@ -14,6 +14,19 @@ from shardflow.engine.records import Claim, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
 
+# -- leases -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What one heartbeat statement did to a worker's leases on a shard: those renewed,
+    those lost. An ID in neither was locked by another transaction at that moment (its
+    own commit, most often) and is decided at the next heartbeat."""
+
+    renewed: frozenset[str]
+    lost: frozenset[str]
+
+
 # -- topology ---------------------------------------------------------------------------
 
 

@@ -11,12 +11,18 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row, kwargs_row, scalar_row
+from psycopg.rows import class_row, kwargs_row, scalar_row, tuple_row
 
 from shardflow.engine.records import Claim, NewWorkflow, WorkflowStatus
 from shardflow.engine.store import statements
 from shardflow.engine.store._conn import ShardAccess, at, fetch_all, fetch_one, returns_row, run
-from shardflow.engine.store.rows import Existing, QueueUsage, claim_rows, located_rows
+from shardflow.engine.store.rows import (
+    Existing,
+    QueueUsage,
+    Renewal,
+    claim_rows,
+    located_rows,
+)
 from shardflow.engine.store_errors import DedupConflict, StoreError
 from shardflow.errors import ShardUnavailable
 from shardflow.sql import query
@@ -195,7 +201,7 @@ class WorkflowQueries(ShardAccess):
         workflow_ids: Sequence[str],
         lease_seconds: float,
         now: datetime | None = None,
-    ) -> set[str]:
+    ) -> Renewal:
         params = {
             "workflow_ids": list(workflow_ids),
             "owner": owner,
@@ -203,7 +209,11 @@ class WorkflowQueries(ShardAccess):
             **at(now),
         }
         with self._conn(shard) as conn:
-            return {str(w) for w in fetch_all(conn, "renew_leases", params, scalar_row)}
+            rows = fetch_all(conn, "renew_leases", params, tuple_row)
+        return Renewal(
+            renewed=frozenset(str(w) for w, renewed in rows if renewed),
+            lost=frozenset(str(w) for w, renewed in rows if not renewed),
+        )
 
     def release(self, shard: str, runs: Sequence[tuple[str, int]]) -> set[str]:
         """Hand back ``(workflow_id, attempt)`` runs a stopping worker has not finished."""

@@ -70,7 +70,7 @@ class LeaseLoops(WorkerBase):
         if not runs:
             return
         started = time.monotonic()
-        renewed = self.cluster.store.renew_leases(
+        renewal = self.cluster.store.renew_leases(
             shard,
             owner=self.worker_id,
             workflow_ids=[r.workflow_id for r in runs],
@@ -79,14 +79,17 @@ class LeaseLoops(WorkerBase):
         with self._lock:
             self.stats.lease_renewals += 1
         for run in runs:
-            if run.workflow_id in renewed:
+            if run.workflow_id in renewal.renewed:
                 run.lease_renewed(started)
                 if self.events:
                     self.events.emit(EventKind.RENEWED, run.workflow_id, shard, run.attempt)
-            elif not run.interrupted.is_set() and not run.ending:
+            elif (
+                run.workflow_id in renewal.lost and not run.interrupted.is_set() and not run.ending
+            ):
                 # Cancelled, or finished between snapshot and renewal, or stolen. (A run
                 # whose final write is in flight is left alone: that write ended the
-                # lease, or is fenced off if the lease was really lost.)
+                # lease, or is fenced off if the lease was really lost.) One in neither
+                # set was locked by a commit in flight: the next heartbeat decides it.
                 with self._lock:
                     self.stats.leases_lost += 1
                 run.interrupt("lease lost (cancelled or claimed elsewhere)")

@@ -286,12 +286,33 @@ SELECT
         AS started
 
 -- name: renew_leases
--- One statement per shard per heartbeat. IDs missing from the result lost their lease
--- (cancelled, or claimed by another worker after expiry).
-UPDATE shardflow.workflow_status
-SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
-WHERE workflow_id = ANY(%(workflow_ids)s) AND lease_owner = %(owner)s AND state = 'RUNNING'
-RETURNING workflow_id
+-- One statement per shard per heartbeat: (workflow_id, true) for each lease renewed,
+-- (workflow_id, false) for each lost (cancelled, claimed by another worker after expiry,
+-- gone). A row another transaction holds locked right now (this worker's own checkpoint
+-- or final write committing, a cancel in flight) is skipped and in neither list: its
+-- lease is renewed or found lost at the next heartbeat, two more of which fit in a lease.
+-- Waiting instead would chain a heartbeat of thousands of rows behind every commit
+-- (and those commits behind it) until lock_timeout. Rows are locked in ID order, as
+-- commit_batch's fence locks them.
+WITH mine AS (
+    SELECT workflow_id FROM shardflow.workflow_status
+    WHERE workflow_id = ANY(%(workflow_ids)s) AND lease_owner = %(owner)s AND state = 'RUNNING'
+    ORDER BY workflow_id
+    FOR NO KEY UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE shardflow.workflow_status AS w
+    SET lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
+    FROM mine
+    WHERE w.workflow_id = mine.workflow_id
+    RETURNING w.workflow_id
+)
+SELECT workflow_id, true AS renewed FROM renewed
+UNION ALL
+-- The statement's snapshot: a row being committed right now still reads as ours.
+SELECT i.workflow_id, false
+FROM unnest(%(workflow_ids)s::text[]) AS i(workflow_id)
+LEFT JOIN shardflow.workflow_status s ON s.workflow_id = i.workflow_id
+WHERE s.workflow_id IS NULL OR s.lease_owner IS DISTINCT FROM %(owner)s OR s.state <> 'RUNNING'
 
 -- name: load_steps
 SELECT step_no, name, output, error, started_at, duration_ms, attempt
