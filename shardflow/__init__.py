@@ -79,6 +79,7 @@ from shardflow.errors import (
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowTimeout,
+    WrongEventLoop,
 )
 
 __version__ = "0.1.0"
@@ -125,6 +126,7 @@ __all__ = [
     "WorkflowState",
     "WorkflowStatus",
     "WorkflowTimeout",
+    "WrongEventLoop",
     "connect",
     "connect_async",
     "current_workflow_id",

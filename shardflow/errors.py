@@ -7,6 +7,7 @@ in the package, so a new class must be added here)::
     ├── ConfigError            bad YAML or values; carries the YAML path and line
     ├── IdentityMismatch       a shard's recorded cluster identity differs from the config
     ├── ClientClosed           a call on a cluster client after its close()
+    ├── WrongEventLoop         an async client called from another loop than its own
     ├── RoutingError           an ID cannot be routed (no owner, too many redirects)
     ├── ShardUnavailable       a shard cannot be reached now (retryable)
     │   └── BlobStoreUnavailable   the blob store cannot be reached now (retryable)
@@ -82,6 +83,12 @@ class IdentityMismatch(ShardflowError):
 
 class ClientClosed(ShardflowError):
     """A call on a cluster client (or a worker's) after it was closed: not retried."""
+
+
+class WrongEventLoop(ShardflowError):
+    """An :class:`~shardflow.AsyncCluster` called from an event loop other than the one
+    it was connected on (its connection pools belong to that loop): connect one client
+    per event loop."""
 
 
 class RoutingError(ShardflowError):
@@ -240,4 +247,5 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNotFound",
     "WorkflowTimeout",
+    "WrongEventLoop",
 ]

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, Unpack, overload
@@ -37,6 +36,7 @@ from shardflow.engine.locator import Locator
 from shardflow.engine.placement import IdSource, new_row
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
 from shardflow.engine.serialization import Codec, JsonSerializer, Serializer
+from shardflow.engine.signals import RunEvent
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store
 from shardflow.engine.topology import Topology
@@ -339,7 +339,7 @@ class Cluster:
         key: str,
         timeout: float = 0.0,
         *,
-        interrupt: threading.Event | None = None,
+        interrupt: RunEvent | None = None,
     ) -> Any:
         """The value a workflow published under ``key``, waiting up to ``timeout``
         seconds for it; None if it is not set by then. A workflow that does not exist

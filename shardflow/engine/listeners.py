@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from shardflow.engine.signals import RunEvent
 from shardflow.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class WaitListeners:
         waiter: Waiter,
         shard: str,
         seconds: float,
-        interrupt: threading.Event | None = None,
+        interrupt: RunEvent | None = None,
     ) -> None:
         """Sleep until ``waiter`` is woken or ``seconds`` (at most the re-check interval)
         pass, listening to ``shard`` (where the caller last found the workflow)."""
@@ -231,7 +232,7 @@ class WaitListeners:
                 self._resynced += 1
 
     @staticmethod
-    def _wait_or_interrupt(waiter: Waiter, seconds: float, interrupt: threading.Event) -> bool:
+    def _wait_or_interrupt(waiter: Waiter, seconds: float, interrupt: RunEvent) -> bool:
         end = seconds
         while end > 0 and not interrupt.is_set():
             step = min(_INTERRUPT_SLICE, end)

@@ -8,12 +8,12 @@ through a :class:`RunWriter` (the store, or the worker's group committer).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from shardflow.engine.app import Workflow
 from shardflow.engine.records import FinishWrite, StepRecord, StepWrite, WorkflowStatus
+from shardflow.engine.signals import RunEvent
 
 
 class RunClient(Protocol):
@@ -39,7 +39,7 @@ class RunClient(Protocol):
         key: str,
         timeout: float = 0.0,
         *,
-        interrupt: threading.Event | None = None,
+        interrupt: RunEvent | None = None,
     ) -> Any:
         """The value another workflow published under ``key`` (None after ``timeout``)."""
         ...

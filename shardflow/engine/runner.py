@@ -22,7 +22,7 @@ from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import RunClient, RunWriter
 from shardflow.engine.records import Claim, StepRecord, StepWrite
 from shardflow.engine.serialization import error_record, rebuild_error
-from shardflow.engine.signals import RunInterrupted, Suspend
+from shardflow.engine.signals import RunEvent, RunInterrupted, Suspend
 from shardflow.engine.store import Fenced, Store, TransientStoreError
 from shardflow.errors import (
     NonDeterminismError,
@@ -88,7 +88,7 @@ class WorkflowRun:
         # Told how long each completed step took (shard, step name, seconds): metrics.
         self.observe_step: Callable[[str, str, float], None] | None = None
 
-    def _new_event(self) -> threading.Event:
+    def _new_event(self) -> RunEvent:
         """The events a run is woken by (an async run's can also be awaited)."""
         return threading.Event()
 

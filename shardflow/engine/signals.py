@@ -6,6 +6,8 @@ Both are BaseExceptions so that ``except Exception`` in workflow code cannot swa
 
 from __future__ import annotations
 
+from typing import Protocol
+
 
 class RunInterrupted(BaseException):
     """Stops a run at its next step boundary: cancelled, lease lost, or worker stopping."""
@@ -31,3 +33,17 @@ class Suspend(BaseException):
         self.topic = topic
         self.child_id = child_id
         super().__init__(f"suspended waiting for {wait_for}")
+
+
+class RunEvent(Protocol):
+    """What a run is woken by (a cancel, a lost lease, a message): set from any thread.
+    A sync run's is a ``threading.Event``; an async run's can also be awaited
+    (:class:`~shardflow.engine.aio.run.LoopEvent`)."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...

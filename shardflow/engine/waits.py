@@ -7,7 +7,6 @@ workflows and places new ones through the :class:`~shardflow.engine.locator.Loca
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from shardflow.engine.locator import MAX_HOPS, Locator
 from shardflow.engine.placement import check_id
 from shardflow.engine.records import NewWorkflow
 from shardflow.engine.serialization import Codec
+from shardflow.engine.signals import RunEvent
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Delivery, Store, statements
 from shardflow.errors import RoutingError, ShardUnavailable, WorkflowNotFound
@@ -91,7 +91,7 @@ class Waits:
         key: str,
         timeout: float = 0.0,
         *,
-        interrupt: threading.Event | None = None,
+        interrupt: RunEvent | None = None,
     ) -> Any:
         """See :meth:`Cluster.get_event`."""
         deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ move to another shard (docs/operations.md#tracing)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -144,6 +145,38 @@ def test_a_submit_inside_a_span_joins_that_trace(
         if parent_of(s) == request.get_span_context().span_id
     ]
     assert attr(submit, "shardflow.count") == 3
+
+
+def test_an_async_submit_opens_a_span_that_the_run_continues(
+    cluster: Cluster, spans: InMemorySpanExporter
+) -> None:
+    """The async client's submit is traced as the sync one: a producer span, a child of
+    the task's current span, which each run continues; concurrent tasks keep their own."""
+    tracer = trace.get_tracer("tests")
+
+    async def submit_in_requests() -> list[tuple[int, str]]:
+        async with await shardflow.connect_async(cluster.config) as client:
+
+            async def request(i: int) -> tuple[int, str]:
+                with tracer.start_as_current_span(f"request {i}") as current:
+                    handle = await client.submit(traced.two_steps_async, i)
+                    return current.get_span_context().span_id, handle.workflow_id
+
+            return list(await asyncio.gather(*(request(i) for i in range(4))))
+
+    submitted = asyncio.run(submit_in_requests())
+    with shardflow.Worker(cluster, traced.app, concurrency=2):
+        for i, (_, wid) in enumerate(submitted):
+            assert cluster.handle(wid).result(timeout=30) == 4 * i
+    for request_span, wid in submitted:
+        [submit] = [
+            s for s in named(spans, "shardflow.submit") if attr(s, "shardflow.workflow_id") == wid
+        ]
+        assert submit.kind is SpanKind.PRODUCER
+        assert parent_of(submit) == request_span
+        [run] = wait_until(lambda wid=wid: named(spans, "shardflow.run ", wid))
+        assert run.context.trace_id == submit.context.trace_id
+        assert parent_of(run) == submit.context.span_id
 
 
 def test_a_child_workflow_continues_its_parents_trace(

@@ -29,6 +29,7 @@ from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
+from shardflow import tracing
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.aio.group_submit import AsyncSubmitGroups
 from shardflow.engine.app import Workflow
@@ -43,7 +44,13 @@ from shardflow.engine.serialization import Serializer
 from shardflow.engine.store import TransientStoreError
 from shardflow.engine.store.aio import AsyncStore
 from shardflow.engine.submits import check_unique, place_debounced
-from shardflow.errors import ClientClosed, ShardflowError, ShardUnavailable, WorkflowNotFound
+from shardflow.errors import (
+    ClientClosed,
+    ShardflowError,
+    ShardUnavailable,
+    WorkflowNotFound,
+    WrongEventLoop,
+)
 from shardflow.retry import retrying_async, with_retries
 from shardflow.router.apools import AsyncShardPools
 
@@ -140,10 +147,21 @@ class AsyncCluster:
         # Concurrent single submits share one insert per shard (group commit).
         self.submit_groups = AsyncSubmitGroups(self._place_plain)
         self._closed = False
+        # The loop the pools belong to: the first one a call was made on.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _open(self) -> None:
+        """Check the client may be used here: not closed, and on its own event loop."""
         if self._closed:
             raise ClientClosed("the cluster client is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise WrongEventLoop(
+                "this AsyncCluster belongs to another event loop (its connection pools do):"
+                " connect one client per event loop"
+            )
 
     async def _drive(self, plan: Plan[T]) -> T:
         """Run a Locator plan natively (callers retry by making a fresh plan)."""
@@ -215,6 +233,7 @@ class AsyncCluster:
         sub = Submission(workflow, args, kwargs, **options)
         return (await self.submit_many([sub]))[0]
 
+    @tracing.traced_submit_async
     async def submit_many(
         self, submissions: Iterable[Submission | tuple[Any, ...]]
     ) -> list[AsyncWorkflowHandle[Any]]:

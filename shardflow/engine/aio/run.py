@@ -43,32 +43,66 @@ log = logging.getLogger("shardflow.engine.runner")
 T = TypeVar("T")
 
 
-class LoopEvent(threading.Event):
-    """A ``threading.Event`` (set from any thread: a cancel, a lost lease, a message)
-    that coroutines on ``loop`` can also wait for without holding a thread."""
+_CREATING = threading.Lock()
+
+
+class LoopEvent:
+    """An event set from any thread (a cancel, a lost lease, a message) that coroutines
+    on ``loop`` await without holding a thread, and a thread can also wait for.
+
+    Two per run, and a worker starts thousands of runs a second: it is a flag until
+    someone waits, and only then makes the ``asyncio.Event`` (on the loop) or the
+    ``threading.Event`` (in a thread) it waits on. A waiter makes its event before
+    looking at the flag and ``set`` raises the flag before looking for events, so one of
+    the two always sees the other."""
+
+    __slots__ = ("_awaitable", "_flag", "_loop", "_threads")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
         self._loop = loop
-        self._awaitable = asyncio.Event()
+        self._flag = False
+        self._awaitable: asyncio.Event | None = None
+        self._threads: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
 
     def set(self) -> None:
-        super().set()
-        # A closed loop (RuntimeError) has nothing waiting on it any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._awaitable.set)
+        self._flag = True
+        if self._threads is not None:
+            self._threads.set()
+        awaitable = self._awaitable
+        if awaitable is not None:
+            # A closed loop (RuntimeError) has nothing waiting on it any more.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(awaitable.set)
 
     def clear(self) -> None:
-        super().clear()
-        self._awaitable.clear()
+        self._flag = False
+        if self._threads is not None:
+            self._threads.clear()
+        if self._awaitable is not None:
+            self._awaitable.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block this thread until set or ``timeout``; True if set."""
+        if self._threads is None:
+            with _CREATING:
+                if self._threads is None:
+                    self._threads = threading.Event()
+        if self._flag:
+            return True
+        return self._threads.wait(timeout) or self._flag
 
     async def wait_async(self, timeout: float | None) -> bool:
         """Wait on the loop until set or ``timeout``; True if set."""
-        if self.is_set():
+        if self._awaitable is None:
+            self._awaitable = asyncio.Event()
+        if self._flag:
             return True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._awaitable.wait(), timeout)
-        return self.is_set()
+        return self._flag
 
 
 class AsyncWorkflowRun(WorkflowRun):
