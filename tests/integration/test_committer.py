@@ -4,10 +4,11 @@ one bad row in a batch, and stopping with writes queued."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -205,7 +206,9 @@ def test_coroutines_get_their_answers_on_their_loop(cluster: Cluster) -> None:
     writer = GroupWriter(cluster.store, [SHARD], answer_timeout=30)
 
     async def main() -> list[object]:
-        writes = [writer.record_step_async(SHARD, _step(c, f'"v{i}"')) for i, c in enumerate(live)]
+        writes: list[Coroutine[Any, Any, object]] = [
+            writer.record_step_async(SHARD, _step(c, f'"v{i}"')) for i, c in enumerate(live)
+        ]
         writes.append(
             writer.finish_async(
                 SHARD,

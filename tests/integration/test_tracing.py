@@ -5,6 +5,7 @@ move to another shard (docs/operations.md#tracing)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -174,7 +175,7 @@ def test_an_async_submit_opens_a_span_that_the_run_continues(
         ]
         assert submit.kind is SpanKind.PRODUCER
         assert parent_of(submit) == request_span
-        [run] = wait_until(lambda wid=wid: named(spans, "shardflow.run ", wid))
+        [run] = wait_until(functools.partial(named, spans, "shardflow.run ", wid))
         assert run.context.trace_id == submit.context.trace_id
         assert parent_of(run) == submit.context.span_id
 
