@@ -13,6 +13,10 @@ from shardflow.engine.worker.base import WorkerBase
 from shardflow.engine.worker.events import EventKind
 from shardflow.retry import Backoff
 
+# The suffix of a shardflow_work payload that announces a due wake-up (queue names have
+# no spaces: shardflow/sql/queries/waits.sql).
+WAKE_DUE = " due"
+
 
 class ListenLoops(WorkerBase):
     """The listening side of a worker (a part of :class:`~shardflow.engine.worker.Worker`)."""
@@ -27,7 +31,11 @@ class ListenLoops(WorkerBase):
                     self._progress[name] = time.monotonic()
                     backoff.reset()
                     if channel == "shardflow_work":
-                        self._notified[shard].set()
+                        # New work (payload: its queue) is claimed at once; a wake-up
+                        # (payload: '<queue> due') also sends the claim loop to look for
+                        # due wake-ups first, which new work does not need.
+                        if payload.endswith(WAKE_DUE):
+                            self._notified[shard].set()
                         self._wake[shard].set()
                     elif channel == "shardflow_cancel":
                         self._on_cancel(payload)

@@ -273,7 +273,8 @@ WITH activated AS (
     WHERE w.workflow_id = t.workflow_id AND w.move_id = t.move_id AND w.state = 'IMPORTING'
     RETURNING w.workflow_id, w.queue
 )
-SELECT workflow_id, pg_notify('shardflow_work', queue) FROM activated
+-- ' due': an activated copy may be a suspended workflow whose wake-up is due.
+SELECT workflow_id, pg_notify('shardflow_work', queue || ' due') FROM activated
 
 -- name: discard_copies
 -- Recovery: a staged copy whose move was never decided goes, with its child rows.

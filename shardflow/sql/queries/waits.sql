@@ -40,7 +40,9 @@ RETURNING w.workflow_id, w.name, w.queue, w.inputs, w.attempt, w.recoveries,
           w.slot, w.trace_context
 
 -- name: wake_workflow
--- Wake a suspended workflow now (a message arrived, a child finished).
+-- Wake a suspended workflow now (a message arrived, a child finished). The notification's
+-- payload is the queue and ' due' (a space is not allowed in a queue name): a worker then
+-- looks for due wake-ups, which it skips for plain new work (payload: the queue).
 WITH woken AS (
     UPDATE shardflow.workflow_status
     SET wake_at = now(), updated_at = now()
@@ -48,7 +50,7 @@ WITH woken AS (
       AND (%(wait_for)s::text IS NULL OR wait_for = %(wait_for)s)
     RETURNING workflow_id, queue
 )
-SELECT workflow_id, pg_notify('shardflow_work', queue) FROM woken
+SELECT workflow_id, pg_notify('shardflow_work', queue || ' due') FROM woken
 
 -- name: wake_staged_copy
 -- A message for a staged copy (between steps 3 and 4 of its move: the source holds the

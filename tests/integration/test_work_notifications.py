@@ -1,0 +1,55 @@
+"""A worker hears new work and due wake-ups without waiting for its poll tick: the
+``shardflow_work`` notification (payload: the queue for new work, '<queue> due' for a
+wake-up) sends its claim loop to the right query at once."""
+
+from __future__ import annotations
+
+import psycopg
+
+import shardflow
+from shardflow import WorkflowState
+from shardflow.engine.cluster import Cluster
+from shardflow.engine.worker import EventKind
+from shardflow.engine.worker.listening import WAKE_DUE
+from shardflow.testing.events import EventRecorder
+from shardflow.testing.servers import wait_until
+from tests.apps import faults
+from tests.apps.faults import app
+
+# Far longer than each wait below: whatever happens within them came from a notification.
+POLL = 120.0
+
+
+def test_new_work_and_a_wake_up_are_heard_without_polling(cluster: Cluster) -> None:
+    worker = shardflow.Worker(
+        cluster, app, concurrency=2, poll_interval_seconds=POLL, lease_seconds=3 * POLL
+    )
+    # The claim loop looks for wake-ups once at start, then every POLL seconds or when
+    # told: the wake-up below can only be found in time if it is announced.
+    with worker, EventRecorder(worker) as recorder:
+        listener = cluster.submit(faults.listener)
+        wait_until(
+            lambda: cluster.get(listener.workflow_id).state is WorkflowState.SUSPENDED,
+            timeout=30,
+            message="the listener claimed at once and suspended waiting for a message",
+        )
+        cluster.send(listener.workflow_id, "hello")
+        assert listener.result(timeout=30) == "hello"
+        claims = recorder.events(EventKind.CLAIMED, lambda e: e.workflow_id == listener.workflow_id)
+    assert [c.detail for c in claims] == ["new", "woken"]
+
+
+def test_a_wake_up_payload_is_marked_and_new_work_is_not(cluster: Cluster) -> None:
+    """The payloads themselves: old workers ignore them, new ones tell them apart."""
+    handle = cluster.submit(faults.listener)
+    dsn = cluster.config.shard(handle.shard).dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("LISTEN shardflow_work")
+        cluster.submit(faults.two_args, 1, workflow_id=f"{handle.workflow_id}-x")
+        with shardflow.Worker(cluster, app, concurrency=2):
+            wait_until(lambda: cluster.get(handle.workflow_id).state is WorkflowState.SUSPENDED)
+            cluster.send(handle.workflow_id, "hi")
+            assert handle.result(timeout=30) == "hi"
+        payloads = [n.payload for n in conn.notifies(timeout=0.5)]
+    assert f"default{WAKE_DUE}" in payloads
+    assert "default" in payloads
