@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from shardflow.engine.policy import RetryPolicy
 from shardflow.engine.ports import RunClient, RunWriter
 from shardflow.engine.records import Claim, StepRecord, StepWrite
 from shardflow.engine.serialization import error_record, rebuild_error
-from shardflow.engine.signals import RunEvent, RunInterrupted, Suspend
+from shardflow.engine.signals import FlagEvent, RunEvent, RunInterrupted, Suspend
 from shardflow.engine.store import Fenced, Store, TransientStoreError
 from shardflow.errors import (
     NonDeterminismError,
@@ -90,7 +89,7 @@ class WorkflowRun:
 
     def _new_event(self) -> RunEvent:
         """The events a run is woken by (an async run's can also be awaited)."""
-        return threading.Event()
+        return FlagEvent()
 
     def db_time(self) -> float:
         """Now on the database clock of this run's shard (epoch seconds), estimated from

@@ -1,11 +1,16 @@
-"""The two signals that end a run's thread early, raised by workflow-facing code
-(:mod:`~shardflow.engine.primitives`, the run's own checks) and caught by the runner.
+"""How a run is stopped and woken.
 
-Both are BaseExceptions so that ``except Exception`` in workflow code cannot swallow them.
+The two signals that end a run's thread early, raised by workflow-facing code
+(:mod:`~shardflow.engine.primitives`, the run's own checks) and caught by the runner. Both
+are BaseExceptions so that ``except Exception`` in workflow code cannot swallow them.
+
+The events a run is woken by (a cancel, a lost lease, a message), set from any thread:
+:class:`RunEvent`, made cheap by :class:`FlagEvent`.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 
@@ -47,3 +52,43 @@ class RunEvent(Protocol):
     def clear(self) -> None: ...
 
     def wait(self, timeout: float | None = None) -> bool: ...
+
+
+_CREATING = threading.Lock()
+
+
+class FlagEvent:
+    """A :class:`RunEvent` that is a flag until a thread waits on it, and only then
+    makes the ``threading.Event`` it waits on: two per run, and a worker starts
+    thousands of runs a second, most of which nothing ever waits on. A waiter makes its
+    event before it looks at the flag, and ``set`` raises the flag before it looks for
+    the event, so one of the two always sees the other."""
+
+    __slots__ = ("_flag", "_threads")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._threads: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        if self._threads is not None:
+            self._threads.set()
+
+    def clear(self) -> None:
+        self._flag = False
+        if self._threads is not None:
+            self._threads.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block this thread until set or ``timeout``; True if set."""
+        if self._threads is None:
+            with _CREATING:
+                if self._threads is None:
+                    self._threads = threading.Event()
+        if self._flag:
+            return True
+        return self._threads.wait(timeout) or self._flag

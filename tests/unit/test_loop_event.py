@@ -1,5 +1,5 @@
-"""LoopEvent: the events of an async run, set from any thread, awaited on the loop or
-waited for in a thread."""
+"""FlagEvent and LoopEvent: the events of a run, set from any thread, waited for in a
+thread or (an async run's) awaited on the loop."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import threading
 
 from shardflow.engine.aio.run import LoopEvent
+from shardflow.engine.signals import FlagEvent
 
 
 def test_a_coroutine_wakes_when_another_thread_sets_it() -> None:
@@ -60,3 +61,18 @@ def test_many_setters_and_waiters_all_wake() -> None:
         return sum(await asyncio.gather(*waits))
 
     assert asyncio.run(main()) == 500
+
+
+def test_a_flag_event_wakes_its_waiting_threads() -> None:
+    event = FlagEvent()
+    assert event.wait(0.01) is False
+    woken: list[bool] = []
+    waiters = [threading.Thread(target=lambda: woken.append(event.wait(30))) for _ in range(8)]
+    for t in waiters:
+        t.start()
+    event.set()
+    for t in waiters:
+        t.join()
+    assert woken == [True] * 8
+    event.clear()
+    assert not event.is_set() and event.wait(0.01) is False

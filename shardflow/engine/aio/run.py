@@ -16,7 +16,6 @@ import contextvars
 import functools
 import logging
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -32,7 +31,7 @@ from shardflow.engine.ports import AsyncRunWriter, RunClient, RunWriter
 from shardflow.engine.records import Claim, FinishWrite
 from shardflow.engine.runner import RUN_RETRY_SECONDS, WorkflowRun, owned
 from shardflow.engine.serialization import error_record
-from shardflow.engine.signals import RunInterrupted
+from shardflow.engine.signals import FlagEvent, RunInterrupted
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import Store, StoreError, TransientStoreError
 from shardflow.errors import ShardUnavailable, ValueRejected
@@ -43,34 +42,20 @@ log = logging.getLogger("shardflow.engine.runner")
 T = TypeVar("T")
 
 
-_CREATING = threading.Lock()
+class LoopEvent(FlagEvent):
+    """A run's event that coroutines on ``loop`` can also await without holding a
+    thread. Its ``asyncio.Event`` is made by the first coroutine that waits, before it
+    looks at the flag (see :class:`~shardflow.engine.signals.FlagEvent`)."""
 
-
-class LoopEvent:
-    """An event set from any thread (a cancel, a lost lease, a message) that coroutines
-    on ``loop`` await without holding a thread, and a thread can also wait for.
-
-    Two per run, and a worker starts thousands of runs a second: it is a flag until
-    someone waits, and only then makes the ``asyncio.Event`` (on the loop) or the
-    ``threading.Event`` (in a thread) it waits on. A waiter makes its event before
-    looking at the flag and ``set`` raises the flag before looking for events, so one of
-    the two always sees the other."""
-
-    __slots__ = ("_awaitable", "_flag", "_loop", "_threads")
+    __slots__ = ("_awaitable", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self._loop = loop
-        self._flag = False
         self._awaitable: asyncio.Event | None = None
-        self._threads: threading.Event | None = None
-
-    def is_set(self) -> bool:
-        return self._flag
 
     def set(self) -> None:
-        self._flag = True
-        if self._threads is not None:
-            self._threads.set()
+        super().set()
         awaitable = self._awaitable
         if awaitable is not None:
             # A closed loop (RuntimeError) has nothing waiting on it any more.
@@ -78,21 +63,9 @@ class LoopEvent:
                 self._loop.call_soon_threadsafe(awaitable.set)
 
     def clear(self) -> None:
-        self._flag = False
-        if self._threads is not None:
-            self._threads.clear()
+        super().clear()
         if self._awaitable is not None:
             self._awaitable.clear()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block this thread until set or ``timeout``; True if set."""
-        if self._threads is None:
-            with _CREATING:
-                if self._threads is None:
-                    self._threads = threading.Event()
-        if self._flag:
-            return True
-        return self._threads.wait(timeout) or self._flag
 
     async def wait_async(self, timeout: float | None) -> bool:
         """Wait on the loop until set or ``timeout``; True if set."""
