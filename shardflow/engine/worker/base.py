@@ -172,9 +172,16 @@ class WorkerBase:
         # One wake-up flag per shard's claim loop: set by notifications and finished runs.
         self._wake = {shard: threading.Event() for shard in self.shards}
         self._notified = {shard: threading.Event() for shard in self.shards}
-        # A finished run wakes the claim loops only once this many threads are free, so
-        # that claims come in batches rather than one per finished workflow.
+        # A finished run wakes the claim loops only if one of them was held back by
+        # capacity (of its kind: False sync, True async) since the last such wake-up, and
+        # once this many threads are free, so that claims come in batches rather than one
+        # per finished workflow. (Waking them after every run, at light load, cost a
+        # claim per shard and kind per workflow, on the path of the next submit.)
         self._wake_threshold = max(1, min(self.claim_batch, self.concurrency) // 4)
+        self._starved = {False: False, True: False}
+        # Per claim loop: whether its last pass got all it asked for somewhere (there may
+        # be more: it goes round again at once) or not (it waits to be told, or polls).
+        self._claimed_full = {shard: False for shard in self.shards}
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
         self._shares = queue_shares(cluster, self.queues)
@@ -221,11 +228,15 @@ class WorkerBase:
         return limit - self._active[aio] - self._reserved_by[aio]
 
     def _reserve(self, queue: QueueConfig | None, want: int, aio: bool = False) -> int:
+        """Reserve up to ``want`` places of kind ``aio`` for a claim (fewer: the kind is
+        starved, and the next run to end wakes the claim loops)."""
         with self._lock:
             n = min(self._free(aio), want)
             if queue is not None and queue.worker_concurrency is not None:
                 n = min(n, queue.worker_concurrency - self._per_queue[queue.name])
             n = max(n, 0)
+            if n < want:
+                self._starved[aio] = True
             self._reserved_by[aio] += n
             if queue is not None:
                 self._per_queue[queue.name] += n

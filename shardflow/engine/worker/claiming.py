@@ -35,6 +35,7 @@ class ClaimLoops(QueueLeaseLoops):
         while not self._stopping.is_set():
             self._progress[name] = time.monotonic()
             claimed = 0
+            self._claimed_full[shard] = False
             try:
                 now = time.monotonic()
                 if now >= next_recovery:
@@ -56,8 +57,9 @@ class ClaimLoops(QueueLeaseLoops):
                 self._loop_error(name, exc)
                 self._stopping.wait(backoff.next())
                 continue
-            if claimed == 0:
-                # Nothing to do, or no capacity: sleep until a run ends or the poll tick.
+            if not self._claimed_full[shard]:
+                # Nothing more to do now, or no capacity: sleep until told (new work, a
+                # wake-up, a run ending while capacity was short) or the poll tick.
                 self._wake[shard].wait(self.poll_interval)
                 self._wake[shard].clear()
 
@@ -90,6 +92,8 @@ class ClaimLoops(QueueLeaseLoops):
             self._unreserve(queue, n - len(claims), aio)
             if leases is not None:
                 self._return_leases(leases[len(claims) :])
+        if len(claims) == n:
+            self._claimed_full[shard] = True
         with self._lock:  # several claim threads count here
             self.stats.claimed += len(claims)
             self.stats.claimed_by[(shard, queue.name)] += len(claims)
@@ -154,6 +158,8 @@ class ClaimLoops(QueueLeaseLoops):
                 self._unreserve(queue, n - len(claims), aio)
                 if leases is not None:
                     self._return_leases(leases[len(claims) :])
+            if len(claims) == n:
+                self._claimed_full[shard] = True
             started: list[Coroutine[Any, Any, None]] = []
             try:
                 self._launch_resumed(shard, queue, aio, claims, leases, recovery, started)
@@ -299,7 +305,12 @@ class ClaimLoops(QueueLeaseLoops):
             self._lock.notify_all()
             free = self._free(run.is_async)
             limited = queue is not None and queue.worker_concurrency is not None
-        if free >= self._wake_threshold or limited or not self._running:
+            wake = self._starved[run.is_async] and (
+                free >= self._wake_threshold or limited or not self._running
+            )
+            if wake:
+                self._starved[run.is_async] = False
+        if wake:
             self._wake_all()
         if self.events:
             self._report_end(run, state)

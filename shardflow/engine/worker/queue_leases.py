@@ -51,6 +51,9 @@ class QueueLeaseLoops(WorkerBase):
         leases = self._take(queue, reserved)
         if leases is None:
             return reserved, None
+        if len(leases) < reserved:
+            with self._lock:
+                self._starved[aio] = True  # a run of this worker ending frees a place
         self._unreserve(queue, reserved - len(leases), aio)
         return len(leases), leases
 
