@@ -18,7 +18,7 @@ from shardflow import WorkflowState
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.worker import EventKind
 from shardflow.testing.events import EventRecorder
-from shardflow.testing.servers import TestCluster, wait_until
+from shardflow.testing.servers import TestCluster, id_on, wait_until
 from tests.apps import twins
 from tests.apps.twins import app
 
@@ -34,13 +34,6 @@ def _reset_twins() -> Iterator[None]:
 def kind(request: pytest.FixtureRequest) -> SimpleNamespace:
     flavor: SimpleNamespace = twins.FLAVORS[request.param]
     return flavor
-
-
-def id_on(cluster: Cluster, shard: str, prefix: str) -> str:
-    i = 0
-    while cluster.route(f"{prefix}-{i}") != shard:
-        i += 1
-    return f"{prefix}-{i}"
 
 
 def test_steps_are_checkpointed_once_each(cluster: Cluster, kind: SimpleNamespace) -> None:

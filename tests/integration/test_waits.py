@@ -14,7 +14,7 @@ from shardflow.demo.app import EFFECTS_TABLE
 from shardflow.engine.cluster import Cluster
 from shardflow.engine.worker import EventKind
 from shardflow.testing.events import EventRecorder
-from shardflow.testing.servers import TestCluster, wait_until
+from shardflow.testing.servers import TestCluster, id_on, wait_until
 from tests.apps import waits
 from tests.apps.waits import app
 
@@ -32,13 +32,6 @@ def effect_counts(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT step, count(*) FROM demo_effects GROUP BY step").fetchall()
     return {str(r[0]): int(r[1]) for r in rows}
-
-
-def id_on(cluster: Cluster, shard: str, prefix: str) -> str:
-    i = 0
-    while cluster.route(f"{prefix}-{i}") != shard:
-        i += 1
-    return f"{prefix}-{i}"
 
 
 def test_sleeping_workflows_hold_no_thread_and_wake_on_time(cluster: Cluster) -> None:

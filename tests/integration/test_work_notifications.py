@@ -5,6 +5,7 @@ wake-up) sends its claim loop to the right query at once."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 import shardflow
 from shardflow import WorkflowState
@@ -12,8 +13,8 @@ from shardflow.engine.cluster import Cluster
 from shardflow.engine.worker import EventKind
 from shardflow.engine.worker.listening import WAKE_DUE
 from shardflow.testing.events import EventRecorder
-from shardflow.testing.servers import wait_until
-from tests.apps import faults
+from shardflow.testing.servers import id_on, wait_until
+from tests.apps import faults, twins
 from tests.apps.faults import app
 
 # Far longer than each wait below: whatever happens within them came from a notification.
@@ -45,7 +46,8 @@ def test_a_wake_up_payload_is_marked_and_new_work_is_not(cluster: Cluster) -> No
     dsn = cluster.config.shard(handle.shard).dsn
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("LISTEN shardflow_work")
-        cluster.submit(faults.two_args, 1, workflow_id=f"{handle.workflow_id}-x")
+        other = id_on(cluster, handle.shard, handle.workflow_id)  # heard on this shard
+        cluster.submit(faults.two_args, 1, workflow_id=other)
         with shardflow.Worker(cluster, app, concurrency=2):
             wait_until(lambda: cluster.get(handle.workflow_id).state is WorkflowState.SUSPENDED)
             cluster.send(handle.workflow_id, "hi")
@@ -53,3 +55,25 @@ def test_a_wake_up_payload_is_marked_and_new_work_is_not(cluster: Cluster) -> No
         payloads = [n.payload for n in conn.notifies(timeout=0.5)]
     assert f"default{WAKE_DUE}" in payloads
     assert "default" in payloads
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_run_ending_at_full_capacity_starts_the_next_without_polling(
+    cluster: Cluster, kind: str
+) -> None:
+    """One place, six workflows: each claim after the first is made because a run ended
+    while capacity held the claim loop back (the poll tick is far away)."""
+    workflow = twins.three_steps if kind == "sync" else twins.three_steps_async
+    handles = [cluster.submit(workflow, i) for i in range(6)]
+    worker = shardflow.Worker(
+        cluster,
+        twins.app,
+        concurrency=1,
+        async_concurrency=1,
+        poll_interval_seconds=POLL,
+        lease_seconds=3 * POLL,
+    )
+    with worker:
+        for i, handle in enumerate(handles):
+            assert handle.result(timeout=30) == {"result": i + 3}
+    assert worker.stats.claimed == 6

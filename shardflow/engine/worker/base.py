@@ -172,13 +172,13 @@ class WorkerBase:
         # One wake-up flag per shard's claim loop: set by notifications and finished runs.
         self._wake = {shard: threading.Event() for shard in self.shards}
         self._notified = {shard: threading.Event() for shard in self.shards}
-        # A finished run wakes the claim loops only if one of them was held back by
-        # capacity (of its kind: False sync, True async) since the last such wake-up, and
+        # A finished run wakes the claim loops that were held back by capacity (of its
+        # kind: False sync, True async; the shards in _starved) since their last wake-up,
         # once this many threads are free, so that claims come in batches rather than one
         # per finished workflow. (Waking them after every run, at light load, cost a
         # claim per shard and kind per workflow, on the path of the next submit.)
         self._wake_threshold = max(1, min(self.claim_batch, self.concurrency) // 4)
-        self._starved = {False: False, True: False}
+        self._starved: dict[bool, set[str]] = {False: set(), True: set()}
         # Per claim loop: whether its last pass got all it asked for somewhere (there may
         # be more: it goes round again at once) or not (it waits to be told, or polls).
         self._claimed_full = {shard: False for shard in self.shards}
@@ -227,22 +227,25 @@ class WorkerBase:
         limit = self.async_concurrency if aio else self.concurrency
         return limit - self._active[aio] - self._reserved_by[aio]
 
-    def _reserve(self, queue: QueueConfig | None, want: int, aio: bool = False) -> int:
-        """Reserve up to ``want`` places of kind ``aio`` for a claim (fewer: the kind is
-        starved, and the next run to end wakes the claim loops)."""
+    def _reserve(self, queue: QueueConfig | None, want: int, aio: bool, shard: str) -> int:
+        """Reserve up to ``want`` places of kind ``aio`` for a claim on ``shard`` (fewer:
+        that claim loop is starved, and is woken when places come free)."""
         with self._lock:
             n = min(self._free(aio), want)
             if queue is not None and queue.worker_concurrency is not None:
                 n = min(n, queue.worker_concurrency - self._per_queue[queue.name])
             n = max(n, 0)
             if n < want:
-                self._starved[aio] = True
+                self._starved[aio].add(shard)
             self._reserved_by[aio] += n
             if queue is not None:
                 self._per_queue[queue.name] += n
             return n
 
-    def _unreserve(self, queue: QueueConfig | None, n: int, aio: bool = False) -> None:
+    def _unreserve(self, queue: QueueConfig | None, n: int, aio: bool, shard: str) -> None:
+        """Give back ``n`` places ``shard``'s claim reserved and did not use. They may be
+        what another shard's claim loop was refused meanwhile: that loop is woken (only
+        those refused, so that loops do not wake each other in turn at idle)."""
         if n <= 0:
             return
         with self._lock:
@@ -250,6 +253,10 @@ class WorkerBase:
             if queue is not None:
                 self._per_queue[queue.name] -= n
             self._lock.notify_all()
+            others = self._starved[aio] - {shard}
+            self._starved[aio] &= {shard}
+        for other in others:
+            self._wake[other].set()
 
     def _wake_all(self) -> None:
         for event in self._wake.values():

@@ -68,10 +68,10 @@ class ClaimLoops(QueueLeaseLoops):
 
     def _claim_queue_kind(self, shard: str, queue: QueueConfig, aio: bool, names: list[str]) -> int:
         """Claim new sync or async work (``aio``) of ``queue``, within that kind's capacity."""
-        n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
+        n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio, shard)
         if n == 0:
             return 0
-        n, leases = self._take_leases(queue, n, aio)
+        n, leases = self._take_leases(queue, n, aio, shard)
         if n == 0:
             return 0
         claims: list[Claim] = []
@@ -89,7 +89,7 @@ class ClaimLoops(QueueLeaseLoops):
                 app_version=self.app_version,
             )
         finally:
-            self._unreserve(queue, n - len(claims), aio)
+            self._unreserve(queue, n - len(claims), aio, shard)
             if leases is not None:
                 self._return_leases(leases[len(claims) :])
         if len(claims) == n:
@@ -137,10 +137,10 @@ class ClaimLoops(QueueLeaseLoops):
         """Claim work that was already started (woken or recovered), per queue group."""
         total = 0
         for (queue, queues), (aio, names) in itertools.product(self._claim_groups(), self._kinds):
-            n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio)
+            n = self._reserve(queue, min(self.claim_batch, self._claim_share[aio]), aio, shard)
             if n == 0:
                 continue
-            n, leases = self._take_leases(queue, n, aio)
+            n, leases = self._take_leases(queue, n, aio, shard)
             if n == 0:
                 continue
             claims: list[Claim] = []
@@ -155,7 +155,7 @@ class ClaimLoops(QueueLeaseLoops):
                     app_version=self.app_version,
                 )
             finally:
-                self._unreserve(queue, n - len(claims), aio)
+                self._unreserve(queue, n - len(claims), aio, shard)
                 if leases is not None:
                     self._return_leases(leases[len(claims) :])
             if len(claims) == n:
@@ -187,7 +187,7 @@ class ClaimLoops(QueueLeaseLoops):
                     self._return_leases([lease])
                 with self._lock:
                     self.stats.dead_lettered += 1
-                self._unreserve(queue, 1, aio)
+                self._unreserve(queue, 1, aio, shard)
                 log.warning(
                     "workflow %s dead-lettered after %d recoveries",
                     claim.workflow_id,
@@ -305,13 +305,11 @@ class ClaimLoops(QueueLeaseLoops):
             self._lock.notify_all()
             free = self._free(run.is_async)
             limited = queue is not None and queue.worker_concurrency is not None
-            wake = self._starved[run.is_async] and (
-                free >= self._wake_threshold or limited or not self._running
-            )
-            if wake:
-                self._starved[run.is_async] = False
-        if wake:
-            self._wake_all()
+            wake: set[str] = set()
+            if free >= self._wake_threshold or limited or not self._running:
+                wake, self._starved[run.is_async] = self._starved[run.is_async], set()
+        for shard in wake:
+            self._wake[shard].set()
         if self.events:
             self._report_end(run, state)
 

@@ -27,9 +27,17 @@ class ListenLoops(WorkerBase):
         while not self._stopping.is_set():
             self._progress[name] = time.monotonic()
             try:
+                listening = False
                 for channel, payload in self.cluster.store.listen(shard, 0.25, self._stopping):
                     self._progress[name] = time.monotonic()
                     backoff.reset()
+                    if not listening:
+                        # LISTEN is in place (first yield): what was announced before it,
+                        # at start or while the connection was down, was not heard. Look
+                        # for new work and wake-ups once now rather than at the poll tick.
+                        listening = True
+                        self._notified[shard].set()
+                        self._wake[shard].set()
                     if channel == "shardflow_work":
                         # New work (payload: its queue) is claimed at once; a wake-up
                         # (payload: '<queue> due') also sends the claim loop to look for

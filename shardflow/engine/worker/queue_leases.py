@@ -43,7 +43,7 @@ class QueueLeaseLoops(WorkerBase):
     """The queue-lease side of a worker (a part of :class:`~shardflow.engine.worker.Worker`)."""
 
     def _take_leases(
-        self, queue: QueueConfig | None, reserved: int, aio: bool
+        self, queue: QueueConfig | None, reserved: int, aio: bool, shard: str
     ) -> tuple[int, list[QueueLease] | None]:
         """Take up to ``reserved`` (threads reserved for a claim) of ``queue``'s leases, and
         give back the threads of those not taken: (how many to claim, the leases taken,
@@ -51,10 +51,10 @@ class QueueLeaseLoops(WorkerBase):
         leases = self._take(queue, reserved)
         if leases is None:
             return reserved, None
+        self._unreserve(queue, reserved - len(leases), aio, shard)
         if len(leases) < reserved:
             with self._lock:
-                self._starved[aio] = True  # a run of this worker ending frees a place
-        self._unreserve(queue, reserved - len(leases), aio)
+                self._starved[aio].add(shard)  # a run of this worker ending frees a place
         return len(leases), leases
 
     def _take(self, queue: QueueConfig | None, want: int) -> list[QueueLease] | None:
