@@ -21,16 +21,15 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from shardflow.config.model import ClusterConfig
-from shardflow.engine.driving import Plan, drive
+from shardflow.engine.driving import drive
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.handles import Page
-from shardflow.engine.listing import scatter_plan
+from shardflow.engine.listing import filtered_plan
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Store, statements
+from shardflow.engine.store import Store
 from shardflow.engine.store.admin import ACTIVE, RESUMABLE, AdminStore, FailureGroup
-from shardflow.engine.store.statements import Statement
 from shardflow.engine.store_errors import DedupConflict
 from shardflow.errors import WorkflowDeduplicated
 from shardflow.retry import with_retries
@@ -85,34 +84,6 @@ def admin_store(cluster: Cluster) -> AdminStore:
     return AdminStore(cluster.pools, cluster.codec)
 
 
-def list_plan(
-    codec: Codec,
-    shards: Sequence[str],
-    filters: WorkflowFilter,
-    *,
-    limit: int,
-    cursor: str | None,
-    skip_unavailable: bool,
-    retry_seconds: float,
-) -> Plan[Page]:
-    """Workflows of ``shards`` matching ``filters``, newest first, ``limit`` at a time,
-    as a plan (:mod:`~shardflow.engine.driving`): both clients run it."""
-
-    def read(
-        shard: str, after: tuple[datetime, str] | None, limit: int
-    ) -> Statement[list[WorkflowStatus]]:
-        return statements.list_filtered(shard, codec, filters, after, limit)
-
-    return scatter_plan(
-        shards,
-        read,
-        limit=limit,
-        cursor=cursor,
-        skip_unavailable=skip_unavailable,
-        retry_seconds=retry_seconds,
-    )
-
-
 def list_workflows(
     cluster: Cluster,
     filters: WorkflowFilter,
@@ -122,7 +93,7 @@ def list_workflows(
     skip_unavailable: bool = False,
 ) -> Page:
     """Workflows of all shards matching ``filters``, newest first, ``limit`` at a time."""
-    plan = list_plan(
+    plan = filtered_plan(
         cluster.codec,
         cluster.config.shard_names,
         filters,

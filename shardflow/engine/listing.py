@@ -17,12 +17,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from shardflow.engine.driving import Plan, Read, Together, drive, retried
+from shardflow.config.model import ClusterConfig
+from shardflow.engine.driving import Plan, Read, Together, retried
+from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.handles import Page
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Store, statements
+from shardflow.engine.store import statements
 from shardflow.engine.store.statements import Statement
 from shardflow.errors import ShardUnavailable
 
@@ -168,21 +170,95 @@ def list_plan(
     )
 
 
-def list_workflows(
-    store: Store,
+def filtered_plan(
+    codec: Codec,
     shards: Sequence[str],
+    filters: WorkflowFilter,
     *,
-    state: str | WorkflowState | None,
-    name: str | None,
-    queue: str | None,
     limit: int,
     cursor: str | None,
     skip_unavailable: bool,
     retry_seconds: float,
-) -> Page:
-    """:func:`list_plan` run on the sync store."""
-    plan = list_plan(
-        store.codec,
+) -> Plan[Page]:
+    """One page of the workflows of ``shards`` matching ``filters`` (any of them: ID
+    prefix, creation-time range, parent, fork source, app version...), newest first."""
+
+    def read(
+        shard: str, after: tuple[datetime, str] | None, limit: int
+    ) -> Statement[list[WorkflowStatus]]:
+        return statements.list_filtered(shard, codec, filters, after, limit)
+
+    return scatter_plan(
+        shards,
+        read,
+        limit=limit,
+        cursor=cursor,
+        skip_unavailable=skip_unavailable,
+        retry_seconds=retry_seconds,
+    )
+
+
+class Lister(Protocol):
+    """What a listing uses of the client (:class:`~shardflow.engine.cluster.Cluster`)."""
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    @property
+    def codec(self) -> Codec: ...
+
+    @property
+    def retry_seconds(self) -> float: ...
+
+
+def query_plan(
+    client: Lister,
+    state: str | WorkflowState | None = None,
+    name: str | None = None,
+    queue: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    skip_unavailable: bool = False,
+    *,
+    id_prefix: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    parent_id: str | None = None,
+    forked_from: str | None = None,
+    app_version: str | None = None,
+    filters: WorkflowFilter | None = None,
+) -> Plan[Page]:
+    """:meth:`Cluster.list_workflows` (the same arguments) as a plan, which the sync
+    client drives and the async client awaits. Wrong arguments raise here, before the
+    plan runs."""
+    named = (
+        state,
+        name,
+        queue,
+        id_prefix,
+        created_after,
+        created_before,
+        parent_id,
+        forked_from,
+        app_version,
+    )
+    if filters is not None and any(v is not None for v in named):
+        raise ValueError("list_workflows: pass filters= or the single filters, not both")
+    if filters is None and any(v is not None for v in named[3:]):
+        filters = WorkflowFilter(WorkflowState(state) if state is not None else None, *named[1:])
+    shards, codec = client.config.shard_names, client.codec
+    if filters is not None and not filters.is_empty:
+        return filtered_plan(
+            codec,
+            shards,
+            filters,
+            limit=limit,
+            cursor=cursor,
+            skip_unavailable=skip_unavailable,
+            retry_seconds=client.retry_seconds,
+        )
+    return list_plan(
+        codec,
         shards,
         state=state,
         name=name,
@@ -190,6 +266,5 @@ def list_workflows(
         limit=limit,
         cursor=cursor,
         skip_unavailable=skip_unavailable,
-        retry_seconds=retry_seconds,
+        retry_seconds=client.retry_seconds,
     )
-    return drive(plan, store)

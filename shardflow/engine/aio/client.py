@@ -39,6 +39,7 @@ from shardflow.engine.coverage import needs_warn_check, warn_unserved
 from shardflow.engine.driving import Plan, drive_async
 from shardflow.engine.handles import Page, Submission, judge_outcome
 from shardflow.engine.listeners import WaitFor
+from shardflow.engine.listing import query_plan
 from shardflow.engine.placement import IdSource
 from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.serialization import Serializer
@@ -283,7 +284,7 @@ class AsyncCluster:
         filters, cursor and ``skip_unavailable``). Native: the shards' pages are read
         side by side on the loop, each retried through an outage."""
         self._open()
-        return await self._drive(self.sync.list_plan(*args, **kwargs))
+        return await self._drive(query_plan(self.sync, *args, **kwargs))
 
     async def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
         """Cancel a workflow and its children (see :meth:`Cluster.cancel`). Native:
