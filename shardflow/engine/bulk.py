@@ -21,15 +21,17 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from shardflow.config.model import ClusterConfig
+from shardflow.engine.driving import drive
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.handles import Page
-from shardflow.engine.listing import decode_cursor, merge_pages
+from shardflow.engine.listing import filtered_plan
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
+from shardflow.engine.store import Store
 from shardflow.engine.store.admin import ACTIVE, RESUMABLE, AdminStore, FailureGroup
 from shardflow.engine.store_errors import DedupConflict
-from shardflow.errors import ShardUnavailable, WorkflowDeduplicated
+from shardflow.errors import WorkflowDeduplicated
 from shardflow.retry import with_retries
 from shardflow.router.pools import ShardPools
 
@@ -91,28 +93,16 @@ def list_workflows(
     skip_unavailable: bool = False,
 ) -> Page:
     """Workflows of all shards matching ``filters``, newest first, ``limit`` at a time."""
-    if limit < 1:
-        raise ValueError("limit must be >= 1")
-    after = decode_cursor(cursor) if cursor else None
-    store = admin_store(cluster)
-    down: list[str] = []
-
-    def page(shard: str) -> list[WorkflowStatus]:
-        try:
-            return with_retries(
-                lambda: store.list_filtered(shard, filters, after, limit),
-                # Leaving a shard out is the caller's choice: do not wait long for it.
-                1.0 if skip_unavailable else cluster.retry_seconds,
-            )
-        except ShardUnavailable:
-            if not skip_unavailable:
-                raise
-            down.append(shard)
-            return []
-
-    pages = _on_every_shard(cluster, page)
-    merged, next_cursor = merge_pages(pages, limit)
-    return Page(merged, next_cursor, tuple(sorted(down)))
+    plan = filtered_plan(
+        cluster.codec,
+        cluster.config.shard_names,
+        filters,
+        limit=limit,
+        cursor=cursor,
+        skip_unavailable=skip_unavailable,
+        retry_seconds=cluster.retry_seconds,
+    )
+    return drive(plan, Store(cluster.pools, cluster.codec))
 
 
 def count_matching(

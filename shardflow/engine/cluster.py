@@ -27,11 +27,12 @@ from shardflow.engine import bulk
 from shardflow.engine.app import Workflow
 from shardflow.engine.control import Control
 from shardflow.engine.coverage import warn_unserved
+from shardflow.engine.driving import drive
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.group_submit import SubmitGroups
 from shardflow.engine.handles import Page, Submission, WorkflowHandle
 from shardflow.engine.listeners import WaitListeners
-from shardflow.engine.listing import list_workflows
+from shardflow.engine.listing import query_plan
 from shardflow.engine.locator import Locator
 from shardflow.engine.placement import IdSource, new_row
 from shardflow.engine.records import NewWorkflow, StepRecord, WorkflowStatus
@@ -284,38 +285,23 @@ class Cluster:
         of the app that ran the latest attempt, docs/upgrades.md); or a whole
         :class:`~shardflow.engine.filters.WorkflowFilter` as ``filters``.
         """
-        named = (
+        plan = query_plan(
+            self,
             state,
             name,
             queue,
-            id_prefix,
-            created_after,
-            created_before,
-            parent_id,
-            forked_from,
-            app_version,
+            limit,
+            cursor,
+            skip_unavailable,
+            id_prefix=id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+            parent_id=parent_id,
+            forked_from=forked_from,
+            app_version=app_version,
+            filters=filters,
         )
-        if filters is not None and any(v is not None for v in named):
-            raise ValueError("list_workflows: pass filters= or the single filters, not both")
-        if filters is None and any(v is not None for v in named[3:]):
-            filters = WorkflowFilter(
-                WorkflowState(state) if state is not None else None, *named[1:]
-            )
-        if filters is not None and not filters.is_empty:
-            return bulk.list_workflows(
-                self, filters, limit=limit, cursor=cursor, skip_unavailable=skip_unavailable
-            )
-        return list_workflows(
-            self.store,
-            self.config.shard_names,
-            state=state,
-            name=name,
-            queue=queue,
-            limit=limit,
-            cursor=cursor,
-            skip_unavailable=skip_unavailable,
-            retry_seconds=self.retry_seconds,
-        )
+        return drive(plan, self.store)
 
     # -- messages, events, wake-ups -----------------------------------------------------------
 

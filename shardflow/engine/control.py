@@ -3,22 +3,25 @@
 A part of :class:`~shardflow.engine.cluster.Cluster`. Each write locks the workflow's
 row and checks its state in its own transaction; zero rows affected means the workflow
 ended or moved meanwhile, so it is looked up again (following the tombstone) and the
-write retried where it is now.
+write retried where it is now. Each call is a plan (:mod:`~shardflow.engine.driving`):
+the sync client drives it, the async client awaits the same plan on its async store.
 """
 
 from __future__ import annotations
 
+from shardflow.engine.driving import Plan, Read, Transact, drive
 from shardflow.engine.locator import MAX_HOPS, Locator
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.states import RESUMABLE
-from shardflow.engine.store import DedupConflict, Store
+from shardflow.engine.store import DedupConflict, Store, statements
 from shardflow.engine.waits import Waits
 from shardflow.errors import ShardflowError, WorkflowDeduplicated, WorkflowNotFound
 from shardflow.retry import idempotent
 
 
 class Control:
-    """Cancel and resume."""
+    """Cancel and resume, each written once as a plan (:mod:`~shardflow.engine.driving`):
+    the sync client drives it here, the async client awaits the same plan."""
 
     def __init__(self, store: Store, locator: Locator, waits: Waits, retry_seconds: float) -> None:
         self.store = store
@@ -29,48 +32,71 @@ class Control:
     @idempotent
     def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
         """See :meth:`Cluster.cancel`."""
-        for _ in range(MAX_HOPS):
-            status = self.locator.find_to_write(workflow_id)
-            # Zero rows updated means the workflow ended, or moved while this waited on
-            # its row lock: look it up again (following the tombstone) and retry there.
-            if not status.state.is_active or self.store.cancel(status.shard, workflow_id, reason):
-                break
-        self.cancel_children(workflow_id, reason)
-        # A parent waiting for this child learns of its end now, not at its next re-check.
-        self.waits.wake_parent_of(workflow_id)
-        return self.locator.find(workflow_id)
+        return drive(self.cancel_plan(workflow_id, reason), self.store)
 
     @idempotent
     def cancel_children(self, workflow_id: str, reason: str) -> int:
         """See :meth:`Cluster.cancel_children`."""
-        status = self.locator.find(workflow_id)
+        return drive(self.cancel_children_plan(workflow_id, reason), self.store)
+
+    @idempotent
+    def resume(self, workflow_id: str) -> WorkflowStatus:
+        """See :meth:`Cluster.resume`."""
+        return drive(self.resume_plan(workflow_id), self.store)
+
+    def cancel_plan(self, workflow_id: str, reason: str) -> Plan[WorkflowStatus]:
+        """Cancel a workflow and its children; wake a parent waiting for it. Safe to
+        repeat (callers retry the whole plan)."""
+        locator = self.locator
+        for _ in range(MAX_HOPS):
+            status = yield from locator.find_plan(workflow_id, settle=True)
+            if not status.state.is_active:
+                break
+            # Zero rows updated means the workflow ended, or moved while this waited on
+            # its row lock: look it up again (following the tombstone) and retry there.
+            if (yield Read(status.shard, statements.cancel(workflow_id, reason))):
+                break
+        yield from self.cancel_children_plan(workflow_id, reason)
+        # A parent waiting for this child learns of its end now, not at its next re-check.
+        yield from self.waits.wake_parent_plan(workflow_id)
+        return (yield from locator.find_plan(workflow_id))
+
+    def cancel_children_plan(self, workflow_id: str, reason: str) -> Plan[int]:
+        """Cancel the children (and theirs) a workflow started; how many were active."""
+        locator = self.locator
+        status = yield from locator.find_plan(workflow_id)
+        child_ids: list[str] = yield Read(
+            status.shard, statements.child_ids(self.store.codec, workflow_id)
+        )
         cancelled = 0
-        for child_id in self.store.child_ids(status.shard, workflow_id):
+        for child_id in child_ids:
             try:
-                child = self.locator.find_to_write(child_id)
+                child = yield from locator.find_plan(child_id, settle=True)
             except WorkflowNotFound:
                 continue  # recorded, but its submit never landed
             if child.parent_id != workflow_id:
                 continue  # a fork's copied record names the original's child
             if child.state.is_active:
-                self.store.cancel(child.shard, child_id, reason)
+                yield Read(child.shard, statements.cancel(child_id, reason))
                 cancelled += 1
-            cancelled += self.cancel_children(child_id, reason)
+            cancelled += yield from self.cancel_children_plan(child_id, reason)
         return cancelled
 
-    @idempotent
-    def resume(self, workflow_id: str) -> WorkflowStatus:
-        """See :meth:`Cluster.resume`."""
-        status = self.locator.find_to_write(workflow_id)
+    def resume_plan(self, workflow_id: str) -> Plan[WorkflowStatus]:
+        """Re-queue a CANCELLED, ERROR or DEAD workflow where it is now (following it
+        if it moves meanwhile). Safe to repeat."""
+        locator = self.locator
+        status = yield from locator.find_plan(workflow_id, settle=True)
         for _ in range(MAX_HOPS):
             if status.state not in RESUMABLE:
                 break
             try:
-                if self.store.resume(status.shard, workflow_id):
+                if (yield Transact(status.shard, statements.resume(workflow_id))):
                     break
             except DedupConflict:
                 raise WorkflowDeduplicated(status.queue, status.dedup_key or "") from None
-            status = self.locator.find_to_write(workflow_id)  # moved: retry where it is now
+            # Zero rows updated: it moved (or changed) meanwhile; retry where it is now.
+            status = yield from locator.find_plan(workflow_id, settle=True)
         if status.state not in RESUMABLE and not status.state.is_active:
             raise ShardflowError(f"workflow {workflow_id!r} is {status.state.value}; cannot resume")
-        return self.locator.find(workflow_id)
+        return (yield from locator.find_plan(workflow_id))

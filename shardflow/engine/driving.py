@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from shardflow.engine.store import Store
 from shardflow.engine.store.aio import AsyncStore
 from shardflow.engine.store.statements import Statement, Transaction
+from shardflow.retry import Backoff, Failure, classify
 
 T = TypeVar("T")
 
@@ -66,6 +67,25 @@ class Together:
 
 Request = Read[Any] | Transact[Any] | Pause | Call | Together
 Plan = Generator[Request, Any, T]
+
+
+def retried(make: Callable[[], Plan[T]], seconds: float) -> Plan[T]:
+    """Run the plan ``make()`` returns, making a fresh one after a connection loss or a
+    transient statement failure, with backoff, for up to ``seconds`` (as
+    :func:`~shardflow.retry.retrying`; the waits are :class:`Pause` requests, so either
+    driver runs it). Only for plans that are safe to repeat."""
+    deadline = time.monotonic() + seconds
+    backoff = Backoff(0.05, 1.0)
+    while True:
+        try:
+            return (yield from make())
+        except Exception as exc:
+            if classify(exc) not in (Failure.UNAVAILABLE, Failure.RETRY):
+                raise
+            delay = backoff.next()
+            if time.monotonic() + delay > deadline:
+                raise
+            yield Pause(delay)
 
 
 def drive(plan: Plan[T], store: Store) -> T:

@@ -2,7 +2,9 @@
 
 Each shard returns its next ``limit`` rows after the cursor (newest first, keyset on
 ``(created_at, workflow_id)``, never OFFSET); :func:`merge_pages`, a pure function,
-merges them into one page and its cursor.
+merges them into one page and its cursor. :func:`scatter_plan` is the scatter-gather
+as a plan (:mod:`~shardflow.engine.driving`), so the sync and the async client list
+with the same code.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ import base64
 import binascii
 import heapq
 import json
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from shardflow.config.model import ClusterConfig
+from shardflow.engine.driving import Plan, Read, Together, retried
+from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.handles import Page
 from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
-from shardflow.engine.store import Store
+from shardflow.engine.store import statements
+from shardflow.engine.store.statements import Statement
 from shardflow.errors import ShardUnavailable
-from shardflow.retry import with_retries
 
 
 class Listed(Protocol):
@@ -78,8 +83,62 @@ def merge_pages(pages: Sequence[Sequence[L]], limit: int) -> tuple[list[L], str 
     return merged, None if last is None else encode_cursor(last.created_at, last.workflow_id)
 
 
-def list_workflows(
-    store: Store,
+# One shard's next page: (shard, keyset position to continue after, limit) -> statement.
+PageRead = Callable[[str, tuple[datetime, str] | None, int], Statement[list[WorkflowStatus]]]
+
+
+def scatter_plan(
+    shards: Sequence[str],
+    read: PageRead,
+    *,
+    limit: int,
+    cursor: str | None,
+    skip_unavailable: bool,
+    retry_seconds: float,
+) -> Plan[Page]:
+    """One page of the workflows of ``shards``, newest first: every shard's next page
+    (``read``) side by side, merged. A shard's read is retried through an outage for
+    ``retry_seconds`` (ShardUnavailable after), or with ``skip_unavailable`` for a second
+    only (leaving a shard out is the caller's choice: do not wait long for it), after
+    which the shard is left out and named in ``Page.unavailable``."""
+    # Checked at the call, before the plan runs.
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
+    after = decode_cursor(cursor) if cursor else None
+    seconds = 1.0 if skip_unavailable else retry_seconds
+    return _scatter(shards, read, after, limit, seconds, skip_unavailable)
+
+
+def _scatter(
+    shards: Sequence[str],
+    read: PageRead,
+    after: tuple[datetime, str] | None,
+    limit: int,
+    seconds: float,
+    skip_unavailable: bool,
+) -> Plan[Page]:
+    down: list[str] = []
+
+    def read_once(shard: str) -> Plan[list[WorkflowStatus]]:
+        rows: list[WorkflowStatus] = yield Read(shard, read(shard, after, limit))
+        return rows
+
+    def page(shard: str) -> Plan[list[WorkflowStatus]]:
+        try:
+            return (yield from retried(lambda: read_once(shard), seconds))
+        except ShardUnavailable:
+            if not skip_unavailable:
+                raise
+            down.append(shard)
+            return []
+
+    pages: list[list[WorkflowStatus]] = yield Together([page(s) for s in shards])
+    items, next_cursor = merge_pages(pages, limit)
+    return Page(items, next_cursor, tuple(sorted(down)))
+
+
+def list_plan(
+    codec: Codec,
     shards: Sequence[str],
     *,
     state: str | WorkflowState | None,
@@ -89,31 +148,123 @@ def list_workflows(
     cursor: str | None,
     skip_unavailable: bool,
     retry_seconds: float,
-) -> Page:
-    """One page of the workflows of ``shards``, newest first (see
-    :meth:`Cluster.list_workflows`)."""
-    if limit < 1:
-        raise ValueError("limit must be >= 1")
+) -> Plan[Page]:
+    """One page of the workflows of ``shards`` by state, name and queue, newest first
+    (see :meth:`Cluster.list_workflows`), as a plan: both clients run it."""
     state_value = WorkflowState(state).value if state is not None else None
-    after = decode_cursor(cursor) if cursor else None
-    down: list[str] = []
 
-    def page(shard: str) -> list[WorkflowStatus]:
-        try:
-            return with_retries(
-                lambda: store.list_page(
-                    shard, state=state_value, name=name, queue=queue, after=after, limit=limit
-                ),
-                # Leaving a shard out is the caller's choice: do not wait long for it.
-                1.0 if skip_unavailable else retry_seconds,
-            )
-        except ShardUnavailable:
-            if not skip_unavailable:
-                raise
-            down.append(shard)
-            return []
+    def read(
+        shard: str, after: tuple[datetime, str] | None, limit: int
+    ) -> Statement[list[WorkflowStatus]]:
+        return statements.list_page(
+            shard, codec, state=state_value, name=name, queue=queue, after=after, limit=limit
+        )
 
-    with ThreadPoolExecutor(max(len(shards), 1)) as pool:
-        pages = list(pool.map(page, shards))
-    items, next_cursor = merge_pages(pages, limit)
-    return Page(items, next_cursor, tuple(sorted(down)))
+    return scatter_plan(
+        shards,
+        read,
+        limit=limit,
+        cursor=cursor,
+        skip_unavailable=skip_unavailable,
+        retry_seconds=retry_seconds,
+    )
+
+
+def filtered_plan(
+    codec: Codec,
+    shards: Sequence[str],
+    filters: WorkflowFilter,
+    *,
+    limit: int,
+    cursor: str | None,
+    skip_unavailable: bool,
+    retry_seconds: float,
+) -> Plan[Page]:
+    """One page of the workflows of ``shards`` matching ``filters`` (any of them: ID
+    prefix, creation-time range, parent, fork source, app version...), newest first."""
+
+    def read(
+        shard: str, after: tuple[datetime, str] | None, limit: int
+    ) -> Statement[list[WorkflowStatus]]:
+        return statements.list_filtered(shard, codec, filters, after, limit)
+
+    return scatter_plan(
+        shards,
+        read,
+        limit=limit,
+        cursor=cursor,
+        skip_unavailable=skip_unavailable,
+        retry_seconds=retry_seconds,
+    )
+
+
+class Lister(Protocol):
+    """What a listing uses of the client (:class:`~shardflow.engine.cluster.Cluster`)."""
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    @property
+    def codec(self) -> Codec: ...
+
+    @property
+    def retry_seconds(self) -> float: ...
+
+
+def query_plan(
+    client: Lister,
+    state: str | WorkflowState | None = None,
+    name: str | None = None,
+    queue: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    skip_unavailable: bool = False,
+    *,
+    id_prefix: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    parent_id: str | None = None,
+    forked_from: str | None = None,
+    app_version: str | None = None,
+    filters: WorkflowFilter | None = None,
+) -> Plan[Page]:
+    """:meth:`Cluster.list_workflows` (the same arguments) as a plan, which the sync
+    client drives and the async client awaits. Wrong arguments raise here, before the
+    plan runs."""
+    named = (
+        state,
+        name,
+        queue,
+        id_prefix,
+        created_after,
+        created_before,
+        parent_id,
+        forked_from,
+        app_version,
+    )
+    if filters is not None and any(v is not None for v in named):
+        raise ValueError("list_workflows: pass filters= or the single filters, not both")
+    if filters is None and any(v is not None for v in named[3:]):
+        filters = WorkflowFilter(WorkflowState(state) if state is not None else None, *named[1:])
+    shards, codec = client.config.shard_names, client.codec
+    if filters is not None and not filters.is_empty:
+        return filtered_plan(
+            codec,
+            shards,
+            filters,
+            limit=limit,
+            cursor=cursor,
+            skip_unavailable=skip_unavailable,
+            retry_seconds=client.retry_seconds,
+        )
+    return list_plan(
+        codec,
+        shards,
+        state=state,
+        name=name,
+        queue=queue,
+        limit=limit,
+        cursor=cursor,
+        skip_unavailable=skip_unavailable,
+        retry_seconds=client.retry_seconds,
+    )

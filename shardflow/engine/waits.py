@@ -144,9 +144,15 @@ class Waits:
     @idempotent
     def wake_parent_of(self, workflow_id: str) -> bool:
         """See :meth:`Cluster.wake_parent_of`."""
+        return drive(self.wake_parent_plan(workflow_id), self.store)
+
+    def wake_parent_plan(self, workflow_id: str) -> Plan[bool]:
+        """Wake the parent of ``workflow_id`` if it waits for a child (False: none does)."""
         try:
-            parent_id = self.locator.find(workflow_id).parent_id
-            return parent_id is not None and self.wake(parent_id, wait_for="child")
+            parent_id = (yield from self.locator.find_plan(workflow_id)).parent_id
+            if parent_id is None:
+                return False
+            return (yield from self.wake_plan(parent_id, wait_for="child"))
         except WorkflowNotFound:
             return False
 
@@ -154,16 +160,19 @@ class Waits:
     def wake(self, workflow_id: str, wait_for: str | None = None) -> bool:
         """See :meth:`Cluster.wake`."""
         with tracing.span("shardflow.wake", {tracing.TARGET_ID: workflow_id}, kind="client"):
-            return self._wake(workflow_id, wait_for)
+            return drive(self.wake_plan(workflow_id, wait_for), self.store)
 
-    def _wake(self, workflow_id: str, wait_for: str | None) -> bool:
+    def wake_plan(self, workflow_id: str, wait_for: str | None) -> Plan[bool]:
+        """Wake a suspended workflow now (if it waits for ``wait_for``), following it
+        if it moves meanwhile."""
+        locator = self.locator
         for _ in range(MAX_HOPS):
-            status = self.locator.find_to_write(workflow_id)
+            status = yield from locator.find_plan(workflow_id, settle=True)
             if status.state is not WorkflowState.SUSPENDED:
                 return False
-            if self.store.wake(status.shard, workflow_id, wait_for):
+            if (yield Read(status.shard, statements.wake(workflow_id, wait_for))):
                 return True
-            if self.locator.find(workflow_id).shard == status.shard:
+            if (yield from locator.find_plan(workflow_id)).shard == status.shard:
                 return False  # not waiting for that
         return False
 

@@ -1,8 +1,10 @@
-"""The async client's native paths: submit, get, send, and the reads of get_event and
-result() run on the event loop over async pools, with no thread; an unreachable shard
-is ShardUnavailable without its password, and reads ride through an outage; one ID
-submitted from many tasks is one workflow; concurrent submits share commits; a dedup
-key taken is WorkflowDeduplicated; calls after close fail at once."""
+"""The async client's native paths: submit, get, send, list_workflows, cancel, resume,
+and the reads of get_event and result() run on the event loop over async pools, with
+no thread; an unreachable shard is ShardUnavailable without its password, and reads
+ride through an outage; one ID submitted from many tasks is one workflow; concurrent
+submits share commits; a dedup key taken is WorkflowDeduplicated; calls after close
+fail at once. Tests parametrized ``["sync", "async"]`` hold both clients to the same
+behaviour (:mod:`tests.integration.clients`)."""
 
 from __future__ import annotations
 
@@ -10,21 +12,21 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 import shardflow
 from shardflow import WorkflowState
+from shardflow.config import load
 from shardflow.engine.cluster import Cluster
 from shardflow.testing.faults import proxied_cluster
-from shardflow.testing.servers import TestCluster, id_on, with_worker_settings
-from tests.apps import twins
+from shardflow.testing.servers import TestCluster, id_on, wait_until, with_worker_settings
+from tests.apps import faults, twins
 from tests.apps.twins import app
+from tests.integration.clients import KINDS, CountingExecutor, control_calls
 
 
 @pytest.fixture(autouse=True)
@@ -32,19 +34,6 @@ def _reset_twins() -> Iterator[None]:
     twins.reset()
     yield
     twins.reset()
-
-
-class CountingExecutor(ThreadPoolExecutor):
-    """The loop's default executor, counting what is handed to a thread
-    (``asyncio.to_thread`` and ``run_in_executor(None, ...)`` both land here)."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=4)
-        self.calls: list[str] = []
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.calls.append(repr(args[0] if args else fn))
-        return super().submit(fn, *args, **kwargs)
 
 
 def test_submit_get_send_events_and_result_run_without_a_thread(
@@ -270,3 +259,167 @@ def test_native_reads_ride_through_an_outage_of_one_shard(
         asyncio.run(scenario())
     finally:
         proxied.close()
+
+
+# -- list_workflows, cancel and resume, on both clients ---------------------------------------
+
+
+def ids_per_shard(cluster: Cluster, prefix: str, per_shard: int) -> dict[str, list[str]]:
+    """Workflow IDs chosen so that each shard gets ``per_shard`` of them."""
+    out: dict[str, list[str]] = {s: [] for s in cluster.config.shard_names}
+    i = 0
+    while any(len(v) < per_shard for v in out.values()):
+        wid = f"{prefix}-{i}"
+        if len(out[cluster.route(wid)]) < per_shard:
+            out[cluster.route(wid)].append(wid)
+        i += 1
+    return out
+
+
+def suspended(cluster: Cluster) -> set[str]:
+    return {s.workflow_id for s in cluster.list_workflows(state="SUSPENDED").items}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancel_ends_a_waiting_parent_and_its_child_and_resume_runs_it_to_success(
+    cluster: Cluster, kind: str
+) -> None:
+    parent = cluster.submit(faults.parent_of_blocker, workflow_id="ctl-parent")
+    child_id = "ctl-parent:child:0"
+    worker = shardflow.Worker(cluster, faults.app, concurrency=4)
+    with control_calls(kind, cluster) as calls, worker:
+        wait_until(
+            lambda: suspended(cluster) == {child_id, parent.workflow_id},
+            message="the parent waits for its child, which waits for a message",
+        )
+        status = calls.cancel(parent.workflow_id, "by the test")
+        assert (status.workflow_id, status.state, status.reason) == (
+            parent.workflow_id,
+            WorkflowState.CANCELLED,
+            "by the test",
+        )
+        # The child was cancelled with it, by the same call.
+        child = cluster.get(child_id)
+        assert (child.state, child.reason, child.parent_id) == (
+            WorkflowState.CANCELLED,
+            "by the test",
+            parent.workflow_id,
+        )
+        # Cancelling again changes nothing.
+        assert calls.cancel(parent.workflow_id, "again").reason == "by the test"
+        with pytest.raises(shardflow.WorkflowCancelled):
+            parent.result(timeout=10)
+        # Resumed, the parent replays to its child's (cancelled) end and succeeds.
+        assert calls.resume(parent.workflow_id).state in {
+            WorkflowState.ENQUEUED,
+            WorkflowState.RUNNING,
+            WorkflowState.SUCCESS,
+        }
+        assert parent.result(timeout=30) == "child cancelled"
+    assert cluster.get(parent.workflow_id).state is WorkflowState.SUCCESS
+    assert cluster.get(child_id).state is WorkflowState.CANCELLED
+    with control_calls(kind, cluster) as calls:
+        with pytest.raises(shardflow.ShardflowError, match="SUCCESS; cannot resume"):
+            calls.resume(parent.workflow_id)
+        with pytest.raises(shardflow.WorkflowNotFound):
+            calls.cancel("never-submitted")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_of_a_workflow_whose_dedup_key_is_taken_is_deduplicated(
+    cluster: Cluster, kind: str
+) -> None:
+    first = cluster.submit(twins.three_steps, 1, dedup_key="order-9")
+    with control_calls(kind, cluster) as calls:
+        calls.cancel(first.workflow_id)
+        cluster.submit(twins.three_steps, 2, dedup_key="order-9")
+        with pytest.raises(shardflow.WorkflowDeduplicated):
+            calls.resume(first.workflow_id)
+    assert cluster.get(first.workflow_id).state is WorkflowState.CANCELLED
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stopped_shard_is_left_out_with_skip_unavailable_else_unavailable(
+    test_cluster: TestCluster, tmp_path: Path, kind: str
+) -> None:
+    proxied = proxied_cluster(test_cluster.path, tmp_path / "proxied.yaml")
+    try:
+        with Cluster(load(proxied.path), retry_seconds=2.0) as client:
+            ids = ids_per_shard(client, "sk", 4)
+            client.submit_many(
+                [
+                    shardflow.Submission(twins.three_steps, (1,), workflow_id=w)
+                    for per in ids.values()
+                    for w in per
+                ]
+            )
+            down = client.config.shard_names[1]
+            with control_calls(kind, client) as calls:
+                page = calls.list_workflows(limit=100)
+                assert sorted(s.workflow_id for s in page.items) == sorted(
+                    w for per in ids.values() for w in per
+                )
+                assert page.unavailable == ()
+                proxied.proxies[down].close()  # the shard refuses every connection now
+                up = sorted(w for s, per in ids.items() if s != down for w in per)
+                # Page by page (with and without a filter): the other shards' workflows,
+                # each once, and every page names the shard left out.
+                for filters in ({}, {"id_prefix": "sk-"}):
+                    seen: list[str] = []
+                    cursor = None
+                    while True:
+                        page = calls.list_workflows(
+                            limit=3, cursor=cursor, skip_unavailable=True, **filters
+                        )
+                        assert page.unavailable == (down,)
+                        seen += [s.workflow_id for s in page.items]
+                        cursor = page.next_cursor
+                        if cursor is None:
+                            break
+                    assert sorted(seen) == up
+                started = time.monotonic()
+                with pytest.raises(shardflow.ShardUnavailable) as caught:
+                    calls.list_workflows(limit=100)
+                assert caught.value.shard == down
+                assert time.monotonic() - started < 15
+    finally:
+        proxied.close()
+
+
+def test_list_cancel_and_resume_hold_no_thread(test_cluster: TestCluster, cluster: Cluster) -> None:
+    ids = ids_per_shard(cluster, "nt", 5)
+    every = sorted((w for per in ids.values() for w in per), reverse=True)
+    cluster.submit_many(
+        [shardflow.Submission(twins.three_steps, (1,), workflow_id=w) for w in every]
+    )
+
+    async def scenario() -> None:
+        async with await shardflow.connect_async(test_cluster.config) as aclient:
+            # Warm up: the pools open a connection to every shard.
+            assert len((await aclient.list_workflows(limit=100)).items) == 15
+            loop = asyncio.get_running_loop()
+            counting = CountingExecutor()
+            loop.set_default_executor(counting)
+            threads = threading.active_count()
+            pages = []
+            cursor = None
+            while True:
+                page = await aclient.list_workflows(limit=4, cursor=cursor)
+                pages.append([s.workflow_id for s in page.items])
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert sorted(w for p in pages for w in p) == sorted(every)
+            assert [len(p) for p in pages] == [4, 4, 4, 3]
+            filtered = await aclient.list_workflows(id_prefix="nt-", state="ENQUEUED", limit=100)
+            assert len(filtered.items) == 15
+            # Every shard at once: cancels and resumes side by side on the loop.
+            cancelled = await asyncio.gather(*(aclient.cancel(w, "native") for w in every))
+            assert {(s.state, s.reason) for s in cancelled} == {(WorkflowState.CANCELLED, "native")}
+            resumed = await asyncio.gather(*(aclient.resume(w) for w in every))
+            assert {s.state for s in resumed} == {WorkflowState.ENQUEUED}
+            assert counting.calls == []
+            assert threading.active_count() <= threads
+
+    asyncio.run(scenario())
+    assert {cluster.get(w).state for w in every} == {WorkflowState.ENQUEUED}

@@ -16,6 +16,7 @@ from shardflow.engine.filters import WorkflowFilter
 from shardflow.testing.servers import TestCluster, wait_until
 from tests.apps import faults
 from tests.apps.basic import app
+from tests.integration.clients import KINDS, AsyncCalls, SyncCalls, control_calls
 
 
 def states_in_db(test_cluster: TestCluster) -> dict[str, str]:
@@ -35,25 +36,29 @@ def submit_pending(cluster: Cluster, ids: list[str], name: str = "bulk.pending")
     cluster.submit_many([shardflow.Submission(name, workflow_id=i) for i in ids])
 
 
-def test_list_filters_narrow_across_shards(cluster: Cluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_list_filters_narrow_across_shards(cluster: Cluster, kind: str) -> None:
+    with control_calls(kind, cluster) as calls:
+        _list_filters_narrow_across_shards(cluster, calls)
+
+
+def _list_filters_narrow_across_shards(cluster: Cluster, calls: SyncCalls | AsyncCalls) -> None:
     submit_pending(cluster, [f"{{t1}}-a-{i}" for i in range(5)] + [f"b-{i}" for i in range(30)])
     submit_pending(cluster, [f"c-{i}" for i in range(7)], name="bulk.other")
-    ids = [s.workflow_id for s in cluster.list_workflows(id_prefix="b-", limit=100).items]
+    ids = [s.workflow_id for s in calls.list_workflows(id_prefix="b-", limit=100).items]
     assert sorted(ids) == sorted(f"b-{i}" for i in range(30))
     assert len({cluster.route(i) for i in ids}) == 3  # spread over every shard
-    other = cluster.list_workflows(name="bulk.other", id_prefix="c-").items
+    other = calls.list_workflows(name="bulk.other", id_prefix="c-").items
     assert sorted(s.workflow_id for s in other) == sorted(f"c-{i}" for i in range(7))
     # A prefix with LIKE wildcards matches them literally.
-    assert len(cluster.list_workflows(id_prefix="{t1}-a-").items) == 5
-    assert cluster.list_workflows(id_prefix="b_").items == []
-    assert cluster.list_workflows(id_prefix="%").items == []
+    assert len(calls.list_workflows(id_prefix="{t1}-a-").items) == 5
+    assert calls.list_workflows(id_prefix="b_").items == []
+    assert calls.list_workflows(id_prefix="%").items == []
     # Keyset paging with a filter visits every match once.
     seen: list[str] = []
     cursor = None
     while True:
-        page = cluster.list_workflows(
-            limit=4, cursor=cursor, filters=WorkflowFilter(id_prefix="b-")
-        )
+        page = calls.list_workflows(limit=4, cursor=cursor, filters=WorkflowFilter(id_prefix="b-"))
         seen += [s.workflow_id for s in page.items]
         cursor = page.next_cursor
         if cursor is None:
@@ -61,16 +66,17 @@ def test_list_filters_narrow_across_shards(cluster: Cluster) -> None:
     assert sorted(seen) == sorted(f"b-{i}" for i in range(30))
     # Created-time range: everything is newer than an hour ago, nothing is in the future.
     now = datetime.now(UTC)
-    recent = cluster.list_workflows(created_after=now - timedelta(hours=1), limit=100)
+    recent = calls.list_workflows(created_after=now - timedelta(hours=1), limit=100)
     assert len(recent.items) == 42
-    assert cluster.list_workflows(created_after=now + timedelta(hours=1)).items == []
+    assert calls.list_workflows(created_after=now + timedelta(hours=1)).items == []
     # The old parameters still work alone, through the old path.
-    assert len(cluster.list_workflows(state="ENQUEUED", limit=100).items) == 42
+    assert len(calls.list_workflows(state="ENQUEUED", limit=100).items) == 42
     with pytest.raises(ValueError, match="not both"):
-        cluster.list_workflows(state="ENQUEUED", filters=WorkflowFilter(name="x"))
+        calls.list_workflows(state="ENQUEUED", filters=WorkflowFilter(name="x"))
 
 
-def test_list_filter_by_parent(cluster: Cluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_list_filter_by_parent(cluster: Cluster, kind: str) -> None:
     submit_pending(cluster, ["parent-1"])
     children = [shardflow.Submission("bulk.pending", workflow_id=f"child-{i}") for i in range(6)]
     for sub in children:
@@ -78,7 +84,8 @@ def test_list_filter_by_parent(cluster: Cluster) -> None:
             sub.workflow, (), {}, workflow_id=sub.workflow_id or "", parent_id="parent-1"
         )
     submit_pending(cluster, ["orphan-1"])
-    found = cluster.list_workflows(parent_id="parent-1").items
+    with control_calls(kind, cluster) as calls:
+        found = calls.list_workflows(parent_id="parent-1").items
     assert sorted(s.workflow_id for s in found) == [f"child-{i}" for i in range(6)]
 
 

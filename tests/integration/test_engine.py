@@ -21,6 +21,7 @@ from shardflow.testing.events import EventRecorder
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
 from tests.apps import basic
 from tests.apps.basic import app
+from tests.integration.clients import KINDS, AsyncCalls, SyncCalls, control_calls
 
 
 def ids_per_shard(cluster: Cluster, prefix: str, per_shard: int) -> dict[str, list[str]]:
@@ -245,14 +246,15 @@ def test_cancel_a_queued_workflow(cluster: Cluster) -> None:
     assert cluster.steps(handle.workflow_id) == []
 
 
-def test_cancel_a_running_workflow_stops_at_the_next_step(cluster: Cluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancel_a_running_workflow_stops_at_the_next_step(cluster: Cluster, kind: str) -> None:
     basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
     handle = cluster.submit(basic.gated, "g")
     worker = shardflow.Worker(cluster, app, concurrency=2)
     heard = (EventKind.CANCEL_OBSERVED, EventKind.LEASE_LOST)
-    with EventRecorder(worker) as events, worker:
+    with control_calls(kind, cluster) as calls, EventRecorder(worker) as events, worker:
         assert basic.CONTROL["started"].wait(20)
-        assert cluster.cancel(handle.workflow_id, reason="user").state is WorkflowState.CANCELLED
+        assert calls.cancel(handle.workflow_id, reason="user").state is WorkflowState.CANCELLED
         # The worker hears of the cancellation (notification, else next heartbeat) ...
         events.wait_for(heard)
         # ... and the run stops at its next step boundary.
@@ -270,9 +272,13 @@ def test_cancel_a_running_workflow_stops_at_the_next_step(cluster: Cluster) -> N
     # Resume re-runs from the last checkpoint: "before" is replayed, not run again.
     basic.CONTROL.update(started=threading.Event(), gate=threading.Event())
     basic.CONTROL["gate"].set()
-    cluster.resume(handle.workflow_id)
+    with control_calls(kind, cluster) as calls:
+        assert calls.resume(handle.workflow_id).state is WorkflowState.ENQUEUED
+        if isinstance(calls, AsyncCalls):
+            assert calls.threads.calls == []
     with shardflow.Worker(cluster, app, concurrency=2):
         assert handle.result(timeout=20) == "g"
+    assert handle.status().state is WorkflowState.SUCCESS
     assert basic.CALLS["gate:before"] == 1 and basic.CALLS["gate:after"] == 1
 
 
@@ -374,14 +380,20 @@ def test_payload_limit_at_submit_and_at_a_step(cluster_factory: ClusterFactory) 
         cluster_factory.drop(made)
 
 
-def test_list_workflows_pages_across_shards_without_gaps(cluster: Cluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_list_workflows_pages_across_shards_without_gaps(cluster: Cluster, kind: str) -> None:
     handles = cluster.submit_many([shardflow.Submission(basic.echo, (i,)) for i in range(250)])
     expected = {h.workflow_id for h in handles}
+    with control_calls(kind, cluster) as calls:
+        _pages_without_gaps(calls, expected)
+
+
+def _pages_without_gaps(calls: SyncCalls | AsyncCalls, expected: set[str]) -> None:
     seen: list[str] = []
     cursor = None
     pages = 0
     while True:
-        page = cluster.list_workflows(limit=37, cursor=cursor)
+        page = calls.list_workflows(limit=37, cursor=cursor)
         seen.extend(s.workflow_id for s in page.items)
         keys = [(s.created_at, s.workflow_id) for s in page.items]
         assert keys == sorted(keys, reverse=True)
@@ -392,9 +404,9 @@ def test_list_workflows_pages_across_shards_without_gaps(cluster: Cluster) -> No
     assert len(seen) == len(set(seen)) == 250
     assert set(seen) == expected
     assert pages == 7
-    enqueued = cluster.list_workflows(state="ENQUEUED", limit=500)
+    enqueued = calls.list_workflows(state="ENQUEUED", limit=500)
     assert len(enqueued.items) == 250 and enqueued.next_cursor is None
-    assert cluster.list_workflows(state="SUCCESS").items == []
+    assert calls.list_workflows(state="SUCCESS").items == []
     assert Counter(s.shard for s in enqueued.items).keys() == {"shard0", "shard1", "shard2"}
 
 

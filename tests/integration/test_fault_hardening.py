@@ -27,6 +27,7 @@ from shardflow.testing.faults import held_lock
 from shardflow.testing.servers import TestCluster, id_on, wait_until, with_worker_settings
 from tests.apps import faults
 from tests.apps.faults import app
+from tests.integration.clients import KINDS, control_calls
 
 
 @pytest.fixture(autouse=True)
@@ -408,10 +409,13 @@ def test_defect20_get_event_waits_for_a_workflow_that_does_not_exist_yet(
     assert got == ["v1"]
 
 
-def test_defect20_a_parent_wakes_at_once_when_its_child_is_cancelled(cluster: Cluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_defect20_a_parent_wakes_at_once_when_its_child_is_cancelled(
+    cluster: Cluster, kind: str
+) -> None:
     parent = cluster.submit(faults.parent_of_blocker)
     child_id = f"{parent.workflow_id}:child:0"
-    with shardflow.Worker(cluster, app, concurrency=4):
+    with control_calls(kind, cluster) as calls, shardflow.Worker(cluster, app, concurrency=4):
         wait_until(
             lambda: (
                 cluster.get(parent.workflow_id).state is WorkflowState.SUSPENDED
@@ -421,7 +425,7 @@ def test_defect20_a_parent_wakes_at_once_when_its_child_is_cancelled(cluster: Cl
             timeout=30,
         )
         cancelled = time.monotonic()
-        cluster.cancel(child_id)
+        assert calls.cancel(child_id).state is WorkflowState.CANCELLED
         assert parent.result(timeout=20) == "child cancelled"
         # Not the 30 s fallback re-check.
         assert time.monotonic() - cancelled < 10

@@ -22,6 +22,7 @@ from shardflow.rebalance.status import gather_status
 from shardflow.router.hashing import Hasher
 from shardflow.testing.servers import ClusterFactory, TestCluster, wait_until
 from tests.apps import basic, twins, waits
+from tests.integration.clients import KINDS, AsyncCalls, control_calls
 
 SLOTS = 256
 
@@ -429,18 +430,28 @@ def test_messages_and_events_move_with_the_workflow_and_arrive_once_in_order(
     assert_settled_on_plan(config)
 
 
-def test_cancel_and_resume_follow_a_moved_workflow(grown: TestCluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancel_and_resume_follow_a_moved_workflow(grown: TestCluster, kind: str) -> None:
     config = grown.config
     moving = moving_slots(config)
     a, b = ids_in_slots(config, moving, "ctl", 2)
-    with shardflow.connect(config) as stale:
+    with shardflow.connect(config) as stale, control_calls(kind, stale) as calls:
         stale.submit(basic.three_steps, 1, workflow_id=a)
         stale.submit(basic.three_steps, 2, workflow_id=b)
-        stale.cancel(b, "before the move")
+        calls.cancel(b, "before the move")
         with Rebalancer(config) as rebalancer:
             rebalancer.apply()
-        assert stale.cancel(a, "after the move").state is WorkflowState.CANCELLED
-        assert stale.resume(b).state is WorkflowState.ENQUEUED
+        # Both clients still hold the map from before the move: they follow tombstones.
+        cancelled = calls.cancel(a, "after the move")
+        assert (cancelled.state, cancelled.shard, cancelled.reason) == (
+            WorkflowState.CANCELLED,
+            "shard3",
+            "after the move",
+        )
+        resumed = calls.resume(b)
+        assert (resumed.state, resumed.shard) == (WorkflowState.ENQUEUED, "shard3")
+        if isinstance(calls, AsyncCalls):
+            assert calls.threads.calls == []
         with shardflow.Worker(stale, basic.app, concurrency=2):
             assert stale.handle(b).result(timeout=30) == {"result": 5}
         assert stale.get(a).shard == stale.get(b).shard == "shard3"
@@ -486,11 +497,14 @@ def _waiting_on_lock(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-def test_a_cancel_blocked_by_the_mover_lands_on_the_moved_workflow(grown: TestCluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cancel_blocked_by_the_mover_lands_on_the_moved_workflow(
+    grown: TestCluster, kind: str
+) -> None:
     config = grown.config
     moving = moving_slots(config)
     (wid,) = ids_in_slots(config, moving, "cx", 1)
-    with shardflow.connect(config) as cluster:
+    with shardflow.connect(config) as cluster, control_calls(kind, cluster) as calls:
         cluster.submit(basic.three_steps, 1, workflow_id=wid)
         source = cluster.get(wid).shard
         outcome: list[WorkflowState] = []
@@ -499,7 +513,7 @@ def test_a_cancel_blocked_by_the_mover_lands_on_the_moved_workflow(grown: TestCl
         def cancel_while_locked(step: MoveStep) -> None:
             if step is MoveStep.LOCKED and not threads:
                 t = threading.Thread(
-                    target=lambda: outcome.append(cluster.cancel(wid, "mid-move").state)
+                    target=lambda: outcome.append(calls.cancel(wid, "mid-move").state)
                 )
                 t.start()
                 threads.append(t)

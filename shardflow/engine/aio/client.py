@@ -3,14 +3,15 @@
 An :class:`AsyncCluster` offers the client calls of :class:`~shardflow.engine.cluster.
 Cluster` as coroutines, for code that runs on an event loop (a FastAPI handler, an agent
 loop). ``submit``, ``submit_many`` (plain rows), ``get``, ``handle``, ``send`` and the
-row reads of ``result()`` are native: they await psycopg async connections of one
-``psycopg_pool.AsyncConnectionPool`` per shard (:mod:`~shardflow.router.apools`, the
-same connection settings as the sync pools) and follow slot moves with the sync
-client's own rules (the Locator's plans, :mod:`~shardflow.engine.driving`), holding no
-thread; so are the reads of ``get_event``. The other calls (``list_workflows``,
-``cancel``, ``resume``, ``fork``, debounced submits) still run the sync client's call
-in a worker thread (``asyncio.to_thread``); so does activating a staged copy whose move
-was decided (a rare step of a move, safe for anyone).
+row reads of ``result()``, ``list_workflows``, ``cancel`` and ``resume`` are native:
+they await psycopg async connections of one ``psycopg_pool.AsyncConnectionPool`` per
+shard (:mod:`~shardflow.router.apools`, the same connection settings as the sync pools)
+and run the sync client's own plans (:mod:`~shardflow.engine.driving`: the Locator's
+rules for following slot moves, the listing's scatter-gather, cancel and resume),
+holding no thread; so are the reads of ``get_event``. The other calls (``fork``,
+debounced submits) still run the sync client's call in a worker thread
+(``asyncio.to_thread``); so does activating a staged copy whose move was decided (a
+rare step of a move, safe for anyone, that a ``cancel`` or ``resume`` may meet).
 
 Waiting holds no thread: :meth:`AsyncWorkflowHandle.result` and
 :meth:`AsyncCluster.get_event` register with the client's LISTEN connection of the
@@ -38,6 +39,7 @@ from shardflow.engine.coverage import needs_warn_check, warn_unserved
 from shardflow.engine.driving import Plan, drive_async
 from shardflow.engine.handles import Page, Submission, judge_outcome
 from shardflow.engine.listeners import WaitFor
+from shardflow.engine.listing import query_plan
 from shardflow.engine.placement import IdSource
 from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.serialization import Serializer
@@ -278,22 +280,39 @@ class AsyncCluster:
         return self._handle(workflow_id, status.shard)
 
     async def list_workflows(self, *args: Any, **kwargs: Any) -> Page:
-        """One page of workflows (see :meth:`Cluster.list_workflows`)."""
+        """One page of workflows (see :meth:`Cluster.list_workflows`: the same arguments,
+        filters, cursor and ``skip_unavailable``). Native: the shards' pages are read
+        side by side on the loop, each retried through an outage."""
         self._open()
-        return await asyncio.to_thread(self.sync.list_workflows, *args, **kwargs)
+        return await self._drive(query_plan(self.sync, *args, **kwargs))
 
     async def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
+        """Cancel a workflow and its children (see :meth:`Cluster.cancel`). Native:
+        follows the workflow across moves, and wakes a parent waiting for it."""
         self._open()
-        return await asyncio.to_thread(self.sync.cancel, workflow_id, reason)
+        control = self.sync.control
+        return await retrying_async(
+            lambda: self._drive(control.cancel_plan(workflow_id, reason)),
+            deadline=time.monotonic() + self.retry_seconds,
+        )
 
     async def resume(self, workflow_id: str) -> WorkflowStatus:
+        """Re-queue a cancelled, failed or dead-lettered workflow from its last
+        checkpoint (see :meth:`Cluster.resume`). Native: follows the workflow across
+        moves."""
         self._open()
-        return await asyncio.to_thread(self.sync.resume, workflow_id)
+        control = self.sync.control
+        return await retrying_async(
+            lambda: self._drive(control.resume_plan(workflow_id)),
+            deadline=time.monotonic() + self.retry_seconds,
+        )
 
     async def fork(
         self, workflow_id: str, from_step: int, new_workflow_id: str | None = None
     ) -> AsyncWorkflowHandle[Any]:
-        """A new workflow that reruns ``workflow_id`` from step ``from_step``."""
+        """A new workflow that reruns ``workflow_id`` from step ``from_step``. Runs the
+        sync client's call in a thread: the fork and its copied steps are inserted in
+        one transaction of the sync store."""
         self._open()
         handle = await asyncio.to_thread(self.sync.fork, workflow_id, from_step, new_workflow_id)
         return self._handle(handle.workflow_id, handle.shard)

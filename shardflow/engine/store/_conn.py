@@ -90,7 +90,8 @@ def run_statement(conn: Conn, statement: Statement[T]) -> T:
     """Run ``statement`` on ``conn`` and return its answer."""
     try:
         with conn.cursor(row_factory=statement.rows) as cur:
-            rows = cur.execute(query(statement.name), statement.params).fetchall()
+            cur.execute(query(statement.name), statement.params, prepare=statement.prepare)
+            rows = cur.fetchall()
     except psycopg.Error as exc:
         if statement.catch is not None and isinstance(exc, statement.catch):
             return statement.caught(exc)

@@ -18,8 +18,8 @@ from psycopg.rows import RowFactory, class_row, dict_row, kwargs_row, scalar_row
 from shardflow.engine.filters import WorkflowFilter
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.states import WorkflowState
+from shardflow.engine.store import statements
 from shardflow.engine.store._conn import ShardAccess, fetch_all, fetch_one
-from shardflow.engine.store.rows import located_rows
 from shardflow.engine.store_errors import DedupConflict, StoreError
 from shardflow.sql import query
 
@@ -173,17 +173,9 @@ class AdminStore(ShardAccess):
     ) -> list[WorkflowStatus]:
         """The next ``limit`` workflows of ``shard`` matching ``filters`` after the keyset
         position ``after``, newest first."""
-        params = filters.sql_params()
-        params.update(
-            after_created=after[0] if after else None,
-            after_id=after[1] if after else None,
-            limit=limit,
+        return self.perform(
+            shard, statements.list_filtered(shard, self.codec, filters, after, limit)
         )
-        # Unprepared: a generic plan could not see which filters are set.
-        rows = self._unprepared(
-            shard, "admin_list_workflows", params, located_rows(shard, self.codec)
-        )
-        return [r.status for r in rows]
 
     def count_matching(self, shard: str, filters: WorkflowFilter, states: Sequence[str]) -> int:
         """How many workflows of ``shard`` match ``filters`` and are in one of ``states``."""

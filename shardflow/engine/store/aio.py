@@ -55,7 +55,7 @@ class AsyncStore:
 async def _run(conn: AsyncConn, statement: Statement[T]) -> T:
     try:
         async with conn.cursor(row_factory=statement.rows) as cur:
-            await cur.execute(query(statement.name), statement.params)
+            await cur.execute(query(statement.name), statement.params, prepare=statement.prepare)
             rows = await cur.fetchall()
     except psycopg.Error as exc:
         if statement.catch is not None and isinstance(exc, statement.catch):

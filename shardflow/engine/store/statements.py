@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import RowFactory, class_row, kwargs_row, scalar_row, tuple_row
 
-from shardflow.engine.records import NewWorkflow
+from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store.rows import (
@@ -48,7 +50,9 @@ class Statement(Generic[T]):
     """One named query on one shard: ``answer(rows)`` is the operation's result.
 
     ``catch``: a driver error the operation turns into its own answer or error
-    (``caught(exc)``) before the store's classification sees it."""
+    (``caught(exc)``) before the store's classification sees it. ``prepare=False``:
+    never a prepared statement (a custom plan per call, for queries whose optional
+    filters a generic plan could not see); None: psycopg's default."""
 
     name: str
     params: Mapping[str, Any] | None
@@ -56,6 +60,7 @@ class Statement(Generic[T]):
     answer: Callable[[list[Any]], T]
     catch: type[psycopg.Error] | None = None
     caught: Callable[[psycopg.Error], T] = _reraise
+    prepare: bool | None = None
 
 
 # Statements run in one transaction, in order; the generator's return value is the answer.
@@ -208,3 +213,91 @@ def send_message(
         # it wakes when it is activated.
         yield Statement("wake_staged_copy", wake, tuple_row, bool)
     return Delivery("sent")
+
+
+# -- listing (one keyset page of one shard) -----------------------------------------------
+
+
+def _statuses(rows: list[Located]) -> list[WorkflowStatus]:
+    return [r.status for r in rows]
+
+
+def list_page(
+    shard: str,
+    codec: Codec,
+    *,
+    state: str | None,
+    name: str | None,
+    queue: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> Statement[list[WorkflowStatus]]:
+    """The next ``limit`` workflows of ``shard`` after the keyset position ``after``
+    (``(created_at, workflow_id)``), newest first, narrowed by state, name and queue."""
+    params = {
+        "state": state,
+        "name": name,
+        "queue": queue,
+        "after_created": after[0] if after else None,
+        "after_id": after[1] if after else None,
+        "limit": limit,
+    }
+    return Statement("list_workflows", params, located_rows(shard, codec), _statuses)
+
+
+def list_filtered(
+    shard: str,
+    codec: Codec,
+    filters: WorkflowFilter,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> Statement[list[WorkflowStatus]]:
+    """The next ``limit`` workflows of ``shard`` matching ``filters`` after the keyset
+    position ``after``, newest first."""
+    params = filters.sql_params()
+    params.update(
+        after_created=after[0] if after else None,
+        after_id=after[1] if after else None,
+        limit=limit,
+    )
+    # Unprepared: a generic plan could not see which filters are set.
+    return Statement(
+        "admin_list_workflows", params, located_rows(shard, codec), _statuses, prepare=False
+    )
+
+
+# -- control (each write locks the row and checks its state) --------------------------------
+
+
+def cancel(workflow_id: str, reason: str) -> Statement[bool]:
+    """Cancel an active workflow; False if it is not active here (ended, or moved)."""
+    params = {"workflow_id": workflow_id, "reason": reason}
+    return Statement("cancel_workflow", params, tuple_row, bool)
+
+
+def resume(workflow_id: str) -> Transaction[bool]:
+    """Re-queue a CANCELLED, ERROR or DEAD workflow and drop its failed last step (it
+    runs again); False if it is in none of those states here. DedupConflict if its dedup
+    key is held by an active workflow now (nothing changes)."""
+    params = {"workflow_id": workflow_id}
+    resumed: bool = yield Statement(
+        "resume_workflow", params, tuple_row, bool, psycopg.errors.UniqueViolation, _dedup
+    )
+    if resumed:
+        yield Statement("drop_failed_last_step", params, tuple_row, bool)
+    return resumed
+
+
+def wake(workflow_id: str, wait_for: str | None) -> Statement[bool]:
+    """Wake a suspended workflow now (if it waits for ``wait_for``); whether it did."""
+    params = {"workflow_id": workflow_id, "wait_for": wait_for}
+    return Statement("wake_workflow", params, tuple_row, bool)
+
+
+def child_ids(codec: Codec, workflow_id: str) -> Statement[list[str]]:
+    """The IDs of the children a workflow recorded starting."""
+
+    def answer(outputs: list[Any]) -> list[str]:
+        return [str(codec.loads(o)) for o in outputs]
+
+    return Statement("child_ids", {"workflow_id": workflow_id}, scalar_row, answer)

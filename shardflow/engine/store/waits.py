@@ -100,10 +100,7 @@ class WaitQueries(ShardAccess):
             return fetch_all(conn, "claim_wakeable", params, claims)
 
     def wake(self, shard: str, workflow_id: str, wait_for: str | None = None) -> bool:
-        with self._conn(shard) as conn:
-            return returns_row(
-                conn, "wake_workflow", {"workflow_id": workflow_id, "wait_for": wait_for}
-            )
+        return self.perform(shard, statements.wake(workflow_id, wait_for))
 
     def send_message(
         self, shard: str, *, workflow_id: str, topic: str, message_id: str, payload: str
@@ -160,9 +157,7 @@ class WaitQueries(ShardAccess):
             return [str(w) for w in fetch_all(conn, "expire_deadlines", at(now), scalar_row)]
 
     def child_ids(self, shard: str, workflow_id: str) -> list[str]:
-        with self._conn(shard) as conn:
-            outputs = fetch_all(conn, "child_ids", {"workflow_id": workflow_id}, scalar_row)
-        return [str(self.codec.loads(o)) for o in outputs]
+        return self.perform(shard, statements.child_ids(self.codec, workflow_id))
 
     def fork_source(self, shard: str, workflow_id: str) -> ForkSource | None:
         with self._conn(shard) as conn:

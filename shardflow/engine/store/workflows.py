@@ -15,15 +15,13 @@ from psycopg.rows import class_row, kwargs_row, scalar_row, tuple_row
 
 from shardflow.engine.records import Claim, NewWorkflow, WorkflowStatus
 from shardflow.engine.store import statements
-from shardflow.engine.store._conn import ShardAccess, at, fetch_all, fetch_one, returns_row, run
+from shardflow.engine.store._conn import ShardAccess, at, fetch_all, fetch_one, run
 from shardflow.engine.store.rows import (
     Existing,
     QueueUsage,
     Renewal,
     claim_rows,
-    located_rows,
 )
-from shardflow.engine.store_errors import DedupConflict, StoreError
 from shardflow.errors import ShardUnavailable
 from shardflow.sql import query
 
@@ -73,17 +71,10 @@ class WorkflowQueries(ShardAccess):
         after: tuple[datetime, str] | None,
         limit: int,
     ) -> list[WorkflowStatus]:
-        params = {
-            "state": state,
-            "name": name,
-            "queue": queue,
-            "after_created": after[0] if after else None,
-            "after_id": after[1] if after else None,
-            "limit": limit,
-        }
-        with self._conn(shard) as conn:
-            rows = fetch_all(conn, "list_workflows", params, located_rows(shard, self.codec))
-        return [r.status for r in rows]
+        statement = statements.list_page(
+            shard, self.codec, state=state, name=name, queue=queue, after=after, limit=limit
+        )
+        return self.perform(shard, statement)
 
     def count_by_state(self, shard: str) -> dict[str, int]:
         def make(*, state: str, count: int) -> tuple[str, int]:
@@ -224,22 +215,11 @@ class WorkflowQueries(ShardAccess):
     # -- control --------------------------------------------------------------------------
 
     def cancel(self, shard: str, workflow_id: str, reason: str) -> bool:
-        with self._conn(shard) as conn:
-            return returns_row(
-                conn, "cancel_workflow", {"workflow_id": workflow_id, "reason": reason}
-            )
+        return self.perform(shard, statements.cancel(workflow_id, reason))
 
     def resume(self, shard: str, workflow_id: str) -> bool:
-        try:
-            with self._conn(shard) as conn, conn.transaction():
-                resumed = returns_row(conn, "resume_workflow", {"workflow_id": workflow_id})
-                if resumed:
-                    run(conn, "drop_failed_last_step", {"workflow_id": workflow_id})
-        except StoreError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise DedupConflict(str(exc)) from exc
-            raise
-        return resumed
+        """Raises DedupConflict if the workflow's dedup key is held by an active one."""
+        return self.transact(shard, statements.resume(workflow_id))
 
     # -- notifications ----------------------------------------------------------------------
 

@@ -362,6 +362,7 @@ DELETE FROM shardflow.step_outputs
 WHERE workflow_id = %(workflow_id)s AND error IS NOT NULL
   AND step_no = (SELECT max(step_no) FROM shardflow.step_outputs
                  WHERE workflow_id = %(workflow_id)s)
+RETURNING step_no
 
 -- name: list_workflows
 -- One page of one shard, newest first; the client merges the shards' pages.
