@@ -178,6 +178,8 @@ class WorkerBase:
         # per finished workflow. (Waking them after every run, at light load, cost a
         # claim per shard and kind per workflow, on the path of the next submit.)
         self._wake_threshold = max(1, min(self.claim_batch, self.concurrency) // 4)
+        # Per (shard, queue): the kind (async or not) whose claim last found work there.
+        self._last_kind: dict[tuple[str, str], bool] = {}
         self._starved: dict[bool, set[str]] = {False: set(), True: set()}
         # Per claim loop: whether its last pass got all it asked for somewhere (there may
         # be more: it goes round again at once) or not (it waits to be told, or polls).

@@ -64,7 +64,21 @@ class ClaimLoops(QueueLeaseLoops):
                 self._wake[shard].clear()
 
     def _claim_queue(self, shard: str, queue: QueueConfig) -> int:
-        return sum(self._claim_queue_kind(shard, queue, aio, names) for aio, names in self._kinds)
+        # An app with sync and async workflows claims each kind apart (each within its
+        # own capacity). The kind that last found work in this queue goes first: the
+        # next workflow is most likely of that kind too, and its run starts before the
+        # other kind's claim (one database round trip, likely empty) is made.
+        kinds = self._kinds
+        last = self._last_kind.get((shard, queue.name))
+        if last is not None and kinds[0][0] is not last:
+            kinds = kinds[::-1]
+        claimed = 0
+        for aio, names in kinds:
+            n = self._claim_queue_kind(shard, queue, aio, names)
+            if n:
+                self._last_kind[(shard, queue.name)] = aio
+            claimed += n
+        return claimed
 
     def _claim_queue_kind(self, shard: str, queue: QueueConfig, aio: bool, names: list[str]) -> int:
         """Claim new sync or async work (``aio``) of ``queue``, within that kind's capacity."""
