@@ -77,3 +77,42 @@ def test_a_run_ending_at_full_capacity_starts_the_next_without_polling(
         for i, handle in enumerate(handles):
             assert handle.result(timeout=30) == {"result": i + 3}
     assert worker.stats.claimed == 6
+
+
+def _listener_backends(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'shardflow-listen'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_work_announced_while_the_listener_reconnects_is_claimed_without_polling(
+    cluster: Cluster,
+) -> None:
+    """A notification sent while the worker's listener is down is lost: the listener that
+    connects again sends the claim loop to look (the poll tick is far away)."""
+    shard = cluster.config.shard_names[0]
+    dsn = cluster.config.shard(shard).dsn
+    worker = shardflow.Worker(
+        cluster, app, concurrency=2, poll_interval_seconds=POLL, lease_seconds=3 * POLL
+    )
+    with worker:
+        wait_until(lambda: _listener_backends(dsn) == 1, message="the worker listens")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'shardflow-listen'"
+            )
+        wait_until(lambda: _listener_backends(dsn) == 0, message="the listener is gone")
+        # Submitted now, most likely before the listener is back (it waits a backoff of
+        # 0.25-0.5 s first): its notification is not heard.
+        handle = cluster.submit(
+            faults.two_args, 1, workflow_id=id_on(cluster, shard, f"relisten-{worker.worker_id}")
+        )
+        assert handle.shard == shard
+        assert handle.result(timeout=30) == 1
+        wait_until(lambda: _listener_backends(dsn) == 1, message="the listener is back")
+    assert worker.stats.loop_errors[f"listen-{shard}"] >= 1
