@@ -27,28 +27,30 @@ import asyncio
 import os
 import time
 from collections.abc import Coroutine, Iterable
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from shardflow import tracing
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.aio.group_submit import AsyncSubmitGroups
+from shardflow.engine.aio.handles import AsyncWorkflowHandle
 from shardflow.engine.app import Workflow
 from shardflow.engine.cluster import DEFAULT_RETRY_SECONDS, Cluster, connect
 from shardflow.engine.coverage import needs_warn_check, warn_unserved
 from shardflow.engine.driving import Plan, drive_async
-from shardflow.engine.handles import Page, Submission, judge_outcome
+from shardflow.engine.filters import WorkflowFilter
+from shardflow.engine.handles import Page, Submission
 from shardflow.engine.listeners import WaitFor
 from shardflow.engine.listing import query_plan
 from shardflow.engine.placement import IdSource
 from shardflow.engine.records import NewWorkflow, WorkflowStatus
 from shardflow.engine.serialization import Serializer
-from shardflow.engine.store import TransientStoreError
+from shardflow.engine.states import WorkflowState
 from shardflow.engine.store.aio import AsyncStore
 from shardflow.engine.submits import check_unique, place_debounced
 from shardflow.errors import (
     ClientClosed,
-    ShardflowError,
     ShardUnavailable,
     WorkflowNotFound,
     WrongEventLoop,
@@ -73,64 +75,6 @@ _OPTIONS = (
     "debounce_key",
     "debounce_seconds",
 )
-
-
-class AsyncWorkflowHandle(Generic[R]):
-    """A submitted workflow, seen from async code; ``R`` is its result type."""
-
-    def __init__(self, client: AsyncCluster, workflow_id: str, shard: str) -> None:
-        self.client = client
-        self.cluster = client.sync
-        self.workflow_id = workflow_id
-        self.shard = shard
-
-    def __repr__(self) -> str:
-        return f"AsyncWorkflowHandle({self.workflow_id!r}, shard={self.shard!r})"
-
-    async def status(self) -> WorkflowStatus:
-        status = await self.client.get(self.workflow_id)
-        self.shard = status.shard
-        return status
-
-    async def result(self, timeout: float | None = None) -> R:
-        """Wait for the workflow to end and return its result (see
-        :meth:`WorkflowHandle.result`: the same errors, and an outage of the shard is
-        waited out up to ``timeout``). Woken by the workflow's final write (LISTEN/NOTIFY),
-        with a re-check of the row at least once per re-check interval. The row reads
-        are native (no thread)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        listeners = self.cluster.listeners
-        loop = asyncio.get_running_loop()
-        with listeners.watch(WaitFor.DONE, self.workflow_id, loop) as waiter:
-            # Registered before the first read (see WorkflowHandle.result).
-            while True:
-                outcome = await self._read_outcome(deadline, timeout)
-                if outcome is not None:
-                    return outcome
-                remaining = None if deadline is None else deadline - time.monotonic()
-                await listeners.wait_async(
-                    waiter,
-                    self.shard,
-                    listeners.recheck_seconds if remaining is None else remaining,
-                )
-
-    async def _read_outcome(self, deadline: float | None, timeout: float | None) -> R | None:
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        status: WorkflowStatus | None = None
-        unavailable: ShardflowError | None = None
-        try:
-            # A shard restarting is waited out up to this call's own timeout.
-            status = await self.client.find(self.workflow_id, remaining)
-            self.shard = status.shard
-        except (ShardUnavailable, TransientStoreError) as exc:
-            unavailable = exc
-        judge = (self.cluster, self.workflow_id, status, unavailable, deadline, timeout)
-        if deadline is not None and time.monotonic() >= deadline:
-            # Timed out: the message asks the shard's worker registry why (sync, rare).
-            outcome = await asyncio.to_thread(judge_outcome, *judge)
-        else:
-            outcome = judge_outcome(*judge)
-        return None if outcome is None else outcome.value
 
 
 class AsyncCluster:
@@ -279,12 +223,44 @@ class AsyncCluster:
         status = await self.get(workflow_id)
         return self._handle(workflow_id, status.shard)
 
-    async def list_workflows(self, *args: Any, **kwargs: Any) -> Page:
+    async def list_workflows(
+        self,
+        state: str | WorkflowState | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        skip_unavailable: bool = False,
+        *,
+        id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        parent_id: str | None = None,
+        forked_from: str | None = None,
+        app_version: str | None = None,
+        filters: WorkflowFilter | None = None,
+    ) -> Page:
         """One page of workflows (see :meth:`Cluster.list_workflows`: the same arguments,
         filters, cursor and ``skip_unavailable``). Native: the shards' pages are read
         side by side on the loop, each retried through an outage."""
         self._open()
-        return await self._drive(query_plan(self.sync, *args, **kwargs))
+        plan = query_plan(
+            self.sync,
+            state,
+            name,
+            queue,
+            limit,
+            cursor,
+            skip_unavailable,
+            id_prefix=id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+            parent_id=parent_id,
+            forked_from=forked_from,
+            app_version=app_version,
+            filters=filters,
+        )
+        return await self._drive(plan)
 
     async def cancel(self, workflow_id: str, reason: str = "cancelled") -> WorkflowStatus:
         """Cancel a workflow and its children (see :meth:`Cluster.cancel`). Native:
