@@ -77,13 +77,38 @@ def cases(plan: Plan) -> list[Case]:
     )
     out.append((6, "shardflow", f"{plan.latency_rate:g}/s", workloads.latency_shardflow))
     out.append((6, "dbos", f"{plan.latency_rate:g}/s", workloads.latency_dbos))
-    for clients in plan.app_clients:
-        case = "1 client" if clients == 1 else f"{clients} clients"
-        out.append((7, "shardflow", case, lambda b, c=clients: workloads.app_shape_shardflow(b, c)))
-        out.append(
-            (7, "dbos", f"{case}, direct", lambda b, c=clients: workloads.app_shape_dbos(b, c))
-        )
+    out += _app_shape_cases(plan)
     return out
+
+
+def _app_shape_cases(plan: Plan) -> list[Case]:
+    """Row 7: shardflow's client threads (case "C clients"), async tasks and worker
+    process; DBOS's direct and queue modes ("C clients, direct")."""
+    out: list[Case] = []
+    for clients in plan.app_clients:
+        variants = clients in plan.app_variant_clients
+        case = "1 client" if clients == 1 else f"{clients} clients"
+        for how in workloads.APP_SHARDFLOW:
+            if how == "threads" or variants:
+                name = case if how == "threads" else f"{case}, {how}"
+                out.append(
+                    (7, "shardflow", name, _app_shape(workloads.app_shape_shardflow, clients, how))
+                )
+        for how in workloads.APP_DBOS:
+            if how == "direct" or variants:
+                out.append(
+                    (
+                        7,
+                        "dbos",
+                        f"{case}, {how}",
+                        _app_shape(workloads.app_shape_dbos, clients, how),
+                    )
+                )
+    return out
+
+
+def _app_shape(run: Callable[[Bench, int, str], Any], clients: int, how: str) -> Measure:
+    return lambda bench: run(bench, clients, how)
 
 
 def missing_requirement(system: str) -> str | None:

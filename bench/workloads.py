@@ -1,4 +1,4 @@
-"""The six rows of the benchmark, one function per (row, system), one round per call.
+"""The seven rows of the benchmark, one function per (row, system), one round per call.
 
 Every function sets up fresh databases, runs the system's runners in subprocesses, reads
 WAL positions around each phase and returns the round's metrics. Nothing else runs on a
@@ -57,6 +57,8 @@ class Plan:
     pgqueuer_batch_size: int = 10
     app_count: int = 1000
     app_clients: tuple[int, ...] = (1, 16, 64)
+    # Row 7's other ways (async tasks, a worker process, DBOS's queue): these client counts.
+    app_variant_clients: tuple[int, ...] = (1, 16, 64)
     app_steps: int = 3
     timeout: float = 900.0
 
@@ -75,6 +77,7 @@ class Plan:
             lease_seconds=2.0,
             latency_count=20,
             app_count=100,
+            app_variant_clients=(1,),
             timeout=120.0,
         )
 
@@ -481,14 +484,13 @@ def latency_dbos(bench: Bench) -> Metrics:
 # -- row 7: the application shape ------------------------------------------------------------
 
 
-def _app_shape(bench: Bench, module: str, spec: dict[str, Any], clients: int) -> Metrics:
-    """C client threads each submit a workflow and wait for its result, worker in the
-    same process, until N have ended."""
+def _app_shape(bench: Bench, module: str, mode: str, spec: dict[str, Any], clients: int) -> Metrics:
+    """C clients each submit a workflow and wait for its result, until N have ended."""
     plan = bench.plan
     bench.checkpoint([0])
     out = bench.run(
         module,
-        "app",
+        mode,
         {
             **spec,
             "count": plan.app_count,
@@ -499,27 +501,56 @@ def _app_shape(bench: Bench, module: str, spec: dict[str, Any], clients: int) ->
     )
     n = out["workflows"]
     if n != plan.app_count:
-        raise procs.RunnerFailed(f"{module}: {n} of {plan.app_count} workflows ended")
+        raise procs.RunnerFailed(f"{module} {mode}: {n} of {plan.app_count} workflows ended")
     latencies = out["latencies"]
-    return {
+    worker_cpu = out.get("worker_cpu_seconds")
+    metrics = {
         "workflows": n,
         "clients": clients,
         "steps": plan.app_steps,
         "workflows_per_s": n / out["seconds"],
         "p50_ms": percentile(latencies, 50) * 1e3,
         "p99_ms": percentile(latencies, 99) * 1e3,
-        "cpu_ms_per_workflow": out["cpu_seconds"] / n * 1e3,
+        # Client and worker, wherever the worker runs.
+        "cpu_ms_per_workflow": (out["cpu_seconds"] + (worker_cpu or 0.0)) / n * 1e3,
         "server_cpu_ms_per_workflow": _per(out["server_cpu_seconds"], n, 1e3),
     }
+    if worker_cpu is not None:
+        metrics["client_cpu_ms_per_workflow"] = out["cpu_seconds"] / n * 1e3
+        metrics["worker_cpu_ms_per_workflow"] = worker_cpu / n * 1e3
+    return metrics
 
 
-def app_shape_shardflow(bench: Bench, clients: int) -> Metrics:
+APP_SHARDFLOW = ("threads", "async tasks", "worker process")
+APP_DBOS = ("direct", "queue")
+
+
+def app_shape_shardflow(bench: Bench, clients: int, how: str = "threads") -> Metrics:
+    """``how``: client ``threads`` with the worker in their process, ``async tasks`` (the
+    async client, async workflows) with the worker in their process, or client threads
+    with the worker in its own ``worker process``."""
     spec = {
         "config": bench.shardflow_cluster(f"app{clients}", [0]),
         "concurrency": bench.plan.shardflow_concurrency,
     }
-    return _app_shape(bench, "shardflow_run", spec, clients)
+    if how == "async tasks":
+        return _app_shape(bench, "shardflow_run", "app_async", spec, clients)
+    if how == "threads":
+        return _app_shape(bench, "shardflow_run", "app", spec, clients)
+    assert how == "worker process", how
+    worker = bench.runner("shardflow_run", "serve", spec)
+    try:
+        worker.wait_ready()
+        spec = {**spec, "worker_pid": worker.pid}
+        return _app_shape(bench, "shardflow_run", "app", spec, clients)
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.result(60)
 
 
-def app_shape_dbos(bench: Bench, clients: int) -> Metrics:
-    return _app_shape(bench, "dbos_run", _dbos_spec(bench, f"app_dbos{clients}"), clients)
+def app_shape_dbos(bench: Bench, clients: int, how: str = "direct") -> Metrics:
+    """``how``: ``direct`` (``DBOS.start_workflow``) or ``queue`` (``enqueue_workflow`` on
+    a queue this process listens to)."""
+    mode = {"direct": "app", "queue": "app_queue"}[how]
+    spec = _dbos_spec(bench, f"app_dbos{clients}")
+    return _app_shape(bench, "dbos_run", mode, spec, clients)

@@ -1,8 +1,10 @@
 """The benchmark workflows for shardflow.
 
 ``bench.chain(i, steps)`` calls a no-op step ``steps`` times (each returns a small dict),
-so a run measures the engine, not the work. ``bench.hold(i, seconds)`` records that it
-started, then sleeps in its one step: the recovery row kills the worker holding it.
+so a run measures the engine, not the work; ``bench.chain_async`` is the same chain as an
+``async def`` workflow awaiting an ``async def`` step, run on the worker's event loop.
+``bench.hold(i, seconds)`` records that it started, then sleeps in its one step: the
+recovery row kills the worker holding it.
 
 Also runnable by the real worker command:
 ``shardflow --config X worker --app bench.apps.shardflow_app:app``.
@@ -36,6 +38,20 @@ def chain(i: int, steps: int) -> dict[str, Any]:
     PROBE.started()
     for k in range(steps):
         noop(k)
+    PROBE.finished()
+    return {"i": i, "steps": steps}
+
+
+@app.step()
+async def noop_async(k: int) -> dict[str, Any]:
+    return {"k": k, "t": time.time()}
+
+
+@app.workflow(name="bench.chain_async")
+async def chain_async(i: int, steps: int) -> dict[str, Any]:
+    PROBE.started()
+    for k in range(steps):
+        await noop_async(k)
     PROBE.finished()
     return {"i": i, "steps": steps}
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from bench.apps.probe import Probe
@@ -46,6 +47,19 @@ def chunks(count: int, size: int) -> list[range]:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_ticks(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # utime, stime (all of the process's threads)
+
+
+def _stat_fields(pid: str | int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name; None if it exited."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def server_cpu_seconds(postmasters: list[int]) -> float:
     """CPU time used so far by PostgreSQL servers: each postmaster and its live children
     (backends, WAL writer, checkpointer, ...), from /proc. A backend that exited is no
@@ -55,14 +69,22 @@ def server_cpu_seconds(postmasters: list[int]) -> float:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
+        fields = _stat_fields(entry)
+        if fields is None:
             continue  # exited meanwhile
-        pid, ppid = int(entry), int(fields[1])
-        if pid in wanted or ppid in wanted:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+        if int(entry) in wanted or int(fields[1]) in wanted:
+            total += _cpu_ticks(fields)
+    return total / _TICKS
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """CPU time used so far by other processes (a worker process the clients wait on)."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is None:
+            raise RuntimeError(f"process {pid} is gone: its CPU time cannot be read")
+        total += _cpu_ticks(fields)
     return total / _TICKS
 
 
@@ -121,12 +143,23 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 
 
 class AppShape:
-    """Client threads that each run one workflow at a time, end to end, until ``count``
-    have ended: the clock, the latencies and the CPU of the application shape."""
+    """Clients that each run one workflow at a time, end to end, until ``count`` have
+    ended: the clock, the latencies and the CPU of the application shape. The clients are
+    threads (:meth:`measure`) or asyncio tasks on one event loop (:meth:`measure_tasks`).
+    CPU time is this process's, plus that of ``worker_pids`` (a worker in its own
+    process), plus the PostgreSQL servers' (``postmasters``)."""
 
-    def __init__(self, count: int, clients: int) -> None:
+    def __init__(
+        self,
+        count: int,
+        clients: int,
+        postmasters: list[int] | None = None,
+        worker_pids: list[int] | None = None,
+    ) -> None:
         self.count = count
         self.clients = clients
+        self.postmasters = postmasters or []
+        self.worker_pids = worker_pids or []
         self._next = 0
         self._lock = threading.Lock()
         self.latencies: list[float] = []
@@ -139,44 +172,76 @@ class AppShape:
             self._next += 1
             return self._next - 1
 
+    def _record(self, began: float) -> None:
+        took = time.perf_counter() - began
+        with self._lock:
+            self.latencies.append(took)
+
+    def _fail(self, exc: Exception) -> None:
+        with self._lock:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
     def _client(self, one: Callable[[int], None]) -> None:
         while (i := self._take()) is not None:
             began = time.perf_counter()
             try:
                 one(i)
             except Exception as exc:
-                with self._lock:
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._fail(exc)
                 return
-            took = time.perf_counter() - began
-            with self._lock:
-                self.latencies.append(took)
+            self._record(began)
 
-    def measure(self, one: Callable[[int], None], postmasters: list[int] | None) -> dict[str, Any]:
-        """Run the clients; ``one(i)`` submits workflow ``i`` and waits for its result."""
+    async def _task(self, one: Callable[[int], Awaitable[None]]) -> None:
+        while (i := self._take()) is not None:
+            began = time.perf_counter()
+            try:
+                await one(i)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            self._record(began)
+
+    def measure(self, one: Callable[[int], None]) -> dict[str, Any]:
+        """Run client threads; ``one(i)`` submits workflow ``i`` and waits for its result."""
         threads = [
             threading.Thread(target=self._client, args=(one,), daemon=True)
             for _ in range(self.clients)
         ]
-        server0 = server_cpu_seconds(postmasters) if postmasters else None
-        started, started_cpu = time.perf_counter(), time.process_time()
+        before = self._clocks()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        ended, ended_cpu = time.perf_counter(), time.process_time()
-        server = (
-            server_cpu_seconds(postmasters) - server0
-            if postmasters and server0 is not None
-            else None
-        )
+        return self._result(before)
+
+    async def measure_tasks(self, one: Callable[[int], Awaitable[None]]) -> dict[str, Any]:
+        """Run client tasks on the running loop; ``await one(i)`` submits workflow ``i``
+        and awaits its result."""
+        before = self._clocks()
+        await asyncio.gather(*(self._task(one) for _ in range(self.clients)))
+        return self._result(before)
+
+    def _clocks(self) -> tuple[float, float, float | None, float | None]:
+        """Wall, this process's CPU, the servers' CPU, the worker processes' CPU."""
+        server = server_cpu_seconds(self.postmasters) if self.postmasters else None
+        worker = process_cpu_seconds(self.worker_pids) if self.worker_pids else None
+        return time.perf_counter(), time.process_time(), server, worker
+
+    def _result(self, before: tuple[float, float, float | None, float | None]) -> dict[str, Any]:
+        after = self._clocks()
         if self.errors:
             raise RuntimeError(f"{len(self.errors)} client(s) failed: {self.errors[0]}")
+
+        def spent(k: int) -> float | None:
+            b, a = before[k], after[k]
+            return None if b is None or a is None else a - b
+
         return {
             "workflows": len(self.latencies),
             "clients": self.clients,
-            "seconds": ended - started,
-            "cpu_seconds": ended_cpu - started_cpu,
-            "server_cpu_seconds": server,
+            "seconds": after[0] - before[0],
+            "cpu_seconds": after[1] - before[1],
+            "server_cpu_seconds": spent(2),
+            "worker_cpu_seconds": spent(3),
             "latencies": self.latencies,
         }

@@ -157,13 +157,33 @@ def app_shape(spec: Spec) -> dict[str, Any]:
     workflow with ``DBOS.start_workflow`` (run by this process, no queue) and waiting for
     ``get_result()``, until ``count`` workflows have ended."""
     _launch(spec, "app", [])
-    run = AppShape(spec["count"], spec["clients"])
+    run = AppShape(spec["count"], spec["clients"], spec.get("postmasters"))
 
     def one(i: int) -> None:
         DBOS.start_workflow(chain, i, spec["steps"]).get_result()
 
     try:
-        return run.measure(one, spec.get("postmasters"))
+        return run.measure(one)
+    finally:
+        DBOS.destroy()
+
+
+def app_shape_queue(spec: Spec) -> dict[str, Any]:
+    """The application shape in DBOS's queue mode: this process listens to the queue (its
+    worker), and ``clients`` threads each enqueue a workflow with
+    ``DBOS.enqueue_workflow`` and wait for ``get_result()``. An enqueued workflow's
+    handle polls the database for the result, every ``polling_interval_sec`` (DBOS's
+    default 1 s; here the queue's own polling interval)."""
+    _launch(spec, "app", [QUEUE])
+    run = AppShape(spec["count"], spec["clients"], spec.get("postmasters"))
+    polling = spec.get("polling_interval_sec", 1.0)
+
+    def one(i: int) -> None:
+        handle = DBOS.enqueue_workflow(QUEUE, chain, i, spec["steps"])
+        handle.get_result(polling_interval_sec=polling)
+
+    try:
+        return run.measure(one)
     finally:
         DBOS.destroy()
 
@@ -178,6 +198,7 @@ if __name__ == "__main__":
                 "serve": serve,
                 "latency": latency,
                 "app": app_shape,
+                "app_queue": app_shape_queue,
             }
         )
     )

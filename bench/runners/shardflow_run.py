@@ -1,11 +1,12 @@
 """shardflow runner: submit, drain, serve (for recovery and latency), measure latency.
 
-Uses only the public API: ``shardflow.connect``, ``Cluster.submit``/``submit_many``,
-``shardflow.Worker``.
+Uses only the public API: ``shardflow.connect``/``connect_async``,
+``Cluster.submit``/``submit_many``, ``AsyncCluster.submit``, ``shardflow.Worker``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ import psycopg
 
 import shardflow
 from bench.apps.probe import PROBE
-from bench.apps.shardflow_app import app, chain, hold
+from bench.apps.shardflow_app import app, chain, chain_async, hold
 from bench.runners.common import (
     AppShape,
     ServerCpu,
@@ -133,20 +134,53 @@ def latency(spec: Spec) -> dict[str, Any]:
 
 def app_shape(spec: Spec) -> dict[str, Any]:
     """The application shape: ``clients`` threads, each submitting a ``steps``-step
-    workflow and waiting for its ``result()``, with the worker in this process, until
-    ``count`` workflows have ended. Per workflow: seconds from submit to result."""
+    workflow and waiting for its ``result()``, until ``count`` workflows have ended. Per
+    workflow: seconds from submit to result. The worker runs in this process, or with
+    ``worker_pid`` in its own (a ``serve`` runner the harness started), whose CPU time
+    is then read from /proc and reported as ``worker_cpu_seconds``."""
+    worker_pid: int | None = spec.get("worker_pid")
     with shardflow.connect(spec["config"]) as cluster:
-        worker = _worker(cluster, spec)
-        worker.start()
-        run = AppShape(spec["count"], spec["clients"])
+        worker = None if worker_pid else _worker(cluster, spec)
+        if worker is not None:
+            worker.start()
+        run = AppShape(
+            spec["count"],
+            spec["clients"],
+            spec.get("postmasters"),
+            [worker_pid] if worker_pid else None,
+        )
 
         def one(i: int) -> None:
             handle = cluster.submit(chain, i, spec["steps"])
             handle.result(timeout=spec.get("timeout", 120))
 
-        result = run.measure(one, spec.get("postmasters"))
-        worker.stop(grace_seconds=0)
+        result = run.measure(one)
+        if worker is not None:
+            worker.stop(grace_seconds=0)
     return result
+
+
+def app_shape_async(spec: Spec) -> dict[str, Any]:
+    """The application shape with the async client: ``clients`` asyncio tasks on one
+    event loop, each awaiting ``submit`` of an async ``steps``-step workflow and then its
+    ``result()``; the worker in this process runs the workflows on its own event loop."""
+
+    async def clients() -> dict[str, Any]:
+        async with await shardflow.connect_async(spec["config"]) as cluster:
+            worker = _worker(cluster.sync, spec)
+            worker.start()
+            run = AppShape(spec["count"], spec["clients"], spec.get("postmasters"))
+
+            async def one(i: int) -> None:
+                handle = await cluster.submit(chain_async, i, spec["steps"])
+                await handle.result(timeout=spec.get("timeout", 120))
+
+            try:
+                return await run.measure_tasks(one)
+            finally:
+                await asyncio.to_thread(worker.stop, grace_seconds=0)
+
+    return asyncio.run(clients())
 
 
 if __name__ == "__main__":
@@ -158,6 +192,7 @@ if __name__ == "__main__":
                 "serve": serve,
                 "latency": latency,
                 "app": app_shape,
+                "app_async": app_shape_async,
             }
         )
     )

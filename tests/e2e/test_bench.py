@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -96,7 +98,9 @@ def test_quick_run_writes_positive_results(tmp_path: Path) -> None:
 
 
 def test_quick_application_shape_row(tmp_path: Path) -> None:
-    """Row 7: client threads that submit and wait for ``result()``, worker in process."""
+    """Row 7: clients that submit and wait for ``result()``: threads with the worker in
+    their process (1, 16, 64 clients); in quick mode, 1 client only for asyncio tasks
+    with the async client, and for threads with the worker in its own process."""
     results = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
@@ -126,6 +130,8 @@ def test_quick_application_shape_row(tmp_path: Path) -> None:
     summary = {(e["row"], e["system"], e["case"]): e for e in latest["summary"]}
     assert set(summary) == {
         (7, "shardflow", "1 client"),
+        (7, "shardflow", "1 client, async tasks"),
+        (7, "shardflow", "1 client, worker process"),
         (7, "shardflow", "16 clients"),
         (7, "shardflow", "64 clients"),
     }
@@ -136,4 +142,47 @@ def test_quick_application_shape_row(tmp_path: Path) -> None:
         assert m["clients"] == int(case.split()[0])
         assert m["workflows_per_s"] > 0 and m["cpu_ms_per_workflow"] > 0
         assert 0 < m["p50_ms"] <= m["p99_ms"]
+    # The worker process's CPU time is counted with the clients'.
+    apart = summary[(7, "shardflow", "1 client, worker process")]["metrics"]
+    assert apart["worker_cpu_ms_per_workflow"] > 0 and apart["client_cpu_ms_per_workflow"] > 0
+    assert apart["cpu_ms_per_workflow"] == pytest.approx(
+        apart["worker_cpu_ms_per_workflow"] + apart["client_cpu_ms_per_workflow"]
+    )
     assert "### 7. Application shape" in done.stdout
+    assert "| shardflow | async tasks | 1 | 100 |" in done.stdout
+
+
+def test_application_shape_ratios_use_dbos_better_mode() -> None:
+    """Each shardflow way is compared with whichever DBOS mode ran more workflows/s."""
+    from bench.report import Entry, ratios
+
+    def entry(system: str, case: str, rate: float) -> Entry:
+        return Entry(7, system, case, {"workflows_per_s": rate}, 1, "ok")
+
+    entries = [
+        entry("shardflow", "16 clients", 500),
+        entry("shardflow", "16 clients, async tasks", 800),
+        entry("shardflow", "16 clients, worker process", 600),
+        entry("dbos", "16 clients, direct", 40),
+        entry("dbos", "16 clients, queue", 50),
+        entry("shardflow", "64 clients", 450),
+        entry("shardflow", "64 clients, async tasks", 1000),
+        entry("dbos", "64 clients, direct", 100),
+    ]
+    shown = {r.name: (r.shown, r.met) for r in ratios(entries)}
+    better = "application shape, {}: shardflow ({}) / DBOS better mode ({}) workflows/s"
+    assert shown == {
+        better.format("16 clients", "threads", "queue"): ("10.0x", True),
+        better.format("16 clients", "async tasks", "queue"): ("16.0x", True),
+        better.format("16 clients", "worker process", "queue"): ("12.0x", True),
+        better.format("64 clients", "threads", "direct"): ("4.5x", False),
+        better.format("64 clients", "async tasks", "direct"): ("10.0x", True),
+        "application shape, shardflow (threads): 64 clients / 16 clients, workflows/s": (
+            "0.90x",
+            False,
+        ),
+        "application shape, shardflow (async tasks): 64 clients / 16 clients, workflows/s": (
+            "1.25x",
+            True,
+        ),
+    }
