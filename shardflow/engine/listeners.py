@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from shardflow.engine.signals import RunEvent
+from shardflow.engine.signals import RunEvent, StopEvent
 from shardflow.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class WaitListeners:
         self._waiters: dict[tuple[WaitFor, str], set[Waiter]] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._health: dict[str, ListenerHealth] = {}
-        self._stop = threading.Event()
+        self._stop = StopEvent()
         self._notified = self._resynced = self._rechecks = 0
         self._sleeping = 0  # waiters inside wait() or wait_async() now
 

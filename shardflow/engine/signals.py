@@ -5,12 +5,16 @@ The two signals that end a run's thread early, raised by workflow-facing code
 are BaseExceptions so that ``except Exception`` in workflow code cannot swallow them.
 
 The events a run is woken by (a cancel, a lost lease, a message), set from any thread:
-:class:`RunEvent`, made cheap by :class:`FlagEvent`.
+:class:`RunEvent`, made cheap by :class:`FlagEvent`. A worker's or a client's stop flag,
+which also wakes its listeners blocked on their sockets: :class:`StopEvent`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -92,3 +96,40 @@ class FlagEvent:
         if self._flag:
             return True
         return self._threads.wait(timeout) or self._flag
+
+
+class StopEvent(threading.Event):
+    """A stop flag that also wakes threads blocked on a socket: a thread waiting for
+    notifications on a LISTEN connection selects on :meth:`wakeup` too, and returns at
+    once when the flag is set, instead of at its next timeout (a worker's or a client's
+    ``close()`` then takes milliseconds, not a listener's silence interval)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakers: set[socket.socket] = set()
+        self._wakers_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._wakers_lock:
+            for waker in self._wakers:
+                with contextlib.suppress(OSError):  # full (already woken) or closed
+                    waker.send(b"\0")
+
+    @contextlib.contextmanager
+    def wakeup(self) -> Iterator[socket.socket]:
+        """A socket that becomes readable when the flag is set (for ``select``)."""
+        readable, waker = socket.socketpair()
+        readable.setblocking(False)
+        waker.setblocking(False)
+        with self._wakers_lock:
+            self._wakers.add(waker)
+        try:
+            if self.is_set():  # set before the waker was registered
+                waker.send(b"\0")
+            yield readable
+        finally:
+            with self._wakers_lock:
+                self._wakers.discard(waker)
+            readable.close()
+            waker.close()

@@ -3,10 +3,13 @@ the notifications workers listen to."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import socket
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +17,7 @@ import psycopg
 from psycopg.rows import class_row, kwargs_row, scalar_row, tuple_row
 
 from shardflow.engine.records import Claim, NewWorkflow, WorkflowStatus
+from shardflow.engine.signals import StopEvent
 from shardflow.engine.store import statements
 from shardflow.engine.store._conn import ShardAccess, at, fetch_all, fetch_one, run
 from shardflow.engine.store.rows import (
@@ -241,13 +245,18 @@ class WorkflowQueries(ShardAccess):
         knows from when on nothing is missed and can check ``stop``.
         """
         conn = self.pools.dedicated(shard, purpose)
-        with conn:
+        wakeup: contextlib.AbstractContextManager[socket.socket | None] = (
+            stop.wakeup()
+            if isinstance(stop, StopEvent) and hasattr(select, "poll")  # not on Windows
+            else contextlib.nullcontext()
+        )
+        with conn, wakeup as woken:
             try:
                 conn.execute(query(channels))
                 yield "", ""
                 while not stop.is_set():
                     got = False
-                    for note in conn.notifies(timeout=timeout):
+                    for note in _notifies(conn, timeout, woken):
                         got = True
                         yield note.channel, note.payload
                         if stop.is_set():
@@ -256,3 +265,21 @@ class WorkflowQueries(ShardAccess):
                         yield "", ""
             except psycopg.OperationalError as exc:
                 raise ShardUnavailable(shard, str(exc).strip().splitlines()[0]) from exc
+
+
+def _notifies(
+    conn: psycopg.Connection[Any], timeout: float, woken: socket.socket | None
+) -> Iterable[psycopg.Notify]:
+    """The notifications that arrive on ``conn`` within ``timeout`` seconds, or sooner
+    when ``woken`` becomes readable (the stop flag was set: none, at once)."""
+    if woken is None:
+        return conn.notifies(timeout=timeout)
+    # poll(), not select(): a process with many connections has descriptors past 1024.
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    poller.register(woken.fileno(), select.POLLIN)
+    if any(fd == woken.fileno() for fd, _ in poller.poll(timeout * 1000)):
+        return ()
+    # Readable, or silent for ``timeout``: read what is there without waiting (after a
+    # silence too, so that a dead connection is noticed as before).
+    return conn.notifies(timeout=0)

@@ -19,6 +19,7 @@ from shardflow.engine.presence import Presence
 from shardflow.engine.retention import RetentionLeader
 from shardflow.engine.runner import WorkflowRun
 from shardflow.engine.schedules import Scheduler
+from shardflow.engine.signals import StopEvent
 from shardflow.engine.timings import StepTimes
 from shardflow.engine.versions import app_version
 from shardflow.engine.worker.aio import RunLoop
@@ -151,7 +152,7 @@ class WorkerBase:
         self._lock = threading.Condition()
         self._running: dict[str, WorkflowRun] = {}
         self._per_queue: Counter[str] = Counter()
-        self._stopping = threading.Event()
+        self._stopping = StopEvent()
         # Set once every run has ended: the heartbeats go on until then (see stop()).
         self._closed = threading.Event()
         self._force = threading.Event()
