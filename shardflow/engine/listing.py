@@ -137,39 +137,6 @@ def _scatter(
     return Page(items, next_cursor, tuple(sorted(down)))
 
 
-def list_plan(
-    codec: Codec,
-    shards: Sequence[str],
-    *,
-    state: str | WorkflowState | None,
-    name: str | None,
-    queue: str | None,
-    limit: int,
-    cursor: str | None,
-    skip_unavailable: bool,
-    retry_seconds: float,
-) -> Plan[Page]:
-    """One page of the workflows of ``shards`` by state, name and queue, newest first
-    (see :meth:`Cluster.list_workflows`), as a plan: both clients run it."""
-    state_value = WorkflowState(state).value if state is not None else None
-
-    def read(
-        shard: str, after: tuple[datetime, str] | None, limit: int
-    ) -> Statement[list[WorkflowStatus]]:
-        return statements.list_page(
-            shard, codec, state=state_value, name=name, queue=queue, after=after, limit=limit
-        )
-
-    return scatter_plan(
-        shards,
-        read,
-        limit=limit,
-        cursor=cursor,
-        skip_unavailable=skip_unavailable,
-        retry_seconds=retry_seconds,
-    )
-
-
 def filtered_plan(
     codec: Codec,
     shards: Sequence[str],
@@ -257,12 +224,19 @@ def query_plan(
             skip_unavailable=skip_unavailable,
             retry_seconds=client.retry_seconds,
         )
-    return list_plan(
-        codec,
+    # By state, name and queue only: the statement those three columns' indexes serve.
+    state_value = WorkflowState(state).value if state is not None else None
+
+    def read(
+        shard: str, after: tuple[datetime, str] | None, limit: int
+    ) -> Statement[list[WorkflowStatus]]:
+        return statements.list_page(
+            shard, codec, state=state_value, name=name, queue=queue, after=after, limit=limit
+        )
+
+    return scatter_plan(
         shards,
-        state=state,
-        name=name,
-        queue=queue,
+        read,
         limit=limit,
         cursor=cursor,
         skip_unavailable=skip_unavailable,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 import shardflow
@@ -16,6 +15,7 @@ from shardflow.errors import WorkflowCancelled
 from shardflow.testing.servers import wait_until
 from tests.apps import waits
 from tests.apps.waits import app
+from tests.integration.backends import count_backends, terminate_backends
 from tests.integration.background import Background
 
 LISTENER = "shardflow-waits"
@@ -34,14 +34,7 @@ def listening(cluster: Cluster, shard: str) -> bool:
 
 
 def listener_connections(cluster: Cluster, shard: str) -> int:
-    with psycopg.connect(cluster.config.shard(shard).dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = %s",
-            (LISTENER,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return count_backends(cluster.config.shard(shard).dsn, LISTENER)
 
 
 def test_result_is_woken_by_the_final_write_not_by_a_recheck(
@@ -118,13 +111,8 @@ def test_a_lost_notification_still_ends_the_wait_and_the_listener_reconnects(
     wait_until(lambda: cluster.listeners.waiting() == 1 and listening(cluster, handle.shard))
     # Kill the listener's connection on the server, then let the workflow end while it
     # may still be reconnecting (its notification is then lost).
-    with psycopg.connect(cluster.config.shard(handle.shard).dsn, autocommit=True) as conn:
-        killed = conn.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = %s",
-            (LISTENER,),
-        ).fetchone()
-    assert killed == (1,)
+    killed = terminate_backends(cluster.config.shard(handle.shard).dsn, LISTENER)
+    assert killed == 1
     worker.start()
     assert waiting.join()[-1] == "lost:4"
     wait_until(lambda: cluster.listeners.health()[handle.shard].connections_lost == 1)

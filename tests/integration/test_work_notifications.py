@@ -16,6 +16,7 @@ from shardflow.testing.events import EventRecorder
 from shardflow.testing.servers import id_on, wait_until
 from tests.apps import faults, twins
 from tests.apps.faults import app
+from tests.integration.backends import count_backends, terminate_backends
 
 # Far longer than each wait below: whatever happens within them came from a notification.
 POLL = 120.0
@@ -79,14 +80,7 @@ def test_a_run_ending_at_full_capacity_starts_the_next_without_polling(
     assert worker.stats.claimed == 6
 
 
-def _listener_backends(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = 'shardflow-listen'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+LISTENER = "shardflow-listen"  # a worker's listener connection (application_name)
 
 
 def test_work_announced_while_the_listener_reconnects_is_claimed_without_polling(
@@ -100,13 +94,9 @@ def test_work_announced_while_the_listener_reconnects_is_claimed_without_polling
         cluster, app, concurrency=2, poll_interval_seconds=POLL, lease_seconds=3 * POLL
     )
     with worker:
-        wait_until(lambda: _listener_backends(dsn) == 1, message="the worker listens")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND application_name = 'shardflow-listen'"
-            )
-        wait_until(lambda: _listener_backends(dsn) == 0, message="the listener is gone")
+        wait_until(lambda: count_backends(dsn, LISTENER) == 1, message="the worker listens")
+        terminate_backends(dsn, LISTENER)
+        wait_until(lambda: count_backends(dsn, LISTENER) == 0, message="the listener is gone")
         # Submitted now, most likely before the listener is back (it waits a backoff of
         # 0.25-0.5 s first): its notification is not heard.
         handle = cluster.submit(
@@ -114,5 +104,5 @@ def test_work_announced_while_the_listener_reconnects_is_claimed_without_polling
         )
         assert handle.shard == shard
         assert handle.result(timeout=30) == 1
-        wait_until(lambda: _listener_backends(dsn) == 1, message="the listener is back")
+        wait_until(lambda: count_backends(dsn, LISTENER) == 1, message="the listener is back")
     assert worker.stats.loop_errors[f"listen-{shard}"] >= 1
