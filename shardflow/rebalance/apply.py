@@ -244,7 +244,10 @@ class Rebalancer:
                 for link in self.links.values():
                     link.record_plan(prepared.record)
             result.complete = self._drive(motion, prepared, options, result, started)
-            if result.complete and prepared.has_work:
+            if result.complete and (prepared.has_work or prepared.resumed):
+                # A resumed plan may have nothing left to move: its last run died after
+                # the slots settled, before it recorded the plan done. Record it now.
+                self._hook(MoveStep.SETTLED)
                 for link in self.links.values():
                     link.finish_plan(prepared.record, "done")
             if result.complete:

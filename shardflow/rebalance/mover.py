@@ -61,6 +61,7 @@ class MoveStep(str, enum.Enum):
     IMPORTING_MARKED = "importing-marked"  # target IMPORTING, source not yet MIGRATING_OUT
     OWNED_MARKED = "owned-marked"  # target OWNED, source still MIGRATING_OUT
     PUBLISHED = "published"  # a new map epoch written to every shard
+    SETTLED = "settled"  # every slot of the plan settled, the plan not yet recorded done
 
 
 StepHook = Callable[[MoveStep], None]

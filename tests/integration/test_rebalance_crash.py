@@ -119,3 +119,27 @@ def test_a_rebalancer_killed_after_any_step_resumes_and_finishes(
             for i in range(40):
                 assert cluster.handle(f"q-{i}").result(timeout=30) == {"result": i + 3}
     assert basic.CALLS["add"] == 3 * 40  # each queued workflow ran once, wherever it went
+
+
+def test_a_rebalancer_killed_after_the_last_slot_settled_records_the_plan_done(
+    populated: TestCluster,
+) -> None:
+    """The last row of the crash table: every slot settled, the plan not yet recorded
+    done. The next run has nothing to move and still finishes the plan."""
+    config = populated.config
+    with (
+        Rebalancer(config, on_step=crash_at(MoveStep.SETTLED, 1)) as rebalancer,
+        pytest.raises(Crash),
+    ):
+        rebalancer.apply(ApplyOptions(batch=3))
+    assert staged_and_split(config) == (0, 0)
+    with Rebalancer(config) as rebalancer:
+        assert rebalancer.plans()[0].finished_at is None
+        prepared = rebalancer.prepare()
+        assert prepared.resumed and not prepared.plan.moves and not prepared.has_work
+        result = rebalancer.run(prepared)
+    assert result.complete and result.moved == 0
+    assert_settled_on_plan(config)
+    with Rebalancer(config) as rebalancer:  # and a run after that starts no plan
+        again = rebalancer.prepare()
+        assert not again.resumed and not again.has_work
