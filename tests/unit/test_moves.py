@@ -186,6 +186,7 @@ CRASH_TABLE: dict[str, Callable[[], None] | None] = {
     "B marked OWNED, A not yet dropped the slot": _crash_owned_marked,
     "the map published to some shards only": None,
     "the plan recorded, nothing else done": None,
+    "the last slot settled, plan not recorded done": None,
 }
 
 
