@@ -16,6 +16,7 @@ from shardflow.engine.app import Workflow
 from shardflow.engine.coverage import CoverageClient, why_waiting
 from shardflow.engine.listeners import WaitFor, WaitListeners
 from shardflow.engine.records import WorkflowStatus
+from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
 from shardflow.engine.store import TransientStoreError
 from shardflow.errors import (
@@ -71,6 +72,11 @@ class HandleClient(CoverageClient, Protocol):
         """What wakes a waiting handle (notifications of final writes)."""
         ...
 
+    @property
+    def codec(self) -> Codec:
+        """Decodes a result a notification carried."""
+        ...
+
     def get(self, workflow_id: str) -> WorkflowStatus:
         """The workflow's current status, wherever it lives (WorkflowNotFound if none)."""
         ...
@@ -113,8 +119,11 @@ class WorkflowHandle(Generic[R]):
                     self.shard,
                     listeners.recheck_seconds if remaining is None else remaining,
                 )
+                if waiter.carried is not None:  # the final write's notification had it
+                    value: R = self.cluster.codec.loads(waiter.carried)
+                    return value
 
-    def read_outcome(self, deadline: float | None, timeout: float | None) -> _Outcome[R] | None:
+    def read_outcome(self, deadline: float | None, timeout: float | None) -> WaitOutcome[R] | None:
         """Read the row once: the result if the workflow ended (raising what ended it
         badly), None if it goes on; WorkflowTimeout once ``deadline`` has passed."""
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -137,13 +146,13 @@ def judge_outcome(
     unavailable: ShardflowError | None,
     deadline: float | None,
     timeout: float | None,
-) -> _Outcome[Any] | None:
+) -> WaitOutcome[Any] | None:
     """What one read of a waited-for workflow means: its result if it ended (raising
     what ended it badly), None if it goes on; WorkflowTimeout once ``deadline`` passed
     (only then does it ask the shard's worker registry why, for the message)."""
     if status is not None:
         if status.state is WorkflowState.SUCCESS:
-            return _Outcome(status.output)
+            return WaitOutcome(status.output)
         if status.state is WorkflowState.ERROR:
             raise WorkflowFailed(workflow_id, status.error)
         if status.state is WorkflowState.DEAD:
@@ -166,5 +175,5 @@ def judge_outcome(
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome(Generic[R]):
+class WaitOutcome(Generic[R]):
     value: R

@@ -2,7 +2,9 @@
 client process, fanned out to every waiter of the process.
 
 A worker's batch of final writes notifies ``shardflow_done_ids`` once, with a JSON array
-of the workflow IDs as payload; dead-lettering, a cancel and an ID too long to share a
+as payload: per workflow its ID, or for a success with a small result the pair
+``[ID, stored result text]``, handed to the waiter (:attr:`Waiter.carried`) so it
+need not read the row; dead-lettering, a cancel and an ID too long to share a
 payload notify ``shardflow_done`` (or ``shardflow_cancel``), and publishing an event
 notifies ``shardflow_event``, each with the workflow ID as payload (see ``listen_waits``
 in ``shardflow/sql/queries/workflows.sql``). A waiter
@@ -93,18 +95,21 @@ class ListenerHealth:
 @dataclass(frozen=True, slots=True)
 class WaitStats:
     """Why waiters of this process woke: a notification for their workflow, a listener
-    (re)connecting or losing its connection, or the re-check interval passing."""
+    (re)connecting or losing its connection, or the re-check interval passing; and how
+    many results came in a notification (no read of the row needed)."""
 
     notified: int
     resynced: int
     rechecks: int
+    carried: int = 0
 
 
 class Waiter:
     """One registered wait (see :meth:`WaitListeners.watch`); with ``loop``, also woken
-    on that event loop (for :meth:`WaitListeners.wait_async`)."""
+    on that event loop (for :meth:`WaitListeners.wait_async`). ``carried`` is the stored
+    result text of a success whose notification carried it (None until then)."""
 
-    __slots__ = ("_async_wake", "_loop", "_wake", "_why", "key")
+    __slots__ = ("_async_wake", "_loop", "_wake", "_why", "carried", "key")
 
     def __init__(
         self, key: tuple[WaitFor, str], loop: asyncio.AbstractEventLoop | None = None
@@ -112,6 +117,7 @@ class Waiter:
         self.key = key
         self._wake = threading.Event()
         self._why = ""
+        self.carried: str | None = None
         self._loop = loop
         self._async_wake = asyncio.Event() if loop is not None else None
 
@@ -124,16 +130,30 @@ class Waiter:
                 self._loop.call_soon_threadsafe(self._async_wake.set)
 
 
-def _ids(payload: str) -> list[str] | None:
-    """The IDs of a ``shardflow_done_ids`` payload; None (everyone looks) if it is not
-    a JSON array of strings."""
+def _items(payload: str) -> dict[str, str | None] | None:
+    """The workflows of a ``shardflow_done_ids`` payload, each with its carried result
+    text (None if the item is an ID alone); None (everyone looks) if the payload is not
+    a JSON array of IDs and ``[ID, text]`` pairs."""
     try:
-        ids = json.loads(payload)
+        items = json.loads(payload)
     except ValueError:
         return None
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+    if not isinstance(items, list):
         return None
-    return ids
+    out: dict[str, str | None] = {}
+    for item in items:
+        if isinstance(item, str):
+            out[item] = None
+        elif (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], str)
+        ):
+            out[item[0]] = item[1]
+        else:
+            return None
+    return out
 
 
 class WaitListeners:
@@ -150,7 +170,7 @@ class WaitListeners:
         self._threads: dict[str, threading.Thread] = {}
         self._health: dict[str, ListenerHealth] = {}
         self._stop = StopEvent()
-        self._notified = self._resynced = self._rechecks = 0
+        self._notified = self._resynced = self._rechecks = self._carried = 0
         self._sleeping = 0  # waiters inside wait() or wait_async() now
 
     # -- the waiter's side --------------------------------------------------------------------
@@ -228,6 +248,7 @@ class WaitListeners:
                 self._rechecks += 1
             elif why == "notified":
                 self._notified += 1
+                self._carried += waiter.carried is not None
             elif why == "resynced":
                 self._resynced += 1
 
@@ -244,7 +265,7 @@ class WaitListeners:
     def stats(self) -> WaitStats:
         """How often waiters of this client woke, and why."""
         with self._lock:
-            return WaitStats(self._notified, self._resynced, self._rechecks)
+            return WaitStats(self._notified, self._resynced, self._rechecks, self._carried)
 
     def waiting(self) -> int:
         """How many waiters are registered now."""
@@ -319,13 +340,17 @@ class WaitListeners:
         kind = _CHANNELS.get(channel)
         if kind is None:
             return
-        ids = _ids(payload) if channel == _MANY_IDS else [payload] if payload else None
+        items = _items(payload) if channel == _MANY_IDS else {payload: None} if payload else None
         with self._lock:
-            if ids is not None:
-                woken = [w for i in ids for w in self._waiters.get((kind, i), ())]
+            if items is not None:
+                woken = [
+                    (w, text) for i, text in items.items() for w in self._waiters.get((kind, i), ())
+                ]
             else:  # an ID too long for a payload: every waiter of that kind looks
-                woken = [w for (k, _), g in self._waiters.items() if k is kind for w in g]
-        for waiter in woken:
+                woken = [(w, None) for (k, _), g in self._waiters.items() if k is kind for w in g]
+        for waiter, text in woken:
+            if text is not None:
+                waiter.carried = text
             waiter._set("notified")
 
     def _wake_all(self) -> None:

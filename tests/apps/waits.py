@@ -133,3 +133,9 @@ def steps5(tag: str) -> list[str]:
 
 def effects_dsn() -> str | None:
     return os.environ.get("SHARDFLOW_DEMO_EFFECTS_DSN")
+
+
+@app.workflow(name="waits.echo")
+def echo(value: Any) -> Any:
+    """Returns what it is given (a result's round trip through the final write)."""
+    return value

@@ -4,15 +4,18 @@ lost."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import shardflow
 from shardflow.engine.cluster import Cluster
 from shardflow.errors import WorkflowCancelled
-from shardflow.testing.servers import wait_until
+from shardflow.testing.servers import TestCluster, wait_until
 from tests.apps import waits
 from tests.apps.waits import app
 from tests.integration.backends import count_backends, terminate_backends
@@ -120,3 +123,61 @@ def test_a_lost_notification_still_ends_the_wait_and_the_listener_reconnects(
     health = cluster.listeners.health()[handle.shard]
     assert health.last_error
     assert listener_connections(cluster, handle.shard) == 1
+
+
+# A result the notification carries (None, a small value) and one it does not (big).
+ECHOED = [None, {"k": "é\u2028\\", "n": [1, 2.5]}, "x" * 2000]
+
+
+@pytest.mark.parametrize("value", ECHOED, ids=["none", "small", "big"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_small_result_comes_in_the_notification_a_big_one_from_the_row(
+    test_cluster: TestCluster, cluster: Cluster, worker: shardflow.Worker, kind: str, value: Any
+) -> None:
+    cluster.listeners.recheck_seconds = 600  # only the notification can end the wait
+    handle = cluster.submit(waits.echo, value)  # no worker yet: it stays ENQUEUED
+    if kind == "sync":
+        waiting = Background(lambda: handle.result(timeout=60))
+        listeners = cluster.listeners
+    else:
+        aclient_ready = threading.Event()
+        holder: dict[str, Any] = {}
+
+        async def wait_async() -> Any:
+            async with await shardflow.connect_async(test_cluster.config) as aclient:
+                aclient.sync.listeners.recheck_seconds = 600
+                holder["listeners"] = aclient.sync.listeners
+                aclient_ready.set()
+                return await (await aclient.handle(handle.workflow_id)).result(timeout=60)
+
+        waiting = Background(lambda: asyncio.run(wait_async()))
+        assert aclient_ready.wait(30)
+        listeners = holder["listeners"]
+    # It read its row (still ENQUEUED) and sleeps, LISTEN in place.
+    wait_until(lambda: listeners.sleeping() == 1)
+    wait_until(lambda: listeners.health()[handle.shard].listening)
+    before = listeners.stats()
+    worker.start()
+    assert waiting.join() == value
+    after = listeners.stats()
+    assert after.rechecks == before.rechecks == 0
+    assert after.notified - before.notified == 1
+    assert after.carried - before.carried == (0 if value == ECHOED[2] else 1)
+
+
+def test_an_async_result_of_none_already_written_is_returned_at_once(
+    test_cluster: TestCluster, cluster: Cluster, worker: shardflow.Worker
+) -> None:
+    handle = cluster.submit(waits.echo, None)
+    worker.start()
+    wait_until(lambda: cluster.get(handle.workflow_id).state.value == "SUCCESS")
+
+    async def read() -> Any:
+        async with await shardflow.connect_async(test_cluster.config) as aclient:
+            aclient.sync.listeners.recheck_seconds = 600
+            got = await (await aclient.handle(handle.workflow_id)).result(timeout=30)
+            return got, aclient.sync.listeners.stats()
+
+    got, stats = asyncio.run(read())
+    assert got is None
+    assert (stats.notified, stats.rechecks) == (0, 0)  # the first read answered

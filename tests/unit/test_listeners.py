@@ -159,7 +159,33 @@ def test_a_batch_notification_wakes_the_waiters_of_each_id_it_names(
         assert listeners.stats().rechecks == 2
 
 
-@pytest.mark.parametrize("payload", ["not json", '{"a": 1}', '["a", 2]', ""])
+def test_a_batch_item_with_a_result_hands_it_to_that_workflows_waiters_only(
+    listeners: WaitListeners, script: Script
+) -> None:
+    listeners.listen_to("s0")
+    wait_until(lambda: listening(listeners))
+    with (
+        listeners.watch(WaitFor.DONE, "a") as a,
+        listeners.watch(WaitFor.DONE, "a") as a_again,
+        listeners.watch(WaitFor.DONE, "b") as b,
+        listeners.watch(WaitFor.EVENT, "a") as event_a,
+    ):
+        payload = json.dumps([["a", '{"x": "\u00e9\\n"}'], "b"])
+        script.items.put(("shardflow_done_ids", payload))
+        for waiter in (a, a_again, b):
+            listeners.wait(waiter, "s0", 30)
+        assert a.carried == a_again.carried == '{"x": "\u00e9\\n"}'
+        assert b.carried is None  # named by ID alone: its waiter reads the row
+        listeners.wait(event_a, "s0", 0.01)  # an event wait is not a result wait
+        assert event_a.carried is None
+        stats = listeners.stats()
+        assert (stats.notified, stats.carried, stats.rechecks) == (3, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ["not json", '{"a": 1}', '["a", 2]', "", '[["a"]]', '[["a", 1]]', '[["a", "1", "2"]]'],
+)
 def test_a_batch_payload_that_is_not_a_list_of_ids_wakes_every_waiter_of_its_kind(
     listeners: WaitListeners, script: Script, payload: str
 ) -> None:

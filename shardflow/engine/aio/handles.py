@@ -8,7 +8,7 @@ import time
 from typing import Generic, Protocol, TypeVar
 
 from shardflow.engine.cluster import Cluster
-from shardflow.engine.handles import judge_outcome
+from shardflow.engine.handles import WaitOutcome, judge_outcome
 from shardflow.engine.listeners import WaitFor
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.store import TransientStoreError
@@ -59,15 +59,20 @@ class AsyncWorkflowHandle(Generic[R]):
             while True:
                 outcome = await self._read_outcome(deadline, timeout)
                 if outcome is not None:
-                    return outcome
+                    return outcome.value
                 remaining = None if deadline is None else deadline - time.monotonic()
                 await listeners.wait_async(
                     waiter,
                     self.shard,
                     listeners.recheck_seconds if remaining is None else remaining,
                 )
+                if waiter.carried is not None:  # the final write's notification had it
+                    value: R = self.cluster.codec.loads(waiter.carried)
+                    return value
 
-    async def _read_outcome(self, deadline: float | None, timeout: float | None) -> R | None:
+    async def _read_outcome(
+        self, deadline: float | None, timeout: float | None
+    ) -> WaitOutcome[R] | None:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         status: WorkflowStatus | None = None
         unavailable: ShardflowError | None = None
@@ -83,4 +88,4 @@ class AsyncWorkflowHandle(Generic[R]):
             outcome = await asyncio.to_thread(judge_outcome, *judge)
         else:
             outcome = judge_outcome(*judge)
-        return None if outcome is None else outcome.value
+        return outcome

@@ -387,7 +387,8 @@ LISTEN shardflow_work; LISTEN shardflow_cancel; LISTEN shardflow_message
 
 -- name: listen_waits
 -- A client's waits (result(), get_event): a workflow's final write notifies
--- shardflow_done_ids (a batch of runs' ends: a JSON array of IDs, see commit_batch),
+-- shardflow_done_ids (a batch of runs' ends: a JSON array of IDs and [ID, result] pairs,
+-- see commit_batch),
 -- shardflow_done (dead-lettering, a long ID) or shardflow_cancel (cancel, bulk cancel, a
 -- deadline), and publishing an event notifies shardflow_event; the payload of the last
 -- three is the workflow ID ('' for an ID too long for a payload: every waiter re-checks).
@@ -401,9 +402,10 @@ LISTEN shardflow_done_ids; LISTEN shardflow_done; LISTEN shardflow_cancel; LISTE
 -- missing from the result was fenced off, or (a step) lost to a record written earlier.
 -- The attempt tells apart two attempts' writes of one step in the same batch. The final
 -- states written notify at commit, which wakes the clients waiting for their results:
--- one shardflow_done_ids notification per batch (payload: a JSON array of the workflow
--- IDs, split into several notifications past 6,500 bytes), and shardflow_done for an ID
--- too long to share one (payload: the ID, '' if too long for a payload). One
+-- one shardflow_done_ids notification per batch (payload: a JSON array with an item per
+-- workflow, split into several notifications past 6,500 bytes: the workflow ID, or for a
+-- success with a small result the pair [ID, stored result text]), and shardflow_done for
+-- an ID too long to share one (payload: the ID, '' if too long for a payload). One
 -- notification per batch rather than per workflow: every notification is a queue
 -- entry the server writes and each listener reads, and commits that notify are
 -- serialised on one lock.
@@ -442,20 +444,29 @@ WITH fence AS (
          AS t(workflow_id text, attempt integer, state text, output text, error jsonb,
               reason text)
     WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
-    RETURNING w.workflow_id, w.attempt, octet_length(to_json(w.workflow_id)::text) AS size
+    RETURNING w.workflow_id, w.attempt,
+              -- A success's result rides along when the pair is small (saves the waiting
+              -- client a read); otherwise the ID alone.
+              CASE WHEN w.state = 'SUCCESS' AND octet_length(w.output) <= 900
+                        AND octet_length(json_build_array(w.workflow_id, w.output)::text)
+                            <= 1000
+                   THEN json_build_array(w.workflow_id, w.output)
+                   ELSE to_json(w.workflow_id) END AS item
+), sized AS (
+    SELECT workflow_id, attempt, item, octet_length(item::text) AS size FROM finished
 ), parts AS (
-    -- IDs of up to 1,000 bytes (as JSON) share notifications of at most 6,500 + 1,002
+    -- Items of up to 1,000 bytes (as JSON) share notifications of at most 6,500 + 1,002
     -- bytes of payload (the limit is 8,000); a longer ID gets one of its own (a negative
     -- part).
-    SELECT workflow_id, attempt,
+    SELECT workflow_id, attempt, item,
            CASE WHEN size <= 1000
                 THEN sum(CASE WHEN size <= 1000 THEN size + 2 END)
                          OVER (ORDER BY workflow_id) / 6500
                 ELSE -row_number() OVER (ORDER BY workflow_id) END AS part
-    FROM finished
+    FROM sized
 ), notified AS (
     SELECT part,
-           CASE WHEN part >= 0 THEN pg_notify('shardflow_done_ids', json_agg(workflow_id)::text)
+           CASE WHEN part >= 0 THEN pg_notify('shardflow_done_ids', json_agg(item)::text)
                 ELSE pg_notify('shardflow_done', CASE WHEN max(octet_length(workflow_id)) < 7900
                                                       THEN max(workflow_id) ELSE '' END)
            END AS sent
