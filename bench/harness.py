@@ -144,6 +144,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows to run, comma-separated numbers 1-7 (default all)",
     )
     parser.add_argument(
+        "--clients",
+        type=_counts,
+        help="row 7's client counts, comma-separated (default 1,16,64)",
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=RESULTS_DIR,
@@ -194,6 +199,16 @@ def _rows(text: str) -> list[int]:
     return rows
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(sorted({int(n) for n in text.split(",") if n.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,16; got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"client counts are >= 1; got {text!r}")
+    return counts
+
+
 def plan_from(args: argparse.Namespace) -> Plan:
     plan = Plan.quick() if args.quick else Plan()
     changes: dict[str, Any] = {}
@@ -207,6 +222,10 @@ def plan_from(args: argparse.Namespace) -> Plan:
         changes["shardflow_concurrency"] = args.shardflow_concurrency
     if args.dbos_polling_seconds is not None:
         changes["dbos_polling_seconds"] = args.dbos_polling_seconds
+    if args.clients is not None:
+        changes["app_clients"] = args.clients
+        if not args.quick:
+            changes["app_variant_clients"] = args.clients
     return replace(plan, **changes)
 
 
