@@ -49,13 +49,13 @@ def cases(plan: Plan) -> list[Case]:
     out: list[Case] = []
     for steps in CHAIN_STEPS:
         case = f"{steps} steps"
-        out.append((1, "shardflow", case, lambda b, s=steps: workloads.end_to_end_shardflow(b, s)))
-        out.append((1, "dbos", case, lambda b, s=steps: workloads.end_to_end_dbos(b, s)))
+        out.append((1, "shardflow", case, _with(workloads.end_to_end_shardflow, steps)))
+        out.append((1, "dbos", case, _with(workloads.end_to_end_dbos, steps)))
         if steps == 0:
             out.append((1, "pgqueuer", case, lambda b: workloads.end_to_end_pgqueuer(b, 0)))
     for threads in plan.raw_threads:
         case = "1 thread" if threads == 1 else f"{threads} threads"
-        out.append((1, "raw", case, lambda b, t=threads: workloads.raw_ceiling(b, t)))
+        out.append((1, "raw", case, _with(workloads.raw_ceiling, threads)))
     out.append((2, "shardflow", "1 / 1", lambda b: workloads.sharding(b, 1)))
     out.append((2, "shardflow", "3 / 3", lambda b: workloads.sharding(b, 3)))
     out.append((3, "shardflow", "submit_many, 3 shards", workloads.batch_shardflow))
@@ -105,6 +105,11 @@ def _app_shape_cases(plan: Plan) -> list[Case]:
                     )
                 )
     return out
+
+
+def _with(run: Callable[..., Any], *args: Any) -> Measure:
+    """``run(bench, *args)`` as a measure (binds the loop variable now)."""
+    return lambda bench: run(bench, *args)
 
 
 def _app_shape(run: Callable[[Bench, int, str], Any], clients: int, how: str) -> Measure:

@@ -135,6 +135,7 @@ class Workflow(Generic[P, R]):
         # A method (first parameter ``self``) runs on the instance App.bind registered.
         params = [] if self._signature is None else list(self._signature.parameters)
         self.is_method = bool(params) and params[0] == "self"
+        self._positional = _positional_counts(self._signature, self.is_method)
         self.instance: object | None = None
 
     def __get__(self, obj: object, owner: type | None = None) -> Workflow[Any, R]:
@@ -152,6 +153,9 @@ class Workflow(Generic[P, R]):
         that a typo fails at submit instead of in a worker."""
         if self._signature is None:
             return
+        counts = self._positional
+        if counts is not None and not kwargs and counts[0] <= len(args) <= counts[1]:
+            return  # plain positional parameters, enough and not too many: binds
         try:
             self._signature.bind(*((None,) if self.is_method else ()), *args, **kwargs)
         except TypeError as exc:
@@ -289,3 +293,18 @@ class App:
             return self.workflows[name]
         except KeyError:
             raise UnknownWorkflow(f"no workflow named {name!r} in app {self.name!r}") from None
+
+
+def _positional_counts(
+    signature: inspect.Signature | None, is_method: bool
+) -> tuple[int, int] | None:
+    """(required, all) counts of a signature made only of positional parameters (any
+    call with that many positional arguments and no keywords binds), else None."""
+    if signature is None:
+        return None
+    params = list(signature.parameters.values())[1 if is_method else 0 :]
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind not in plain for p in params):
+        return None
+    required = sum(1 for p in params if p.default is inspect.Parameter.empty)
+    return required, len(params)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from types import EllipsisType
 from typing import Any, TypeVar, Unpack, overload
 
 from shardflow import tracing
@@ -195,17 +196,24 @@ class Cluster:
         self, submissions: Iterable[Submission | tuple[Any, ...]]
     ) -> list[WorkflowHandle[Any]]:
         """Submit many workflows: one insert statement per shard."""
-        new_ids = IdSource()
+        new_ids, trace_context = IdSource(), tracing.carrier()
         rows = [
-            self._new_row(s if isinstance(s, Submission) else Submission(s[0], s[1:]), new_ids)
+            self._new_row(
+                s if isinstance(s, Submission) else Submission(s[0], s[1:]), new_ids, trace_context
+            )
             for s in submissions
         ]
         placed = self.submit_groups.place(rows)
         warn_unserved(self, [(r.name, r.queue, placed[r.workflow_id][1]) for r in rows])
         return [WorkflowHandle[Any](self, *placed[r.workflow_id]) for r in rows]
 
-    def _new_row(self, sub: Submission, new_ids: IdSource | None = None) -> NewWorkflow:
-        return new_row(sub, self.config, self.codec, self.router, new_ids)
+    def _new_row(
+        self,
+        sub: Submission,
+        new_ids: IdSource | None = None,
+        trace_context: dict[str, str] | EllipsisType | None = ...,
+    ) -> NewWorkflow:
+        return new_row(sub, self.config, self.codec, self.router, new_ids, trace_context)
 
     def submit_child(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from types import EllipsisType
 
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.app import Workflow
@@ -62,9 +63,11 @@ def new_row(
     codec: Codec,
     router: Router,
     new_ids: IdSource | None = None,
+    trace_context: dict[str, str] | EllipsisType | None = ...,
 ) -> NewWorkflow:
     """The row that creates ``sub``'s workflow. Raises TypeError for arguments the
-    workflow cannot take, ValueError or ShardflowError for bad options."""
+    workflow cannot take, ValueError or ShardflowError for bad options. The row carries
+    ``trace_context`` (default: the current one; a batch reads it once for all rows)."""
     timeout = sub.timeout_seconds
     if isinstance(sub.workflow, Workflow):
         sub.workflow.check_arguments(sub.args, sub.kwargs)
@@ -121,7 +124,7 @@ def new_row(
         timeout_seconds=timeout,
         dedup_key=sub.dedup_key,
         parent_id=None,
-        trace_context=carrier(),
+        trace_context=carrier() if trace_context is ... else trace_context,
         partition_key=key,
         debounce_key=sub.debounce_key,
         debounce_seconds=sub.debounce_seconds,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import pytest
 
 import shardflow
+from shardflow.engine.app import Workflow
 from shardflow.errors import ShardflowError
 
 app = shardflow.App("methods")
@@ -50,3 +54,53 @@ def test_a_direct_call_runs_on_its_instance_and_the_worker_on_the_bound_one() ->
 def test_binding_an_object_without_workflow_methods_fails() -> None:
     with pytest.raises(ValueError, match="no workflow methods"):
         app.bind(object())
+
+
+checks = shardflow.App("checks")
+
+
+def _plain(a: int, b: int, c: int = 0) -> None: ...
+
+
+def _posonly(a: int, /, b: int = 1) -> None: ...
+
+
+def _star(a: int, *rest: int) -> None: ...
+
+
+def _keyword(a: int, *, k: int) -> None: ...
+
+
+def _kwargs(a: int, **more: int) -> None: ...
+
+
+class _Holder:
+    def method(self, a: int, b: int = 2) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "fn", [_plain, _posonly, _star, _keyword, _kwargs, _Holder.method], ids=lambda f: f.__name__
+)
+def test_argument_checks_agree_with_python_binding(fn: Callable[..., None]) -> None:
+    """Whatever path the check takes (a count for plain positional parameters, a full
+    bind otherwise), it refuses exactly what calling the function would refuse."""
+    wf: Workflow[..., None] = checks.workflow(name=f"checks.{fn.__name__}")(fn)
+    signature = inspect.signature(fn)
+    calls: list[tuple[tuple[int, ...], dict[str, int]]] = [
+        (args, kwargs)
+        for n in range(5)
+        for args in [tuple(range(n))]
+        for kwargs in [{}, {"b": 1}, {"k": 1}, {"a": 1}, {"zzz": 1}]
+    ]
+    for args, kwargs in calls:
+        prefix = (None,) if wf.is_method else ()
+        try:
+            signature.bind(*prefix, *args, **kwargs)
+            binds = True
+        except TypeError:
+            binds = False
+        if binds:
+            wf.check_arguments(args, kwargs)
+        else:
+            with pytest.raises(TypeError, match=rf"checks\.{fn.__name__}"):
+                wf.check_arguments(args, kwargs)

@@ -186,9 +186,11 @@ class AsyncCluster:
         """Submit many workflows: one insert statement per shard. Plain rows are placed
         natively; debounced ones (an upsert each) in a thread."""
         self._open()
-        sync, new_ids = self.sync, IdSource()
+        sync, new_ids, trace_context = self.sync, IdSource(), tracing.carrier()
         rows = [
-            sync._new_row(s if isinstance(s, Submission) else Submission(s[0], s[1:]), new_ids)
+            sync._new_row(
+                s if isinstance(s, Submission) else Submission(s[0], s[1:]), new_ids, trace_context
+            )
             for s in submissions
         ]
         check_unique(rows)
