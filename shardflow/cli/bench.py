@@ -53,6 +53,13 @@ def register(subparsers: Subparsers) -> None:
     )
     add_option(parser, "--rows", type=_rows, metavar="1,2", help="rows 1-7 to run (default all)")
     add_option(
+        parser,
+        "--clients",
+        type=_counts,
+        metavar="1,16",
+        help="row 7's client counts (default 1,16,64)",
+    )
+    add_option(
         parser, "--results-dir", metavar="DIR", help="where the JSON goes (default bench/results)"
     )
     add_option(
@@ -104,6 +111,13 @@ def _rows(text: str) -> list[str]:
     return rows
 
 
+def _counts(text: str) -> list[str]:
+    counts = name_list(text)
+    if not all(c.isdigit() and int(c) >= 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"client counts are whole numbers >= 1; got {text!r}")
+    return counts
+
+
 def harness_argv(args: argparse.Namespace) -> list[str]:
     """The ``python -m bench`` command line equivalent to ``args``."""
     argv: list[str] = ["--quick"] if args.quick else []
@@ -111,6 +125,8 @@ def harness_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--only", ",".join(args.only)]
     if args.rows:
         argv += ["--rows", ",".join(args.rows)]
+    if args.clients:
+        argv += ["--clients", ",".join(args.clients)]
     for flag, value in (
         ("--rounds", args.rounds),
         ("--results-dir", args.results_dir),

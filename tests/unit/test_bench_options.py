@@ -21,3 +21,16 @@ def test_bad_client_counts_are_refused(bad: str, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--clients", bad])
     assert "--clients" in capsys.readouterr().err
+
+
+def test_shardflow_bench_passes_the_client_counts_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shardflow.cli.bench import harness_argv
+    from shardflow.cli.main import build_parser as cli_parser
+
+    monkeypatch.delenv("SHARDFLOW_CLIENTS", raising=False)
+    args = cli_parser().parse_args(["bench", "--rows", "7", "--clients", "1,16"])
+    argv = harness_argv(args)
+    assert argv[argv.index("--clients") + 1] == "1,16"
+    assert plan_from(build_parser().parse_args(argv)).app_clients == (1, 16)
+    monkeypatch.setenv("SHARDFLOW_CLIENTS", "4")
+    assert "--clients" in harness_argv(cli_parser().parse_args(["bench"]))
