@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from types import EllipsisType
 from typing import Any, TypeVar, Unpack, overload
 
 from shardflow import tracing
@@ -84,7 +83,12 @@ class Cluster:
         # One LISTEN connection per shard waited on, waking result() and get_event.
         self.listeners = WaitListeners(self.store)
         self.waits = Waits(
-            self.codec, self.store, self.locator, self._new_row, retry_seconds, self.listeners
+            self.codec,
+            self.store,
+            self.locator,
+            lambda sub: self._new_row(sub, None, tracing.carrier()),
+            retry_seconds,
+            self.listeners,
         )
         self.control = Control(self.store, self.locator, self.waits, retry_seconds)
         self.submit_groups = SubmitGroups(self.locator, self.store, self.router, retry_seconds)
@@ -208,10 +212,7 @@ class Cluster:
         return [WorkflowHandle[Any](self, *placed[r.workflow_id]) for r in rows]
 
     def _new_row(
-        self,
-        sub: Submission,
-        new_ids: IdSource | None = None,
-        trace_context: dict[str, str] | EllipsisType | None = ...,
+        self, sub: Submission, new_ids: IdSource | None, trace_context: dict[str, str] | None
     ) -> NewWorkflow:
         return new_row(sub, self.config, self.codec, self.router, new_ids, trace_context)
 

@@ -14,7 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from shardflow.engine.app import Workflow
 from shardflow.engine.coverage import CoverageClient, why_waiting
-from shardflow.engine.listeners import WaitFor, WaitListeners
+from shardflow.engine.listeners import Waiter, WaitFor, WaitListeners
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.serialization import Codec
 from shardflow.engine.states import WorkflowState
@@ -119,9 +119,9 @@ class WorkflowHandle(Generic[R]):
                     self.shard,
                     listeners.recheck_seconds if remaining is None else remaining,
                 )
-                if waiter.carried is not None:  # the final write's notification had it
-                    value: R = self.cluster.codec.loads(waiter.carried)
-                    return value
+                carried: WaitOutcome[R] | None = carried_outcome(self.cluster.codec, waiter)
+                if carried is not None:
+                    return carried.value
 
     def read_outcome(self, deadline: float | None, timeout: float | None) -> WaitOutcome[R] | None:
         """Read the row once: the result if the workflow ended (raising what ended it
@@ -137,6 +137,12 @@ class WorkflowHandle(Generic[R]):
         except (ShardUnavailable, TransientStoreError) as exc:
             unavailable = exc
         return judge_outcome(self.cluster, self.workflow_id, status, unavailable, deadline, timeout)
+
+
+def carried_outcome(codec: Codec, waiter: Waiter) -> WaitOutcome[Any] | None:
+    """The result the final write's notification carried to ``waiter``, if it did (a
+    small success's result: no read of the row needed)."""
+    return None if waiter.carried is None else WaitOutcome(codec.loads(waiter.carried))
 
 
 def judge_outcome(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from types import EllipsisType
 
 from shardflow.config.model import ClusterConfig
 from shardflow.engine.app import Workflow
@@ -18,7 +17,6 @@ from shardflow.engine.records import NewWorkflow
 from shardflow.engine.serialization import Codec, is_storable_text
 from shardflow.errors import ShardflowError
 from shardflow.router.router import Router
-from shardflow.tracing import carrier
 
 ID_MAX = 512
 
@@ -62,12 +60,12 @@ def new_row(
     config: ClusterConfig,
     codec: Codec,
     router: Router,
-    new_ids: IdSource | None = None,
-    trace_context: dict[str, str] | EllipsisType | None = ...,
+    new_ids: IdSource | None,
+    trace_context: dict[str, str] | None,
 ) -> NewWorkflow:
     """The row that creates ``sub``'s workflow. Raises TypeError for arguments the
     workflow cannot take, ValueError or ShardflowError for bad options. The row carries
-    ``trace_context`` (default: the current one; a batch reads it once for all rows)."""
+    ``trace_context`` (:func:`shardflow.tracing.carrier`, read once per batch)."""
     timeout = sub.timeout_seconds
     if isinstance(sub.workflow, Workflow):
         sub.workflow.check_arguments(sub.args, sub.kwargs)
@@ -124,7 +122,7 @@ def new_row(
         timeout_seconds=timeout,
         dedup_key=sub.dedup_key,
         parent_id=None,
-        trace_context=carrier() if trace_context is ... else trace_context,
+        trace_context=trace_context,
         partition_key=key,
         debounce_key=sub.debounce_key,
         debounce_seconds=sub.debounce_seconds,

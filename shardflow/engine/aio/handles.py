@@ -8,7 +8,7 @@ import time
 from typing import Generic, Protocol, TypeVar
 
 from shardflow.engine.cluster import Cluster
-from shardflow.engine.handles import WaitOutcome, judge_outcome
+from shardflow.engine.handles import WaitOutcome, carried_outcome, judge_outcome
 from shardflow.engine.listeners import WaitFor
 from shardflow.engine.records import WorkflowStatus
 from shardflow.engine.store import TransientStoreError
@@ -66,9 +66,9 @@ class AsyncWorkflowHandle(Generic[R]):
                     self.shard,
                     listeners.recheck_seconds if remaining is None else remaining,
                 )
-                if waiter.carried is not None:  # the final write's notification had it
-                    value: R = self.cluster.codec.loads(waiter.carried)
-                    return value
+                carried: WaitOutcome[R] | None = carried_outcome(self.cluster.codec, waiter)
+                if carried is not None:
+                    return carried.value
 
     async def _read_outcome(
         self, deadline: float | None, timeout: float | None

@@ -445,15 +445,15 @@ WITH fence AS (
               reason text)
     WHERE w.workflow_id = t.workflow_id AND w.attempt = t.attempt AND w.state = 'RUNNING'
     RETURNING w.workflow_id, w.attempt,
-              -- A success's result rides along when the pair is small (saves the waiting
-              -- client a read); otherwise the ID alone.
               CASE WHEN w.state = 'SUCCESS' AND octet_length(w.output) <= 900
-                        AND octet_length(json_build_array(w.workflow_id, w.output)::text)
-                            <= 1000
-                   THEN json_build_array(w.workflow_id, w.output)
-                   ELSE to_json(w.workflow_id) END AS item
+                   THEN json_build_array(w.workflow_id, w.output) END AS pair
 ), sized AS (
-    SELECT workflow_id, attempt, item, octet_length(item::text) AS size FROM finished
+    -- A success's result rides along when the pair is small (saves the waiting client a
+    -- read); otherwise the ID alone.
+    SELECT f.workflow_id, f.attempt, i.item, octet_length(i.item::text) AS size
+    FROM finished f,
+         LATERAL (SELECT CASE WHEN octet_length(f.pair::text) <= 1000 THEN f.pair
+                              ELSE to_json(f.workflow_id) END AS item) i
 ), parts AS (
     -- Items of up to 1,000 bytes (as JSON) share notifications of at most 6,500 + 1,002
     -- bytes of payload (the limit is 8,000); a longer ID gets one of its own (a negative
